@@ -1,0 +1,51 @@
+# distill: one-command setup, build and test.
+#   make setup   .venv with torch 2.11.0 + reference libraries, the student model, release build
+#   make test    fmt, clippy, reference fixtures, unit + integration tests
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STUDENT := models/all-MiniLM-L6-v2
+
+# tch builds against the libtorch inside the venv's torch wheel.
+export LIBTORCH_USE_PYTORCH := 1
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
+
+.PHONY: setup venv student build fixtures test lint bench-cpu clean
+
+setup: venv student build
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+student: $(STUDENT)/.verified
+
+$(STUDENT)/.verified: $(VENV)/.installed scripts/fetch_student.py
+	$(PY) scripts/fetch_student.py $(STUDENT)
+	touch $@
+
+build: venv
+	cargo build --release
+
+fixtures: venv student
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) scripts/make_fixtures.py
+
+lint: venv
+	cargo fmt --check
+	cargo clippy --all-targets --release -- -D warnings
+
+test: setup lint fixtures
+	cargo test --release -- --test-threads=2
+
+bench-cpu: setup
+	bash scripts/bench_cpu_encode.sh
+
+clean:
+	cargo clean
+	rm -rf tests/fixtures/generated

@@ -1,0 +1,54 @@
+//! Link libtorch_cuda unconditionally and record an rpath to the libtorch that the
+//! build used, so the binary runs without LD_LIBRARY_PATH and uses a GPU when present.
+use std::path::PathBuf;
+use std::process::Command;
+
+fn libtorch_lib_dir() -> Option<PathBuf> {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_LIB");
+    println!("cargo:rerun-if-env-changed=VIRTUAL_ENV");
+    if let Ok(dir) = std::env::var("LIBTORCH_LIB") {
+        return Some(PathBuf::from(dir).join("lib"));
+    }
+    if let Ok(dir) = std::env::var("LIBTORCH") {
+        return Some(PathBuf::from(dir).join("lib"));
+    }
+    // Same interpreter choice as torch-sys with LIBTORCH_USE_PYTORCH=1.
+    let python = if std::env::var_os("VIRTUAL_ENV").is_some() { "python" } else { "python3" };
+    let out = Command::new(python)
+        .args(["-c", "import torch, os; print(os.path.dirname(torch.__file__))"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let dir = String::from_utf8(out.stdout).ok()?;
+    Some(PathBuf::from(dir.trim()).join("lib"))
+}
+
+fn torch_version() -> String {
+    let python = if std::env::var_os("VIRTUAL_ENV").is_some() { "python" } else { "python3" };
+    Command::new(python)
+        .args(["-c", "import torch; print(torch.__version__)"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rustc-env=DISTILL_LIBTORCH_VERSION={}", torch_version());
+    let Some(lib) = libtorch_lib_dir() else {
+        println!("cargo:warning=libtorch not located; no rpath recorded (set LIBTORCH_USE_PYTORCH=1 with the venv active)");
+        return;
+    };
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}

@@ -1,0 +1,75 @@
+//! `distill encode`: embed a BEIR JSONL or plain-text file with a bi-encoder into Parquet.
+use crate::data::embeddings::write_embeddings;
+use crate::data::text_input::{read_texts, TextFormat};
+use crate::device::{DeviceSpec, Precision};
+use crate::error::{Error, Result};
+use crate::model::BiEncoder;
+use crate::progress::{Progress, Verbosity};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct EncodeSettings {
+    pub model: PathBuf,
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub format: TextFormat,
+    pub device: DeviceSpec,
+    pub precision: Precision,
+    pub batch_size: usize,
+    pub max_seq_length: Option<usize>,
+    pub verbosity: Verbosity,
+}
+
+#[derive(Debug, Clone)]
+pub struct EncodeSummary {
+    pub texts: usize,
+    pub dim: usize,
+    pub tokens: usize,
+    pub seconds: f64,
+}
+
+impl EncodeSummary {
+    pub fn per_second(&self) -> f64 {
+        self.texts as f64 / self.seconds.max(1e-9)
+    }
+}
+
+pub fn run(settings: &EncodeSettings) -> Result<EncodeSummary> {
+    if settings.batch_size == 0 {
+        return Err(Error::Setting {
+            key: "batch-size".into(),
+            message: "must be at least 1".into(),
+        });
+    }
+    let device = settings.device.resolve()?;
+    let kind = settings.precision.resolve(device)?;
+    let records = read_texts(&settings.input, settings.format)?;
+    let model = BiEncoder::load(&settings.model, device, kind, settings.max_seq_length)?;
+    let started = Instant::now();
+    let texts: Vec<&str> = records.iter().map(|r| r.text.as_str()).collect();
+    let encoded = model.tokenizer.encode_texts(&texts)?;
+    let tokens = encoded.iter().map(|e| e.len()).sum();
+    let mut progress = Progress::new("encode", records.len() as u64, settings.verbosity);
+    let embeddings = model.encode_tokenized(&encoded, settings.batch_size, &mut |n| {
+        progress.inc(n as u64)
+    })?;
+    progress.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    let dim = model.dim() as usize;
+    let values = Vec::<f32>::try_from(embeddings.flatten(0, -1))
+        .map_err(|e| Error::torch("reading embeddings", e))?;
+    let ids: Vec<String> = records.into_iter().map(|r| r.id).collect();
+    let metadata = [
+        ("distill.model", settings.model.display().to_string()),
+        ("distill.normalized", model.spec.normalize.to_string()),
+        ("distill.max_seq_length", model.spec.max_seq_length.to_string()),
+    ];
+    write_embeddings(&settings.output, &ids, &values, dim, &metadata)?;
+    Ok(EncodeSummary {
+        texts: ids.len(),
+        dim,
+        tokens,
+        seconds,
+    })
+}

@@ -1,0 +1,2 @@
+//! User commands that are not pipeline stages.
+pub mod encode;

@@ -1,0 +1,131 @@
+//! Device and precision settings: parsed and validated before any model is loaded.
+use crate::error::{Error, Result};
+use tch::{Device, Kind};
+
+/// Where tensors live: `auto` picks the first CUDA device when one is visible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::Setting {
+            key: "device".into(),
+            message: format!("`{s}` is not one of auto, cpu, cuda, cuda:N"),
+        };
+        match s {
+            "auto" => Ok(DeviceSpec::Auto),
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => {
+                let n = s.strip_prefix("cuda:").ok_or_else(bad)?;
+                n.parse().map(DeviceSpec::Cuda).map_err(|_| bad())
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Auto => write!(f, "auto"),
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Resolve to a tch device, failing clearly when CUDA is requested but absent.
+    pub fn resolve(self) -> Result<Device> {
+        match self {
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Auto => Ok(Device::cuda_if_available()),
+            DeviceSpec::Cuda(n) => {
+                let count = tch::Cuda::device_count();
+                if (n as i64) < count {
+                    Ok(Device::Cuda(n))
+                } else {
+                    Err(Error::Setting {
+                        key: "device".into(),
+                        message: format!(
+                            "cuda:{n} requested but {count} CUDA device(s) are visible \
+                             (check the driver, CUDA_VISIBLE_DEVICES, or use --device cpu)"
+                        ),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Numeric precision of the model weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 on CUDA, fp32 on CPU.
+    Auto,
+    Fp32,
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Precision::Auto),
+            "fp32" | "float32" => Ok(Precision::Fp32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            _ => Err(Error::Setting {
+                key: "precision".into(),
+                message: format!("`{s}` is not one of auto, fp32, bf16"),
+            }),
+        }
+    }
+}
+
+impl Precision {
+    /// The tensor kind used on `device`. bf16 is refused on CPU: the CPU path is the
+    /// exact-parity path and bf16 matmuls there are slow.
+    pub fn resolve(self, device: Device) -> Result<Kind> {
+        match (self, device) {
+            (Precision::Fp32, _) | (Precision::Auto, Device::Cpu) => Ok(Kind::Float),
+            (Precision::Auto, _) => Ok(Kind::BFloat16),
+            (Precision::Bf16, Device::Cpu) => Err(Error::Setting {
+                key: "precision".into(),
+                message: "bf16 is supported on CUDA only; use fp32 (or auto) on CPU".into(),
+            }),
+            (Precision::Bf16, _) => Ok(Kind::BFloat16),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_specs() {
+        assert_eq!("auto".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        let err = "gpu".parse::<DeviceSpec>().unwrap_err().to_string();
+        assert!(err.contains("`gpu`"), "{err}");
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+    }
+
+    #[test]
+    fn precision_on_cpu() {
+        assert_eq!(Precision::Auto.resolve(Device::Cpu).unwrap(), Kind::Float);
+        assert_eq!(
+            Precision::Auto.resolve(Device::Cuda(0)).unwrap(),
+            Kind::BFloat16
+        );
+        assert!(Precision::Bf16.resolve(Device::Cpu).is_err());
+    }
+}

@@ -1,0 +1,61 @@
+//! Length-sorted batching: inputs of similar length share a batch, so padding is small.
+
+/// Split indices `0..lengths.len()` into batches of at most `batch_size` items, longest
+/// first. With `max_tokens`, a batch also stops growing once `rows x longest` would
+/// exceed it (at least one item per batch). Ties keep input order, so the result is
+/// deterministic.
+pub fn length_sorted_batches(
+    lengths: &[usize],
+    batch_size: usize,
+    max_tokens: Option<usize>,
+) -> Vec<Vec<usize>> {
+    let batch_size = batch_size.max(1);
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]).then(a.cmp(&b)));
+    let mut batches = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for i in order {
+        // Sorted longest first, so the batch's padded width is its first item's length.
+        let width = current.first().map_or(lengths[i], |&f| lengths[f]);
+        let over_tokens = max_tokens.is_some_and(|m| (current.len() + 1) * width > m);
+        if !current.is_empty() && (current.len() == batch_size || over_tokens) {
+            batches.push(std::mem::take(&mut current));
+        }
+        current.push(i);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorts_longest_first_and_covers_every_index_once() {
+        let lengths = [3, 9, 1, 9, 5, 2, 7];
+        let batches = length_sorted_batches(&lengths, 3, None);
+        assert_eq!(batches, vec![vec![1, 3, 6], vec![4, 0, 5], vec![2]]);
+        let mut all: Vec<usize> = batches.concat();
+        all.sort();
+        assert_eq!(all, (0..lengths.len()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn token_budget_limits_rows() {
+        let lengths = [10, 10, 10, 2, 2, 2, 2];
+        let batches = length_sorted_batches(&lengths, 100, Some(20));
+        assert_eq!(batches[0], vec![0, 1]);
+        assert_eq!(batches[1], vec![2, 3]);
+        // A single item longer than the budget still gets its own batch.
+        let batches = length_sorted_batches(&[50, 1], 4, Some(20));
+        assert_eq!(batches, vec![vec![0], vec![1]]);
+    }
+
+    #[test]
+    fn empty_input_gives_no_batches() {
+        assert!(length_sorted_batches(&[], 8, None).is_empty());
+    }
+}

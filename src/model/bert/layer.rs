@@ -1,0 +1,55 @@
+//! One BERT transformer layer: attention, then the GELU feed-forward block.
+use super::attention::BertAttention;
+use crate::model::config::BertConfig;
+use tch::{nn, nn::Module, Tensor};
+
+/// Hugging Face keys under `encoder.layer.N.`: `attention.*`, `intermediate.dense.*`,
+/// `output.dense.*`, `output.LayerNorm.*`.
+#[derive(Debug)]
+pub struct BertLayer {
+    attention: BertAttention,
+    intermediate: nn::Linear,
+    output: nn::Linear,
+    layer_norm: nn::LayerNorm,
+    activation: Activation,
+    hidden_dropout: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    Gelu,
+    GeluTanh,
+    Relu,
+}
+
+impl BertLayer {
+    pub fn new(p: nn::Path, config: &BertConfig) -> Self {
+        let (h, i) = (config.hidden_size, config.intermediate_size);
+        let activation = match config.hidden_act.as_str() {
+            "gelu_new" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            _ => Activation::Gelu,
+        };
+        BertLayer {
+            attention: BertAttention::new(&p / "attention", config),
+            intermediate: nn::linear(&p / "intermediate" / "dense", h, i, Default::default()),
+            output: nn::linear(&p / "output" / "dense", i, h, Default::default()),
+            layer_norm: super::layer_norm(&p / "output" / "LayerNorm", config),
+            activation,
+            hidden_dropout: config.hidden_dropout_prob,
+        }
+    }
+
+    /// `[batch, seq, hidden]` -> `[batch, seq, hidden]`.
+    pub fn forward_t(&self, hidden: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+        let attended = self.attention.forward_t(hidden, mask, train);
+        let x = self.intermediate.forward(&attended);
+        let x = match self.activation {
+            Activation::Gelu => x.gelu("none"),
+            Activation::GeluTanh => x.gelu("tanh"),
+            Activation::Relu => x.relu(),
+        };
+        let x = self.output.forward(&x).dropout(self.hidden_dropout, train);
+        self.layer_norm.forward(&(x + attended))
+    }
+}

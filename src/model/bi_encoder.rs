@@ -1,0 +1,204 @@
+//! The student: a sentence-transformers bi-encoder (Transformer -> Pooling -> Normalize).
+use crate::error::{read_json, Error, Result};
+use crate::model::batching::length_sorted_batches;
+use crate::model::bert::BertModel;
+use crate::model::checkpoint::{self, ImportReport, Layout};
+use crate::model::config::{
+    BertConfig, ModuleEntry, PoolingConfig, SentenceBertConfig, TokenizerConfig,
+};
+use crate::model::pooling::{l2_normalize, Pooling};
+use crate::model::tokenizer::{Batch, Encoded, TextTokenizer};
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Kind, Tensor};
+
+/// Module classes are matched by class name: sentence-transformers 6 moved them
+/// (`sentence_transformers.models.Pooling` became `...modules.pooling.Pooling`).
+const TRANSFORMER: &str = "Transformer";
+const POOLING: &str = "Pooling";
+const NORMALIZE: &str = "Normalize";
+
+/// The module stack of a sentence-transformers directory, as far as we support it.
+#[derive(Debug, Clone)]
+pub struct BiEncoderSpec {
+    /// Folder of the Transformer module (config.json, weights, tokenizer).
+    pub transformer_dir: PathBuf,
+    pub config: BertConfig,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    pub max_seq_length: usize,
+}
+
+impl BiEncoderSpec {
+    /// Read `modules.json` and the module configs. A directory without `modules.json` is
+    /// treated as sentence-transformers does: a plain transformer with mean pooling and
+    /// no normalisation.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let modules_path = dir.join("modules.json");
+        let (transformer_dir, pooling, normalize) = if modules_path.exists() {
+            let modules: Vec<ModuleEntry> = read_json(&modules_path)?;
+            parse_modules(dir, &modules_path, &modules)?
+        } else {
+            (dir.to_path_buf(), Pooling::mean(), false)
+        };
+        let config = BertConfig::load(&transformer_dir.join("config.json"))?;
+        let st_path = transformer_dir.join("sentence_bert_config.json");
+        let st: SentenceBertConfig = if st_path.exists() {
+            read_json(&st_path)?
+        } else {
+            SentenceBertConfig::default()
+        };
+        if st.do_lower_case {
+            return Err(Error::Unsupported {
+                path: st_path,
+                message: "do_lower_case = true is not implemented".into(),
+            });
+        }
+        let tok = TokenizerConfig::load_or_default(&transformer_dir)?;
+        let max_pos = config.max_position_embeddings as usize;
+        let max_seq_length = st
+            .max_seq_length
+            .or(tok.max_length())
+            .unwrap_or(max_pos)
+            .min(max_pos);
+        Ok(BiEncoderSpec {
+            transformer_dir,
+            config,
+            pooling,
+            normalize,
+            max_seq_length,
+        })
+    }
+}
+
+fn parse_modules(
+    dir: &Path,
+    path: &Path,
+    modules: &[ModuleEntry],
+) -> Result<(PathBuf, Pooling, bool)> {
+    let mut sorted: Vec<&ModuleEntry> = modules.iter().collect();
+    sorted.sort_by_key(|m| m.idx);
+    let kinds: Vec<&str> = sorted
+        .iter()
+        .map(|m| m.kind.rsplit('.').next().unwrap_or(""))
+        .collect();
+    let ok_stack = matches!(
+        kinds.as_slice(),
+        [TRANSFORMER, POOLING] | [TRANSFORMER, POOLING, NORMALIZE]
+    );
+    if !ok_stack {
+        return Err(Error::Unsupported {
+            path: path.to_path_buf(),
+            message: format!(
+                "module stack {kinds:?}; supported: Transformer, Pooling[, Normalize]"
+            ),
+        });
+    }
+    let transformer_dir = dir.join(&sorted[0].path);
+    let pooling_path = dir.join(&sorted[1].path).join("config.json");
+    let pooling_config: PoolingConfig = read_json(&pooling_path)?;
+    let pooling = Pooling::from_config(&pooling_config, &pooling_path)?;
+    Ok((transformer_dir, pooling, sorted.len() == 3))
+}
+
+/// A bi-encoder ready to run: weights in their own `VarStore`, tokenizer, pooling.
+pub struct BiEncoder {
+    pub vs: nn::VarStore,
+    pub bert: BertModel,
+    pub spec: BiEncoderSpec,
+    pub tokenizer: TextTokenizer,
+    pub import: ImportReport,
+}
+
+impl BiEncoder {
+    /// Load a sentence-transformers (or plain Hugging Face BERT) directory onto `device`,
+    /// with weights in `kind` (fp32 or bf16).
+    /// `max_seq_length` overrides the model's own.
+    pub fn load(
+        dir: &Path,
+        device: Device,
+        kind: Kind,
+        max_seq_length: Option<usize>,
+    ) -> Result<Self> {
+        let mut spec = BiEncoderSpec::read(dir)?;
+        if let Some(m) = max_seq_length {
+            spec.max_seq_length = m.min(spec.config.max_position_embeddings as usize);
+        }
+        let tokenizer = TextTokenizer::load(&spec.transformer_dir, spec.max_seq_length)?;
+        let mut vs = nn::VarStore::new(device);
+        let bert = BertModel::new(vs.root(), &spec.config);
+        let file = checkpoint::weights_file(&spec.transformer_dir)?;
+        // The pooler is not used by a bi-encoder; checkpoints saved without it still load.
+        let import = checkpoint::import(&mut vs, &file, Layout::Encoder, &["pooler."])?;
+        if kind == Kind::BFloat16 {
+            vs.bfloat16();
+        }
+        Ok(BiEncoder {
+            vs,
+            bert,
+            spec,
+            tokenizer,
+            import,
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Embedding width.
+    pub fn dim(&self) -> i64 {
+        self.spec.pooling.dim(self.spec.config.hidden_size)
+    }
+
+    /// Differentiable forward: `[batch, dim]` fp32 embeddings, L2-normalised when the
+    /// model has a Normalize module. Dropout is active when `train`.
+    pub fn forward_t(&self, batch: &Batch, train: bool) -> Tensor {
+        let hidden = self.bert.forward_t(
+            &batch.input_ids,
+            &batch.attention_mask,
+            &batch.token_type_ids,
+            batch.unpadded,
+            train,
+        );
+        let pooled = self.spec.pooling.forward(&hidden, &batch.attention_mask);
+        if self.spec.normalize {
+            l2_normalize(&pooled)
+        } else {
+            pooled
+        }
+    }
+
+    /// Embed `texts` under no-grad: length-sorted batches of at most `batch_size`, results
+    /// in input order as a `[n, dim]` fp32 CPU tensor. `progress` is called with the number
+    /// of texts finished after each batch.
+    pub fn encode<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Tensor> {
+        let encoded = self.tokenizer.encode_texts(texts)?;
+        self.encode_tokenized(&encoded, batch_size, progress)
+    }
+
+    /// As [`BiEncoder::encode`], for inputs already tokenized.
+    pub fn encode_tokenized(
+        &self,
+        encoded: &[Encoded],
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let lengths: Vec<usize> = encoded.iter().map(Encoded::len).collect();
+        let mut out = Tensor::zeros([encoded.len() as i64, self.dim()], (Kind::Float, Device::Cpu));
+        for rows in length_sorted_batches(&lengths, batch_size, None) {
+            let items: Vec<&Encoded> = rows.iter().map(|&i| &encoded[i]).collect();
+            let batch = Batch::new(&items, self.tokenizer.pad_id(), self.device());
+            let emb = self.forward_t(&batch, false).to_device(Device::Cpu);
+            let index = Tensor::from_slice(&rows.iter().map(|&i| i as i64).collect::<Vec<_>>());
+            let _ = out.index_copy_(0, &index, &emb);
+            progress(rows.len());
+        }
+        Ok(out)
+    }
+}

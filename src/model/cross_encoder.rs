@@ -1,0 +1,273 @@
+//! The teacher: a BERT cross-encoder (`BertForSequenceClassification`, one logit) that
+//! reads a (query, passage) pair and scores it.
+use crate::error::{Error, Result};
+use crate::model::batching::length_sorted_batches;
+use crate::model::bert::BertModel;
+use crate::model::bi_encoder::BiEncoderSpec;
+use crate::model::checkpoint::{self, ImportReport, Layout};
+use crate::model::config::{BertConfig, TokenizerConfig};
+use crate::model::tokenizer::{Batch, Encoded, TextTokenizer};
+use std::path::{Path, PathBuf};
+use tch::{nn, nn::Module, Device, Kind, Tensor};
+
+/// The activation applied to logits by `score`, as the checkpoint declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    Sigmoid,
+    Tanh,
+}
+
+impl Activation {
+    const IDENTITY: &'static str = "torch.nn.modules.linear.Identity";
+    const SIGMOID: &'static str = "torch.nn.modules.activation.Sigmoid";
+    const TANH: &'static str = "torch.nn.modules.activation.Tanh";
+
+    /// sentence-transformers' resolution order: `sentence_transformers.activation_fn`,
+    /// then `sbert_ce_default_activation_function`, then Sigmoid for one label.
+    pub fn from_config(config: &BertConfig, path: &Path) -> Result<Self> {
+        let declared = config
+            .sentence_transformers
+            .as_ref()
+            .and_then(|v| v.get("activation_fn"))
+            .and_then(|v| v.as_str())
+            .or(config.sbert_ce_default_activation_function.as_deref());
+        match declared {
+            None if config.labels() == 1 => Ok(Activation::Sigmoid),
+            None => Ok(Activation::Identity),
+            Some(name) => Self::parse(name).ok_or_else(|| Error::Unsupported {
+                path: path.to_path_buf(),
+                message: format!("cross-encoder activation `{name}`"),
+            }),
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        match name.rsplit('.').next()? {
+            "Identity" => Some(Activation::Identity),
+            "Sigmoid" => Some(Activation::Sigmoid),
+            "Tanh" => Some(Activation::Tanh),
+            _ => None,
+        }
+    }
+
+    /// The class path sentence-transformers writes for this activation.
+    pub fn class_path(self) -> &'static str {
+        match self {
+            Activation::Identity => Self::IDENTITY,
+            Activation::Sigmoid => Self::SIGMOID,
+            Activation::Tanh => Self::TANH,
+        }
+    }
+
+    pub fn apply(self, logits: &Tensor) -> Tensor {
+        match self {
+            Activation::Identity => logits.shallow_clone(),
+            Activation::Sigmoid => logits.sigmoid(),
+            Activation::Tanh => logits.tanh(),
+        }
+    }
+}
+
+pub struct CrossEncoder {
+    pub vs: nn::VarStore,
+    pub bert: BertModel,
+    classifier: nn::Linear,
+    pub config: BertConfig,
+    pub activation: Activation,
+    pub tokenizer: TextTokenizer,
+    pub import: ImportReport,
+    /// Directory the tokenizer files come from (copied on export).
+    pub source_dir: PathBuf,
+    classifier_dropout: f64,
+}
+
+impl CrossEncoder {
+    fn build(
+        dir: &Path,
+        config: BertConfig,
+        max_length: Option<usize>,
+        device: Device,
+    ) -> Result<(nn::VarStore, BertModel, nn::Linear, TextTokenizer)> {
+        let tok = TokenizerConfig::load_or_default(dir)?;
+        let max_pos = config.max_position_embeddings as usize;
+        let max_length = max_length.or(tok.max_length()).unwrap_or(max_pos).min(max_pos);
+        let tokenizer = TextTokenizer::load(dir, max_length)?;
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let bert = BertModel::new(&root / "bert", &config);
+        // Hugging Face's initialisation for a fresh head: N(0, initializer_range), bias 0.
+        let init = nn::LinearConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: config.initializer_range,
+            },
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
+        let classifier = nn::linear(
+            &root / "classifier",
+            config.hidden_size,
+            config.labels(),
+            init,
+        );
+        Ok((vs, bert, classifier, tokenizer))
+    }
+
+    /// Load a cross-encoder checkpoint (e.g. shaped like
+    /// `cross-encoder/ms-marco-MiniLM-L-6-v2`). `max_length` overrides the tokenizer's.
+    pub fn load(dir: &Path, max_length: Option<usize>, device: Device, kind: Kind) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let config = BertConfig::load(&config_path)?;
+        let activation = Activation::from_config(&config, &config_path)?;
+        let (mut vs, bert, classifier, tokenizer) =
+            Self::build(dir, config.clone(), max_length, device)?;
+        let file = checkpoint::weights_file(dir)?;
+        let import = checkpoint::import(&mut vs, &file, Layout::SequenceClassification, &[])?;
+        Ok(Self::finish(
+            vs, bert, classifier, config, activation, tokenizer, import, dir, kind,
+        ))
+    }
+
+    /// A new cross-encoder initialised from an encoder checkpoint (a sentence-transformers
+    /// or plain BERT directory) with a fresh one-logit classifier and raw-logit scores.
+    /// The report lists the freshly initialised tensors (the classifier, and the pooler
+    /// if the encoder checkpoint had none).
+    pub fn from_encoder(
+        dir: &Path,
+        max_length: Option<usize>,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
+        let spec = BiEncoderSpec::read(dir)?;
+        let mut config = spec.config.clone();
+        config.architectures = Some(vec!["BertForSequenceClassification".into()]);
+        config.num_labels = Some(1);
+        config.id2label = None;
+        let max_length = max_length.or(Some(spec.max_seq_length));
+        let (mut vs, bert, classifier, tokenizer) =
+            Self::build(&spec.transformer_dir, config.clone(), max_length, device)?;
+        let file = checkpoint::weights_file(&spec.transformer_dir)?;
+        let import = checkpoint::import(
+            &mut vs,
+            &file,
+            Layout::SequenceClassification,
+            &["classifier.", "bert.pooler."],
+        )?;
+        Ok(Self::finish(
+            vs,
+            bert,
+            classifier,
+            config,
+            Activation::Identity,
+            tokenizer,
+            import,
+            &spec.transformer_dir,
+            kind,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        mut vs: nn::VarStore,
+        bert: BertModel,
+        classifier: nn::Linear,
+        config: BertConfig,
+        activation: Activation,
+        tokenizer: TextTokenizer,
+        import: ImportReport,
+        dir: &Path,
+        kind: Kind,
+    ) -> Self {
+        if kind == Kind::BFloat16 {
+            vs.bfloat16();
+        }
+        let classifier_dropout = config.classifier_dropout.unwrap_or(config.hidden_dropout_prob);
+        CrossEncoder {
+            vs,
+            bert,
+            classifier,
+            config,
+            activation,
+            tokenizer,
+            import,
+            source_dir: dir.to_path_buf(),
+            classifier_dropout,
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Differentiable forward: raw logits `[batch, num_labels]` in fp32.
+    pub fn forward_t(&self, batch: &Batch, train: bool) -> Tensor {
+        let hidden = self.bert.forward_t(
+            &batch.input_ids,
+            &batch.attention_mask,
+            &batch.token_type_ids,
+            batch.unpadded,
+            train,
+        );
+        let pooled = self.bert.pool(&hidden).dropout(self.classifier_dropout, train);
+        self.classifier.forward(&pooled).to_kind(Kind::Float)
+    }
+
+    /// Raw first logit of each (query, passage) pair, in input order, under no-grad with
+    /// length-sorted batches.
+    pub fn logits<Q, P>(
+        &self,
+        pairs: &[(Q, P)],
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<f32>>
+    where
+        Q: AsRef<str> + Sync,
+        P: AsRef<str> + Sync,
+    {
+        let encoded = self.tokenizer.encode_pairs(pairs)?;
+        self.logits_tokenized(&encoded, batch_size, progress)
+    }
+
+    /// As [`CrossEncoder::logits`], for pairs already tokenized.
+    pub fn logits_tokenized(
+        &self,
+        encoded: &[Encoded],
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<f32>> {
+        let _guard = tch::no_grad_guard();
+        let lengths: Vec<usize> = encoded.iter().map(Encoded::len).collect();
+        let mut out = vec![0f32; encoded.len()];
+        for rows in length_sorted_batches(&lengths, batch_size, None) {
+            let items: Vec<&Encoded> = rows.iter().map(|&i| &encoded[i]).collect();
+            let batch = Batch::new(&items, self.tokenizer.pad_id(), self.device());
+            let logits = self.forward_t(&batch, false).select(1, 0).to_device(Device::Cpu);
+            let values = Vec::<f32>::try_from(&logits).map_err(|e| {
+                Error::torch("reading cross-encoder logits", e)
+            })?;
+            for (&i, v) in rows.iter().zip(values) {
+                out[i] = v;
+            }
+            progress(rows.len());
+        }
+        Ok(out)
+    }
+
+    /// Scores with the checkpoint's activation applied (what sentence-transformers'
+    /// `CrossEncoder.predict` returns).
+    pub fn score<Q, P>(
+        &self,
+        pairs: &[(Q, P)],
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<f32>>
+    where
+        Q: AsRef<str> + Sync,
+        P: AsRef<str> + Sync,
+    {
+        let logits = self.logits(pairs, batch_size, progress)?;
+        let t = self.activation.apply(&Tensor::from_slice(&logits));
+        Vec::<f32>::try_from(&t).map_err(|e| Error::torch("applying activation", e))
+    }
+}

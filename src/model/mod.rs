@@ -1,0 +1,14 @@
+//! Encoders on tch: BERT, the bi-encoder student, the cross-encoder teacher, their
+//! tokenizer, and checkpoint import/export in Hugging Face / sentence-transformers formats.
+pub mod batching;
+pub mod bert;
+pub mod bi_encoder;
+pub mod checkpoint;
+pub mod config;
+pub mod cross_encoder;
+pub mod export;
+pub mod pooling;
+pub mod tokenizer;
+
+pub use bi_encoder::BiEncoder;
+pub use cross_encoder::{Activation, CrossEncoder};

@@ -1,0 +1,213 @@
+//! sentence-transformers pooling: token states -> one vector per input.
+use crate::error::{Error, Result};
+use crate::model::config::PoolingConfig;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolingMode {
+    Cls,
+    Max,
+    Mean,
+    MeanSqrtLen,
+}
+
+/// The pooling modes of a `Pooling` module, concatenated in sentence-transformers' order
+/// (cls, max, mean, mean-sqrt-len) when several are enabled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pooling {
+    modes: Vec<PoolingMode>,
+}
+
+impl Pooling {
+    pub fn new(modes: Vec<PoolingMode>) -> Self {
+        Pooling { modes }
+    }
+
+    pub fn mean() -> Self {
+        Pooling::new(vec![PoolingMode::Mean])
+    }
+
+    /// From `1_Pooling/config.json` (`path` is only used in errors). A `pooling_mode`
+    /// key (sentence-transformers 6) wins over the legacy booleans and keeps its order.
+    pub fn from_config(config: &PoolingConfig, path: &Path) -> Result<Self> {
+        if let Some(mode) = &config.pooling_mode {
+            return Self::from_mode_names(mode, path);
+        }
+        if config.pooling_mode_weightedmean_tokens || config.pooling_mode_lasttoken {
+            return Err(Error::Unsupported {
+                path: path.to_path_buf(),
+                message: "weighted-mean and last-token pooling are not implemented".into(),
+            });
+        }
+        let flags = [
+            (config.pooling_mode_cls_token, PoolingMode::Cls),
+            (config.pooling_mode_max_tokens, PoolingMode::Max),
+            (config.pooling_mode_mean_tokens, PoolingMode::Mean),
+            (config.pooling_mode_mean_sqrt_len_tokens, PoolingMode::MeanSqrtLen),
+        ];
+        let modes: Vec<_> = flags.iter().filter(|f| f.0).map(|f| f.1).collect();
+        if modes.is_empty() {
+            return Err(Error::config(path, "no pooling mode is enabled"));
+        }
+        Ok(Pooling::new(modes))
+    }
+
+    fn from_mode_names(value: &serde_json::Value, path: &Path) -> Result<Self> {
+        let names: Vec<&serde_json::Value> = match value {
+            serde_json::Value::Array(items) => items.iter().collect(),
+            other => vec![other],
+        };
+        let modes = names
+            .into_iter()
+            .map(|v| match v.as_str() {
+                Some("cls") => Ok(PoolingMode::Cls),
+                Some("max") => Ok(PoolingMode::Max),
+                Some("mean") => Ok(PoolingMode::Mean),
+                Some("mean_sqrt_len_tokens") => Ok(PoolingMode::MeanSqrtLen),
+                Some(m @ ("weightedmean" | "lasttoken")) => Err(Error::Unsupported {
+                    path: path.to_path_buf(),
+                    message: format!("pooling mode `{m}` is not implemented"),
+                }),
+                _ => Err(Error::config(path, format!("invalid pooling_mode {v}"))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if modes.is_empty() {
+            return Err(Error::config(path, "pooling_mode is empty"));
+        }
+        Ok(Pooling::new(modes))
+    }
+
+    pub fn modes(&self) -> &[PoolingMode] {
+        &self.modes
+    }
+
+    /// Output dimension for token states of width `hidden`.
+    pub fn dim(&self, hidden: i64) -> i64 {
+        hidden * self.modes.len() as i64
+    }
+
+    /// `hidden`: `[batch, seq, hidden]` (any float dtype), `attention_mask`: `[batch, seq]`.
+    /// Returns `[batch, dim]` in fp32, computed as sentence-transformers does.
+    pub fn forward(&self, hidden: &Tensor, attention_mask: &Tensor) -> Tensor {
+        let hidden = hidden.to_kind(Kind::Float);
+        let mask = attention_mask.unsqueeze(-1).expand_as(&hidden).to_kind(Kind::Float);
+        let parts: Vec<Tensor> = self
+            .modes
+            .iter()
+            .map(|mode| match mode {
+                PoolingMode::Cls => hidden.select(1, 0),
+                PoolingMode::Max => hidden
+                    .masked_fill(&mask.eq(0.0), f64::NEG_INFINITY)
+                    .amax([1].as_slice(), false),
+                PoolingMode::Mean | PoolingMode::MeanSqrtLen => {
+                    let sum = (&hidden * &mask).sum_dim_intlist([1].as_slice(), false, Kind::Float);
+                    let count = mask
+                        .sum_dim_intlist([1].as_slice(), false, Kind::Float)
+                        .clamp_min(1e-9);
+                    if *mode == PoolingMode::Mean {
+                        sum / count
+                    } else {
+                        sum / count.sqrt()
+                    }
+                }
+            })
+            .collect();
+        if parts.len() == 1 {
+            parts.into_iter().next().unwrap_or_else(|| hidden.select(1, 0))
+        } else {
+            Tensor::cat(&parts, 1)
+        }
+    }
+
+    /// The `1_Pooling/config.json` that sentence-transformers reads back.
+    pub fn to_config(&self, hidden: i64) -> PoolingConfig {
+        let has = |m| self.modes.contains(&m);
+        PoolingConfig {
+            pooling_mode: None,
+            embedding_dimension: None,
+            word_embedding_dimension: hidden,
+            pooling_mode_cls_token: has(PoolingMode::Cls),
+            pooling_mode_mean_tokens: has(PoolingMode::Mean),
+            pooling_mode_max_tokens: has(PoolingMode::Max),
+            pooling_mode_mean_sqrt_len_tokens: has(PoolingMode::MeanSqrtLen),
+            pooling_mode_weightedmean_tokens: false,
+            pooling_mode_lasttoken: false,
+            include_prompt: true,
+        }
+    }
+}
+
+/// L2 normalisation as `torch.nn.functional.normalize(x, p=2, dim=1)`: x / max(|x|, 1e-12).
+pub fn l2_normalize(x: &Tensor) -> Tensor {
+    let norm = x
+        .norm_scalaropt_dim(2, [1].as_slice(), true)
+        .clamp_min(1e-12);
+    x / norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> (Tensor, Tensor) {
+        // Two rows; the second has one padding position holding a large value that
+        // must not leak into any pooled output.
+        let hidden = Tensor::from_slice(&[
+            1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, //
+            -1.0, 0.5, 2.0, -3.0, 100.0, 100.0,
+        ])
+        .view([2, 3, 2]);
+        let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 0]).view([2, 3]);
+        (hidden, mask)
+    }
+
+    fn rows(t: &Tensor) -> Vec<Vec<f32>> {
+        Vec::<Vec<f32>>::try_from(t).unwrap()
+    }
+
+    #[test]
+    fn each_mode_ignores_padding() {
+        let (h, m) = fixture();
+        let pool = |mode| rows(&Pooling::new(vec![mode]).forward(&h, &m));
+        assert_eq!(pool(PoolingMode::Cls), vec![vec![1.0, 2.0], vec![-1.0, 0.5]]);
+        assert_eq!(pool(PoolingMode::Max), vec![vec![5.0, 6.0], vec![2.0, 0.5]]);
+        assert_eq!(pool(PoolingMode::Mean), vec![vec![3.0, 4.0], vec![0.5, -1.25]]);
+        let s = pool(PoolingMode::MeanSqrtLen);
+        assert!((s[0][0] - 9.0 / 3f32.sqrt()).abs() < 1e-6);
+        assert!((s[1][1] - (-2.5 / 2f32.sqrt())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn several_modes_concatenate_in_sentence_transformers_order() {
+        let (h, m) = fixture();
+        let p = Pooling::new(vec![PoolingMode::Cls, PoolingMode::Mean]);
+        assert_eq!(p.dim(2), 4);
+        assert_eq!(rows(&p.forward(&h, &m))[0], vec![1.0, 2.0, 3.0, 4.0]);
+        let config = p.to_config(2);
+        let back = Pooling::from_config(&config, Path::new("x")).unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn reads_sentence_transformers_6_mode_names_in_order() {
+        let config = PoolingConfig {
+            pooling_mode: Some(serde_json::json!(["mean", "cls"])),
+            ..Default::default()
+        };
+        let p = Pooling::from_config(&config, Path::new("x")).unwrap();
+        assert_eq!(p.modes(), &[PoolingMode::Mean, PoolingMode::Cls]);
+        let bad = PoolingConfig {
+            pooling_mode: Some(serde_json::json!("lasttoken")),
+            ..Default::default()
+        };
+        let err = Pooling::from_config(&bad, Path::new("p.json")).unwrap_err();
+        assert!(err.to_string().contains("lasttoken"), "{err}");
+    }
+
+    #[test]
+    fn normalize_gives_unit_rows_and_keeps_zero_rows() {
+        let x = Tensor::from_slice(&[3.0f32, 4.0, 0.0, 0.0]).view([2, 2]);
+        assert_eq!(rows(&l2_normalize(&x)), vec![vec![0.6, 0.8], vec![0.0, 0.0]]);
+    }
+}

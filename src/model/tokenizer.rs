@@ -1,0 +1,256 @@
+//! Tokenization for encoders: a Hugging Face `tokenizer.json` (or a BERT WordPiece
+//! tokenizer rebuilt from `vocab.txt` + `tokenizer_config.json`), with our own
+//! truncation and no padding; batches are padded to their longest member.
+use crate::error::{Error, Result};
+use crate::model::config::TokenizerConfig;
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{AddedToken, Tokenizer, TruncationParams, TruncationStrategy};
+
+/// Token ids of one input (a text or a query/passage pair), unpadded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub ids: Vec<i64>,
+    pub type_ids: Vec<i64>,
+}
+
+impl Encoded {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// A padded batch on a device.
+#[derive(Debug)]
+pub struct Batch {
+    /// `[batch, seq]` int64 token ids.
+    pub input_ids: Tensor,
+    /// `[batch, seq]` int64, 1 for real tokens and 0 for padding.
+    pub attention_mask: Tensor,
+    /// `[batch, seq]` int64 segment ids (0 = first text, 1 = second text of a pair).
+    pub token_type_ids: Tensor,
+    /// True when every row has the same length (no padding anywhere).
+    pub unpadded: bool,
+}
+
+impl Batch {
+    /// Pad `items` to the longest one and move them to `device`.
+    pub fn new(items: &[&Encoded], pad_id: i64, device: Device) -> Batch {
+        let rows = items.len();
+        let width = items.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
+        let mut ids = vec![pad_id; rows * width];
+        let mut mask = vec![0i64; rows * width];
+        let mut types = vec![0i64; rows * width];
+        for (r, e) in items.iter().enumerate() {
+            let off = r * width;
+            ids[off..off + e.len()].copy_from_slice(&e.ids);
+            types[off..off + e.len()].copy_from_slice(&e.type_ids);
+            mask[off..off + e.len()].iter_mut().for_each(|m| *m = 1);
+        }
+        let unpadded = items.iter().all(|e| e.len() == width);
+        let shape = [rows as i64, width as i64];
+        let to = |v: Vec<i64>| Tensor::from_slice(&v).view(shape).to_device(device);
+        Batch {
+            input_ids: to(ids),
+            attention_mask: to(mask),
+            token_type_ids: to(types),
+            unpadded,
+        }
+    }
+
+    pub fn size(&self) -> i64 {
+        self.input_ids.size()[0]
+    }
+
+    /// Number of real (unpadded) tokens.
+    pub fn tokens(&self) -> i64 {
+        self.attention_mask.sum(Kind::Int64).int64_value(&[])
+    }
+}
+
+/// Tokenizer with fixed truncation: single texts are cut to `max_length` tokens
+/// (special tokens included); pairs lose tokens from the passage only, falling back to
+/// longest-first when the query alone does not fit.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    single: Tokenizer,
+    pair: Tokenizer,
+    pair_fallback: Tokenizer,
+    max_length: usize,
+    pad_id: i64,
+    source: PathBuf,
+}
+
+impl TextTokenizer {
+    /// Load from a model directory: `tokenizer.json` when present, otherwise a BERT
+    /// WordPiece tokenizer from `vocab.txt` and `tokenizer_config.json`.
+    pub fn load(dir: &Path, max_length: usize) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        let (base, source) = if json.exists() {
+            let t = Tokenizer::from_file(&json).map_err(|e| Error::Tokenizer {
+                path: json.clone(),
+                message: e.to_string(),
+            })?;
+            (t, json)
+        } else {
+            let vocab = dir.join("vocab.txt");
+            if !vocab.exists() {
+                return Err(Error::config(
+                    dir,
+                    "no tokenizer.json or vocab.txt in the model directory",
+                ));
+            }
+            (wordpiece_from_vocab(dir, &vocab)?, vocab)
+        };
+        let pad_id = pad_token_id(&base, dir)?;
+        let with = |strategy| -> Result<Tokenizer> {
+            let mut t = base.clone();
+            t.with_padding(None);
+            t.with_truncation(Some(TruncationParams {
+                max_length,
+                strategy,
+                stride: 0,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::Tokenizer {
+                path: source.clone(),
+                message: e.to_string(),
+            })?;
+            Ok(t)
+        };
+        Ok(TextTokenizer {
+            single: with(TruncationStrategy::LongestFirst)?,
+            pair: with(TruncationStrategy::OnlySecond)?,
+            pair_fallback: with(TruncationStrategy::LongestFirst)?,
+            max_length,
+            pad_id,
+            source,
+        })
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    pub fn pad_id(&self) -> i64 {
+        self.pad_id
+    }
+
+    /// Tokenize texts in parallel. Texts are stripped of surrounding whitespace first,
+    /// as sentence-transformers does.
+    pub fn encode_texts<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Encoded>> {
+        texts
+            .par_iter()
+            .map(|t| {
+                let e = self
+                    .single
+                    .encode_fast(t.as_ref().trim(), true)
+                    .map_err(|e| self.err(e))?;
+                Ok(to_encoded(&e))
+            })
+            .collect()
+    }
+
+    /// Tokenize (query, passage) pairs in parallel, truncating the passage only.
+    pub fn encode_pairs<Q, P>(&self, pairs: &[(Q, P)]) -> Result<Vec<Encoded>>
+    where
+        Q: AsRef<str> + Sync,
+        P: AsRef<str> + Sync,
+    {
+        pairs
+            .par_iter()
+            .map(|(q, p)| {
+                let input = (q.as_ref(), p.as_ref());
+                let e = match self.pair.encode_fast(input, true) {
+                    Ok(e) => e,
+                    // The query alone is longer than the budget: cut both.
+                    Err(_) => self
+                        .pair_fallback
+                        .encode_fast(input, true)
+                        .map_err(|e| self.err(e))?,
+                };
+                Ok(to_encoded(&e))
+            })
+            .collect()
+    }
+
+    fn err(&self, e: tokenizers::Error) -> Error {
+        Error::Tokenizer {
+            path: self.source.clone(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn to_encoded(e: &tokenizers::Encoding) -> Encoded {
+    Encoded {
+        ids: e.get_ids().iter().map(|&i| i as i64).collect(),
+        type_ids: e.get_type_ids().iter().map(|&i| i as i64).collect(),
+    }
+}
+
+fn pad_token_id(t: &Tokenizer, dir: &Path) -> Result<i64> {
+    if let Some(p) = t.get_padding() {
+        return Ok(p.pad_id as i64);
+    }
+    let cfg = TokenizerConfig::load_or_default(dir)?;
+    let pad = TokenizerConfig::token(&cfg.pad_token, "[PAD]");
+    Ok(t.token_to_id(&pad).unwrap_or(0) as i64)
+}
+
+/// The fast BERT tokenizer that transformers derives from a slow `BertTokenizer`.
+fn wordpiece_from_vocab(dir: &Path, vocab: &Path) -> Result<Tokenizer> {
+    let cfg = TokenizerConfig::load_or_default(dir)?;
+    let unk = TokenizerConfig::token(&cfg.unk_token, "[UNK]");
+    let sep = TokenizerConfig::token(&cfg.sep_token, "[SEP]");
+    let cls = TokenizerConfig::token(&cfg.cls_token, "[CLS]");
+    let terr = |m: String| Error::Tokenizer {
+        path: vocab.to_path_buf(),
+        message: m,
+    };
+    let vocab_str = vocab
+        .to_str()
+        .ok_or_else(|| terr("path is not valid UTF-8".into()))?;
+    let model = WordPiece::from_file(vocab_str)
+        .unk_token(unk.clone())
+        .continuing_subword_prefix("##".into())
+        .max_input_chars_per_word(100)
+        .build()
+        .map_err(|e| terr(e.to_string()))?;
+    let mut t = Tokenizer::new(model);
+    let id = |tok: &str| {
+        t.token_to_id(tok)
+            .ok_or_else(|| terr(format!("special token `{tok}` is not in the vocabulary")))
+    };
+    let (sep_id, cls_id) = (id(&sep)?, id(&cls)?);
+    t.with_normalizer(Some(BertNormalizer::new(
+        true,
+        cfg.tokenize_chinese_chars,
+        cfg.strip_accents,
+        cfg.do_lower_case,
+    )))
+    .map_err(|e| terr(e.to_string()))?;
+    t.with_pre_tokenizer(Some(BertPreTokenizer));
+    t.with_post_processor(Some(BertProcessing::new(
+        (sep.clone(), sep_id),
+        (cls.clone(), cls_id),
+    )));
+    let pad = TokenizerConfig::token(&cfg.pad_token, "[PAD]");
+    let mask = TokenizerConfig::token(&cfg.mask_token, "[MASK]");
+    let specials: Vec<AddedToken> = [unk, sep, pad, cls, mask]
+        .into_iter()
+        .map(|s| AddedToken::from(s, true))
+        .collect();
+    t.add_special_tokens(specials)
+        .map_err(|e| terr(e.to_string()))?;
+    Ok(t)
+}
