@@ -14,9 +14,16 @@ fn libtorch_lib_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(dir).join("lib"));
     }
     // Same interpreter choice as torch-sys with LIBTORCH_USE_PYTORCH=1.
-    let python = if std::env::var_os("VIRTUAL_ENV").is_some() { "python" } else { "python3" };
+    let python = if std::env::var_os("VIRTUAL_ENV").is_some() {
+        "python"
+    } else {
+        "python3"
+    };
     let out = Command::new(python)
-        .args(["-c", "import torch, os; print(os.path.dirname(torch.__file__))"])
+        .args([
+            "-c",
+            "import torch, os; print(os.path.dirname(torch.__file__))",
+        ])
         .output()
         .ok()?;
     if !out.status.success() {
@@ -27,7 +34,11 @@ fn libtorch_lib_dir() -> Option<PathBuf> {
 }
 
 fn torch_version() -> String {
-    let python = if std::env::var_os("VIRTUAL_ENV").is_some() { "python" } else { "python3" };
+    let python = if std::env::var_os("VIRTUAL_ENV").is_some() {
+        "python"
+    } else {
+        "python3"
+    };
     Command::new(python)
         .args(["-c", "import torch; print(torch.__version__)"])
         .output()
@@ -40,7 +51,10 @@ fn torch_version() -> String {
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rustc-env=DISTILL_LIBTORCH_VERSION={}", torch_version());
+    println!(
+        "cargo:rustc-env=DISTILL_LIBTORCH_VERSION={}",
+        torch_version()
+    );
     let Some(lib) = libtorch_lib_dir() else {
         println!("cargo:warning=libtorch not located; no rpath recorded (set LIBTORCH_USE_PYTORCH=1 with the venv active)");
         return;

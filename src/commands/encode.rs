@@ -63,7 +63,10 @@ pub fn run(settings: &EncodeSettings) -> Result<EncodeSummary> {
     let metadata = [
         ("distill.model", settings.model.display().to_string()),
         ("distill.normalized", model.spec.normalize.to_string()),
-        ("distill.max_seq_length", model.spec.max_seq_length.to_string()),
+        (
+            "distill.max_seq_length",
+            model.spec.max_seq_length.to_string(),
+        ),
     ];
     write_embeddings(&settings.output, &ids, &values, dim, &metadata)?;
     Ok(EncodeSummary {

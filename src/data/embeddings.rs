@@ -51,11 +51,16 @@ pub fn write_embeddings(
         let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(perr)?;
         for start in (0..ids.len()).step_by(ROWS_PER_GROUP) {
             let end = (start + ROWS_PER_GROUP).min(ids.len());
-            let batch = embeddings_batch(&schema, &ids[start..end], &values[start * dim..end * dim], dim)
-                .map_err(|source| Error::Arrow {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
+            let batch = embeddings_batch(
+                &schema,
+                &ids[start..end],
+                &values[start * dim..end * dim],
+                dim,
+            )
+            .map_err(|source| Error::Arrow {
+                path: path.to_path_buf(),
+                source,
+            })?;
             writer.write(&batch).map_err(perr)?;
         }
         writer.close().map_err(perr)?;

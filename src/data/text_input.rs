@@ -54,8 +54,8 @@ pub fn read_texts(path: &Path, format: TextFormat) -> Result<Vec<TextRecord>> {
             line,
             message,
         };
-        let raw = std::str::from_utf8(&buf)
-            .map_err(|e| input_err(format!("invalid UTF-8 ({e})")))?;
+        let raw =
+            std::str::from_utf8(&buf).map_err(|e| input_err(format!("invalid UTF-8 ({e})")))?;
         let raw = raw.trim_end_matches(['\n', '\r']);
         let record = match format {
             TextFormat::Jsonl => {
@@ -139,15 +139,23 @@ mod tests {
     #[test]
     fn errors_name_the_line() {
         let cases: [(&[u8], &str); 5] = [
-            (b"{\"_id\": \"a\", \"text\": \"x\"}\n{\"_id\": \"a\", \"text\": \"y\"}\n", "line 1"),
+            (
+                b"{\"_id\": \"a\", \"text\": \"x\"}\n{\"_id\": \"a\", \"text\": \"y\"}\n",
+                "line 1",
+            ),
             (b"{\"text\": \"x\"}\n", "missing key `_id`"),
-            (b"{\"_id\": \"a\", \"text\": \"x\"}\n{not json\n", "malformed JSON"),
+            (
+                b"{\"_id\": \"a\", \"text\": \"x\"}\n{not json\n",
+                "malformed JSON",
+            ),
             (b"{\"_id\": \"a\", \"text\": 3}\n", "must be a string"),
             (b"{\"_id\": \"a\", \"text\": \"\xff\"}\n", "invalid UTF-8"),
         ];
         for (content, needle) in cases {
             let f = file(content, ".jsonl");
-            let err = read_texts(f.path(), TextFormat::Auto).unwrap_err().to_string();
+            let err = read_texts(f.path(), TextFormat::Auto)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{err}");
             assert!(err.contains(&f.path().display().to_string()), "{err}");
         }

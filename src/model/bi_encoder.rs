@@ -190,7 +190,10 @@ impl BiEncoder {
     ) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
         let lengths: Vec<usize> = encoded.iter().map(Encoded::len).collect();
-        let mut out = Tensor::zeros([encoded.len() as i64, self.dim()], (Kind::Float, Device::Cpu));
+        let mut out = Tensor::zeros(
+            [encoded.len() as i64, self.dim()],
+            (Kind::Float, Device::Cpu),
+        );
         for rows in length_sorted_batches(&lengths, batch_size, None) {
             let items: Vec<&Encoded> = rows.iter().map(|&i| &encoded[i]).collect();
             let batch = Batch::new(&items, self.tokenizer.pad_id(), self.device());

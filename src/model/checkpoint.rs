@@ -172,7 +172,8 @@ mod tests {
     fn maps_names_for_each_layout() {
         let enc = Layout::Encoder;
         assert_eq!(
-            enc.target("bert.encoder.layer.0.output.LayerNorm.gamma").as_deref(),
+            enc.target("bert.encoder.layer.0.output.LayerNorm.gamma")
+                .as_deref(),
             Some("encoder.layer.0.output.LayerNorm.weight")
         );
         assert_eq!(
@@ -190,7 +191,8 @@ mod tests {
             Some("classifier.bias")
         );
         assert_eq!(
-            ce.target("bert.embeddings.word_embeddings.weight").as_deref(),
+            ce.target("bert.embeddings.word_embeddings.weight")
+                .as_deref(),
             Some("bert.embeddings.word_embeddings.weight")
         );
     }

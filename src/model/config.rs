@@ -131,20 +131,11 @@ pub struct ModuleEntry {
 }
 
 /// `sentence_bert_config.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SentenceBertConfig {
     pub max_seq_length: Option<usize>,
     pub do_lower_case: bool,
-}
-
-impl Default for SentenceBertConfig {
-    fn default() -> Self {
-        SentenceBertConfig {
-            max_seq_length: None,
-            do_lower_case: false,
-        }
-    }
 }
 
 /// `1_Pooling/config.json`, in either format: sentence-transformers < 6 writes one

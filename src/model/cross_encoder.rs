@@ -1,6 +1,6 @@
 //! The teacher: a BERT cross-encoder (`BertForSequenceClassification`, one logit) that
 //! reads a (query, passage) pair and scores it.
-use crate::error::{Error, Result};
+use crate::error::{read_json, Error, Result};
 use crate::model::batching::length_sorted_batches;
 use crate::model::bert::BertModel;
 use crate::model::bi_encoder::BiEncoderSpec;
@@ -23,20 +23,39 @@ impl Activation {
     const SIGMOID: &'static str = "torch.nn.modules.activation.Sigmoid";
     const TANH: &'static str = "torch.nn.modules.activation.Tanh";
 
-    /// sentence-transformers' resolution order: `sentence_transformers.activation_fn`,
-    /// then `sbert_ce_default_activation_function`, then Sigmoid for one label.
-    pub fn from_config(config: &BertConfig, path: &Path) -> Result<Self> {
-        let declared = config
+    /// sentence-transformers' resolution order: `activation_fn` in
+    /// `config_sentence_transformers.json` (6.x), `sentence_transformers.activation_fn` in
+    /// `config.json` (4.x-5.x), `sbert_ce_default_activation_function` (older), else
+    /// Sigmoid for one label.
+    pub fn from_config(dir: &Path, config: &BertConfig) -> Result<Self> {
+        let st_path = dir.join("config_sentence_transformers.json");
+        let st: Option<serde_json::Value> = if st_path.exists() {
+            Some(read_json(&st_path)?)
+        } else {
+            None
+        };
+        let from_st = st
+            .as_ref()
+            .and_then(|v| v.get("activation_fn"))
+            .and_then(|v| v.as_str());
+        let from_config = config
             .sentence_transformers
             .as_ref()
             .and_then(|v| v.get("activation_fn"))
-            .and_then(|v| v.as_str())
+            .and_then(|v| v.as_str());
+        let declared = from_st
+            .or(from_config)
             .or(config.sbert_ce_default_activation_function.as_deref());
+        let path = if from_st.is_some() {
+            st_path
+        } else {
+            dir.join("config.json")
+        };
         match declared {
             None if config.labels() == 1 => Ok(Activation::Sigmoid),
             None => Ok(Activation::Identity),
             Some(name) => Self::parse(name).ok_or_else(|| Error::Unsupported {
-                path: path.to_path_buf(),
+                path,
                 message: format!("cross-encoder activation `{name}`"),
             }),
         }
@@ -91,7 +110,10 @@ impl CrossEncoder {
     ) -> Result<(nn::VarStore, BertModel, nn::Linear, TextTokenizer)> {
         let tok = TokenizerConfig::load_or_default(dir)?;
         let max_pos = config.max_position_embeddings as usize;
-        let max_length = max_length.or(tok.max_length()).unwrap_or(max_pos).min(max_pos);
+        let max_length = max_length
+            .or(tok.max_length())
+            .unwrap_or(max_pos)
+            .min(max_pos);
         let tokenizer = TextTokenizer::load(dir, max_length)?;
         let vs = nn::VarStore::new(device);
         let root = vs.root();
@@ -117,9 +139,8 @@ impl CrossEncoder {
     /// Load a cross-encoder checkpoint (e.g. shaped like
     /// `cross-encoder/ms-marco-MiniLM-L-6-v2`). `max_length` overrides the tokenizer's.
     pub fn load(dir: &Path, max_length: Option<usize>, device: Device, kind: Kind) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let config = BertConfig::load(&config_path)?;
-        let activation = Activation::from_config(&config, &config_path)?;
+        let config = BertConfig::load(&dir.join("config.json"))?;
+        let activation = Activation::from_config(dir, &config)?;
         let (mut vs, bert, classifier, tokenizer) =
             Self::build(dir, config.clone(), max_length, device)?;
         let file = checkpoint::weights_file(dir)?;
@@ -182,7 +203,9 @@ impl CrossEncoder {
         if kind == Kind::BFloat16 {
             vs.bfloat16();
         }
-        let classifier_dropout = config.classifier_dropout.unwrap_or(config.hidden_dropout_prob);
+        let classifier_dropout = config
+            .classifier_dropout
+            .unwrap_or(config.hidden_dropout_prob);
         CrossEncoder {
             vs,
             bert,
@@ -209,7 +232,10 @@ impl CrossEncoder {
             batch.unpadded,
             train,
         );
-        let pooled = self.bert.pool(&hidden).dropout(self.classifier_dropout, train);
+        let pooled = self
+            .bert
+            .pool(&hidden)
+            .dropout(self.classifier_dropout, train);
         self.classifier.forward(&pooled).to_kind(Kind::Float)
     }
 
@@ -242,10 +268,12 @@ impl CrossEncoder {
         for rows in length_sorted_batches(&lengths, batch_size, None) {
             let items: Vec<&Encoded> = rows.iter().map(|&i| &encoded[i]).collect();
             let batch = Batch::new(&items, self.tokenizer.pad_id(), self.device());
-            let logits = self.forward_t(&batch, false).select(1, 0).to_device(Device::Cpu);
-            let values = Vec::<f32>::try_from(&logits).map_err(|e| {
-                Error::torch("reading cross-encoder logits", e)
-            })?;
+            let logits = self
+                .forward_t(&batch, false)
+                .select(1, 0)
+                .to_device(Device::Cpu);
+            let values = Vec::<f32>::try_from(&logits)
+                .map_err(|e| Error::torch("reading cross-encoder logits", e))?;
             for (&i, v) in rows.iter().zip(values) {
                 out[i] = v;
             }

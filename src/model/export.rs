@@ -59,7 +59,10 @@ pub fn export_bi_encoder(model: &BiEncoder, dir: &Path) -> Result<()> {
     let spec = &model.spec;
     create_dir(dir)?;
     let hidden = spec.config.hidden_size;
-    write_json(&dir.join("config.json"), &model_config(&spec.config, "BertModel"))?;
+    write_json(
+        &dir.join("config.json"),
+        &model_config(&spec.config, "BertModel"),
+    )?;
     checkpoint::export(&model.vs, &dir.join("model.safetensors"))?;
     copy_tokenizer(&spec.transformer_dir, dir, spec.max_seq_length)?;
     write_json(
@@ -68,7 +71,10 @@ pub fn export_bi_encoder(model: &BiEncoder, dir: &Path) -> Result<()> {
     )?;
     let pooling_dir = dir.join("1_Pooling");
     create_dir(&pooling_dir)?;
-    write_json(&pooling_dir.join("config.json"), &spec.pooling.to_config(hidden))?;
+    write_json(
+        &pooling_dir.join("config.json"),
+        &spec.pooling.to_config(hidden),
+    )?;
     let mut modules = vec![
         json!({"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}),
         json!({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}),

@@ -44,7 +44,10 @@ impl Pooling {
             (config.pooling_mode_cls_token, PoolingMode::Cls),
             (config.pooling_mode_max_tokens, PoolingMode::Max),
             (config.pooling_mode_mean_tokens, PoolingMode::Mean),
-            (config.pooling_mode_mean_sqrt_len_tokens, PoolingMode::MeanSqrtLen),
+            (
+                config.pooling_mode_mean_sqrt_len_tokens,
+                PoolingMode::MeanSqrtLen,
+            ),
         ];
         let modes: Vec<_> = flags.iter().filter(|f| f.0).map(|f| f.1).collect();
         if modes.is_empty() {
@@ -91,7 +94,10 @@ impl Pooling {
     /// Returns `[batch, dim]` in fp32, computed as sentence-transformers does.
     pub fn forward(&self, hidden: &Tensor, attention_mask: &Tensor) -> Tensor {
         let hidden = hidden.to_kind(Kind::Float);
-        let mask = attention_mask.unsqueeze(-1).expand_as(&hidden).to_kind(Kind::Float);
+        let mask = attention_mask
+            .unsqueeze(-1)
+            .expand_as(&hidden)
+            .to_kind(Kind::Float);
         let parts: Vec<Tensor> = self
             .modes
             .iter()
@@ -114,7 +120,10 @@ impl Pooling {
             })
             .collect();
         if parts.len() == 1 {
-            parts.into_iter().next().unwrap_or_else(|| hidden.select(1, 0))
+            parts
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| hidden.select(1, 0))
         } else {
             Tensor::cat(&parts, 1)
         }
@@ -170,9 +179,15 @@ mod tests {
     fn each_mode_ignores_padding() {
         let (h, m) = fixture();
         let pool = |mode| rows(&Pooling::new(vec![mode]).forward(&h, &m));
-        assert_eq!(pool(PoolingMode::Cls), vec![vec![1.0, 2.0], vec![-1.0, 0.5]]);
+        assert_eq!(
+            pool(PoolingMode::Cls),
+            vec![vec![1.0, 2.0], vec![-1.0, 0.5]]
+        );
         assert_eq!(pool(PoolingMode::Max), vec![vec![5.0, 6.0], vec![2.0, 0.5]]);
-        assert_eq!(pool(PoolingMode::Mean), vec![vec![3.0, 4.0], vec![0.5, -1.25]]);
+        assert_eq!(
+            pool(PoolingMode::Mean),
+            vec![vec![3.0, 4.0], vec![0.5, -1.25]]
+        );
         let s = pool(PoolingMode::MeanSqrtLen);
         assert!((s[0][0] - 9.0 / 3f32.sqrt()).abs() < 1e-6);
         assert!((s[1][1] - (-2.5 / 2f32.sqrt())).abs() < 1e-6);
@@ -208,6 +223,9 @@ mod tests {
     #[test]
     fn normalize_gives_unit_rows_and_keeps_zero_rows() {
         let x = Tensor::from_slice(&[3.0f32, 4.0, 0.0, 0.0]).view([2, 2]);
-        assert_eq!(rows(&l2_normalize(&x)), vec![vec![0.6, 0.8], vec![0.0, 0.0]]);
+        assert_eq!(
+            rows(&l2_normalize(&x)),
+            vec![vec![0.6, 0.8], vec![0.0, 0.0]]
+        );
     }
 }

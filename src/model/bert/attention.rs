@@ -48,7 +48,10 @@ impl BertAttention {
         let context =
             Tensor::scaled_dot_product_attention(&q, &k, &v, mask, dropout, false, None, false);
         let context = context.transpose(1, 2).reshape([b, l, h]);
-        let out = self.output.forward(&context).dropout(self.hidden_dropout, train);
+        let out = self
+            .output
+            .forward(&context)
+            .dropout(self.hidden_dropout, train);
         self.layer_norm.forward(&(out + hidden))
     }
 }

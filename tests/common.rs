@@ -1,0 +1,165 @@
+//! Shared helpers: fixture locations (failing loudly when setup did not make them),
+//! reference files, and the Python reference runner.
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fixture from `tests/fixtures/generated`; panics with the fix when it is missing.
+pub fn generated(name: &str) -> PathBuf {
+    let path = repo().join("tests/fixtures/generated").join(name);
+    assert!(
+        path.exists(),
+        "missing fixture {} -- run `make fixtures` (reference outputs from transformers / \
+         sentence-transformers)",
+        path.display()
+    );
+    path
+}
+
+/// The real all-MiniLM-L6-v2 student; panics when `make setup` did not fetch it.
+pub fn student_dir() -> PathBuf {
+    let path = repo().join("models/all-MiniLM-L6-v2");
+    assert!(
+        path.join("model.safetensors").exists(),
+        "the student model is missing at {} -- run `make setup`",
+        path.display()
+    );
+    path
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(name)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Text {
+    pub id: String,
+    pub text: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Pair {
+    pub id: String,
+    pub query: String,
+    pub passage: String,
+}
+
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .collect()
+}
+
+pub fn texts() -> Vec<Text> {
+    read_jsonl(&fixture("parity_texts.jsonl"))
+}
+
+pub fn pairs() -> Vec<Pair> {
+    read_jsonl(&fixture("parity_pairs.jsonl"))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RefEmbeddings {
+    pub ids: Vec<String>,
+    pub embeddings: Vec<Vec<f32>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RefScores {
+    pub ids: Vec<String>,
+    pub logits: Vec<f32>,
+    pub scores: Vec<f32>,
+    /// Whether `CrossEncoder.predict` (longest-first truncation) saw the same tokens as
+    /// the passage-only truncation used for `logits`.
+    pub same_tokens_as_predict: Vec<bool>,
+}
+
+/// Our logits and scores against the reference: logits everywhere; scores against
+/// `CrossEncoder.predict` wherever it tokenized the pair as we do.
+pub fn assert_scores_match(what: &str, logits: &[f32], scores: &[f32], want: &RefScores) {
+    let d = max_abs_diff_1d(logits, &want.logits);
+    assert!(d <= 1e-4, "{what}: logits differ by {d:e}");
+    let compared: Vec<usize> = (0..scores.len())
+        .filter(|&i| want.same_tokens_as_predict[i])
+        .collect();
+    assert!(
+        compared.len() * 2 > scores.len(),
+        "{what}: too few comparable pairs"
+    );
+    let d = compared
+        .iter()
+        .map(|&i| (scores[i] - want.scores[i]).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        d <= 1e-4,
+        "{what}: scores differ from CrossEncoder.predict by {d:e}"
+    );
+}
+
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Largest absolute difference between two matrices of equal shape.
+pub fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len(), "row counts differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            assert_eq!(x.len(), y.len(), "row widths differ");
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max)
+        })
+        .fold(0f32, f32::max)
+}
+
+pub fn max_abs_diff_1d(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0f32, f32::max)
+}
+
+pub fn rows(t: &tch::Tensor) -> Vec<Vec<f32>> {
+    Vec::<Vec<f32>>::try_from(t).expect("2-d float tensor")
+}
+
+/// The venv's Python; panics when setup did not create it.
+pub fn python() -> PathBuf {
+    let py = repo().join(".venv/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing -- run `make setup`",
+        py.display()
+    );
+    py
+}
+
+/// Run `scripts/reference.py ARGS` offline; panics with its output when it fails.
+pub fn reference(args: &[&str]) {
+    let out = Command::new(python())
+        .arg(repo().join("scripts/reference.py"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_OFFLINE", "1")
+        .output()
+        .expect("running scripts/reference.py");
+    assert!(
+        out.status.success(),
+        "reference.py {args:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,8 @@
+//! Integration tests, built as one binary. Reference values come from Hugging Face
+//! transformers / sentence-transformers through `scripts/make_fixtures.py` and
+//! `scripts/reference.py` (run `make fixtures`); nothing here is typed in by hand.
+mod checkpoint_import;
+mod cli;
+mod common;
+mod export_roundtrip;
+mod parity;
