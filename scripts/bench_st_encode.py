@@ -49,6 +49,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-seq-length", type=int, default=256)
     ap.add_argument("--limit", type=int, default=None, help="only the first N documents")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model weights dtype")
+    ap.add_argument("--embeddings-out", default=None, help="also save the embeddings (.npy, ids order)")
     ap.add_argument("--output", required=True)
     args = ap.parse_args()
 
@@ -60,6 +62,8 @@ def main() -> int:
         return 1
     model = SentenceTransformer(args.model, device="cpu")
     model.max_seq_length = args.max_seq_length
+    if args.dtype == "bf16":
+        model = model.to(torch.bfloat16)
     model.eval()
 
     def encode(texts: list[str]) -> np.ndarray:
@@ -70,12 +74,15 @@ def main() -> int:
     start = time.perf_counter()
     emb = np.asarray(encode(docs), dtype=np.float32)
     seconds = time.perf_counter() - start
+    if args.embeddings_out:
+        np.save(args.embeddings_out, emb)
 
     result = {
         "model": args.model,
         "corpus": args.corpus,
         "num_docs": len(docs),
         "batch_size": args.batch_size,
+        "dtype": args.dtype,
         "max_seq_length": args.max_seq_length,
         "num_threads": torch.get_num_threads(),
         "seconds": seconds,

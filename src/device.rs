@@ -89,17 +89,13 @@ impl std::str::FromStr for Precision {
 }
 
 impl Precision {
-    /// The tensor kind used on `device`. bf16 is refused on CPU: the CPU path is the
-    /// exact-parity path and bf16 matmuls there are slow.
+    /// The tensor kind used on `device`: `auto` is bf16 on CUDA and fp32 on CPU (the
+    /// exact-parity path). bf16 on CPU is allowed; it is fast only where the processor
+    /// has bf16 instructions (AVX512_BF16 or AMX).
     pub fn resolve(self, device: Device) -> Result<Kind> {
         match (self, device) {
             (Precision::Fp32, _) | (Precision::Auto, Device::Cpu) => Ok(Kind::Float),
-            (Precision::Auto, _) => Ok(Kind::BFloat16),
-            (Precision::Bf16, Device::Cpu) => Err(Error::Setting {
-                key: "precision".into(),
-                message: "bf16 is supported on CUDA only; use fp32 (or auto) on CPU".into(),
-            }),
-            (Precision::Bf16, _) => Ok(Kind::BFloat16),
+            (Precision::Auto, _) | (Precision::Bf16, _) => Ok(Kind::BFloat16),
         }
     }
 }
@@ -126,6 +122,13 @@ mod tests {
             Precision::Auto.resolve(Device::Cuda(0)).unwrap(),
             Kind::BFloat16
         );
-        assert!(Precision::Bf16.resolve(Device::Cpu).is_err());
+        assert_eq!(
+            Precision::Bf16.resolve(Device::Cpu).unwrap(),
+            Kind::BFloat16
+        );
+        assert_eq!(
+            Precision::Fp32.resolve(Device::Cuda(0)).unwrap(),
+            Kind::Float
+        );
     }
 }

@@ -94,3 +94,32 @@ fn sentence_transformers_cross_encoder_with_sigmoid_matches() {
     let act = check_cross_encoder(&dir, "logits.json", None);
     assert_eq!(act, Activation::Sigmoid);
 }
+
+#[test]
+fn dropout_is_active_only_in_training_mode() {
+    use distill::model::tokenizer::{Batch, Encoded};
+    let model =
+        BiEncoder::load(&generated("tiny_bi_mean"), Device::Cpu, Kind::Float, None).unwrap();
+    let texts = ["dropout changes training outputs", "but never inference"];
+    let encoded: Vec<Encoded> = model.tokenizer.encode_texts(&texts).unwrap();
+    let items: Vec<&Encoded> = encoded.iter().collect();
+    let batch = Batch::new(&items, model.tokenizer.pad_id(), Device::Cpu);
+    tch::manual_seed(1);
+    let eval_a = model.forward_t(&batch, false);
+    let eval_b = model.forward_t(&batch, false);
+    assert!(eval_a.equal(&eval_b));
+    let train_a = model.forward_t(&batch, true);
+    let train_b = model.forward_t(&batch, true);
+    let diff = |a: &tch::Tensor, b: &tch::Tensor| (a - b).abs().max().double_value(&[]);
+    assert!(
+        diff(&train_a, &train_b) > 1e-4,
+        "dropout did nothing in training mode"
+    );
+    assert!(diff(&train_a, &eval_a) > 1e-4);
+    // Same seed, same dropout masks: training is reproducible.
+    tch::manual_seed(7);
+    let s1 = model.forward_t(&batch, true);
+    tch::manual_seed(7);
+    let s2 = model.forward_t(&batch, true);
+    assert!(s1.equal(&s2));
+}

@@ -1,4 +1,6 @@
 //! Data formats: text inputs (BEIR JSONL, plain lines), Parquet outputs, atomic writes.
 pub mod atomic;
+pub mod beir;
 pub mod embeddings;
+pub mod pairs;
 pub mod text_input;

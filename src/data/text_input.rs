@@ -24,9 +24,48 @@ pub struct TextRecord {
     pub line: usize,
 }
 
-/// Read every text of `path`. Errors name the file and line: malformed JSON, a missing
-/// `_id`/`text`, invalid UTF-8, duplicate ids. Blank lines are skipped.
+/// Lines left out by a non-strict read: `(line, id)` of each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Later occurrences of an id already seen (the first one is kept).
+    pub duplicates: Vec<(usize, String)>,
+    /// Records whose embedded text is empty or only whitespace.
+    pub empty: Vec<(usize, String)>,
+}
+
+impl Skipped {
+    pub fn is_empty(&self) -> bool {
+        self.duplicates.is_empty() && self.empty.is_empty()
+    }
+}
+
+/// What to do with records that parse but are questionable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPolicy {
+    /// Duplicate ids (and, unless `allow_empty`, empty texts) are errors; otherwise they
+    /// are skipped and counted.
+    pub strict: bool,
+    /// Keep records with empty text.
+    pub allow_empty: bool,
+}
+
+/// Read every text of `path`: duplicate ids are errors, empty texts are kept.
 pub fn read_texts(path: &Path, format: TextFormat) -> Result<Vec<TextRecord>> {
+    let policy = ReadPolicy {
+        strict: true,
+        allow_empty: true,
+    };
+    read_texts_with(path, format, policy).map(|(records, _)| records)
+}
+
+/// Read every text of `path` under `policy`. Errors name the file and line: malformed
+/// JSON, a missing `_id`/`text`, invalid UTF-8 always; duplicate ids and empty texts when
+/// strict. Blank lines are skipped.
+pub fn read_texts_with(
+    path: &Path,
+    format: TextFormat,
+    policy: ReadPolicy,
+) -> Result<(Vec<TextRecord>, Skipped)> {
     let format = match format {
         TextFormat::Auto => match path.extension().and_then(|e| e.to_str()) {
             Some("jsonl" | "json") => TextFormat::Jsonl,
@@ -37,6 +76,7 @@ pub fn read_texts(path: &Path, format: TextFormat) -> Result<Vec<TextRecord>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = std::io::BufReader::new(file);
     let mut records = Vec::new();
+    let mut skipped = Skipped::default();
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut buf = Vec::new();
     let mut line = 0usize;
@@ -70,15 +110,27 @@ pub fn read_texts(path: &Path, format: TextFormat) -> Result<Vec<TextRecord>> {
                 line,
             },
         };
-        if let Some(first) = seen.insert(record.id.clone(), line) {
-            return Err(input_err(format!(
-                "duplicate id `{}` (first seen on line {first})",
-                record.id
-            )));
+        if let Some(&first) = seen.get(&record.id) {
+            if policy.strict {
+                return Err(input_err(format!(
+                    "duplicate id `{}` (first seen on line {first})",
+                    record.id
+                )));
+            }
+            skipped.duplicates.push((line, record.id));
+            continue;
         }
+        if !policy.allow_empty && record.text.trim().is_empty() {
+            if policy.strict {
+                return Err(input_err(format!("empty text for `{}`", record.id)));
+            }
+            skipped.empty.push((line, record.id));
+            continue;
+        }
+        seen.insert(record.id.clone(), line);
         records.push(TextRecord { line, ..record });
     }
-    Ok(records)
+    Ok((records, skipped))
 }
 
 /// One BEIR JSONL object: the embedded text is `title + " " + text` when the title is
@@ -159,6 +211,30 @@ mod tests {
             assert!(err.contains(needle), "{err}");
             assert!(err.contains(&f.path().display().to_string()), "{err}");
         }
+    }
+
+    #[test]
+    fn lenient_read_skips_and_counts_duplicates_and_empty_texts() {
+        let f = file(
+            b"{\"_id\": \"a\", \"text\": \"x\"}\n{\"_id\": \"a\", \"text\": \"y\"}\n{\"_id\": \"b\", \"text\": \"  \"}\n",
+            ".jsonl",
+        );
+        let lenient = ReadPolicy {
+            strict: false,
+            allow_empty: false,
+        };
+        let (r, skipped) = read_texts_with(f.path(), TextFormat::Auto, lenient).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].text, "x");
+        assert_eq!(skipped.duplicates, vec![(2, "a".to_string())]);
+        assert_eq!(skipped.empty, vec![(3, "b".to_string())]);
+        let strict = ReadPolicy {
+            strict: true,
+            allow_empty: false,
+        };
+        let f = file(b"{\"_id\": \"b\", \"text\": \"\"}\n", ".jsonl");
+        let err = read_texts_with(f.path(), TextFormat::Auto, strict).unwrap_err();
+        assert!(err.to_string().contains(":1: empty text for `b`"), "{err}");
     }
 
     #[test]
