@@ -35,6 +35,7 @@ build: venv
 
 fixtures: venv student
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) scripts/make_fixtures.py
+	$(PY) scripts/make_beir_fixture.py tests/fixtures/generated/beir_tiny
 
 lint: venv
 	cargo fmt --check

@@ -5,7 +5,11 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod model;
+pub mod pipeline;
 pub mod progress;
+pub mod retrieval;
+pub mod rng;
+pub mod stages;
 
 pub use error::{Error, Result};
 

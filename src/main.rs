@@ -4,7 +4,10 @@ use clap::{Args, Parser, Subcommand};
 use distill::commands::encode::{self, EncodeSettings};
 use distill::data::text_input::TextFormat;
 use distill::device::{DeviceSpec, Precision};
+use distill::pipeline::runner::{self, RunOptions};
+use distill::pipeline::Pipeline;
 use distill::progress::Verbosity;
+use distill::stages::ShardSpec;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -40,6 +43,45 @@ enum Command {
     /// Example: distill encode --model models/all-MiniLM-L6-v2
     ///            --input corpus.jsonl --output corpus.parquet
     Encode(EncodeArgs),
+    /// Run a pipeline: every stage whose manifest does not match its configuration and
+    /// inputs, in order. Exit code 0 only if every requested stage completed.
+    ///
+    /// Example: distill run pipelines/nightly.toml
+    ///          distill run pipelines/nightly.toml --from score
+    ///          distill run pipelines/nightly.toml --shard 0/4   (one of 4 scoring workers)
+    Run(RunArgs),
+    /// Validate a pipeline file (keys, paths, values) without running anything.
+    ///
+    /// Example: distill check pipelines/nightly.toml
+    Check(PipelineArg),
+    /// Show each stage of a pipeline as done, stale (and why), partial or pending.
+    ///
+    /// Example: distill status pipelines/nightly.toml
+    Status(PipelineArg),
+}
+
+#[derive(Args, Debug)]
+struct PipelineArg {
+    /// Pipeline file (TOML).
+    pipeline: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Pipeline file (TOML).
+    pipeline: PathBuf,
+    /// Rerun this stage and every stage after it.
+    #[arg(long, conflicts_with = "only")]
+    from: Option<String>,
+    /// Run only this stage (the stages it reads must be done).
+    #[arg(long)]
+    only: Option<String>,
+    /// Rerun the selected stages even when their manifests match.
+    #[arg(long)]
+    force: bool,
+    /// Score only shards j with j % N == I (I/N); run once more without --shard to merge.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<ShardSpec>,
 }
 
 #[derive(Args, Debug)]
@@ -101,6 +143,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     summary.seconds,
                     summary.per_second(),
                     settings.output.display()
+                );
+            }
+        }
+        Command::Check(a) => {
+            let p = Pipeline::load(&a.pipeline)?;
+            if verbosity > Verbosity::Quiet {
+                println!(
+                    "{}: ok (run `{}` in {}, {} dataset(s))",
+                    a.pipeline.display(),
+                    p.name,
+                    p.run_dir.display(),
+                    p.datasets.len()
+                );
+            }
+        }
+        Command::Status(a) => {
+            let p = Pipeline::load(&a.pipeline)?;
+            println!("run `{}` in {}", p.name, p.run_dir.display());
+            for s in runner::status(&p)? {
+                println!("  {:<8} {}", s.stage, s.state);
+            }
+        }
+        Command::Run(a) => {
+            let p = Pipeline::load(&a.pipeline)?;
+            let opts = RunOptions {
+                from: a.from,
+                only: a.only,
+                force: a.force,
+                shard: a.shard,
+                verbosity: Some(verbosity),
+            };
+            let report = runner::run(&p, &opts).context("pipeline run failed")?;
+            if verbosity > Verbosity::Quiet {
+                eprintln!(
+                    "run `{}`: ran [{}], skipped [{}]{}",
+                    p.name,
+                    report.ran.join(", "),
+                    report.skipped.join(", "),
+                    if report.partial.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", partial [{}]", report.partial.join(", "))
+                    }
                 );
             }
         }

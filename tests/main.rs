@@ -6,3 +6,4 @@ mod cli;
 mod common;
 mod export_roundtrip;
 mod parity;
+mod pipeline;

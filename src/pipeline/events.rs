@@ -1,0 +1,165 @@
+//! Run events. Stages emit them; the log file (`log.jsonl` in the run directory), the
+//! terminal lines and the progress bars are consumers, not `println!`s in the stages.
+use crate::progress::{Progress, Verbosity};
+use serde::Serialize;
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted {
+        run: String,
+        stages: Vec<String>,
+    },
+    StageSkipped {
+        stage: String,
+        reason: String,
+    },
+    StageStarted {
+        stage: String,
+        reason: String,
+    },
+    /// `total` items of work begin (drives the progress bar; not logged).
+    WorkStarted {
+        stage: String,
+        label: String,
+        total: u64,
+    },
+    /// `n` more items done (not logged).
+    WorkProgress {
+        stage: String,
+        n: u64,
+    },
+    WorkFinished {
+        stage: String,
+    },
+    ShardCommitted {
+        stage: String,
+        shard: usize,
+        shards: usize,
+    },
+    Warning {
+        stage: String,
+        message: String,
+    },
+    StageFinished {
+        stage: String,
+        seconds: f64,
+        rows: u64,
+        summary: serde_json::Value,
+    },
+    StagePartial {
+        stage: String,
+        done: usize,
+        total: usize,
+    },
+    StageFailed {
+        stage: String,
+        error: String,
+    },
+    RunFinished {
+        ok: bool,
+        seconds: f64,
+    },
+}
+
+/// Receives events: appends the loggable ones to `log.jsonl`, prints lines and drives a
+/// progress bar according to the verbosity.
+pub struct EventSink {
+    log: Option<std::fs::File>,
+    verbosity: Verbosity,
+    progress: Option<Progress>,
+}
+
+impl EventSink {
+    pub fn new(log_path: Option<&Path>, verbosity: Verbosity) -> crate::Result<Self> {
+        let log = match log_path {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| crate::Error::io(p, e))?,
+            ),
+            None => None,
+        };
+        Ok(EventSink {
+            log,
+            verbosity,
+            progress: None,
+        })
+    }
+
+    pub fn emit(&mut self, event: Event) {
+        match &event {
+            Event::WorkStarted { label, total, .. } => {
+                self.progress = Some(Progress::new(label, *total, self.verbosity));
+                return;
+            }
+            Event::WorkProgress { n, .. } => {
+                if let Some(p) = &mut self.progress {
+                    p.inc(*n);
+                }
+                return;
+            }
+            Event::WorkFinished { .. } => {
+                if let Some(p) = self.progress.take() {
+                    p.finish();
+                }
+                return;
+            }
+            _ => {}
+        }
+        if let Some(f) = &mut self.log {
+            let mut value = serde_json::to_value(&event).unwrap_or_default();
+            if let Some(m) = value.as_object_mut() {
+                m.insert("unix".into(), super::manifest::unix_now().into());
+            }
+            let _ = writeln!(f, "{value}");
+        }
+        if let Some(line) = self.line(&event) {
+            eprintln!("{line}");
+        }
+    }
+
+    fn line(&self, event: &Event) -> Option<String> {
+        let normal = self.verbosity >= Verbosity::Normal;
+        let verbose = self.verbosity >= Verbosity::Verbose;
+        match event {
+            Event::StageSkipped { stage, reason } if normal => {
+                Some(format!("{stage}: skipped ({reason})"))
+            }
+            Event::StageStarted { stage, reason } if normal => {
+                Some(format!("{stage}: running ({reason})"))
+            }
+            Event::ShardCommitted {
+                stage,
+                shard,
+                shards,
+            } if verbose => Some(format!(
+                "{stage}: shard {} of {shards} committed",
+                shard + 1
+            )),
+            Event::Warning { stage, message } => Some(format!("{stage}: warning: {message}")),
+            Event::StageFinished {
+                stage,
+                seconds,
+                rows,
+                summary,
+            } if normal => Some(format!(
+                "{stage}: done in {seconds:.1} s, {rows} rows{}",
+                if verbose {
+                    format!(" {summary}")
+                } else {
+                    String::new()
+                }
+            )),
+            Event::StagePartial { stage, done, total } if normal => Some(format!(
+                "{stage}: this worker's shards are done; {done} of {total} shards exist"
+            )),
+            Event::StageFailed { stage, error } => Some(format!("{stage}: failed: {error}")),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The staged pipeline: configuration, fingerprints, manifests, the run lock, events and
+//! the runner that decides what must run.
+pub mod config;
+pub mod events;
+pub mod fingerprint;
+pub mod lock;
+pub mod manifest;
+pub mod runner;
+
+pub use config::Pipeline;

@@ -1,0 +1,377 @@
+//! Decide what must run and run it: a stage whose manifest matches its configuration and
+//! input fingerprints is skipped; a changed parameter or input reruns that stage and,
+//! through the fingerprints of its outputs, whatever reads them.
+use super::events::{Event, EventSink};
+use super::fingerprint;
+use super::lock::RunLock;
+use super::manifest::{unix_now, Manifest, OutputFile};
+use super::Pipeline;
+use crate::error::{Error, Result};
+use crate::progress::Verbosity;
+use crate::stages::{self, FaultInjector, Outcome, ShardSpec, Stage, StageEnv};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::Kind;
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Rerun this stage and every later one.
+    pub from: Option<String>,
+    /// Run only this stage (its upstream must be done).
+    pub only: Option<String>,
+    /// Rerun the selected stages even when done.
+    pub force: bool,
+    /// Score only this worker's part of the shards.
+    pub shard: Option<ShardSpec>,
+    pub verbosity: Option<Verbosity>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StageState {
+    Done,
+    Stale(String),
+    Partial { done: usize, total: usize },
+    Pending(String),
+}
+
+impl std::fmt::Display for StageState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StageState::Done => write!(f, "done"),
+            StageState::Stale(why) => write!(f, "stale ({why})"),
+            StageState::Partial { done, total } => write!(f, "partial ({done} of {total} shards)"),
+            StageState::Pending(why) => write!(f, "pending ({why})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StageStatus {
+    pub stage: String,
+    pub state: StageState,
+}
+
+/// What a run did, stage by stage.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    pub ran: Vec<String>,
+    pub skipped: Vec<String>,
+    pub partial: Vec<String>,
+}
+
+/// A stage's identity for this pipeline: config hash, inputs, and its partial folder.
+struct Resolved {
+    dir: PathBuf,
+    config: serde_json::Value,
+    config_hash: String,
+    inputs: BTreeMap<String, String>,
+    partial: PathBuf,
+    manifest: Option<Manifest>,
+    verdict: std::result::Result<(), super::manifest::Staleness>,
+}
+
+fn resolve(
+    p: &Pipeline,
+    stage: &dyn Stage,
+    kind: Kind,
+    upstream: &BTreeMap<String, Manifest>,
+) -> Result<Resolved> {
+    let dir = p.run_dir.join(stage.name());
+    let config = stage.config(p, kind);
+    let config_hash = fingerprint::json(&config);
+    let inputs = stage.inputs(p, upstream)?;
+    let identity = fingerprint::json(&serde_json::json!({"config": config_hash, "inputs": inputs}));
+    let partial = dir.join(format!(".partial-{}", &identity[..16]));
+    let manifest = Manifest::read(&dir)?;
+    let verdict = match &manifest {
+        Some(m) => m.check(&dir, &config_hash, &inputs),
+        None => Err(super::manifest::Staleness::Missing),
+    };
+    Ok(Resolved {
+        dir,
+        config,
+        config_hash,
+        inputs,
+        partial,
+        manifest,
+        verdict,
+    })
+}
+
+fn kind_of(p: &Pipeline) -> Result<(tch::Device, Kind)> {
+    let device = p.device.resolve()?;
+    Ok((device, p.precision.resolve(device)?))
+}
+
+/// The state of every stage, without running anything.
+pub fn status(p: &Pipeline) -> Result<Vec<StageStatus>> {
+    let (_, kind) = kind_of(p)?;
+    let mut done: BTreeMap<String, Manifest> = BTreeMap::new();
+    let mut out = Vec::new();
+    for stage in stages::all() {
+        let name = stage.name().to_string();
+        if let Some(up) = stage.upstream().iter().find(|u| !done.contains_key(**u)) {
+            out.push(StageStatus {
+                stage: name,
+                state: StageState::Pending(format!("waiting for {up}")),
+            });
+            continue;
+        }
+        let r = resolve(p, stage.as_ref(), kind, &done)?;
+        let state = match (&r.verdict, &r.manifest) {
+            (Ok(()), Some(m)) => {
+                done.insert(name.clone(), m.clone());
+                StageState::Done
+            }
+            (Err(why), m) => match stage.progress(p, &r.partial) {
+                Some((d, total)) if r.partial.exists() => StageState::Partial { done: d, total },
+                _ if m.is_some() => StageState::Stale(why.to_string()),
+                _ => StageState::Pending("not run yet".into()),
+            },
+            (Ok(()), None) => StageState::Pending("not run yet".into()),
+        };
+        out.push(StageStatus { stage: name, state });
+    }
+    Ok(out)
+}
+
+fn stage_index(name: &str, key: &str) -> Result<usize> {
+    let names: Vec<&str> = stages::all().iter().map(|s| s.name()).collect();
+    names
+        .iter()
+        .position(|n| *n == name)
+        .ok_or_else(|| Error::Setting {
+            key: key.into(),
+            message: format!("unknown stage `{name}` (stages: {})", names.join(", ")),
+        })
+}
+
+/// Run the pipeline. Returns the report when every requested stage completed (a
+/// `--shard` worker completes its own shards).
+pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
+    let stages = stages::all();
+    let first = match &opts.from {
+        Some(s) => Some(stage_index(s, "from")?),
+        None => None,
+    };
+    let only = match (&opts.only, opts.shard) {
+        (Some(s), _) => Some(stage_index(s, "only")?),
+        (None, Some(_)) => Some(stage_index("score", "shard")?),
+        (None, None) => None,
+    };
+    if opts.shard.is_some() && only != Some(stage_index("score", "shard")?) {
+        return Err(Error::Setting {
+            key: "shard".into(),
+            message: "--shard applies to the score stage only".into(),
+        });
+    }
+    let selected = |i: usize| match (only, first) {
+        (Some(o), _) => i == o,
+        (None, Some(f)) => i >= f,
+        (None, None) => true,
+    };
+    let (device, kind) = kind_of(p)?;
+    std::fs::create_dir_all(&p.run_dir).map_err(|e| Error::io(&p.run_dir, e))?;
+    let lock_name = match opts.shard {
+        Some(s) => format!("run.shard-{}-of-{}.lock", s.index, s.count),
+        None => "run.lock".to_string(),
+    };
+    let _lock = RunLock::acquire(&p.run_dir, &lock_name)?;
+    let verbosity = opts.verbosity.unwrap_or(Verbosity::Normal);
+    let mut events = EventSink::new(Some(&p.run_dir.join("log.jsonl")), verbosity)?;
+    let mut faults = FaultInjector::from_env();
+    let names: Vec<String> = (0..stages.len())
+        .filter(|&i| selected(i))
+        .map(|i| stages[i].name().to_string())
+        .collect();
+    events.emit(Event::RunStarted {
+        run: p.name.clone(),
+        stages: names,
+    });
+    let started = Instant::now();
+    let mut done: BTreeMap<String, Manifest> = BTreeMap::new();
+    let mut report = RunReport::default();
+    for (i, stage) in stages.iter().enumerate() {
+        let name = stage.name();
+        if let Some(up) = stage.upstream().iter().find(|u| !done.contains_key(**u)) {
+            if selected(i) {
+                let err = Error::Setting {
+                    key: "stage".into(),
+                    message: format!("stage `{name}` needs `{up}`, which is not done; run it first (without --only)"),
+                };
+                events.emit(Event::StageFailed {
+                    stage: name.into(),
+                    error: format!("{err:#}"),
+                });
+                return Err(err);
+            }
+            continue;
+        }
+        let r = resolve(p, stage.as_ref(), kind, &done)?;
+        let forced = opts.force || first.is_some_and(|f| i >= f);
+        if !selected(i) || (r.verdict.is_ok() && !forced) {
+            if let (Ok(()), Some(m)) = (&r.verdict, &r.manifest) {
+                if selected(i) {
+                    events.emit(Event::StageSkipped {
+                        stage: name.into(),
+                        reason: "manifest matches".into(),
+                    });
+                    report.skipped.push(name.into());
+                }
+                done.insert(name.into(), m.clone());
+            }
+            continue;
+        }
+        let reason = match &r.verdict {
+            Ok(()) => "forced".to_string(),
+            Err(why) => why.to_string(),
+        };
+        match run_stage(
+            p,
+            stage.as_ref(),
+            &r,
+            forced,
+            device,
+            kind,
+            opts.shard,
+            &mut events,
+            &mut faults,
+            reason,
+        ) {
+            Ok(Some(m)) => {
+                report.ran.push(name.into());
+                done.insert(name.into(), m);
+            }
+            Ok(None) => report.partial.push(name.into()),
+            Err(e) => {
+                events.emit(Event::StageFailed {
+                    stage: name.into(),
+                    error: format!("{e:#}"),
+                });
+                events.emit(Event::RunFinished {
+                    ok: false,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+                return Err(e);
+            }
+        }
+    }
+    events.emit(Event::RunFinished {
+        ok: true,
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    Ok(report)
+}
+
+/// Remove partial folders of other configurations (and, when forced, this one's too).
+fn clear_partials(dir: &Path, keep: &Path, forced: bool) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let path = e.path();
+        let is_partial = e.file_name().to_string_lossy().starts_with(".partial-");
+        if is_partial && (path != keep || forced) {
+            std::fs::remove_dir_all(&path).map_err(|err| Error::io(&path, err))?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_stage(
+    p: &Pipeline,
+    stage: &dyn Stage,
+    r: &Resolved,
+    forced: bool,
+    device: tch::Device,
+    kind: Kind,
+    shard: Option<ShardSpec>,
+    events: &mut EventSink,
+    faults: &mut FaultInjector,
+    reason: String,
+) -> Result<Option<Manifest>> {
+    let name = stage.name();
+    std::fs::create_dir_all(&r.dir).map_err(|e| Error::io(&r.dir, e))?;
+    // The old manifest goes first: from now on the folder does not look complete.
+    let manifest_path = r.dir.join(super::manifest::MANIFEST);
+    if manifest_path.exists() {
+        std::fs::remove_file(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+    }
+    // Sharded workers share the partial folder: they never clear it.
+    if shard.is_none() {
+        clear_partials(&r.dir, &r.partial, forced)?;
+    }
+    std::fs::create_dir_all(&r.partial).map_err(|e| Error::io(&r.partial, e))?;
+    events.emit(Event::StageStarted {
+        stage: name.into(),
+        reason,
+    });
+    let started_unix = unix_now();
+    let clock = Instant::now();
+    let mut env = StageEnv {
+        pipeline: p,
+        name,
+        dir: r.dir.clone(),
+        partial: r.partial.clone(),
+        device,
+        kind,
+        shard,
+        events,
+        faults,
+    };
+    let outcome = stage.run(&mut env)?;
+    let (outputs, rows, summary) = match outcome {
+        Outcome::Partial { done, total } => {
+            env.emit(Event::StagePartial {
+                stage: name.into(),
+                done,
+                total,
+            });
+            return Ok(None);
+        }
+        Outcome::Complete {
+            outputs,
+            rows,
+            summary,
+        } => (outputs, rows, summary),
+    };
+    let mut files = BTreeMap::new();
+    for o in outputs {
+        let path = r.dir.join(&o);
+        let bytes = std::fs::metadata(&path)
+            .map_err(|e| Error::io(&path, e))?
+            .len();
+        files.insert(
+            o,
+            OutputFile {
+                sha256: fingerprint::file(&path)?,
+                bytes,
+            },
+        );
+    }
+    let seconds = clock.elapsed().as_secs_f64();
+    let manifest = Manifest {
+        stage: name.into(),
+        distill_version: env!("CARGO_PKG_VERSION").into(),
+        config_hash: r.config_hash.clone(),
+        config: r.config.clone(),
+        inputs: r.inputs.clone(),
+        outputs: files,
+        rows,
+        started_unix,
+        finished_unix: unix_now(),
+        seconds,
+        summary: summary.clone(),
+    };
+    manifest.write(&r.dir)?;
+    std::fs::remove_dir_all(&r.partial).map_err(|e| Error::io(&r.partial, e))?;
+    env.emit(Event::StageFinished {
+        stage: name.into(),
+        seconds,
+        rows,
+        summary,
+    });
+    Ok(Some(manifest))
+}

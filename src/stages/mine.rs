@@ -1,0 +1,351 @@
+//! Stage `mine`: encode the corpus with the student (cached by model and corpus
+//! fingerprint), retrieve the top-k documents of every training query by exact inner
+//! product, and select candidates as sentence-transformers' `mine_hard_negatives` does:
+//! a rank range, labelled positives excluded, `top` or seeded `random` sampling.
+//! Output: `candidates.parquet` (positives included, so the teacher scores them too).
+use super::{Outcome, Stage, StageEnv};
+use crate::data::beir::{self, Dataset};
+use crate::data::embeddings::{read_embeddings, write_embeddings};
+use crate::data::pairs::PairTable;
+use crate::error::{Error, Result, TorchContext};
+use crate::model::BiEncoder;
+use crate::pipeline::config::{DatasetRef, Sampling};
+use crate::pipeline::events::Event;
+use crate::pipeline::fingerprint;
+use crate::pipeline::manifest::Manifest;
+use crate::pipeline::Pipeline;
+use crate::retrieval;
+use crate::rng::SplitMix64;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+pub const OUTPUT: &str = "candidates.parquet";
+
+pub struct Mine;
+
+pub fn kind_name(kind: Kind) -> &'static str {
+    if kind == Kind::BFloat16 {
+        "bf16"
+    } else {
+        "fp32"
+    }
+}
+
+/// Fingerprints of a dataset's texts (and of the given qrels splits).
+pub fn dataset_inputs(
+    d: &DatasetRef,
+    splits: &[&str],
+    out: &mut BTreeMap<String, String>,
+) -> Result<()> {
+    out.insert(
+        format!("{}/corpus", d.name),
+        fingerprint::file(&beir::corpus_path(&d.path))?,
+    );
+    out.insert(
+        format!("{}/queries", d.name),
+        fingerprint::file(&beir::queries_path(&d.path))?,
+    );
+    for split in splits {
+        out.insert(
+            format!("{}/qrels/{split}", d.name),
+            fingerprint::file(&beir::qrels_path(&d.path, split))?,
+        );
+    }
+    Ok(())
+}
+
+/// Training queries of a dataset: ids with at least one positive (grade > 0), sorted,
+/// with their positives (sorted).
+fn training_queries(ds: &Dataset, split: &str) -> Vec<(String, Vec<String>)> {
+    ds.qrels
+        .get(split)
+        .map(|q| {
+            q.iter()
+                .map(|(qid, docs)| {
+                    let pos: Vec<String> = docs
+                        .iter()
+                        .filter(|(_, &g)| g > 0)
+                        .map(|(d, _)| d.clone())
+                        .collect();
+                    (qid.clone(), pos)
+                })
+                .filter(|(_, pos)| !pos.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Stage for Mine {
+    fn name(&self) -> &'static str {
+        "mine"
+    }
+
+    fn upstream(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
+        let datasets: Vec<_> = p
+            .datasets
+            .iter()
+            .map(|d| json!({"name": d.name, "train_split": d.train_split, "strict": d.strict}))
+            .collect();
+        json!({
+            "mine": p.mine,
+            "seed": p.seed,
+            "precision": kind_name(kind),
+            "student_max_seq_length": p.student.max_length,
+            "datasets": datasets,
+        })
+    }
+
+    fn inputs(
+        &self,
+        p: &Pipeline,
+        _: &BTreeMap<String, Manifest>,
+    ) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        out.insert("student".into(), fingerprint::directory(&p.student.path)?);
+        for d in &p.datasets {
+            dataset_inputs(d, &[&d.train_split], &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn progress(&self, _: &Pipeline, partial: &Path) -> Option<(usize, usize)> {
+        read_plan(partial).map(|total| (super::count_shards(partial, "ds"), total))
+    }
+
+    fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
+        let p = env.pipeline;
+        let student = BiEncoder::load(&p.student.path, env.device, env.kind, p.student.max_length)?;
+        let student_fp = fingerprint::directory(&p.student.path)?;
+        let mut loaded = Vec::new();
+        for d in &p.datasets {
+            let ds = Dataset::load(&d.path, &[&d.train_split], d.strict)?;
+            for line in ds.warnings.summary() {
+                env.warn(format!("{}: {line}", d.name));
+            }
+            let queries = training_queries(&ds, &d.train_split);
+            loaded.push((d, ds, queries));
+        }
+        let chunk = p.mine.query_chunk;
+        let total: usize = loaded.iter().map(|(_, _, q)| q.len().div_ceil(chunk)).sum();
+        write_plan(&env.partial, total)?;
+        let mut summary = serde_json::Map::new();
+        let mut done = 0usize;
+        for (di, (d, ds, queries)) in loaded.iter().enumerate() {
+            let prefix = format!("ds{di}");
+            let shards = queries.len().div_ceil(chunk);
+            let missing: Vec<usize> = (0..shards)
+                .filter(|&s| !env.shard_path(&prefix, s).exists())
+                .collect();
+            if !missing.is_empty() {
+                let corpus = corpus_embeddings(env, &student, &student_fp, d, ds)?;
+                for s in missing {
+                    let part = &queries[s * chunk..((s + 1) * chunk).min(queries.len())];
+                    let table = mine_chunk(p, &student, &corpus, d, ds, part)?;
+                    table.write(&env.shard_path(&prefix, s))?;
+                    done += 1;
+                    env.committed(done - 1, total);
+                }
+            }
+            let without = ds.qrels[&d.train_split].len() - queries.len();
+            summary.insert(
+                d.name.clone(),
+                json!({"queries": queries.len(), "queries_without_positives": without}),
+            );
+        }
+        // Assemble the shards in order.
+        let mut all = PairTable::default();
+        for (di, (d, _, queries)) in loaded.iter().enumerate() {
+            let mut part = PairTable::default();
+            for s in 0..queries.len().div_ceil(chunk) {
+                part.extend(PairTable::read(&env.shard_path(&format!("ds{di}"), s))?);
+            }
+            let pos = part.is_positive.iter().filter(|&&b| b).count();
+            let neg = part.len() - pos;
+            let short = count_short(&part, p.mine.num_negatives);
+            if let Some(entry) = summary.get_mut(&d.name).and_then(|v| v.as_object_mut()) {
+                entry.insert("positives".into(), pos.into());
+                entry.insert("negatives".into(), neg.into());
+                entry.insert("queries_with_fewer_negatives".into(), short.into());
+            }
+            all.extend(part);
+        }
+        all.write(&env.dir.join(OUTPUT))?;
+        Ok(Outcome::Complete {
+            outputs: vec![OUTPUT.into()],
+            rows: all.len() as u64,
+            summary: serde_json::Value::Object(summary),
+        })
+    }
+}
+
+/// Queries with fewer than `n` negatives.
+fn count_short(t: &PairTable, n: usize) -> usize {
+    let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+    for i in 0..t.len() {
+        let e = per.entry(&t.query_id[i]).or_insert(0);
+        if !t.is_positive[i] {
+            *e += 1;
+        }
+    }
+    per.values().filter(|&&c| c < n).count()
+}
+
+const PLAN: &str = "plan.json";
+
+fn write_plan(partial: &Path, total: usize) -> Result<()> {
+    let path = partial.join(PLAN);
+    std::fs::write(&path, json!({"shards": total}).to_string()).map_err(|e| Error::io(&path, e))
+}
+
+pub fn read_plan(partial: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(partial.join(PLAN)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("shards")?.as_u64().map(|n| n as usize)
+}
+
+/// Corpus embeddings, from the shared cache when the same student (weights, length,
+/// precision) already encoded the same corpus.
+fn corpus_embeddings(
+    env: &mut StageEnv,
+    student: &BiEncoder,
+    student_fp: &str,
+    d: &DatasetRef,
+    ds: &Dataset,
+) -> Result<Tensor> {
+    let p = env.pipeline;
+    let key = fingerprint::json(&json!({
+        "student": student_fp,
+        "corpus": fingerprint::file(&beir::corpus_path(&d.path))?,
+        "strict": d.strict,
+        "max_seq_length": student.spec.max_seq_length,
+        "precision": kind_name(env.kind),
+    }));
+    let path = p
+        .cache_dir
+        .join("embeddings")
+        .join(format!("{key}.parquet"));
+    let dim = student.dim() as usize;
+    if path.exists() {
+        let (ids, values, got_dim) = read_embeddings(&path)?;
+        if ids == ds.corpus.ids && got_dim == dim {
+            return Tensor::f_from_slice(&values)
+                .and_then(|t| t.f_view([ids.len() as i64, dim as i64]))
+                .map(|t| t.to_device(env.device))
+                .ctx(|| format!("loading {}", path.display()));
+        }
+    }
+    let stage = env.name.to_string();
+    env.emit(Event::WorkStarted {
+        stage: stage.clone(),
+        label: format!("encode {}", d.name),
+        total: ds.corpus.len() as u64,
+    });
+    let emb = {
+        let events = &mut *env.events;
+        student.encode(&ds.corpus.texts, p.student.batch_size, &mut |n| {
+            events.emit(Event::WorkProgress {
+                stage: stage.clone(),
+                n: n as u64,
+            })
+        })?
+    };
+    env.emit(Event::WorkFinished { stage });
+    let values = Vec::<f32>::try_from(emb.flatten(0, -1)).ctx(|| "reading embeddings".into())?;
+    let meta = [
+        ("distill.model", p.student.path.display().to_string()),
+        (
+            "distill.corpus",
+            beir::corpus_path(&d.path).display().to_string(),
+        ),
+    ];
+    write_embeddings(&path, &ds.corpus.ids, &values, dim, &meta)?;
+    Ok(emb.to_device(env.device))
+}
+
+/// Candidates for one chunk of training queries.
+fn mine_chunk(
+    p: &Pipeline,
+    student: &BiEncoder,
+    corpus: &Tensor,
+    d: &DatasetRef,
+    ds: &Dataset,
+    queries: &[(String, Vec<String>)],
+) -> Result<PairTable> {
+    let cfg = &p.mine;
+    let texts: Vec<&str> = queries
+        .iter()
+        .map(|(q, _)| ds.queries.text(q).unwrap_or_default())
+        .collect();
+    let q = student
+        .encode(&texts, p.student.batch_size, &mut |_| {})?
+        .to_device(corpus.device());
+    let ranking = retrieval::top_k(&q, corpus, cfg.top_k, cfg.corpus_chunk)?;
+    let mut pos_pairs = Vec::new();
+    for (row, (_, pos)) in queries.iter().enumerate() {
+        for doc in pos {
+            if let Some(i) = ds.corpus.position(doc) {
+                pos_pairs.push((row as i64, i as i64));
+            }
+        }
+    }
+    let pos_scores = retrieval::score_and_rank(&q, corpus, &pos_pairs, cfg.corpus_chunk)?;
+    let mut t = PairTable::default();
+    let push = |t: &mut PairTable, qid: &str, doc: &str, rank: i64, score: f32, positive: bool| {
+        t.dataset.push(d.name.clone());
+        t.query_id.push(qid.to_string());
+        t.doc_id.push(doc.to_string());
+        t.rank.push(rank as i32);
+        t.student_score.push(score);
+        t.is_positive.push(positive);
+    };
+    let mut next_pos = pos_pairs.iter().zip(&pos_scores).peekable();
+    for (row, (qid, pos)) in queries.iter().enumerate() {
+        while let Some(((r, di), (score, rank))) = next_pos.peek() {
+            if *r != row as i64 {
+                break;
+            }
+            push(
+                &mut t,
+                qid,
+                &ds.corpus.ids[*di as usize],
+                *rank,
+                *score,
+                true,
+            );
+            next_pos.next();
+        }
+        let positives: BTreeSet<&str> = pos.iter().map(|s| s.as_str()).collect();
+        // The rank range of the student's ranking, without the query itself (BEIR).
+        let pool: Vec<(usize, i64, f32)> = ranking.indices[row]
+            .iter()
+            .zip(&ranking.scores[row])
+            .enumerate()
+            .filter(|(r, _)| *r >= cfg.range_min && *r < cfg.range_max)
+            .map(|(r, (&i, &s))| (r, i, s))
+            .filter(|(_, i, _)| ds.corpus.ids[*i as usize] != *qid)
+            .filter(|(_, i, _)| {
+                !(cfg.exclude_positives && positives.contains(ds.corpus.ids[*i as usize].as_str()))
+            })
+            .collect();
+        let mut chosen = match cfg.sampling {
+            Sampling::Top => pool.into_iter().take(cfg.num_negatives).collect::<Vec<_>>(),
+            Sampling::Random => SplitMix64::for_key(p.seed, &format!("{}\u{0}{qid}", d.name))
+                .sample(&pool, cfg.num_negatives),
+        };
+        chosen.sort_by_key(|c| c.0);
+        for (r, i, s) in chosen {
+            let doc = &ds.corpus.ids[i as usize];
+            if positives.contains(doc.as_str()) {
+                continue; // already listed as a positive
+            }
+            push(&mut t, qid, doc, r as i64 + 1, s, false);
+        }
+    }
+    Ok(t)
+}

@@ -1,0 +1,178 @@
+//! Pipeline stages. A stage is a function of (its configuration, the fingerprints of its
+//! inputs): it writes its outputs under temporary names, renames them into place, and the
+//! runner writes `manifest.json` last. Long stages commit closed, renamed shards into a
+//! partial folder named after their configuration and inputs, so a killed run loses at
+//! most the shard in flight and a changed run never reuses foreign shards.
+pub mod mine;
+pub mod score;
+
+use crate::error::{Error, Result};
+use crate::pipeline::events::{Event, EventSink};
+use crate::pipeline::Pipeline;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind};
+
+/// `--shard I/N`: this process does shards `j` with `j % N == I`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardSpec {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for ShardSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::Setting {
+            key: "shard".into(),
+            message: format!("`{s}` is not I/N with 0 <= I < N"),
+        };
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (usize, usize) =
+            (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(ShardSpec { index, count })
+    }
+}
+
+impl ShardSpec {
+    pub fn owns(&self, shard: usize) -> bool {
+        shard % self.count == self.index
+    }
+}
+
+/// What a stage run produced.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Outputs (file names inside the stage folder) are in place.
+    Complete {
+        outputs: Vec<String>,
+        rows: u64,
+        summary: serde_json::Value,
+    },
+    /// A `--shard` worker finished its part; `done` of `total` shards exist.
+    Partial { done: usize, total: usize },
+}
+
+/// Everything a stage needs to run.
+pub struct StageEnv<'a> {
+    pub pipeline: &'a Pipeline,
+    pub name: &'static str,
+    /// `<run dir>/<stage>`.
+    pub dir: PathBuf,
+    /// Folder of committed shards for this configuration and these inputs.
+    pub partial: PathBuf,
+    pub device: Device,
+    pub kind: Kind,
+    pub shard: Option<ShardSpec>,
+    pub events: &'a mut EventSink,
+    pub faults: &'a mut FaultInjector,
+}
+
+impl StageEnv<'_> {
+    pub fn emit(&mut self, event: Event) {
+        self.events.emit(event);
+    }
+
+    pub fn warn(&mut self, message: String) {
+        let stage = self.name.to_string();
+        self.events.emit(Event::Warning { stage, message });
+    }
+
+    /// Path of shard `index` in the partial folder.
+    pub fn shard_path(&self, prefix: &str, index: usize) -> PathBuf {
+        self.partial.join(format!("{prefix}-{index:05}.parquet"))
+    }
+
+    /// Record that shard `index` of `total` was committed (and let a test fault fire).
+    pub fn committed(&mut self, index: usize, total: usize) {
+        let stage = self.name.to_string();
+        self.events.emit(Event::ShardCommitted {
+            stage,
+            shard: index,
+            shards: total,
+        });
+        self.faults.after_commit();
+    }
+}
+
+/// Fault injection for the crash-recovery tests: with `DISTILL_FAULT_AFTER_SHARDS=N` the
+/// process aborts (as if killed with SIGKILL) right after its N-th committed shard.
+#[derive(Debug, Default)]
+pub struct FaultInjector {
+    remaining: Option<usize>,
+}
+
+impl FaultInjector {
+    pub fn from_env() -> Self {
+        FaultInjector {
+            remaining: std::env::var("DISTILL_FAULT_AFTER_SHARDS")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+        }
+    }
+
+    fn after_commit(&mut self) {
+        if let Some(n) = &mut self.remaining {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                eprintln!("DISTILL_FAULT_AFTER_SHARDS: aborting");
+                std::process::abort();
+            }
+        }
+    }
+}
+
+/// One stage of the pipeline.
+pub trait Stage {
+    fn name(&self) -> &'static str;
+    /// Stages whose outputs this one reads.
+    fn upstream(&self) -> &'static [&'static str];
+    /// The settings that determine the output (hashed into the manifest).
+    fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value;
+    /// Fingerprints of every input; `upstream` holds the manifests of upstream stages.
+    fn inputs(
+        &self,
+        p: &Pipeline,
+        upstream: &BTreeMap<String, crate::pipeline::manifest::Manifest>,
+    ) -> Result<BTreeMap<String, String>>;
+    /// Shards done and in total in a partial folder, for `status`.
+    fn progress(&self, p: &Pipeline, partial: &Path) -> Option<(usize, usize)>;
+    fn run(&self, env: &mut StageEnv) -> Result<Outcome>;
+}
+
+/// Number of `.parquet` files in a folder (committed shards).
+pub fn count_shards(dir: &Path, prefix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.starts_with(prefix) && n.ends_with(".parquet")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// All stages in pipeline order.
+pub fn all() -> Vec<Box<dyn Stage>> {
+    vec![Box::new(mine::Mine), Box::new(score::Score)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_spec_parses_and_partitions() {
+        let s: ShardSpec = "1/3".parse().unwrap();
+        assert!(s.owns(1) && s.owns(4) && !s.owns(0));
+        assert!("3/3".parse::<ShardSpec>().is_err());
+        assert!("x".parse::<ShardSpec>().is_err());
+        assert!("0/0".parse::<ShardSpec>().is_err());
+    }
+}

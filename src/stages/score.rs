@@ -1,0 +1,310 @@
+//! Stage `score`: the teacher cross-encoder scores every (query, candidate) pair of
+//! `candidates.parquet`, shard by shard (`--shard I/N` splits the shards between
+//! processes); when every shard exists they are assembled into `teacher_scores.parquet`,
+//! with likely false negatives flagged (sentence-transformers' `mine_hard_negatives`
+//! margins), rows kept.
+use super::{Outcome, Stage, StageEnv};
+use crate::data::beir::Dataset;
+use crate::data::pairs::{PairTable, ScoreShard};
+use crate::error::{Error, Result};
+use crate::model::CrossEncoder;
+use crate::pipeline::config::ScoreConfig;
+use crate::pipeline::events::Event;
+use crate::pipeline::fingerprint;
+use crate::pipeline::manifest::Manifest;
+use crate::pipeline::Pipeline;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::Kind;
+
+pub const OUTPUT: &str = "teacher_scores.parquet";
+
+pub struct Score;
+
+fn candidates_path(p: &Pipeline) -> std::path::PathBuf {
+    p.run_dir.join("mine").join(super::mine::OUTPUT)
+}
+
+impl Stage for Score {
+    fn name(&self) -> &'static str {
+        "score"
+    }
+
+    fn upstream(&self) -> &'static [&'static str] {
+        &["mine"]
+    }
+
+    fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
+        json!({
+            "score": p.score,
+            "precision": super::mine::kind_name(kind),
+            "teacher_max_length": p.teacher.max_length,
+            "strict": p.datasets.iter().map(|d| d.strict).collect::<Vec<_>>(),
+        })
+    }
+
+    fn inputs(
+        &self,
+        p: &Pipeline,
+        upstream: &BTreeMap<String, Manifest>,
+    ) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        out.insert("teacher".into(), fingerprint::directory(&p.teacher.path)?);
+        let mine = upstream
+            .get("mine")
+            .and_then(|m| m.output_fingerprint(super::mine::OUTPUT))
+            .ok_or_else(|| {
+                Error::config(candidates_path(p), "stage mine has no candidates output")
+            })?;
+        out.insert("candidates".into(), mine.to_string());
+        for d in &p.datasets {
+            super::mine::dataset_inputs(d, &[], &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn progress(&self, _: &Pipeline, partial: &Path) -> Option<(usize, usize)> {
+        super::mine::read_plan(partial).map(|total| (super::count_shards(partial, "scores"), total))
+    }
+
+    fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
+        let p = env.pipeline;
+        let candidates = PairTable::read(&candidates_path(p))?;
+        let size = p.score.shard_size;
+        let total = candidates.len().div_ceil(size);
+        std::fs::write(
+            env.partial.join("plan.json"),
+            json!({"shards": total}).to_string(),
+        )
+        .map_err(|e| Error::io(&env.partial, e))?;
+        let mine: Vec<usize> = (0..total)
+            .filter(|&s| env.shard.is_none_or(|sh| sh.owns(s)))
+            .filter(|&s| !env.shard_path("scores", s).exists())
+            .collect();
+        if !mine.is_empty() {
+            let teacher =
+                CrossEncoder::load(&p.teacher.path, p.teacher.max_length, env.device, env.kind)?;
+            let datasets = load_texts(p)?;
+            let stage = env.name.to_string();
+            let pairs_todo: usize = mine
+                .iter()
+                .map(|&s| (candidates.len() - s * size).min(size))
+                .sum();
+            env.emit(Event::WorkStarted {
+                stage: stage.clone(),
+                label: "score".into(),
+                total: pairs_todo as u64,
+            });
+            for s in mine {
+                let rows = s * size..((s + 1) * size).min(candidates.len());
+                let pairs = rows
+                    .clone()
+                    .map(|i| pair_texts(&datasets, &candidates, i))
+                    .collect::<Result<Vec<_>>>()?;
+                let scores = {
+                    let events = &mut *env.events;
+                    teacher.score(&pairs, p.teacher.batch_size, &mut |n| {
+                        events.emit(Event::WorkProgress {
+                            stage: stage.clone(),
+                            n: n as u64,
+                        })
+                    })?
+                };
+                ScoreShard {
+                    start: rows.start as u64,
+                    scores,
+                }
+                .write(&env.shard_path("scores", s))?;
+                env.committed(s, total);
+            }
+            env.emit(Event::WorkFinished { stage });
+        }
+        let done = super::count_shards(&env.partial, "scores");
+        // Workers never assemble: others may still be writing. A run without --shard does.
+        if done < total || env.shard.is_some() {
+            return Ok(Outcome::Partial { done, total });
+        }
+        let mut teacher_scores = Vec::with_capacity(candidates.len());
+        for s in 0..total {
+            let shard = ScoreShard::read(&env.shard_path("scores", s))?;
+            if shard.start as usize != teacher_scores.len() {
+                return Err(Error::config(
+                    env.shard_path("scores", s),
+                    "shard does not start where the previous one ended",
+                ));
+            }
+            teacher_scores.extend(shard.scores);
+        }
+        if teacher_scores.len() != candidates.len() {
+            return Err(Error::config(
+                &env.partial,
+                "shards do not cover every candidate",
+            ));
+        }
+        let flags = flag_false_negatives(&candidates, &teacher_scores, &p.score);
+        let summary = summarize(&candidates, &teacher_scores, &flags);
+        let mut table = candidates;
+        table.teacher_score = Some(teacher_scores);
+        table.is_false_negative = Some(flags);
+        table.write(&env.dir.join(OUTPUT))?;
+        Ok(Outcome::Complete {
+            outputs: vec![OUTPUT.into()],
+            rows: table.len() as u64,
+            summary,
+        })
+    }
+}
+
+/// Corpus and queries of every dataset, by dataset name.
+fn load_texts(p: &Pipeline) -> Result<BTreeMap<String, Dataset>> {
+    p.datasets
+        .iter()
+        .map(|d| Ok((d.name.clone(), Dataset::load(&d.path, &[], d.strict)?)))
+        .collect()
+}
+
+fn pair_texts(
+    datasets: &BTreeMap<String, Dataset>,
+    t: &PairTable,
+    i: usize,
+) -> Result<(String, String)> {
+    let missing = |what: &str, id: &str| {
+        Error::config(
+            &t.dataset[i],
+            format!(
+                "{what} `{id}` of the candidates is not in the dataset (did the dataset change?)"
+            ),
+        )
+    };
+    let ds = datasets
+        .get(&t.dataset[i])
+        .ok_or_else(|| missing("dataset", &t.dataset[i]))?;
+    let q = ds
+        .queries
+        .text(&t.query_id[i])
+        .ok_or_else(|| missing("query", &t.query_id[i]))?;
+    let d = ds
+        .corpus
+        .text(&t.doc_id[i])
+        .ok_or_else(|| missing("document", &t.doc_id[i]))?;
+    Ok((q.to_string(), d.to_string()))
+}
+
+/// A candidate is a likely false negative when its teacher score comes within
+/// `absolute_margin` of the query's lowest positive score, or reaches
+/// `(1 - relative_margin)` times it (meaningful for non-negative scores such as
+/// probabilities). Positives are never flagged.
+pub fn flag_false_negatives(t: &PairTable, scores: &[f32], cfg: &ScoreConfig) -> Vec<bool> {
+    let mut lowest: BTreeMap<(&str, &str), f32> = BTreeMap::new();
+    for (i, &score) in scores.iter().enumerate() {
+        if t.is_positive[i] {
+            let e = lowest
+                .entry((&t.dataset[i], &t.query_id[i]))
+                .or_insert(f32::INFINITY);
+            *e = e.min(score);
+        }
+    }
+    (0..t.len())
+        .map(|i| {
+            if t.is_positive[i] {
+                return false;
+            }
+            let Some(&pos) = lowest.get(&(t.dataset[i].as_str(), t.query_id[i].as_str())) else {
+                return false;
+            };
+            let s = scores[i] as f64;
+            let pos = pos as f64;
+            cfg.absolute_margin.is_some_and(|m| s >= pos - m)
+                || cfg.relative_margin.is_some_and(|m| s >= pos * (1.0 - m))
+        })
+        .collect()
+}
+
+fn summarize(t: &PairTable, scores: &[f32], flags: &[bool]) -> serde_json::Value {
+    let mut per: BTreeMap<&str, [Vec<f32>; 2]> = BTreeMap::new();
+    let mut flagged: BTreeMap<&str, usize> = BTreeMap::new();
+    for i in 0..t.len() {
+        let e = per.entry(&t.dataset[i]).or_default();
+        e[usize::from(t.is_positive[i])].push(scores[i]);
+        *flagged.entry(&t.dataset[i]).or_insert(0) += usize::from(flags[i]);
+    }
+    let stats = |v: &[f32]| {
+        if v.is_empty() {
+            return json!(null);
+        }
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let min = v.iter().copied().fold(f32::INFINITY, f32::min);
+        let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        json!({"count": v.len(), "mean": mean, "min": min, "max": max})
+    };
+    let mut out = serde_json::Map::new();
+    for (name, [neg, pos]) in &per {
+        out.insert(
+            name.to_string(),
+            json!({
+                "pairs": neg.len() + pos.len(),
+                "flagged_false_negatives": flagged[name],
+                "teacher_positive": stats(pos),
+                "teacher_negative": stats(neg),
+            }),
+        );
+    }
+    out.insert(
+        "flagged_false_negatives".into(),
+        flags.iter().filter(|&&f| f).count().into(),
+    );
+    serde_json::Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> PairTable {
+        let n = 5;
+        PairTable {
+            dataset: vec!["d".into(); n],
+            query_id: vec!["q".into(), "q".into(), "q".into(), "q".into(), "r".into()],
+            doc_id: (0..n).map(|i| format!("x{i}")).collect(),
+            rank: vec![1; n],
+            student_score: vec![0.0; n],
+            is_positive: vec![true, true, false, false, false],
+            teacher_score: None,
+            is_false_negative: None,
+        }
+    }
+
+    #[test]
+    fn flags_use_the_lowest_positive_and_both_margins() {
+        let t = table();
+        let scores = [0.9, 0.8, 0.79, 0.5, 0.99];
+        let abs = ScoreConfig {
+            shard_size: 1,
+            absolute_margin: Some(0.05),
+            relative_margin: None,
+        };
+        // 0.79 >= 0.8 - 0.05; 0.5 is not; query r has no positive, never flagged.
+        assert_eq!(
+            flag_false_negatives(&t, &scores, &abs),
+            vec![false, false, true, false, false]
+        );
+        let rel = ScoreConfig {
+            shard_size: 1,
+            absolute_margin: None,
+            relative_margin: Some(0.5),
+        };
+        // 0.5 >= 0.8 * 0.5
+        assert_eq!(
+            flag_false_negatives(&t, &scores, &rel),
+            vec![false, false, true, true, false]
+        );
+        let none = ScoreConfig {
+            shard_size: 1,
+            absolute_margin: None,
+            relative_margin: None,
+        };
+        assert!(flag_false_negatives(&t, &scores, &none).iter().all(|f| !f));
+    }
+}

@@ -1,0 +1,505 @@
+//! The staged engine on tiny random models and a tiny BEIR dataset, on the CPU: skipping,
+//! invalidation, resuming after a kill, `--shard`, the lock, and bad input.
+use crate::common::*;
+use distill::data::pairs::PairTable;
+use distill::pipeline::runner::{self, RunOptions, StageState};
+use distill::pipeline::Pipeline;
+use distill::progress::Verbosity;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A pipeline file in `dir` over the tiny fixtures; `extra` is appended to `[mine]` /
+/// `[score]` through `mine` and `score`.
+fn pipeline_text(out: &Path, data: &Path, dataset: &str, mine: &str, score: &str) -> String {
+    format!(
+        r#"[run]
+name = "tiny"
+output_root = "{out}"
+seed = 7
+device = "cpu"
+
+[student]
+path = "{student}"
+batch_size = 8
+
+[teacher]
+path = "{teacher}"
+batch_size = 8
+
+[[dataset]]
+name = "animals"
+path = "{data}"
+{dataset}
+
+[mine]
+top_k = 20
+range_min = 1
+range_max = 15
+num_negatives = 4
+sampling = "random"
+query_chunk = 4
+{mine}
+
+[score]
+shard_size = 16
+absolute_margin = 0.05
+{score}
+"#,
+        out = out.display(),
+        data = data.display(),
+        student = generated("tiny_bi_mean").display(),
+        teacher = generated("ce_sigmoid").display(),
+    )
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn write(&self, name: &str, mine: &str, score: &str) -> PathBuf {
+        self.write_with_data(name, &generated("beir_tiny"), mine, score)
+    }
+
+    fn write_with_data(&self, name: &str, data: &Path, mine: &str, score: &str) -> PathBuf {
+        self.write_full(name, data, "", mine, score)
+    }
+
+    fn write_full(
+        &self,
+        name: &str,
+        data: &Path,
+        dataset: &str,
+        mine: &str,
+        score: &str,
+    ) -> PathBuf {
+        let out = self.dir.path().join(format!("out-{name}"));
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, pipeline_text(&out, data, dataset, mine, score)).unwrap();
+        path
+    }
+}
+
+fn quiet() -> RunOptions {
+    RunOptions {
+        verbosity: Some(Verbosity::Quiet),
+        ..Default::default()
+    }
+}
+
+fn run_lib(path: &Path, opts: &RunOptions) -> runner::RunReport {
+    let p = Pipeline::load(path).unwrap();
+    runner::run(&p, opts).unwrap()
+}
+
+fn output(path: &Path, stage: &str, file: &str) -> PairTable {
+    let p = Pipeline::load(path).unwrap();
+    PairTable::read(&p.run_dir.join(stage).join(file)).unwrap()
+}
+
+fn distill(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_distill"));
+    c.args(args);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn full_run_then_unchanged_rerun_skips_everything() {
+    let f = Fixture::new();
+    let path = f.write("a", "", "");
+    let first = run_lib(&path, &quiet());
+    assert_eq!(first.ran, vec!["mine", "score"]);
+    let second = run_lib(&path, &quiet());
+    assert!(second.ran.is_empty());
+    assert_eq!(second.skipped, vec!["mine", "score"]);
+
+    let cand = output(&path, "mine", "candidates.parquet");
+    let scores = output(&path, "score", "teacher_scores.parquet");
+    assert!(!cand.is_empty());
+    // Positives are included, with their exact rank and score; no query retrieves itself.
+    assert!(cand.is_positive.iter().any(|&p| p));
+    for i in 0..cand.len() {
+        assert_ne!(cand.query_id[i], cand.doc_id[i]);
+        if !cand.is_positive[i] {
+            assert!(
+                (2..=15).contains(&cand.rank[i]),
+                "rank {} outside the range",
+                cand.rank[i]
+            );
+        }
+    }
+    // The teacher table is the candidates plus teacher columns, row for row.
+    assert_eq!(scores.query_id, cand.query_id);
+    assert_eq!(scores.doc_id, cand.doc_id);
+    let flagged = scores.is_false_negative.as_ref().unwrap();
+    let summary: serde_json::Value = read_json(
+        &Pipeline::load(&path)
+            .unwrap()
+            .run_dir
+            .join("score/manifest.json"),
+    );
+    assert_eq!(
+        summary["summary"]["flagged_false_negatives"]
+            .as_u64()
+            .unwrap() as usize,
+        flagged.iter().filter(|&&b| b).count()
+    );
+    // pyarrow reads both tables.
+    let script = "import sys, pyarrow.parquet as pq\n\
+                  print(*[pq.read_table(p).num_rows for p in sys.argv[1:]])";
+    let p = Pipeline::load(&path).unwrap();
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(p.run_dir.join("mine/candidates.parquet"))
+        .arg(p.run_dir.join("score/teacher_scores.parquet"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{} {}", cand.len(), cand.len())
+    );
+    // One JSON line per stage event in the run's log.
+    let log = std::fs::read_to_string(p.run_dir.join("log.jsonl")).unwrap();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("\"stage_finished\""))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn changed_score_parameter_reruns_score_only_and_mine_parameter_reruns_both() {
+    let f = Fixture::new();
+    let path = f.write("b", "", "");
+    run_lib(&path, &quiet());
+    // Same run directory, another false-negative margin.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("absolute_margin = 0.05", "absolute_margin = 0.5");
+    std::fs::write(&path, text).unwrap();
+    let states: Vec<StageState> = runner::status(&Pipeline::load(&path).unwrap())
+        .unwrap()
+        .into_iter()
+        .map(|s| s.state)
+        .collect();
+    assert_eq!(states[0], StageState::Done);
+    assert_eq!(
+        states[1],
+        StageState::Stale("its configuration changed".into())
+    );
+    let r = run_lib(&path, &quiet());
+    assert_eq!(
+        (r.ran.clone(), r.skipped.clone()),
+        (vec!["score".to_string()], vec!["mine".to_string()])
+    );
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("num_negatives = 4", "num_negatives = 2");
+    std::fs::write(&path, text).unwrap();
+    let r = run_lib(&path, &quiet());
+    assert_eq!(r.ran, vec!["mine", "score"]);
+    // --from and --force rerun done stages.
+    let r = run_lib(
+        &path,
+        &RunOptions {
+            from: Some("score".into()),
+            ..quiet()
+        },
+    );
+    assert_eq!(r.ran, vec!["score"]);
+    assert!(r.skipped.is_empty(), "mine is not selected by --from score");
+    let r = run_lib(
+        &path,
+        &RunOptions {
+            only: Some("mine".into()),
+            force: true,
+            ..quiet()
+        },
+    );
+    assert_eq!(r.ran, vec!["mine"]);
+}
+
+/// Kill the binary after `after` committed shards, check the stage shows as partial,
+/// rerun, and compare the final tables with an uninterrupted run.
+fn kill_and_resume(stage: &str, after: &str) {
+    let f = Fixture::new();
+    let reference = f.write("ref", "", "");
+    run_lib(&reference, &quiet());
+    let path = f.write("killed", "", "");
+    let p = path.to_str().unwrap();
+    if stage == "score" {
+        run_lib(
+            &path,
+            &RunOptions {
+                only: Some("mine".into()),
+                ..quiet()
+            },
+        );
+    }
+    let out = distill(&["-q", "run", p], &[("DISTILL_FAULT_AFTER_SHARDS", after)]);
+    assert!(!out.status.success(), "the fault did not fire");
+    let status = runner::status(&Pipeline::load(&path).unwrap()).unwrap();
+    let s = status.iter().find(|s| s.stage == stage).unwrap();
+    assert!(
+        matches!(s.state, StageState::Partial { .. }),
+        "{stage}: {}",
+        s.state
+    );
+    // Nothing that looks complete was left behind.
+    let dir = Pipeline::load(&path).unwrap().run_dir.join(stage);
+    assert!(!dir.join("manifest.json").exists());
+    let out = distill(&["-q", "run", p], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (st, file) in [
+        ("mine", "candidates.parquet"),
+        ("score", "teacher_scores.parquet"),
+    ] {
+        assert_eq!(
+            output(&path, st, file),
+            output(&reference, st, file),
+            "{st} differs after resume"
+        );
+    }
+    // The resumed run did not redo the committed shards.
+    let log = std::fs::read_to_string(dir.parent().unwrap().join("log.jsonl")).unwrap();
+    let committed = log
+        .lines()
+        .filter(|l| {
+            l.contains("\"shard_committed\"") && l.contains(&format!("\"stage\":\"{stage}\""))
+        })
+        .count();
+    let total: usize = log
+        .lines()
+        .filter(|l| {
+            l.contains("\"shard_committed\"") && l.contains(&format!("\"stage\":\"{stage}\""))
+        })
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["shards"].as_u64().unwrap() as usize)
+        .max()
+        .unwrap();
+    assert_eq!(committed, total, "a shard was computed twice or lost");
+}
+
+#[test]
+fn killed_mine_resumes_to_the_same_candidates() {
+    kill_and_resume("mine", "2");
+}
+
+#[test]
+fn killed_score_resumes_to_the_same_scores() {
+    kill_and_resume("score", "3");
+}
+
+#[test]
+fn sharded_scoring_merges_to_the_single_process_result() {
+    let f = Fixture::new();
+    let reference = f.write("ref", "", "");
+    run_lib(&reference, &quiet());
+    let path = f.write("sharded", "", "");
+    let p = path.to_str().unwrap();
+    run_lib(
+        &path,
+        &RunOptions {
+            only: Some("mine".into()),
+            ..quiet()
+        },
+    );
+    for shard in ["0/3", "1/3", "2/3"] {
+        let out = distill(&["-q", "run", p, "--shard", shard], &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // All shards exist; the merge run scores nothing and assembles the file.
+    let r = run_lib(&path, &quiet());
+    assert_eq!(r.ran, vec!["score"]);
+    let log =
+        std::fs::read_to_string(Pipeline::load(&path).unwrap().run_dir.join("log.jsonl")).unwrap();
+    let last_run = log.rsplit("\"run_started\"").next().unwrap();
+    assert!(
+        !last_run.contains("shard_committed"),
+        "the merge run rescored shards"
+    );
+    assert_eq!(
+        output(&path, "score", "teacher_scores.parquet"),
+        output(&reference, "score", "teacher_scores.parquet")
+    );
+}
+
+#[test]
+fn a_live_lock_refuses_a_second_run() {
+    let f = Fixture::new();
+    let path = f.write("lock", "", "");
+    let p = Pipeline::load(&path).unwrap();
+    std::fs::create_dir_all(&p.run_dir).unwrap();
+    let owner = serde_json::json!({
+        "pid": std::process::id(),
+        "host": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(),
+        "started_unix": 0
+    });
+    std::fs::write(p.run_dir.join("run.lock"), owner.to_string()).unwrap();
+    let out = distill(&["run", path.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("locked by pid"), "{err}");
+    assert!(!p.run_dir.join("mine").exists());
+}
+
+#[test]
+fn check_names_file_line_and_key() {
+    let f = Fixture::new();
+    let cases = [
+        ("bogus = 1", "", "unknown field `bogus`"),
+        (
+            "corpus_chunk = 0",
+            "",
+            "`mine.corpus_chunk`: must be at least 1",
+        ),
+        (
+            "",
+            "relative_margin = 2.0",
+            "`score.relative_margin`: must be between 0 and 1",
+        ),
+        (
+            "exclude_positives = \"yes\"",
+            "",
+            "invalid type: string \"yes\", expected a boolean",
+        ),
+    ];
+    for (i, (mine, score, needle)) in cases.iter().enumerate() {
+        let path = f.write(&format!("bad{i}"), mine, score);
+        let out = distill(&["check", path.to_str().unwrap()], &[]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{err}");
+        // file:line: ...
+        let line = format!("{}:", path.display());
+        let at = err
+            .find(&line)
+            .unwrap_or_else(|| panic!("no file in {err}"));
+        let rest = &err[at + line.len()..];
+        assert!(
+            rest.chars().next().unwrap().is_ascii_digit() && !rest.starts_with('0'),
+            "{err}"
+        );
+    }
+    let missing = f.write_with_data("nodata", Path::new("/nonexistent/beir"), "", "");
+    let out = distill(&["check", missing.to_str().unwrap()], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`dataset.path`: dataset directory `/nonexistent/beir` does not exist"),
+        "{err}"
+    );
+    let good = f.write("good", "", "");
+    assert!(distill(&["check", good.to_str().unwrap()], &[])
+        .status
+        .success());
+}
+
+/// A copy of the tiny dataset with `edit` applied to one of its files.
+fn broken_dataset(
+    root: &Path,
+    case: usize,
+    file: &str,
+    edit: impl FnOnce(Vec<u8>) -> Vec<u8>,
+) -> PathBuf {
+    let src = generated("beir_tiny");
+    let dst = root.join(format!("data-{case}"));
+    std::fs::create_dir_all(dst.join("qrels")).unwrap();
+    for f in [
+        "corpus.jsonl",
+        "queries.jsonl",
+        "qrels/train.tsv",
+        "qrels/test.tsv",
+    ] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    let bytes = std::fs::read(dst.join(file)).unwrap();
+    std::fs::write(dst.join(file), edit(bytes)).unwrap();
+    dst
+}
+
+#[test]
+fn bad_input_is_an_error_with_file_and_line_or_a_counted_warning() {
+    let f = Fixture::new();
+    type Edit = Box<dyn FnOnce(Vec<u8>) -> Vec<u8>>;
+    let text = |f: fn(String) -> String| -> Edit {
+        Box::new(move |b: Vec<u8>| f(String::from_utf8(b).unwrap()).into_bytes())
+    };
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "corpus.jsonl",
+            text(|t| t.replacen('}', "", 1)),
+            "corpus.jsonl:1: malformed JSON",
+        ),
+        (
+            "corpus.jsonl",
+            text(|t| format!("{t}{}\n", t.lines().next().unwrap())),
+            "duplicate id `d00` (first seen on line 1)",
+        ),
+        (
+            "queries.jsonl",
+            text(|t| t.replacen("where does the axolotl live?", " ", 1)),
+            "queries.jsonl:1: empty text for `q00`",
+        ),
+        (
+            "qrels/train.tsv",
+            text(|t| format!("{t}q01\tnope\t1\n")),
+            "document `nope` is not in the corpus",
+        ),
+        (
+            "corpus.jsonl",
+            Box::new(|mut b: Vec<u8>| {
+                b.extend_from_slice(b"{\"_id\": \"x\", \"text\": \"\xff\"}\n");
+                b
+            }),
+            "invalid UTF-8",
+        ),
+    ];
+    for (i, (file, edit, needle)) in cases.into_iter().enumerate() {
+        let data = broken_dataset(f.dir.path(), i, file, edit);
+        let path = f.write_with_data(&format!("bad{i}"), &data, "", "");
+        let out = distill(&["-q", "run", path.to_str().unwrap()], &[]);
+        assert_eq!(out.status.code(), Some(1), "case {i}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "case {i}: {err}");
+        let run_dir = Pipeline::load(&path).unwrap().run_dir;
+        assert!(!run_dir.join("mine/manifest.json").exists());
+        assert!(!run_dir.join("mine/candidates.parquet").exists());
+    }
+    // Lenient: unknown qrels are skipped with counts, and the run completes.
+    let data = broken_dataset(f.dir.path(), 99, "qrels/train.tsv", |b| {
+        let mut t = String::from_utf8(b).unwrap();
+        t.push_str("q01\tnope\t1\nq99\td01\t1\n");
+        t.into_bytes()
+    });
+    let path = f.write_full("lenient", &data, "strict = false", "", "");
+    let out = distill(&["run", path.to_str().unwrap()], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("animals: 2 qrels naming an unknown query or document skipped"),
+        "{err}"
+    );
+}
