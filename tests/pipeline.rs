@@ -503,3 +503,27 @@ fn bad_input_is_an_error_with_file_and_line_or_a_counted_warning() {
         "{err}"
     );
 }
+
+#[test]
+fn the_shipped_nightly_pipeline_is_valid() {
+    // Every key of pipelines/nightly.toml parses; its model and data paths are swapped
+    // for the fixtures so that validation does not depend on what this machine has.
+    let text = std::fs::read_to_string(repo().join("pipelines/nightly.toml")).unwrap();
+    let swaps = [
+        ("\"models/all-MiniLM-L6-v2\"", generated("tiny_bi_mean")),
+        ("\"models/teacher\"", generated("ce_sigmoid")),
+        ("\"../shared/data/scifact\"", generated("beir_tiny")),
+    ];
+    let mut text = text;
+    for (from, to) in swaps {
+        assert!(text.contains(from), "nightly.toml no longer has {from}");
+        text = text.replace(from, &format!("\"{}\"", to.display()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nightly.toml");
+    std::fs::write(&path, text).unwrap();
+    let p = Pipeline::load(&path).unwrap();
+    assert_eq!(p.name, "nightly");
+    assert_eq!(p.mine.range_max, 50);
+    assert_eq!(p.score.absolute_margin, Some(0.5));
+}
