@@ -120,7 +120,12 @@ mod tests {
             let got = top_k(&q, &c, 10, chunk).unwrap();
             assert_eq!(got.indices, full.indices, "chunk {chunk}");
             // Other GEMM shapes round differently, by an ulp or so.
-            for (a, b) in got.scores.iter().flatten().zip(full.scores.iter().flatten()) {
+            for (a, b) in got
+                .scores
+                .iter()
+                .flatten()
+                .zip(full.scores.iter().flatten())
+            {
                 assert!((a - b).abs() < 1e-5, "chunk {chunk}: {a} vs {b}");
             }
         }

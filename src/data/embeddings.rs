@@ -84,23 +84,9 @@ fn embeddings_batch(
 /// Read back an embeddings file: ids and row-major values.
 pub fn read_embeddings(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize)> {
     use arrow::array::Array;
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let perr = |source| Error::Parquet {
-        path: path.to_path_buf(),
-        source,
-    };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(perr)?
-        .build()
-        .map_err(perr)?;
     let bad = |m: &str| Error::config(path, m.to_string());
     let (mut ids, mut values, mut dim) = (Vec::new(), Vec::new(), 0usize);
-    for batch in reader {
-        let batch = batch.map_err(|source| Error::Arrow {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    for batch in crate::data::pairs::read_batches(path)? {
         let id = batch
             .column_by_name("id")
             .and_then(|c| c.as_any().downcast_ref::<StringArray>())

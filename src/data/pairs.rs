@@ -192,7 +192,7 @@ impl ScoreShard {
     }
 }
 
-fn write_batch(path: &Path, schema: Arc<Schema>, batch: &RecordBatch) -> Result<()> {
+pub fn write_batch(path: &Path, schema: Arc<Schema>, batch: &RecordBatch) -> Result<()> {
     let props = WriterProperties::builder()
         .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
         .build();
@@ -208,7 +208,7 @@ fn write_batch(path: &Path, schema: Arc<Schema>, batch: &RecordBatch) -> Result<
     })
 }
 
-fn read_batches(path: &Path) -> Result<Vec<RecordBatch>> {
+pub fn read_batches(path: &Path) -> Result<Vec<RecordBatch>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let perr = |source| Error::Parquet {
         path: path.to_path_buf(),

@@ -1,13 +1,12 @@
 //! The student: a sentence-transformers bi-encoder (Transformer -> Pooling -> Normalize).
 use crate::error::{read_json, Error, Result};
-use crate::model::batching::length_sorted_batches;
 use crate::model::bert::BertModel;
 use crate::model::checkpoint::{self, ImportReport, Layout};
 use crate::model::config::{
     BertConfig, ModuleEntry, PoolingConfig, SentenceBertConfig, TokenizerConfig,
 };
 use crate::model::pooling::{l2_normalize, Pooling};
-use crate::model::tokenizer::{Batch, Encoded, TextTokenizer};
+use crate::model::tokenizer::{for_each_sorted_batch, Batch, Encoded, TextTokenizer};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -188,20 +187,24 @@ impl BiEncoder {
         batch_size: usize,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Tensor> {
-        let _guard = tch::no_grad_guard();
-        let lengths: Vec<usize> = encoded.iter().map(Encoded::len).collect();
         let mut out = Tensor::zeros(
             [encoded.len() as i64, self.dim()],
             (Kind::Float, Device::Cpu),
         );
-        for rows in length_sorted_batches(&lengths, batch_size, None) {
-            let items: Vec<&Encoded> = rows.iter().map(|&i| &encoded[i]).collect();
-            let batch = Batch::new(&items, self.tokenizer.pad_id(), self.device());
-            let emb = self.forward_t(&batch, false).to_device(Device::Cpu);
-            let index = Tensor::from_slice(&rows.iter().map(|&i| i as i64).collect::<Vec<_>>());
-            let _ = out.index_copy_(0, &index, &emb);
-            progress(rows.len());
-        }
+        let pad = self.tokenizer.pad_id();
+        for_each_sorted_batch(
+            encoded,
+            batch_size,
+            pad,
+            self.device(),
+            progress,
+            |rows, batch| {
+                let emb = self.forward_t(batch, false).to_device(Device::Cpu);
+                let index = Tensor::from_slice(&rows.iter().map(|&i| i as i64).collect::<Vec<_>>());
+                let _ = out.index_copy_(0, &index, &emb);
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 }

@@ -1,12 +1,11 @@
 //! The teacher: a BERT cross-encoder (`BertForSequenceClassification`, one logit) that
 //! reads a (query, passage) pair and scores it.
 use crate::error::{read_json, Error, Result};
-use crate::model::batching::length_sorted_batches;
 use crate::model::bert::BertModel;
 use crate::model::bi_encoder::BiEncoderSpec;
 use crate::model::checkpoint::{self, ImportReport, Layout};
 use crate::model::config::{BertConfig, TokenizerConfig};
-use crate::model::tokenizer::{Batch, Encoded, TextTokenizer};
+use crate::model::tokenizer::{for_each_sorted_batch, Batch, Encoded, TextTokenizer};
 use std::path::{Path, PathBuf};
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
@@ -262,23 +261,27 @@ impl CrossEncoder {
         batch_size: usize,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Vec<f32>> {
-        let _guard = tch::no_grad_guard();
-        let lengths: Vec<usize> = encoded.iter().map(Encoded::len).collect();
         let mut out = vec![0f32; encoded.len()];
-        for rows in length_sorted_batches(&lengths, batch_size, None) {
-            let items: Vec<&Encoded> = rows.iter().map(|&i| &encoded[i]).collect();
-            let batch = Batch::new(&items, self.tokenizer.pad_id(), self.device());
-            let logits = self
-                .forward_t(&batch, false)
-                .select(1, 0)
-                .to_device(Device::Cpu);
-            let values = Vec::<f32>::try_from(&logits)
-                .map_err(|e| Error::torch("reading cross-encoder logits", e))?;
-            for (&i, v) in rows.iter().zip(values) {
-                out[i] = v;
-            }
-            progress(rows.len());
-        }
+        let pad = self.tokenizer.pad_id();
+        for_each_sorted_batch(
+            encoded,
+            batch_size,
+            pad,
+            self.device(),
+            progress,
+            |rows, batch| {
+                let logits = self
+                    .forward_t(batch, false)
+                    .select(1, 0)
+                    .to_device(Device::Cpu);
+                let values = Vec::<f32>::try_from(&logits)
+                    .map_err(|e| Error::torch("reading cross-encoder logits", e))?;
+                for (&i, v) in rows.iter().zip(values) {
+                    out[i] = v;
+                }
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 

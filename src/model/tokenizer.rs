@@ -77,6 +77,28 @@ impl Batch {
     }
 }
 
+/// Run `f` on length-sorted, padded batches of `encoded` (at most `batch_size` each)
+/// under no-grad; `f` gets the input rows of the batch and the batch. `progress` is called
+/// with the number of inputs done after each batch.
+pub fn for_each_sorted_batch(
+    encoded: &[Encoded],
+    batch_size: usize,
+    pad_id: i64,
+    device: Device,
+    progress: &mut dyn FnMut(usize),
+    mut f: impl FnMut(&[usize], &Batch) -> crate::error::Result<()>,
+) -> crate::error::Result<()> {
+    let _guard = tch::no_grad_guard();
+    let lengths: Vec<usize> = encoded.iter().map(Encoded::len).collect();
+    for rows in crate::model::batching::length_sorted_batches(&lengths, batch_size, None) {
+        let items: Vec<&Encoded> = rows.iter().map(|&i| &encoded[i]).collect();
+        let batch = Batch::new(&items, pad_id, device);
+        f(&rows, &batch)?;
+        progress(rows.len());
+    }
+    Ok(())
+}
+
 /// Tokenizer with fixed truncation: single texts are cut to `max_length` tokens
 /// (special tokens included); pairs lose tokens from the passage only, falling back to
 /// longest-first when the query alone does not fit.
