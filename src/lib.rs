@@ -10,6 +10,7 @@ pub mod progress;
 pub mod retrieval;
 pub mod rng;
 pub mod stages;
+pub mod train;
 
 pub use error::{Error, Result};
 

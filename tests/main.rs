@@ -7,3 +7,4 @@ mod common;
 mod export_roundtrip;
 mod parity;
 mod pipeline;
+mod train;

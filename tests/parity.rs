@@ -86,6 +86,26 @@ fn msmarco_shaped_cross_encoder_matches_transformers() {
     let act = check_cross_encoder(&dir, "logits.json", None);
     assert_eq!(act, Activation::Identity);
     check_cross_encoder(&dir, "logits_128.json", Some(128));
+    // At 64 tokens several queries alone overflow: both sides are cut, longest first.
+    let out = tempfile::tempdir().unwrap();
+    let reference_file = out.path().join("logits_64.json");
+    reference(&[
+        "rerank",
+        "--model",
+        dir.to_str().unwrap(),
+        "--input",
+        fixture("parity_pairs.jsonl").to_str().unwrap(),
+        "--output",
+        reference_file.to_str().unwrap(),
+        "--max-length",
+        "64",
+    ]);
+    let want: RefScores = read_json(&reference_file);
+    let model = CrossEncoder::load(&dir, Some(64), Device::Cpu, Kind::Float).unwrap();
+    let pairs: Vec<(String, String)> = pairs().into_iter().map(|p| (p.query, p.passage)).collect();
+    let logits = model.logits(&pairs, 8, &mut |_| {}).unwrap();
+    let scores = model.score(&pairs, 8, &mut |_| {}).unwrap();
+    assert_scores_match("logits at 64", &logits, &scores, &want);
 }
 
 #[test]

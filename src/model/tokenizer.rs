@@ -10,7 +10,9 @@ use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
-use tokenizers::{AddedToken, Tokenizer, TruncationParams, TruncationStrategy};
+use tokenizers::{
+    AddedToken, PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 
 /// Token ids of one input (a text or a query/passage pair), unpadded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,8 +107,8 @@ pub fn for_each_sorted_batch(
 #[derive(Clone)]
 pub struct TextTokenizer {
     single: Tokenizer,
-    pair: Tokenizer,
-    pair_fallback: Tokenizer,
+    /// No truncation: pairs are truncated by [`pair_lengths`], then post-processed.
+    raw: Tokenizer,
     max_length: usize,
     pad_id: i64,
     source: PathBuf,
@@ -134,12 +136,12 @@ impl TextTokenizer {
             (wordpiece_from_vocab(dir, &vocab)?, vocab)
         };
         let pad_id = pad_token_id(&base, dir)?;
-        let with = |strategy| -> Result<Tokenizer> {
-            let mut t = base.clone();
-            t.with_padding(None);
-            t.with_truncation(Some(TruncationParams {
+        let mut single = base.clone();
+        single.with_padding(None);
+        single
+            .with_truncation(Some(TruncationParams {
                 max_length,
-                strategy,
+                strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
                 ..Default::default()
             }))
@@ -147,12 +149,15 @@ impl TextTokenizer {
                 path: source.clone(),
                 message: e.to_string(),
             })?;
-            Ok(t)
-        };
+        let mut raw = base;
+        raw.with_padding(None);
+        raw.with_truncation(None).map_err(|e| Error::Tokenizer {
+            path: source.clone(),
+            message: e.to_string(),
+        })?;
         Ok(TextTokenizer {
-            single: with(TruncationStrategy::LongestFirst)?,
-            pair: with(TruncationStrategy::OnlySecond)?,
-            pair_fallback: with(TruncationStrategy::LongestFirst)?,
+            single,
+            raw,
             max_length,
             pad_id,
             source,
@@ -182,24 +187,36 @@ impl TextTokenizer {
             .collect()
     }
 
-    /// Tokenize (query, passage) pairs in parallel, truncating the passage only.
+    /// Tokenize (query, passage) pairs in parallel, truncating the passage only; when the
+    /// query alone does not fit, both are cut, longest first (see [`pair_lengths`]).
     pub fn encode_pairs<Q, P>(&self, pairs: &[(Q, P)]) -> Result<Vec<Encoded>>
     where
         Q: AsRef<str> + Sync,
         P: AsRef<str> + Sync,
     {
+        let added = self
+            .raw
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(true));
+        let budget = self.max_length.saturating_sub(added);
         pairs
             .par_iter()
             .map(|(q, p)| {
-                let input = (q.as_ref(), p.as_ref());
-                let e = match self.pair.encode_fast(input, true) {
-                    Ok(e) => e,
-                    // The query alone is longer than the budget: cut both.
-                    Err(_) => self
-                        .pair_fallback
-                        .encode_fast(input, true)
-                        .map_err(|e| self.err(e))?,
-                };
+                let mut q = self
+                    .raw
+                    .encode_fast(q.as_ref(), false)
+                    .map_err(|e| self.err(e))?;
+                let mut p = self
+                    .raw
+                    .encode_fast(p.as_ref(), false)
+                    .map_err(|e| self.err(e))?;
+                let (nq, np) = pair_lengths(q.len(), p.len(), budget);
+                q.truncate(nq, 0, TruncationDirection::Right);
+                p.truncate(np, 0, TruncationDirection::Right);
+                let e = self
+                    .raw
+                    .post_process(q, Some(p), true)
+                    .map_err(|e| self.err(e))?;
                 Ok(to_encoded(&e))
             })
             .collect()
@@ -210,6 +227,37 @@ impl TextTokenizer {
             path: self.source.clone(),
             message: e.to_string(),
         }
+    }
+}
+
+/// Token counts of a (query, passage) pair that fit `budget` (special tokens excluded):
+/// the passage is cut first ("only second"); if the query alone leaves no room for a
+/// passage token, both are cut "longest first" as Hugging Face tokenizers do: the shorter
+/// keeps its length if the longer still fits, else each gets half, the longer the odd one.
+pub fn pair_lengths(q: usize, p: usize, budget: usize) -> (usize, usize) {
+    if q + p <= budget {
+        return (q, p);
+    }
+    if budget > q {
+        return (q, budget - q);
+    }
+    let (short, long) = (q.min(p), q.max(p));
+    let (mut n_short, mut n_long) = (
+        short,
+        if short > budget {
+            short
+        } else {
+            long.min(budget - short).max(short)
+        },
+    );
+    if n_short + n_long > budget {
+        n_short = budget / 2;
+        n_long = n_short + budget % 2;
+    }
+    if q <= p {
+        (n_short, n_long)
+    } else {
+        (n_long, n_short)
     }
 }
 
@@ -275,4 +323,20 @@ fn wordpiece_from_vocab(dir: &Path, vocab: &Path) -> Result<Tokenizer> {
     t.add_special_tokens(specials)
         .map_err(|e| terr(e.to_string()))?;
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_truncation_cuts_the_passage_then_both() {
+        assert_eq!(pair_lengths(5, 10, 20), (5, 10));
+        assert_eq!(pair_lengths(5, 100, 61), (5, 56));
+        // The query alone fills the budget: longest first, half each, longer one odd.
+        assert_eq!(pair_lengths(83, 350, 61), (30, 31));
+        assert_eq!(pair_lengths(350, 83, 61), (31, 30));
+        assert_eq!(pair_lengths(61, 2, 61), (59, 2));
+        assert_eq!(pair_lengths(70, 40, 61), (31, 30));
+    }
 }

@@ -21,6 +21,92 @@ pub struct PipelineFile {
     pub mine: MineSection,
     #[serde(default)]
     pub score: ScoreSection,
+    /// Stage `teacher` (only with `teacher.base`).
+    pub teacher_train: Option<TrainSection>,
+    /// Stage `train`.
+    #[serde(default)]
+    pub train: TrainSection,
+}
+
+/// `[train]` and `[teacher_train]`: optimisation settings, and the loss settings of
+/// their stage (`margin_mse`, `kl`, `infonce`, ... for `train`; `loss` for `teacher_train`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    #[serde(default = "one")]
+    pub epochs: Spanned<usize>,
+    pub lr: Option<Spanned<f64>>,
+    #[serde(default = "default_warmup")]
+    pub warmup_ratio: Spanned<f64>,
+    #[serde(default)]
+    pub schedule: crate::train::schedule::Decay,
+    pub batch_queries: Option<Spanned<usize>>,
+    pub negatives: Option<Spanned<usize>>,
+    #[serde(default = "one")]
+    pub grad_accumulation: Spanned<usize>,
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: Spanned<f64>,
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: Spanned<f64>,
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: Spanned<usize>,
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: Spanned<usize>,
+    // [train] only
+    pub margin_mse: Option<Spanned<f64>>,
+    pub kl: Option<Spanned<f64>>,
+    pub infonce: Option<Spanned<f64>>,
+    pub student_scale: Option<Spanned<f64>>,
+    pub kl_student_temperature: Option<Spanned<f64>>,
+    pub kl_teacher_temperature: Option<Spanned<f64>>,
+    pub infonce_scale: Option<Spanned<f64>>,
+    pub exclude_false_negatives: Option<bool>,
+    // [teacher_train] only
+    pub loss: Option<Spanned<crate::pipeline::config::TeacherLoss>>,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("defaults parse"))
+    }
+}
+
+/// Loss of the `teacher` stage.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherLoss {
+    /// Cross-entropy of the positive against its group's negatives.
+    #[default]
+    Listwise,
+    /// Binary cross-entropy on every pair.
+    Bce,
+}
+
+/// Loss settings of the `train` stage.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LossConfig {
+    pub margin_mse: f64,
+    pub kl: f64,
+    pub infonce: f64,
+    /// Student scores (dot products) are multiplied by this for margin-MSE and KL.
+    pub student_scale: f64,
+    pub kl_student_temperature: f64,
+    pub kl_teacher_temperature: f64,
+    /// InfoNCE logits are dot products times this (sentence-transformers' `scale`).
+    pub infonce_scale: f64,
+    pub exclude_false_negatives: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StudentTrainConfig {
+    pub settings: crate::train::trainer::TrainSettings,
+    pub loss: LossConfig,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TeacherTrainConfig {
+    pub settings: crate::train::trainer::TrainSettings,
+    pub loss: TeacherLoss,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,8 +136,10 @@ pub struct StudentSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TeacherSection {
-    /// A trained cross-encoder directory.
-    pub path: Spanned<PathBuf>,
+    /// A trained cross-encoder directory ...
+    pub path: Option<Spanned<PathBuf>>,
+    /// ... or an encoder checkpoint from which the `teacher` stage trains one.
+    pub base: Option<Spanned<PathBuf>>,
     pub max_length: Option<Spanned<usize>>,
     #[serde(default = "default_score_batch")]
     pub batch_size: Spanned<usize>,
@@ -133,6 +221,25 @@ impl Default for ScoreSection {
     fn default() -> Self {
         toml::from_str("").unwrap_or_else(|_| unreachable!("defaults parse"))
     }
+}
+
+fn one() -> Spanned<usize> {
+    spanned(1)
+}
+fn default_warmup() -> Spanned<f64> {
+    spanned(0.1)
+}
+fn default_clip() -> Spanned<f64> {
+    spanned(1.0)
+}
+fn default_weight_decay() -> Spanned<f64> {
+    spanned(0.01)
+}
+fn default_checkpoint_every() -> Spanned<usize> {
+    spanned(500)
+}
+fn default_keep() -> Spanned<usize> {
+    spanned(2)
 }
 
 fn default_output_root() -> PathBuf {
@@ -238,6 +345,11 @@ pub struct Pipeline {
     pub datasets: Vec<DatasetRef>,
     pub mine: MineConfig,
     pub score: ScoreConfig,
+    /// True when the `teacher` stage trains the teacher from `teacher.path` (a base
+    /// encoder); false when `teacher.path` is a trained cross-encoder.
+    pub teacher_from_base: bool,
+    pub teacher_train: Option<TeacherTrainConfig>,
+    pub train: StudentTrainConfig,
 }
 
 /// 1-based line of a byte offset.
@@ -349,10 +461,28 @@ impl Pipeline {
             batch_size: c.positive(&s.batch_size, "student.batch_size")?,
         };
         let t = &file.teacher;
-        let teacher_path = c.existing(&t.path, "teacher.path", "teacher model directory")?;
+        let (teacher_spanned, teacher_from_base) = match (&t.path, &t.base) {
+            (Some(p), None) => (p, false),
+            (None, Some(b)) => (b, true),
+            _ => {
+                let span = t
+                    .path
+                    .as_ref()
+                    .or(t.base.as_ref())
+                    .map(|s| s.span())
+                    .unwrap_or(0..0);
+                return Err(c.err(span, "teacher", "give exactly one of `path` (a trained cross-encoder) and `base` (an encoder the teacher stage fine-tunes)"));
+            }
+        };
+        let key = if teacher_from_base {
+            "teacher.base"
+        } else {
+            "teacher.path"
+        };
+        let teacher_path = c.existing(teacher_spanned, key, "teacher model directory")?;
         c.file_in(
-            t.path.span(),
-            "teacher.path",
+            teacher_spanned.span(),
+            key,
             teacher_path.join("config.json"),
         )?;
         let teacher = ModelRef {
@@ -364,6 +494,38 @@ impl Pipeline {
                 .transpose()?,
             batch_size: c.positive(&t.batch_size, "teacher.batch_size")?,
         };
+        let teacher_train = match (&file.teacher_train, teacher_from_base) {
+            (Some(_), false) => {
+                return Err(c.err(
+                    teacher_spanned.span(),
+                    "teacher_train",
+                    "is only used with `teacher.base`",
+                ))
+            }
+            (section, true) => {
+                let section = section.clone().unwrap_or_default();
+                Some(TeacherTrainConfig {
+                    settings: c.train_settings(
+                        &section,
+                        "teacher_train",
+                        run.seed,
+                        3e-5,
+                        16,
+                        15,
+                    )?,
+                    loss: section
+                        .loss
+                        .as_ref()
+                        .map(|l| *l.get_ref())
+                        .unwrap_or_default(),
+                })
+            }
+            (None, false) => None,
+        };
+        if let Some(section) = &file.teacher_train {
+            c.reject_student_keys(section)?;
+        }
+        let train = c.student_train(&file.train, run.seed)?;
 
         if file.datasets.is_empty() {
             return Err(c.err(0..0, "dataset", "at least one [[dataset]] is required"));
@@ -470,6 +632,136 @@ impl Pipeline {
             datasets,
             mine,
             score,
+            teacher_from_base,
+            teacher_train,
+            train,
+        })
+    }
+}
+
+impl Checker<'_> {
+    fn unit(&self, v: &Spanned<f64>, key: &str, lo: f64, hi: f64) -> Result<f64> {
+        let x = *v.get_ref();
+        if !(x >= lo && x <= hi) {
+            return Err(self.err(v.span(), key, format!("must be between {lo} and {hi}")));
+        }
+        Ok(x)
+    }
+
+    fn opt_f64(
+        &self,
+        v: &Option<Spanned<f64>>,
+        key: &str,
+        default: f64,
+        lo: f64,
+        hi: f64,
+    ) -> Result<f64> {
+        v.as_ref()
+            .map_or(Ok(default), |v| self.unit(v, key, lo, hi))
+    }
+
+    fn train_settings(
+        &self,
+        t: &TrainSection,
+        section: &str,
+        seed: u64,
+        lr: f64,
+        batch_queries: usize,
+        negatives: usize,
+    ) -> Result<crate::train::trainer::TrainSettings> {
+        let k = |name: &str| format!("{section}.{name}");
+        let pos = |v: &Option<Spanned<usize>>, name: &str, default: usize| {
+            v.as_ref()
+                .map_or(Ok(default), |v| self.positive(v, &k(name)))
+        };
+        Ok(crate::train::trainer::TrainSettings {
+            epochs: self.positive(&t.epochs, &k("epochs"))?,
+            lr: self.opt_f64(&t.lr, &k("lr"), lr, 1e-12, 1.0)?,
+            warmup_ratio: self.unit(&t.warmup_ratio, &k("warmup_ratio"), 0.0, 1.0)?,
+            schedule: t.schedule,
+            batch_queries: pos(&t.batch_queries, "batch_queries", batch_queries)?,
+            negatives: pos(&t.negatives, "negatives", negatives)?,
+            grad_accumulation: self.positive(&t.grad_accumulation, &k("grad_accumulation"))?,
+            max_grad_norm: self.unit(&t.max_grad_norm, &k("max_grad_norm"), 0.0, f64::MAX)?,
+            weight_decay: self.unit(&t.weight_decay, &k("weight_decay"), 0.0, 1.0)?,
+            checkpoint_every: self.positive(&t.checkpoint_every, &k("checkpoint_every"))? as u64,
+            keep_checkpoints: self.positive(&t.keep_checkpoints, &k("keep_checkpoints"))?,
+            seed,
+        })
+    }
+
+    fn reject_student_keys(&self, t: &TrainSection) -> Result<()> {
+        let student_only = [
+            (t.margin_mse.as_ref().map(|v| v.span()), "margin_mse"),
+            (t.kl.as_ref().map(|v| v.span()), "kl"),
+            (t.infonce.as_ref().map(|v| v.span()), "infonce"),
+            (t.student_scale.as_ref().map(|v| v.span()), "student_scale"),
+            (
+                t.kl_student_temperature.as_ref().map(|v| v.span()),
+                "kl_student_temperature",
+            ),
+            (
+                t.kl_teacher_temperature.as_ref().map(|v| v.span()),
+                "kl_teacher_temperature",
+            ),
+            (t.infonce_scale.as_ref().map(|v| v.span()), "infonce_scale"),
+        ];
+        if let Some((span, key)) = student_only
+            .into_iter()
+            .find_map(|(s, k)| s.map(|s| (s, k)))
+        {
+            return Err(self.err(
+                span,
+                &format!("teacher_train.{key}"),
+                "is a [train] setting",
+            ));
+        }
+        Ok(())
+    }
+
+    fn student_train(&self, t: &TrainSection, seed: u64) -> Result<StudentTrainConfig> {
+        if let Some(l) = &t.loss {
+            return Err(self.err(
+                l.span(),
+                "train.loss",
+                "is a [teacher_train] setting; [train] combines margin_mse, kl and infonce",
+            ));
+        }
+        let f = |v: &Option<Spanned<f64>>, key: &str, default: f64, lo: f64, hi: f64| {
+            self.opt_f64(v, &format!("train.{key}"), default, lo, hi)
+        };
+        let loss = LossConfig {
+            margin_mse: f(&t.margin_mse, "margin_mse", 1.0, 0.0, f64::MAX)?,
+            kl: f(&t.kl, "kl", 0.0, 0.0, f64::MAX)?,
+            infonce: f(&t.infonce, "infonce", 1.0, 0.0, f64::MAX)?,
+            student_scale: f(&t.student_scale, "student_scale", 1.0, 1e-6, 1e6)?,
+            kl_student_temperature: f(
+                &t.kl_student_temperature,
+                "kl_student_temperature",
+                1.0,
+                1e-6,
+                1e6,
+            )?,
+            kl_teacher_temperature: f(
+                &t.kl_teacher_temperature,
+                "kl_teacher_temperature",
+                1.0,
+                1e-6,
+                1e6,
+            )?,
+            infonce_scale: f(&t.infonce_scale, "infonce_scale", 20.0, 1e-6, 1e6)?,
+            exclude_false_negatives: t.exclude_false_negatives.unwrap_or(true),
+        };
+        if loss.margin_mse + loss.kl + loss.infonce <= 0.0 {
+            return Err(self.err(
+                0..0,
+                "train",
+                "at least one of margin_mse, kl, infonce must have a positive weight",
+            ));
+        }
+        Ok(StudentTrainConfig {
+            settings: self.train_settings(t, "train", seed, 2e-5, 32, 7)?,
+            loss,
         })
     }
 }

@@ -31,8 +31,13 @@ pub struct RunOptions {
 pub enum StageState {
     Done,
     Stale(String),
-    Partial { done: usize, total: usize },
+    Partial {
+        done: usize,
+        total: usize,
+    },
     Pending(String),
+    /// The pipeline does not use this stage (e.g. `teacher` when a trained teacher is given).
+    Unused,
 }
 
 impl std::fmt::Display for StageState {
@@ -42,6 +47,7 @@ impl std::fmt::Display for StageState {
             StageState::Stale(why) => write!(f, "stale ({why})"),
             StageState::Partial { done, total } => write!(f, "partial ({done} of {total} shards)"),
             StageState::Pending(why) => write!(f, "pending ({why})"),
+            StageState::Unused => write!(f, "not used by this pipeline"),
         }
     }
 }
@@ -111,7 +117,14 @@ pub fn status(p: &Pipeline) -> Result<Vec<StageStatus>> {
     let mut out = Vec::new();
     for stage in stages::all() {
         let name = stage.name().to_string();
-        if let Some(up) = stage.upstream().iter().find(|u| !done.contains_key(**u)) {
+        if !stage.enabled(p) {
+            out.push(StageStatus {
+                stage: name,
+                state: StageState::Unused,
+            });
+            continue;
+        }
+        if let Some(up) = stage.upstream(p).iter().find(|u| !done.contains_key(**u)) {
             out.push(StageStatus {
                 stage: name,
                 state: StageState::Pending(format!("waiting for {up}")),
@@ -194,7 +207,10 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
     let mut report = RunReport::default();
     for (i, stage) in stages.iter().enumerate() {
         let name = stage.name();
-        if let Some(up) = stage.upstream().iter().find(|u| !done.contains_key(**u)) {
+        if !stage.enabled(p) {
+            continue;
+        }
+        if let Some(up) = stage.upstream(p).iter().find(|u| !done.contains_key(**u)) {
             if selected(i) {
                 let err = Error::Setting {
                     key: "stage".into(),

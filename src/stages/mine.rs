@@ -82,8 +82,8 @@ impl Stage for Mine {
         "mine"
     }
 
-    fn upstream(&self) -> &'static [&'static str] {
-        &[]
+    fn upstream(&self, _: &Pipeline) -> Vec<&'static str> {
+        vec![]
     }
 
     fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {

@@ -5,6 +5,8 @@
 //! most the shard in flight and a changed run never reuses foreign shards.
 pub mod mine;
 pub mod score;
+pub mod teacher;
+pub mod train;
 
 use crate::error::{Error, Result};
 use crate::pipeline::events::{Event, EventSink};
@@ -99,18 +101,36 @@ impl StageEnv<'_> {
 }
 
 /// Fault injection for the crash-recovery tests: with `DISTILL_FAULT_AFTER_SHARDS=N` the
-/// process aborts (as if killed with SIGKILL) right after its N-th committed shard.
+/// process aborts (as if killed with SIGKILL) right after its N-th committed shard; with
+/// `DISTILL_FAULT_AT_STEP=N` (or `STAGE:N`), right after training step N of any (that)
+/// training stage, checkpoint or not.
 #[derive(Debug, Default)]
 pub struct FaultInjector {
     remaining: Option<usize>,
+    at_step: Option<(Option<String>, u64)>,
 }
 
 impl FaultInjector {
     pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok();
+        let at_step = var("DISTILL_FAULT_AT_STEP").and_then(|v| match v.split_once(':') {
+            Some((stage, n)) => n.parse().ok().map(|n| (Some(stage.to_string()), n)),
+            None => v.parse().ok().map(|n| (None, n)),
+        });
         FaultInjector {
-            remaining: std::env::var("DISTILL_FAULT_AFTER_SHARDS")
-                .ok()
-                .and_then(|v| v.parse().ok()),
+            remaining: var("DISTILL_FAULT_AFTER_SHARDS").and_then(|v| v.parse().ok()),
+            at_step,
+        }
+    }
+
+    pub fn after_step(&mut self, stage: &str, step: u64) {
+        let hit = self
+            .at_step
+            .as_ref()
+            .is_some_and(|(s, n)| *n == step && s.as_deref().is_none_or(|s| s == stage));
+        if hit {
+            eprintln!("DISTILL_FAULT_AT_STEP: aborting");
+            std::process::abort();
         }
     }
 
@@ -128,8 +148,12 @@ impl FaultInjector {
 /// One stage of the pipeline.
 pub trait Stage {
     fn name(&self) -> &'static str;
+    /// Whether this pipeline uses the stage at all.
+    fn enabled(&self, _: &Pipeline) -> bool {
+        true
+    }
     /// Stages whose outputs this one reads.
-    fn upstream(&self) -> &'static [&'static str];
+    fn upstream(&self, p: &Pipeline) -> Vec<&'static str>;
     /// The settings that determine the output (hashed into the manifest).
     fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value;
     /// Fingerprints of every input; `upstream` holds the manifests of upstream stages.
@@ -160,7 +184,12 @@ pub fn count_shards(dir: &Path, prefix: &str) -> usize {
 
 /// All stages in pipeline order.
 pub fn all() -> Vec<Box<dyn Stage>> {
-    vec![Box::new(mine::Mine), Box::new(score::Score)]
+    vec![
+        Box::new(mine::Mine),
+        Box::new(teacher::Teacher),
+        Box::new(score::Score),
+        Box::new(train::Train),
+    ]
 }
 
 #[cfg(test)]

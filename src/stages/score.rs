@@ -22,6 +22,15 @@ pub const OUTPUT: &str = "teacher_scores.parquet";
 
 pub struct Score;
 
+/// The teacher that scores: the one the `teacher` stage trained, or the one given.
+pub fn teacher_dir(p: &Pipeline) -> std::path::PathBuf {
+    if p.teacher_from_base {
+        p.run_dir.join("teacher").join(super::teacher::MODEL_DIR)
+    } else {
+        p.teacher.path.clone()
+    }
+}
+
 fn candidates_path(p: &Pipeline) -> std::path::PathBuf {
     p.run_dir.join("mine").join(super::mine::OUTPUT)
 }
@@ -31,8 +40,12 @@ impl Stage for Score {
         "score"
     }
 
-    fn upstream(&self) -> &'static [&'static str] {
-        &["mine"]
+    fn upstream(&self, p: &Pipeline) -> Vec<&'static str> {
+        if p.teacher_from_base {
+            vec!["mine", "teacher"]
+        } else {
+            vec!["mine"]
+        }
     }
 
     fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
@@ -84,7 +97,7 @@ impl Stage for Score {
             .collect();
         if !mine.is_empty() {
             let teacher =
-                CrossEncoder::load(&p.teacher.path, p.teacher.max_length, env.device, env.kind)?;
+                CrossEncoder::load(&teacher_dir(p), p.teacher.max_length, env.device, env.kind)?;
             let datasets = load_texts(p)?;
             let stage = env.name.to_string();
             let pairs_todo: usize = mine

@@ -1,0 +1,203 @@
+//! Stage `teacher`: when the pipeline names a base encoder instead of a trained
+//! cross-encoder, fine-tune one: the encoder's weights with a fresh one-logit classifier,
+//! trained on the training positives against the hard negatives from `mine`, with
+//! listwise cross-entropy over (positive + n negatives) per query (or binary
+//! cross-entropy). Exports a Hugging Face cross-encoder directory (raw logits).
+use super::{Outcome, Stage, StageEnv};
+use crate::data::beir::Dataset;
+use crate::data::pairs::PairTable;
+use crate::error::{Error, Result};
+use crate::model::export::export_cross_encoder;
+use crate::model::CrossEncoder;
+use crate::pipeline::config::TeacherLoss;
+use crate::pipeline::fingerprint;
+use crate::pipeline::manifest::Manifest;
+use crate::pipeline::Pipeline;
+use crate::train::data::{Example, TrainingSet};
+use crate::train::losses;
+use crate::train::trainer::{self, Task};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+pub const MODEL_DIR: &str = "model";
+pub const WEIGHTS: &str = "model/model.safetensors";
+pub const CURVE: &str = "loss_curve.parquet";
+
+pub struct Teacher;
+
+/// Corpus and queries (and `splits` qrels) of every dataset, by name.
+pub fn load_datasets(p: &Pipeline, with_train_qrels: bool) -> Result<BTreeMap<String, Dataset>> {
+    p.datasets
+        .iter()
+        .map(|d| {
+            let splits: Vec<&str> = if with_train_qrels {
+                vec![&d.train_split]
+            } else {
+                vec![]
+            };
+            Ok((d.name.clone(), Dataset::load(&d.path, &splits, d.strict)?))
+        })
+        .collect()
+}
+
+struct TeacherTask<'a> {
+    model: &'a CrossEncoder,
+    set: &'a TrainingSet,
+    loss: TeacherLoss,
+}
+
+impl Task for TeacherTask<'_> {
+    fn loss(&self, examples: &[Example]) -> Result<(Tensor, Vec<(String, f32)>)> {
+        let k = 1 + examples.first().map_or(0, |e| e.negatives.len()) as i64;
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        for e in examples {
+            let g = &self.set.groups[e.query];
+            pairs.push((&g.text, &g.positives[e.positive].text));
+            pairs.extend(
+                e.negatives
+                    .iter()
+                    .map(|&n| (g.text.as_str(), g.negatives[n].text.as_str())),
+            );
+        }
+        let encoded = self.model.tokenizer.encode_pairs(&pairs)?;
+        let items: Vec<_> = encoded.iter().collect();
+        let batch = crate::model::tokenizer::Batch::new(
+            &items,
+            self.model.tokenizer.pad_id(),
+            self.model.device(),
+        );
+        let logits = self
+            .model
+            .forward_t(&batch, true)
+            .select(1, 0)
+            .view([-1, k]);
+        let (name, loss) = match self.loss {
+            TeacherLoss::Listwise => ("listwise_ce", losses::listwise_ce(&logits)),
+            TeacherLoss::Bce => ("bce", losses::pointwise_bce(&logits)),
+        };
+        let value = loss.double_value(&[]) as f32;
+        Ok((loss, vec![(name.to_string(), value)]))
+    }
+}
+
+impl Stage for Teacher {
+    fn name(&self) -> &'static str {
+        "teacher"
+    }
+
+    fn enabled(&self, p: &Pipeline) -> bool {
+        p.teacher_from_base
+    }
+
+    fn upstream(&self, _: &Pipeline) -> Vec<&'static str> {
+        vec!["mine"]
+    }
+
+    fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
+        json!({
+            "teacher_train": p.teacher_train,
+            "max_length": p.teacher.max_length,
+            "precision": super::mine::kind_name(kind),
+        })
+    }
+
+    fn inputs(
+        &self,
+        p: &Pipeline,
+        upstream: &BTreeMap<String, Manifest>,
+    ) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        out.insert("base".into(), fingerprint::directory(&p.teacher.path)?);
+        out.insert(
+            "candidates".into(),
+            upstream_output(p, upstream, "mine", super::mine::OUTPUT)?,
+        );
+        for d in &p.datasets {
+            super::mine::dataset_inputs(d, &[], &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn progress(&self, _: &Pipeline, partial: &Path) -> Option<(usize, usize)> {
+        super::mine::read_plan(partial).map(|total| {
+            let done = crate::train::checkpoint::list(&partial.join("checkpoints"))
+                .last()
+                .copied();
+            (done.unwrap_or(0) as usize, total)
+        })
+    }
+
+    fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
+        let p = env.pipeline;
+        let cfg = p
+            .teacher_train
+            .clone()
+            .ok_or_else(|| Error::config(&p.file, "the teacher stage needs teacher.base"))?;
+        // Fresh tensors (a new classifier, a missing pooler) are drawn from the run seed.
+        tch::manual_seed(crate::train::trainer::init_seed(p.seed, env.name));
+        let model = CrossEncoder::from_encoder(
+            &p.teacher.path,
+            p.teacher.max_length,
+            env.device,
+            Kind::Float,
+        )?;
+        env.warn(format!(
+            "initialised fresh from {}: {}",
+            p.teacher.path.display(),
+            model.import.initialised.join(", ")
+        ));
+        let table = PairTable::read(&p.run_dir.join("mine").join(super::mine::OUTPUT))?;
+        let set = TrainingSet::from_table(&table, &load_datasets(p, false)?, false)?;
+        let (_, total) = trainer::plan(&set, &cfg.settings);
+        std::fs::write(
+            env.partial.join("plan.json"),
+            json!({"shards": total}).to_string(),
+        )
+        .map_err(|e| Error::io(&env.partial, e))?;
+        let task = TeacherTask {
+            model: &model,
+            set: &set,
+            loss: cfg.loss,
+        };
+        let vars = model.vs.variables().into_iter().collect();
+        let checkpoints = env.partial.join("checkpoints");
+        let curve = trainer::train(env, &task, vars, &set, &cfg.settings, &checkpoints)?;
+        export_cross_encoder(&model, &env.dir.join(MODEL_DIR))?;
+        curve.write(&env.dir.join(CURVE))?;
+        crate::train::checkpoint::publish(&checkpoints, &env.dir.join("checkpoints"))?;
+        Ok(Outcome::Complete {
+            outputs: vec![
+                WEIGHTS.into(),
+                format!("{MODEL_DIR}/config.json"),
+                CURVE.into(),
+            ],
+            rows: curve.step.len() as u64,
+            summary: json!({
+                "groups": set.stats,
+                "steps": curve.step.len(),
+                "final_loss": curve.loss.last(),
+            }),
+        })
+    }
+}
+
+/// The fingerprint of an upstream stage's output file.
+pub fn upstream_output(
+    p: &Pipeline,
+    upstream: &BTreeMap<String, Manifest>,
+    stage: &str,
+    file: &str,
+) -> Result<String> {
+    upstream
+        .get(stage)
+        .and_then(|m| m.output_fingerprint(file))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Error::config(
+                p.run_dir.join(stage),
+                format!("stage {stage} has no output {file}"),
+            )
+        })
+}

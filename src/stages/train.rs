@@ -1,0 +1,218 @@
+//! Stage `train`: distil the teacher into the student. Groups of 1 positive + n negatives
+//! per query with the teacher's scores (likely false negatives left out when asked);
+//! margin-MSE, KL and InfoNCE combined with their weights. Student scores are dot
+//! products of the student's embeddings, which for a model with a Normalize module
+//! (all-MiniLM-L6-v2) are cosine similarities. Exports a sentence-transformers directory
+//! and the loss curve.
+use super::teacher::{load_datasets, upstream_output};
+use super::{Outcome, Stage, StageEnv};
+use crate::data::pairs::PairTable;
+use crate::error::{Error, Result};
+use crate::model::export::export_bi_encoder;
+use crate::model::tokenizer::Batch;
+use crate::model::BiEncoder;
+use crate::pipeline::config::LossConfig;
+use crate::pipeline::fingerprint;
+use crate::pipeline::manifest::Manifest;
+use crate::pipeline::Pipeline;
+use crate::train::data::{Example, TrainingSet};
+use crate::train::losses;
+use crate::train::trainer::{self, Task};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+pub const MODEL_DIR: &str = "student";
+pub const WEIGHTS: &str = "student/model.safetensors";
+pub const CURVE: &str = "loss_curve.parquet";
+
+pub struct Train;
+
+pub struct StudentTask<'a> {
+    pub model: &'a BiEncoder,
+    pub set: &'a TrainingSet,
+    pub loss: &'a LossConfig,
+}
+
+impl StudentTask<'_> {
+    fn embed(&self, texts: &[&str]) -> Result<Tensor> {
+        let encoded = self.model.tokenizer.encode_texts(texts)?;
+        let items: Vec<_> = encoded.iter().collect();
+        let batch = Batch::new(&items, self.model.tokenizer.pad_id(), self.model.device());
+        Ok(self.model.forward_t(&batch, true))
+    }
+}
+
+impl Task for StudentTask<'_> {
+    fn loss(&self, examples: &[Example]) -> Result<(Tensor, Vec<(String, f32)>)> {
+        let b = examples.len() as i64;
+        let k = 1 + examples.first().map_or(0, |e| e.negatives.len()) as i64;
+        let mut queries = Vec::new();
+        let mut docs = Vec::new();
+        let mut doc_ids = Vec::new();
+        let mut teacher = Vec::new();
+        for e in examples {
+            let g = &self.set.groups[e.query];
+            queries.push(g.text.as_str());
+            let group_docs = std::iter::once(&g.positives[e.positive])
+                .chain(e.negatives.iter().map(|&n| &g.negatives[n]));
+            for d in group_docs {
+                docs.push(d.text.as_str());
+                doc_ids.push(d.id.as_str());
+                teacher.push(d.teacher);
+            }
+        }
+        let q = self.embed(&queries)?.to_kind(Kind::Float);
+        let d = self.embed(&docs)?.to_kind(Kind::Float);
+        let dim = q.size()[1];
+        let student = (q.unsqueeze(1) * d.view([b, k, dim])).sum_dim_intlist(
+            [2].as_slice(),
+            false,
+            Kind::Float,
+        );
+        let teacher = Tensor::from_slice(&teacher)
+            .view([b, k])
+            .to_device(q.device());
+        let c = self.loss;
+        let mut total = Tensor::zeros([], (Kind::Float, q.device()));
+        let mut terms = Vec::new();
+        let mut add = |name: &str, weight: f64, loss: Tensor| {
+            terms.push((name.to_string(), loss.double_value(&[]) as f32));
+            total = &total + loss * weight;
+        };
+        let scaled = &student * c.student_scale;
+        if c.margin_mse > 0.0 {
+            add(
+                "margin_mse",
+                c.margin_mse,
+                losses::margin_mse(&scaled, &teacher),
+            );
+        }
+        if c.kl > 0.0 {
+            add(
+                "kl",
+                c.kl,
+                losses::kl(
+                    &scaled,
+                    &teacher,
+                    c.kl_student_temperature,
+                    c.kl_teacher_temperature,
+                ),
+            );
+        }
+        if c.infonce > 0.0 {
+            let targets: Vec<i64> = (0..b).map(|i| i * k).collect();
+            let mut mask = vec![false; (b * b * k) as usize];
+            for (i, e) in examples.iter().enumerate() {
+                let positives = &self.set.groups[e.query].positive_ids;
+                for (j, id) in doc_ids.iter().enumerate() {
+                    mask[i * doc_ids.len() + j] = j as i64 != targets[i] && positives.contains(*id);
+                }
+            }
+            let mask = Tensor::from_slice(&mask)
+                .view([b, b * k])
+                .to_device(q.device());
+            add(
+                "infonce",
+                c.infonce,
+                losses::infonce(&q, &d, &targets, Some(&mask), c.infonce_scale),
+            );
+        }
+        Ok((total, terms))
+    }
+}
+
+impl Stage for Train {
+    fn name(&self) -> &'static str {
+        "train"
+    }
+
+    fn upstream(&self, _: &Pipeline) -> Vec<&'static str> {
+        vec!["score"]
+    }
+
+    fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
+        json!({
+            "train": p.train,
+            "student_max_seq_length": p.student.max_length,
+            "precision": super::mine::kind_name(kind),
+        })
+    }
+
+    fn inputs(
+        &self,
+        p: &Pipeline,
+        upstream: &BTreeMap<String, Manifest>,
+    ) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        out.insert("student".into(), fingerprint::directory(&p.student.path)?);
+        out.insert(
+            "teacher_scores".into(),
+            upstream_output(p, upstream, "score", super::score::OUTPUT)?,
+        );
+        for d in &p.datasets {
+            super::mine::dataset_inputs(d, &[&d.train_split], &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn progress(&self, _: &Pipeline, partial: &Path) -> Option<(usize, usize)> {
+        super::mine::read_plan(partial).map(|total| {
+            let done = crate::train::checkpoint::list(&partial.join("checkpoints"))
+                .last()
+                .copied();
+            (done.unwrap_or(0) as usize, total)
+        })
+    }
+
+    fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
+        let p = env.pipeline;
+        let cfg = &p.train;
+        // fp32 master weights; bf16 compute through autocast on CUDA. Fresh tensors (a
+        // pooler missing from the checkpoint) are drawn from the run seed.
+        tch::manual_seed(crate::train::trainer::init_seed(p.seed, env.name));
+        let model = BiEncoder::load(
+            &p.student.path,
+            env.device,
+            Kind::Float,
+            p.student.max_length,
+        )?;
+        let table = PairTable::read(&p.run_dir.join("score").join(super::score::OUTPUT))?;
+        let set = TrainingSet::from_table(
+            &table,
+            &load_datasets(p, true)?,
+            cfg.loss.exclude_false_negatives,
+        )?;
+        let (_, total) = trainer::plan(&set, &cfg.settings);
+        std::fs::write(
+            env.partial.join("plan.json"),
+            json!({"shards": total}).to_string(),
+        )
+        .map_err(|e| Error::io(&env.partial, e))?;
+        let task = StudentTask {
+            model: &model,
+            set: &set,
+            loss: &cfg.loss,
+        };
+        let vars = model.vs.variables().into_iter().collect();
+        let checkpoints = env.partial.join("checkpoints");
+        let curve = trainer::train(env, &task, vars, &set, &cfg.settings, &checkpoints)?;
+        export_bi_encoder(&model, &env.dir.join(MODEL_DIR))?;
+        curve.write(&env.dir.join(CURVE))?;
+        crate::train::checkpoint::publish(&checkpoints, &env.dir.join("checkpoints"))?;
+        Ok(Outcome::Complete {
+            outputs: vec![
+                WEIGHTS.into(),
+                format!("{MODEL_DIR}/config.json"),
+                CURVE.into(),
+            ],
+            rows: curve.step.len() as u64,
+            summary: json!({
+                "groups": set.stats,
+                "steps": curve.step.len(),
+                "final_loss": curve.loss.last(),
+            }),
+        })
+    }
+}

@@ -1,0 +1,150 @@
+//! Training checkpoints: weights, AdamW moments, the step (which fixes the scheduler, the
+//! data cursor and the per-step RNG seeds) and the loss curve so far. Each checkpoint is a
+//! folder written under a temporary name and renamed into place.
+use super::curve::LossCurve;
+use super::optimizer::AdamW;
+use crate::error::{read_json, Error, Result, TorchContext};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct State {
+    step: u64,
+    curve: LossCurve,
+}
+
+fn folder(dir: &Path, step: u64) -> PathBuf {
+    dir.join(format!("step-{step:08}"))
+}
+
+/// Steps of the complete checkpoints in `dir`.
+pub fn list(dir: &Path) -> Vec<u64> {
+    let mut steps: Vec<u64> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    steps.sort_unstable();
+    steps
+}
+
+fn tensors(named: impl Iterator<Item = (String, Tensor)>) -> Vec<(String, Tensor)> {
+    named
+        .map(|(n, t)| (n, t.detach().to_device(tch::Device::Cpu).contiguous()))
+        .collect()
+}
+
+/// Write the checkpoint of `opt` (its parameters and moments) at its current step.
+pub fn save(dir: &Path, opt: &AdamW, curve: &LossCurve) -> Result<()> {
+    let target = folder(dir, opt.step);
+    let tmp = dir.join(format!(".tmp-step-{:08}", opt.step));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let write = |name: &str, t: Vec<(String, Tensor)>| {
+        let path = tmp.join(name);
+        Tensor::write_safetensors(&t, &path).ctx(|| format!("writing {}", path.display()))
+    };
+    write(
+        "weights.safetensors",
+        tensors(
+            opt.params
+                .iter()
+                .map(|p| (p.name.clone(), p.param.shallow_clone())),
+        ),
+    )?;
+    write(
+        "exp_avg.safetensors",
+        tensors(
+            opt.params
+                .iter()
+                .map(|p| (p.name.clone(), p.exp_avg.shallow_clone())),
+        ),
+    )?;
+    write(
+        "exp_avg_sq.safetensors",
+        tensors(
+            opt.params
+                .iter()
+                .map(|p| (p.name.clone(), p.exp_avg_sq.shallow_clone())),
+        ),
+    )?;
+    let state = State {
+        step: opt.step,
+        curve: curve.clone(),
+    };
+    let path = tmp.join("state.json");
+    let text = serde_json::to_string(&state).map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
+    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    let _ = std::fs::remove_dir_all(&target);
+    std::fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))
+}
+
+fn restore_into(file: &Path, targets: BTreeMap<&str, &mut Tensor>) -> Result<()> {
+    let loaded: BTreeMap<String, Tensor> = Tensor::read_safetensors(file)
+        .ctx(|| format!("reading {}", file.display()))?
+        .into_iter()
+        .collect();
+    let _guard = tch::no_grad_guard();
+    for (name, t) in targets {
+        let src = loaded.get(name).ok_or_else(|| Error::MissingTensor {
+            path: file.to_path_buf(),
+            name: name.to_string(),
+        })?;
+        t.f_copy_(&src.to_device(t.device()))
+            .ctx(|| format!("restoring `{name}`"))?;
+    }
+    Ok(())
+}
+
+/// Load checkpoint `step` into `opt` (parameters, moments, step); returns the loss curve.
+pub fn load(dir: &Path, step: u64, opt: &mut AdamW) -> Result<LossCurve> {
+    let f = folder(dir, step);
+    let state: State = read_json(&f.join("state.json"))?;
+    restore_into(
+        &f.join("weights.safetensors"),
+        opt.params
+            .iter_mut()
+            .map(|p| (p.name.as_str(), &mut p.param))
+            .collect(),
+    )?;
+    restore_into(
+        &f.join("exp_avg.safetensors"),
+        opt.params
+            .iter_mut()
+            .map(|p| (p.name.as_str(), &mut p.exp_avg))
+            .collect(),
+    )?;
+    restore_into(
+        &f.join("exp_avg_sq.safetensors"),
+        opt.params
+            .iter_mut()
+            .map(|p| (p.name.as_str(), &mut p.exp_avg_sq))
+            .collect(),
+    )?;
+    opt.step = state.step;
+    Ok(state.curve)
+}
+
+/// Apply the retention policy: delete all but the last `keep_last`.
+pub fn prune(dir: &Path, keep_last: usize) -> Result<()> {
+    for step in super::retention::to_delete(&list(dir), keep_last, None) {
+        let f = folder(dir, step);
+        std::fs::remove_dir_all(&f).map_err(|e| Error::io(&f, e))?;
+    }
+    Ok(())
+}
+
+/// Move the checkpoints of a finished run out of its partial folder (which the runner
+/// removes) to `dest`, replacing what an earlier run left there.
+pub fn publish(from: &Path, dest: &Path) -> Result<()> {
+    if dest.exists() {
+        std::fs::remove_dir_all(dest).map_err(|e| Error::io(dest, e))?;
+    }
+    std::fs::rename(from, dest).map_err(|e| Error::io(dest, e))
+}

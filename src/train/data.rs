@@ -1,0 +1,209 @@
+//! Training groups: for every training query, its positives and its negatives (with
+//! teacher scores when they exist), and a seeded plan of (query, positive, negatives)
+//! examples per epoch.
+use crate::data::beir::Dataset;
+use crate::data::pairs::PairTable;
+use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One document of a group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Doc {
+    pub id: String,
+    pub text: String,
+    /// Teacher score (0 when the table has none).
+    pub teacher: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueryGroup {
+    pub dataset: String,
+    pub query_id: String,
+    pub text: String,
+    pub positives: Vec<Doc>,
+    pub negatives: Vec<Doc>,
+    /// Ids of every labelled positive of the query (for in-batch masking).
+    pub positive_ids: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GroupStats {
+    pub queries: usize,
+    pub dropped_without_negatives: usize,
+    pub excluded_false_negatives: usize,
+}
+
+/// One training example: a query, one of its positives, `n` of its negatives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    pub query: usize,
+    pub positive: usize,
+    pub negatives: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainingSet {
+    pub groups: Vec<QueryGroup>,
+    pub stats: GroupStats,
+}
+
+impl TrainingSet {
+    /// Groups from `candidates` or `teacher_scores` rows, in table order. With
+    /// `exclude_false_negatives`, rows flagged as likely false negatives are left out of
+    /// the negatives. Queries left without a negative are dropped (counted).
+    pub fn from_table(
+        table: &PairTable,
+        datasets: &BTreeMap<String, Dataset>,
+        exclude_false_negatives: bool,
+    ) -> Result<Self> {
+        let mut groups: Vec<QueryGroup> = Vec::new();
+        let mut index: BTreeMap<(String, String), usize> = BTreeMap::new();
+        let mut stats = GroupStats::default();
+        for i in 0..table.len() {
+            let (ds_name, qid, did) = (&table.dataset[i], &table.query_id[i], &table.doc_id[i]);
+            let ds = datasets.get(ds_name).ok_or_else(|| {
+                Error::config(
+                    ds_name,
+                    "dataset of the training table is not in the pipeline",
+                )
+            })?;
+            let missing = |what: &str, id: &str| {
+                Error::config(
+                    &ds.dir,
+                    format!("{what} `{id}` of the training table is not in the dataset"),
+                )
+            };
+            let key = (ds_name.clone(), qid.clone());
+            let g = match index.get(&key) {
+                Some(&g) => g,
+                None => {
+                    let text = ds.queries.text(qid).ok_or_else(|| missing("query", qid))?;
+                    let positive_ids =
+                        ds.qrels
+                            .values()
+                            .filter_map(|q| q.get(qid))
+                            .flat_map(|docs| {
+                                docs.iter().filter(|(_, &g)| g > 0).map(|(d, _)| d.clone())
+                            });
+                    groups.push(QueryGroup {
+                        dataset: ds_name.clone(),
+                        query_id: qid.clone(),
+                        text: text.to_string(),
+                        positives: Vec::new(),
+                        negatives: Vec::new(),
+                        positive_ids: positive_ids.collect(),
+                    });
+                    index.insert(key, groups.len() - 1);
+                    groups.len() - 1
+                }
+            };
+            let doc = Doc {
+                id: did.clone(),
+                text: ds
+                    .corpus
+                    .text(did)
+                    .ok_or_else(|| missing("document", did))?
+                    .to_string(),
+                teacher: table.teacher_score.as_ref().map_or(0.0, |t| t[i]),
+            };
+            let group = &mut groups[g];
+            if table.is_positive[i] {
+                group.positive_ids.insert(did.clone());
+                group.positives.push(doc);
+            } else if exclude_false_negatives
+                && table.is_false_negative.as_ref().is_some_and(|f| f[i])
+            {
+                stats.excluded_false_negatives += 1;
+            } else {
+                group.negatives.push(doc);
+            }
+        }
+        let before = groups.len();
+        groups.retain(|g| !g.negatives.is_empty() && !g.positives.is_empty());
+        stats.dropped_without_negatives = before - groups.len();
+        stats.queries = groups.len();
+        Ok(TrainingSet { groups, stats })
+    }
+
+    /// Examples of one epoch: queries in a seeded order; for each, a seeded positive and
+    /// `n` negatives (without replacement when the query has `n`, else cycling through a
+    /// seeded order of what it has). Depends only on (seed, epoch), so a resumed run
+    /// replays the same data.
+    pub fn epoch(&self, seed: u64, epoch: usize, n: usize) -> Vec<Example> {
+        let mut order: Vec<usize> = (0..self.groups.len()).collect();
+        SplitMix64::for_key(seed, &format!("epoch {epoch}")).shuffle(&mut order);
+        order
+            .into_iter()
+            .map(|q| {
+                let g = &self.groups[q];
+                let key = format!("epoch {epoch}\u{0}{}\u{0}{}", g.dataset, g.query_id);
+                let mut rng = SplitMix64::for_key(seed, &key);
+                let positive = rng.below(g.positives.len() as u64) as usize;
+                let all: Vec<usize> = (0..g.negatives.len()).collect();
+                let mut negatives = rng.sample(&all, n);
+                let mut cycle = 0;
+                while negatives.len() < n {
+                    negatives.push(negatives[cycle]);
+                    cycle += 1;
+                }
+                Example {
+                    query: q,
+                    positive,
+                    negatives,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(negatives: usize) -> TrainingSet {
+        let doc = |i: usize| Doc {
+            id: format!("d{i}"),
+            text: String::new(),
+            teacher: 0.0,
+        };
+        let groups = (0..4)
+            .map(|q| QueryGroup {
+                dataset: "x".into(),
+                query_id: format!("q{q}"),
+                text: String::new(),
+                positives: vec![doc(100), doc(101)],
+                negatives: (0..negatives).map(doc).collect(),
+                positive_ids: BTreeSet::new(),
+            })
+            .collect();
+        TrainingSet {
+            groups,
+            stats: GroupStats::default(),
+        }
+    }
+
+    #[test]
+    fn epochs_are_seeded_shuffles_with_distinct_negatives() {
+        let s = set(10);
+        let e0 = s.epoch(1, 0, 3);
+        assert_eq!(e0, s.epoch(1, 0, 3));
+        assert_ne!(e0, s.epoch(1, 1, 3));
+        let mut qs: Vec<usize> = e0.iter().map(|e| e.query).collect();
+        qs.sort();
+        assert_eq!(qs, vec![0, 1, 2, 3]);
+        for e in &e0 {
+            let mut n = e.negatives.clone();
+            n.sort();
+            n.dedup();
+            assert_eq!(n.len(), 3);
+        }
+    }
+
+    #[test]
+    fn short_groups_cycle_their_negatives() {
+        let e = set(2).epoch(5, 0, 5);
+        assert!(e.iter().all(|x| x.negatives.len() == 5));
+        assert!(e.iter().all(|x| x.negatives[2] == x.negatives[0]));
+    }
+}

@@ -1,0 +1,10 @@
+//! Training: losses, our AdamW, schedules, checkpoints and their retention, training
+//! groups, the loss curve, and the loop shared by the `train` and `teacher` stages.
+pub mod checkpoint;
+pub mod curve;
+pub mod data;
+pub mod losses;
+pub mod optimizer;
+pub mod retention;
+pub mod schedule;
+pub mod trainer;

@@ -1,0 +1,166 @@
+//! The training loop shared by the `train` and `teacher` stages: seeded epochs of
+//! examples, micro-batches with gradient accumulation, bf16 autocast on CUDA, global-norm
+//! clipping, AdamW with a warmup-then-decay schedule, and checkpoints from which a killed
+//! run resumes to exactly the weights an uninterrupted run ends with.
+//!
+//! Everything random is a function of (seed, step): the data order and sampling of each
+//! epoch, and the torch generator (dropout), reseeded before every step. A checkpoint
+//! therefore needs only the step besides weights and moments.
+use super::checkpoint;
+use super::curve::LossCurve;
+use super::data::{Example, TrainingSet};
+use super::optimizer::{AdamW, AdamWConfig};
+use super::schedule::{Decay, Schedule};
+use crate::error::{Error, Result};
+use crate::pipeline::events::Event;
+use crate::stages::StageEnv;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::Tensor;
+
+/// Optimisation settings common to both training stages.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainSettings {
+    pub epochs: usize,
+    pub lr: f64,
+    pub warmup_ratio: f64,
+    pub schedule: Decay,
+    /// Queries per micro-batch.
+    pub batch_queries: usize,
+    /// Negatives per query.
+    pub negatives: usize,
+    pub grad_accumulation: usize,
+    pub max_grad_norm: f64,
+    pub weight_decay: f64,
+    /// Optimizer steps between checkpoints (a checkpoint is also written at the end).
+    pub checkpoint_every: u64,
+    pub keep_checkpoints: usize,
+    pub seed: u64,
+}
+
+/// A model and a loss over micro-batches of examples.
+pub trait Task {
+    /// Total loss of a micro-batch (differentiable) and its terms (values, for the curve).
+    fn loss(&self, examples: &[Example]) -> Result<(Tensor, Vec<(String, f32)>)>;
+}
+
+/// Sizes of a run: micro-batches per epoch, optimizer steps in all.
+pub fn plan(set: &TrainingSet, s: &TrainSettings) -> (usize, u64) {
+    let per_epoch = set.groups.len().div_ceil(s.batch_queries.max(1));
+    let micro = (per_epoch * s.epochs) as u64;
+    (per_epoch, micro.div_ceil(s.grad_accumulation.max(1) as u64))
+}
+
+/// Seed for the fresh initialisation of a stage's model.
+pub fn init_seed(seed: u64, stage: &str) -> i64 {
+    (crate::rng::SplitMix64::for_key(seed, &format!("init {stage}")).next_u64() >> 1) as i64
+}
+
+fn step_seed(seed: u64, step: u64) -> i64 {
+    (crate::rng::SplitMix64::for_key(seed, &format!("step {step}")).next_u64() >> 1) as i64
+}
+
+/// Train `vars` (named trainable tensors of the task's model) on `set`. Checkpoints go to
+/// `checkpoints`; an existing checkpoint there is resumed from.
+pub fn train(
+    env: &mut StageEnv,
+    task: &dyn Task,
+    vars: BTreeMap<String, Tensor>,
+    set: &TrainingSet,
+    s: &TrainSettings,
+    checkpoints: &Path,
+) -> Result<LossCurve> {
+    if set.groups.is_empty() {
+        return Err(Error::config(
+            checkpoints,
+            "no training query has both a positive and a negative",
+        ));
+    }
+    std::fs::create_dir_all(checkpoints).map_err(|e| Error::io(checkpoints, e))?;
+    let (per_epoch, total_steps) = plan(set, s);
+    let schedule = Schedule {
+        peak: s.lr,
+        warmup_steps: (s.warmup_ratio * total_steps as f64).round() as u64,
+        total_steps,
+        decay: s.schedule,
+    };
+    let config = AdamWConfig {
+        weight_decay: s.weight_decay,
+        ..Default::default()
+    };
+    let mut opt = AdamW::new(vars, config);
+    let mut curve = LossCurve::default();
+    if let Some(&last) = checkpoint::list(checkpoints).last() {
+        curve = checkpoint::load(checkpoints, last, &mut opt)?;
+        env.warn(format!(
+            "resuming from the checkpoint at step {last} of {total_steps}"
+        ));
+    }
+    let stage = env.name.to_string();
+    env.emit(Event::WorkStarted {
+        stage: stage.clone(),
+        label: format!("{stage} steps"),
+        total: total_steps - opt.step,
+    });
+    let accum = s.grad_accumulation.max(1) as u64;
+    let total_micro = (per_epoch * s.epochs) as u64;
+    let mut plan_epoch: Option<(usize, Vec<Example>)> = None;
+    let autocast = env.device.is_cuda();
+    while opt.step < total_steps {
+        let step = opt.step;
+        tch::manual_seed(step_seed(s.seed, step));
+        opt.zero_grad();
+        let micro: Vec<u64> = (step * accum..((step + 1) * accum).min(total_micro)).collect();
+        let mut loss_sum = 0f64;
+        let mut terms: Vec<(String, f32)> = Vec::new();
+        let mut epoch = 0;
+        for &m in &micro {
+            epoch = m as usize / per_epoch;
+            if plan_epoch.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                plan_epoch = Some((epoch, set.epoch(s.seed, epoch, s.negatives)));
+            }
+            let examples = &plan_epoch
+                .as_ref()
+                .map(|p| &p.1)
+                .unwrap_or_else(|| unreachable!())[..];
+            let idx = m as usize % per_epoch;
+            let batch =
+                &examples[idx * s.batch_queries..((idx + 1) * s.batch_queries).min(examples.len())];
+            let (loss, t) = tch::autocast(autocast, || task.loss(batch))?;
+            let scaled = loss / micro.len() as f64;
+            loss_sum += scaled.double_value(&[]);
+            scaled.backward();
+            for (name, v) in t {
+                let v = v / micro.len() as f32;
+                match terms.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, acc)) => *acc += v,
+                    None => terms.push((name, v)),
+                }
+            }
+        }
+        let grad_norm = opt.clip_grad_norm(s.max_grad_norm);
+        let lr = schedule.lr(step);
+        opt.step(lr)?;
+        curve.push(
+            opt.step,
+            epoch as u64,
+            lr,
+            loss_sum as f32,
+            grad_norm as f32,
+            &terms,
+        );
+        env.emit(Event::WorkProgress {
+            stage: stage.clone(),
+            n: 1,
+        });
+        if opt.step % s.checkpoint_every.max(1) == 0 || opt.step == total_steps {
+            checkpoint::save(checkpoints, &opt, &curve)?;
+            checkpoint::prune(checkpoints, s.keep_checkpoints)?;
+            env.committed((opt.step - 1) as usize, total_steps as usize);
+        }
+        env.faults.after_step(&stage, opt.step);
+    }
+    env.emit(Event::WorkFinished { stage });
+    Ok(curve)
+}

@@ -1,0 +1,373 @@
+//! Training against its references (sentence-transformers losses, torch AdamW,
+//! transformers schedules) and the teacher + train stages end to end on tiny models:
+//! exact resume after a kill, and exported models that sentence-transformers loads.
+use crate::common::*;
+use distill::pipeline::Pipeline;
+use distill::train::losses;
+use distill::train::optimizer::{AdamW, AdamWConfig};
+use distill::train::schedule::{Decay, Schedule};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tch::{Kind, Tensor};
+
+#[derive(Deserialize)]
+struct AdamStep {
+    lr: f64,
+    grad_w: Vec<Vec<f64>>,
+    grad_bias: Vec<f64>,
+    w: Vec<Vec<f64>>,
+    bias: Vec<f64>,
+}
+
+#[derive(Deserialize)]
+struct AdamRef {
+    init: serde_json::Value,
+    weight_decay: f64,
+    steps: Vec<AdamStep>,
+}
+
+#[derive(Deserialize)]
+struct SchedRef {
+    peak: f64,
+    warmup: u64,
+    total: u64,
+    lrs: Vec<f64>,
+}
+
+#[derive(Deserialize)]
+struct TrainRef {
+    queries: Vec<Vec<f32>>,
+    docs: Vec<Vec<Vec<f32>>>,
+    teacher: Vec<Vec<f32>>,
+    margin_mse: f64,
+    kl: f64,
+    kl_student_temperature: f64,
+    kl_teacher_temperature: f64,
+    infonce: f64,
+    infonce_scale: f64,
+    adamw: AdamRef,
+    schedules: std::collections::BTreeMap<String, SchedRef>,
+}
+
+fn reference() -> TrainRef {
+    read_json(&generated("train_reference.json"))
+}
+
+fn mat(rows: &[Vec<f32>]) -> Tensor {
+    let flat: Vec<f32> = rows.concat();
+    Tensor::from_slice(&flat).view([rows.len() as i64, -1])
+}
+
+fn mat64(rows: &[Vec<f64>]) -> Tensor {
+    let flat: Vec<f32> = rows.concat().into_iter().map(|x| x as f32).collect();
+    Tensor::from_slice(&flat).view([rows.len() as i64, -1])
+}
+
+#[test]
+fn losses_match_sentence_transformers() {
+    let r = reference();
+    let q = mat(&r.queries);
+    let docs: Vec<Tensor> = r.docs.iter().map(|d| mat(d)).collect();
+    let (b, k) = (q.size()[0], docs.len() as i64);
+    // student scores [b, k]: dot products with the positive, then each negative
+    let cols: Vec<Tensor> = docs
+        .iter()
+        .map(|d| (&q * d).sum_dim_intlist([1].as_slice(), false, Kind::Float))
+        .collect();
+    let student = Tensor::stack(&cols, 1);
+    let teacher = mat(&r.teacher);
+    let close = |got: f64, want: f64, what: &str| {
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+            "{what}: {got} vs {want}"
+        )
+    };
+    close(
+        losses::margin_mse(&student, &teacher).double_value(&[]),
+        r.margin_mse,
+        "margin_mse",
+    );
+    let kl = losses::kl(
+        &student,
+        &teacher,
+        r.kl_student_temperature,
+        r.kl_teacher_temperature,
+    );
+    close(kl.double_value(&[]), r.kl, "kl");
+    // Documents row-major (query i's group at i*k..): the positive of query i is column i*k.
+    let d = Tensor::stack(&docs, 1).view([b * k, -1]);
+    let targets: Vec<i64> = (0..b).map(|i| i * k).collect();
+    let info = losses::infonce(&q, &d, &targets, None, r.infonce_scale);
+    close(info.double_value(&[]), r.infonce, "infonce");
+}
+
+#[test]
+fn adamw_matches_torch() {
+    let r = reference().adamw;
+    let init: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_value(r.init).unwrap();
+    let w0: Vec<Vec<f64>> = serde_json::from_value(init["w"].clone()).unwrap();
+    let b0: Vec<f64> = serde_json::from_value(init["bias"].clone()).unwrap();
+    let w = mat64(&w0).set_requires_grad(true);
+    let bias = Tensor::from_slice(&b0.iter().map(|&x| x as f32).collect::<Vec<_>>())
+        .set_requires_grad(true);
+    let vars = [
+        ("layer.weight".to_string(), w.shallow_clone()),
+        ("layer.bias".to_string(), bias.shallow_clone()),
+    ];
+    let mut opt = AdamW::new(
+        vars.into_iter().collect(),
+        AdamWConfig {
+            weight_decay: r.weight_decay,
+            ..Default::default()
+        },
+    );
+    for (i, s) in r.steps.iter().enumerate() {
+        opt.zero_grad();
+        // Make gradients exactly the reference's: d(sum(p * g))/dp = g.
+        let gw = mat64(&s.grad_w);
+        let gb = Tensor::from_slice(&s.grad_bias.iter().map(|&x| x as f32).collect::<Vec<_>>());
+        ((&w * &gw).sum(Kind::Float) + (&bias * &gb).sum(Kind::Float)).backward();
+        opt.step(s.lr).unwrap();
+        let dw = (&w - mat64(&s.w)).abs().max().double_value(&[]);
+        let want_b = Tensor::from_slice(&s.bias.iter().map(|&x| x as f32).collect::<Vec<_>>());
+        let db = (&bias - want_b).abs().max().double_value(&[]);
+        assert!(
+            dw < 1e-6 && db < 1e-6,
+            "step {i}: weight diff {dw:e}, bias diff {db:e}"
+        );
+    }
+}
+
+#[test]
+fn schedules_match_transformers() {
+    for (name, r) in reference().schedules {
+        let decay = if name == "cosine" {
+            Decay::Cosine
+        } else {
+            Decay::Linear
+        };
+        let s = Schedule {
+            peak: r.peak,
+            warmup_steps: r.warmup,
+            total_steps: r.total,
+            decay,
+        };
+        for (step, want) in r.lrs.iter().enumerate() {
+            let got = s.lr(step as u64);
+            assert!(
+                (got - want).abs() < 1e-12,
+                "{name} step {step}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+/// A pipeline with a teacher trained from the tiny encoder, then distillation.
+fn pipeline(dir: &Path, name: &str) -> PathBuf {
+    let g = |n: &str| generated(n).display().to_string();
+    let text = format!(
+        r#"[run]
+name = "{name}"
+output_root = "{out}"
+seed = 11
+device = "cpu"
+
+[student]
+path = "{student}"
+batch_size = 8
+
+[teacher]
+base = "{student}"
+max_length = 64
+batch_size = 8
+
+[teacher_train]
+epochs = 2
+lr = 1e-3
+batch_queries = 4
+negatives = 3
+checkpoint_every = 3
+keep_checkpoints = 2
+
+[[dataset]]
+name = "animals"
+path = "{data}"
+
+[mine]
+top_k = 20
+range_min = 1
+range_max = 15
+num_negatives = 4
+query_chunk = 8
+
+[score]
+shard_size = 32
+absolute_margin = 0.01
+
+[train]
+epochs = 3
+lr = 1e-3
+batch_queries = 4
+negatives = 3
+grad_accumulation = 2
+checkpoint_every = 2
+keep_checkpoints = 2
+kl = 0.5
+schedule = "cosine"
+"#,
+        out = dir.join("out").display(),
+        student = g("tiny_bi_mean"),
+        data = g("beir_tiny"),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn distill(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_distill"));
+    c.args(args);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn run_ok(path: &Path, envs: &[(&str, &str)]) {
+    let out = distill(&["-q", "run", path.to_str().unwrap()], envs);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn bytes(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn killed_training_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = pipeline(dir.path(), "reference");
+    run_ok(&reference, &[]);
+    let r = Pipeline::load(&reference).unwrap().run_dir;
+
+    // Kill the teacher stage at step 4 (after the checkpoint at 3, before the next one),
+    // then the train stage at step 5 (between the checkpoints at 4 and 6).
+    let killed = pipeline(dir.path(), "killed");
+    let k = Pipeline::load(&killed).unwrap().run_dir;
+    let p = killed.to_str().unwrap();
+    let out = distill(&["-q", "run", p], &[("DISTILL_FAULT_AT_STEP", "teacher:4")]);
+    assert!(!out.status.success(), "the teacher fault did not fire");
+    assert!(k.join("mine/manifest.json").exists());
+    assert!(!k.join("teacher/manifest.json").exists());
+    let out = distill(&["-q", "run", p], &[("DISTILL_FAULT_AT_STEP", "train:5")]);
+    assert!(!out.status.success(), "the train fault did not fire");
+    assert!(k.join("teacher/manifest.json").exists());
+    assert!(!k.join("train/manifest.json").exists());
+    let status = distill(&["status", p], &[]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("train    partial (4 of"), "{status}");
+    run_ok(&killed, &[]);
+
+    for f in [
+        "teacher/model/model.safetensors",
+        "score/teacher_scores.parquet",
+        "train/student/model.safetensors",
+    ] {
+        assert!(
+            bytes(&r.join(f)) == bytes(&k.join(f)),
+            "{f} differs after resume"
+        );
+    }
+    // Same loss curve, row for row, including the steps replayed after the kill.
+    let curve = |d: &Path| {
+        let script =
+            "import sys, pyarrow.parquet as pq\nprint(pq.read_table(sys.argv[1]).to_pydict())";
+        let out = Command::new(python())
+            .args(["-c", script])
+            .arg(d.join("train/loss_curve.parquet"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let c = curve(&r);
+    assert_eq!(c, curve(&k));
+    for column in ["'margin_mse'", "'kl'", "'infonce'", "'lr'", "'grad_norm'"] {
+        assert!(c.contains(column), "{column} missing from the loss curve");
+    }
+    // Retention: the last 2 checkpoints are kept.
+    let kept: Vec<_> = std::fs::read_dir(k.join("train/checkpoints"))
+        .unwrap()
+        .collect();
+    assert_eq!(kept.len(), 2);
+}
+
+#[test]
+fn trained_models_load_in_sentence_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pipeline(dir.path(), "export");
+    run_ok(&path, &[]);
+    let run = Pipeline::load(&path).unwrap().run_dir;
+    let student = run.join("train/student");
+    let out = dir.path().join("ref.json");
+    reference_cmd(&[
+        "embed",
+        "--model",
+        student.to_str().unwrap(),
+        "--input",
+        fixture("parity_texts.jsonl").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--fail-on-warning",
+    ]);
+    let theirs: RefEmbeddings = read_json(&out);
+    let model =
+        distill::model::BiEncoder::load(&student, tch::Device::Cpu, Kind::Float, None).unwrap();
+    let texts: Vec<String> = texts().into_iter().map(|t| t.text).collect();
+    let ours = rows(&model.encode(&texts, 16, &mut |_| {}).unwrap());
+    assert!(max_abs_diff(&ours, &theirs.embeddings) <= 1e-5);
+    // It changed: training moved the weights away from the base student.
+    let base = distill::model::BiEncoder::load(
+        &generated("tiny_bi_mean"),
+        tch::Device::Cpu,
+        Kind::Float,
+        None,
+    )
+    .unwrap();
+    let before = rows(&base.encode(&texts, 16, &mut |_| {}).unwrap());
+    assert!(max_abs_diff(&ours, &before) > 1e-3);
+
+    let teacher = run.join("teacher/model");
+    let out = dir.path().join("rerank.json");
+    reference_cmd(&[
+        "rerank",
+        "--model",
+        teacher.to_str().unwrap(),
+        "--input",
+        fixture("parity_pairs.jsonl").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--fail-on-warning",
+    ]);
+    let theirs: RefScores = read_json(&out);
+    let ce =
+        distill::model::CrossEncoder::load(&teacher, None, tch::Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(ce.activation, distill::model::Activation::Identity);
+    let pairs: Vec<(String, String)> = pairs().into_iter().map(|p| (p.query, p.passage)).collect();
+    let logits = ce.logits(&pairs, 8, &mut |_| {}).unwrap();
+    let scores = ce.score(&pairs, 8, &mut |_| {}).unwrap();
+    assert_scores_match("trained teacher", &logits, &scores, &theirs);
+}
+
+fn reference_cmd(args: &[&str]) {
+    crate::common::reference(args);
+}
