@@ -44,6 +44,11 @@ query_chunk = 4
 shard_size = 16
 absolute_margin = 0.05
 {score}
+
+[train]
+batch_queries = 8
+negatives = 3
+exclude_false_negatives = false
 "#,
         out = out.display(),
         data = data.display(),
@@ -117,10 +122,10 @@ fn full_run_then_unchanged_rerun_skips_everything() {
     let f = Fixture::new();
     let path = f.write("a", "", "");
     let first = run_lib(&path, &quiet());
-    assert_eq!(first.ran, vec!["mine", "score"]);
+    assert_eq!(first.ran, vec!["mine", "score", "train"]);
     let second = run_lib(&path, &quiet());
     assert!(second.ran.is_empty());
-    assert_eq!(second.skipped, vec!["mine", "score"]);
+    assert_eq!(second.skipped, vec!["mine", "score", "train"]);
 
     let cand = output(&path, "mine", "candidates.parquet");
     let scores = output(&path, "score", "teacher_scores.parquet");
@@ -178,7 +183,7 @@ fn full_run_then_unchanged_rerun_skips_everything() {
         log.lines()
             .filter(|l| l.contains("\"stage_finished\""))
             .count(),
-        2
+        3
     );
 }
 
@@ -192,27 +197,33 @@ fn changed_score_parameter_reruns_score_only_and_mine_parameter_reruns_both() {
         .unwrap()
         .replace("absolute_margin = 0.05", "absolute_margin = 0.5");
     std::fs::write(&path, text).unwrap();
-    let states: Vec<StageState> = runner::status(&Pipeline::load(&path).unwrap())
-        .unwrap()
-        .into_iter()
-        .map(|s| s.state)
-        .collect();
-    assert_eq!(states[0], StageState::Done);
+    let states: std::collections::BTreeMap<String, StageState> =
+        runner::status(&Pipeline::load(&path).unwrap())
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.stage, s.state))
+            .collect();
+    assert_eq!(states["mine"], StageState::Done);
+    assert_eq!(states["teacher"], StageState::Unused);
     assert_eq!(
-        states[1],
+        states["score"],
         StageState::Stale("its configuration changed".into())
     );
     let r = run_lib(&path, &quiet());
+    // train reads the flags, which changed.
     assert_eq!(
         (r.ran.clone(), r.skipped.clone()),
-        (vec!["score".to_string()], vec!["mine".to_string()])
+        (
+            vec!["score".to_string(), "train".to_string()],
+            vec!["mine".to_string()]
+        )
     );
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("num_negatives = 4", "num_negatives = 2");
     std::fs::write(&path, text).unwrap();
     let r = run_lib(&path, &quiet());
-    assert_eq!(r.ran, vec!["mine", "score"]);
+    assert_eq!(r.ran, vec!["mine", "score", "train"]);
     // --from and --force rerun done stages.
     let r = run_lib(
         &path,
@@ -221,7 +232,7 @@ fn changed_score_parameter_reruns_score_only_and_mine_parameter_reruns_both() {
             ..quiet()
         },
     );
-    assert_eq!(r.ran, vec!["score"]);
+    assert_eq!(r.ran, vec!["score", "train"]);
     assert!(r.skipped.is_empty(), "mine is not selected by --from score");
     let r = run_lib(
         &path,
@@ -333,12 +344,14 @@ fn sharded_scoring_merges_to_the_single_process_result() {
     }
     // All shards exist; the merge run scores nothing and assembles the file.
     let r = run_lib(&path, &quiet());
-    assert_eq!(r.ran, vec!["score"]);
+    assert_eq!(r.ran, vec!["score", "train"]);
     let log =
         std::fs::read_to_string(Pipeline::load(&path).unwrap().run_dir.join("log.jsonl")).unwrap();
     let last_run = log.rsplit("\"run_started\"").next().unwrap();
     assert!(
-        !last_run.contains("shard_committed"),
+        !last_run
+            .lines()
+            .any(|l| l.contains("shard_committed") && l.contains("\"stage\":\"score\"")),
         "the merge run rescored shards"
     );
     assert_eq!(
