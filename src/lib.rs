@@ -4,6 +4,7 @@ pub mod commands;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod model;
 pub mod pipeline;
 pub mod progress;

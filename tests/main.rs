@@ -3,6 +3,7 @@
 //! `scripts/reference.py` (run `make fixtures`); nothing here is typed in by hand.
 mod checkpoint_import;
 mod cli;
+mod eval;
 mod common;
 mod export_roundtrip;
 mod parity;

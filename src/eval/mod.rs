@@ -1,0 +1,3 @@
+//! Evaluation: trec_eval metrics, and the recall of the student against the precision of
+//! the teacher.
+pub mod metrics;
