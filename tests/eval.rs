@@ -22,7 +22,10 @@ fn metrics_equal_pytrec_eval() {
         let m = evaluate(&run, &r.qrels[q]);
         for (name, got) in Measures::NAMES.iter().zip(m.values()) {
             let want = r.per_query[q][*name];
-            assert!((got - want).abs() <= 1e-6, "{q} {name}: {got} vs pytrec_eval {want}");
+            assert!(
+                (got - want).abs() <= 1e-6,
+                "{q} {name}: {got} vs pytrec_eval {want}"
+            );
             checked += 1;
         }
     }

@@ -3,8 +3,8 @@
 //! `scripts/reference.py` (run `make fixtures`); nothing here is typed in by hand.
 mod checkpoint_import;
 mod cli;
-mod eval;
 mod common;
+mod eval;
 mod export_roundtrip;
 mod parity;
 mod pipeline;

@@ -371,3 +371,94 @@ fn trained_models_load_in_sentence_transformers() {
 fn reference_cmd(args: &[&str]) {
     crate::common::reference(args);
 }
+
+#[test]
+fn eval_reports_metrics_that_pytrec_eval_recomputes_from_its_run_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pipeline(dir.path(), "eval");
+    run_ok(&path, &[]);
+    let run = Pipeline::load(&path).unwrap().run_dir;
+    let metrics: serde_json::Value = read_json(&run.join("eval/metrics.json"));
+    let ds = &metrics["animals"];
+    for model in ["base", "distilled"] {
+        for system in ["student", "student+teacher", "gap"] {
+            for m in distill::eval::metrics::Measures::NAMES {
+                assert!(
+                    ds[model][system][m].is_number(),
+                    "{model} {system} {m} missing"
+                );
+            }
+        }
+        let r = ds[model]["student_recall_of_teacher_top10"]
+            .as_f64()
+            .unwrap();
+        assert!((0.0..=1.0).contains(&r));
+    }
+    // pytrec_eval on the TREC run files gives the same means.
+    let script = r#"
+import sys, json, pytrec_eval
+run_file, qrels_file = sys.argv[1], sys.argv[2]
+qrels = {}
+for i, line in enumerate(open(qrels_file)):
+    q, d, s = line.rstrip("\n").split("\t")
+    if i == 0 and not s.lstrip("-").isdigit():
+        continue
+    qrels.setdefault(q, {})[d] = int(s)
+run = {}
+for line in open(run_file):
+    q, _, d, _, s, _ = line.split()
+    run.setdefault(q, {})[d] = float(s)
+res = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100", "P.10"}).evaluate(run)
+n = len(res)
+print(json.dumps({k: sum(r[k] for r in res.values()) / n for k in ["ndcg_cut_10", "recall_100", "P_10"]}))
+"#;
+    let qrels = generated("beir_tiny").join("qrels/test.tsv");
+    for (model, system) in [
+        ("base", "student"),
+        ("distilled", "student"),
+        ("distilled", "student+teacher"),
+    ] {
+        let tag = if system == "student" {
+            model.to_string()
+        } else {
+            format!("{model}+teacher")
+        };
+        let file = run.join(format!("eval/runs/animals.{tag}.trec"));
+        let out = Command::new(python())
+            .args(["-c", script])
+            .arg(&file)
+            .arg(&qrels)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for (ours, theirs) in [
+            ("ndcg@10", "ndcg_cut_10"),
+            ("recall@100", "recall_100"),
+            ("p@10", "P_10"),
+        ] {
+            let got = ds[model][system][ours].as_f64().unwrap();
+            let want = want[theirs].as_f64().unwrap();
+            assert!(
+                (got - want).abs() < 1e-6,
+                "{tag} {ours}: {got} vs pytrec_eval {want}"
+            );
+        }
+    }
+    // Per-query rows: one per (model, judged query).
+    let script = "import sys, pyarrow.parquet as pq\nt = pq.read_table(sys.argv[1])\nprint(t.num_rows, 'student ndcg@10' in t.column_names)";
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(run.join("eval/per_query.parquet"))
+        .output()
+        .unwrap();
+    let queries = ds["queries"].as_u64().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{} True", 2 * queries)
+    );
+}

@@ -3,4 +3,5 @@ pub mod atomic;
 pub mod beir;
 pub mod embeddings;
 pub mod pairs;
+pub mod table;
 pub mod text_input;

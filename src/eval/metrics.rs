@@ -73,7 +73,13 @@ pub fn evaluate(run: &[(String, f32)], judged: &Judgements) -> Measures {
     let relevant = judged.values().filter(|&&g| g >= 1).count();
     let rel_at: Vec<bool> = ranked.iter().map(|(d, _)| grade(d) >= 1).collect();
     let hits = |k: usize| rel_at.iter().take(k).filter(|&&r| r).count() as f64;
-    let recall = |k: usize| if relevant == 0 { 0.0 } else { hits(k) / relevant as f64 };
+    let recall = |k: usize| {
+        if relevant == 0 {
+            0.0
+        } else {
+            hits(k) / relevant as f64
+        }
+    };
     let mrr_10 = rel_at
         .iter()
         .take(10)
@@ -108,7 +114,11 @@ pub fn evaluate(run: &[(String, f32)], judged: &Judgements) -> Measures {
         recall_10: recall(10),
         recall_100: recall(100),
         recall_1000: recall(1000),
-        map_100: if relevant == 0 { 0.0 } else { precision_sum / relevant as f64 },
+        map_100: if relevant == 0 {
+            0.0
+        } else {
+            precision_sum / relevant as f64
+        },
     }
 }
 
@@ -125,7 +135,10 @@ mod tests {
         // The pytrec_eval values of this case are in tests/eval.rs's fixture too; here the
         // arithmetic is spelled out: order d3, d4, d2, d1.
         let judged: Judgements = [("d1".into(), 1), ("d2".into(), 2), ("d3".into(), 0)].into();
-        let m = evaluate(&run(&[("d1", 0.5), ("d2", 0.5), ("d3", 0.9), ("d4", 0.5)]), &judged);
+        let m = evaluate(
+            &run(&[("d1", 0.5), ("d2", 0.5), ("d3", 0.9), ("d4", 0.5)]),
+            &judged,
+        );
         assert!((m.mrr_10 - 1.0 / 3.0).abs() < 1e-12);
         let dcg = 2.0 / 4f64.log2() + 1.0 / 5f64.log2();
         let idcg = 2.0 + 1.0 / 3f64.log2();

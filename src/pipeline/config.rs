@@ -26,6 +26,34 @@ pub struct PipelineFile {
     /// Stage `train`.
     #[serde(default)]
     pub train: TrainSection,
+    /// Stage `eval`.
+    #[serde(default)]
+    pub eval: EvalSection,
+}
+
+/// Stage `eval`: retrieval metrics of the base and distilled students, and the teacher
+/// reranking their top documents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// Documents retrieved per query (Recall@1000 needs 1000).
+    #[serde(default = "default_eval_top_k")]
+    pub top_k: Spanned<usize>,
+    /// Documents of the student's ranking the teacher reranks.
+    #[serde(default = "default_top_k")]
+    pub rerank_k: Spanned<usize>,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("defaults parse"))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EvalConfig {
+    pub top_k: usize,
+    pub rerank_k: usize,
 }
 
 /// `[train]` and `[teacher_train]`: optimisation settings, and the loss settings of
@@ -272,6 +300,9 @@ fn default_true() -> bool {
 fn default_zero() -> Spanned<usize> {
     spanned(0)
 }
+fn default_eval_top_k() -> Spanned<usize> {
+    spanned(1000)
+}
 fn default_top_k() -> Spanned<usize> {
     spanned(100)
 }
@@ -350,6 +381,7 @@ pub struct Pipeline {
     pub teacher_from_base: bool,
     pub teacher_train: Option<TeacherTrainConfig>,
     pub train: StudentTrainConfig,
+    pub eval: EvalConfig,
 }
 
 /// 1-based line of a byte offset.
@@ -526,6 +558,18 @@ impl Pipeline {
             c.reject_student_keys(section)?;
         }
         let train = c.student_train(&file.train, run.seed)?;
+        let ev = &file.eval;
+        let eval = EvalConfig {
+            top_k: c.positive(&ev.top_k, "eval.top_k")?,
+            rerank_k: c.positive(&ev.rerank_k, "eval.rerank_k")?,
+        };
+        if eval.rerank_k > eval.top_k {
+            return Err(c.err(
+                ev.rerank_k.span(),
+                "eval.rerank_k",
+                format!("must be at most eval.top_k ({})", eval.top_k),
+            ));
+        }
 
         if file.datasets.is_empty() {
             return Err(c.err(0..0, "dataset", "at least one [[dataset]] is required"));
@@ -635,6 +679,7 @@ impl Pipeline {
             teacher_from_base,
             teacher_train,
             train,
+            eval,
         })
     }
 }

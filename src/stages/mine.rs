@@ -211,7 +211,7 @@ pub fn read_plan(partial: &Path) -> Option<usize> {
 
 /// Corpus embeddings, from the shared cache when the same student (weights, length,
 /// precision) already encoded the same corpus.
-fn corpus_embeddings(
+pub fn corpus_embeddings(
     env: &mut StageEnv,
     student: &BiEncoder,
     student_fp: &str,
@@ -258,7 +258,10 @@ fn corpus_embeddings(
     env.emit(Event::WorkFinished { stage });
     let values = Vec::<f32>::try_from(emb.flatten(0, -1)).ctx(|| "reading embeddings".into())?;
     let meta = [
-        ("distill.model", p.student.path.display().to_string()),
+        (
+            "distill.model",
+            student.spec.transformer_dir.display().to_string(),
+        ),
         (
             "distill.corpus",
             beir::corpus_path(&d.path).display().to_string(),

@@ -3,6 +3,7 @@
 //! runner writes `manifest.json` last. Long stages commit closed, renamed shards into a
 //! partial folder named after their configuration and inputs, so a killed run loses at
 //! most the shard in flight and a changed run never reuses foreign shards.
+pub mod eval;
 pub mod mine;
 pub mod score;
 pub mod teacher;
@@ -189,6 +190,7 @@ pub fn all() -> Vec<Box<dyn Stage>> {
         Box::new(teacher::Teacher),
         Box::new(score::Score),
         Box::new(train::Train),
+        Box::new(eval::Eval),
     ]
 }
 

@@ -1,0 +1,314 @@
+//! Stage `eval`: for each dataset's evaluation split, the base student and the distilled
+//! student retrieve the top-k documents of every judged query (the corpus embedded once
+//! per student and cached); their rankings are scored with trec_eval's metrics; the
+//! teacher reranks each student's top `rerank_k` (the student's recall against the
+//! teacher's precision); and the recall of the teacher's top 10 by the student's own top
+//! 10 says how much the reranker still adds. Outputs `metrics.json`,
+//! `per_query.parquet` and TREC run files.
+use super::teacher::upstream_output;
+use super::{Outcome, Stage, StageEnv};
+use crate::data::beir::{self, Dataset};
+use crate::data::table::write_columns;
+use crate::error::{Error, Result};
+use crate::eval::metrics::{evaluate, trec_order, Judgements, Measures};
+use crate::model::{BiEncoder, CrossEncoder};
+use crate::pipeline::config::DatasetRef;
+use crate::pipeline::fingerprint;
+use crate::pipeline::manifest::Manifest;
+use crate::pipeline::Pipeline;
+use crate::retrieval;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::Kind;
+
+pub const METRICS: &str = "metrics.json";
+pub const PER_QUERY: &str = "per_query.parquet";
+
+pub struct Eval;
+
+/// The students compared: the base one and the one the `train` stage produced.
+fn students(p: &Pipeline) -> [(&'static str, PathBuf); 2] {
+    [
+        ("base", p.student.path.clone()),
+        (
+            "distilled",
+            p.run_dir.join("train").join(super::train::MODEL_DIR),
+        ),
+    ]
+}
+
+/// One system's results on one dataset.
+struct SystemRun {
+    per_query: Vec<(String, Measures)>,
+}
+
+fn score_runs(
+    runs: &BTreeMap<String, Vec<(String, f32)>>,
+    judged: &BTreeMap<String, Judgements>,
+) -> SystemRun {
+    let per_query = runs
+        .iter()
+        .map(|(q, r)| (q.clone(), evaluate(r, &judged[q])))
+        .collect();
+    SystemRun { per_query }
+}
+
+fn mean(s: &SystemRun) -> Measures {
+    Measures::mean(&s.per_query.iter().map(|(_, m)| *m).collect::<Vec<_>>())
+}
+
+fn measures_json(m: &Measures) -> serde_json::Value {
+    Measures::NAMES
+        .iter()
+        .zip(m.values())
+        .map(|(n, v)| (n.to_string(), json!(v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+fn write_trec(path: &Path, run: &BTreeMap<String, Vec<(String, f32)>>, tag: &str) -> Result<()> {
+    crate::data::atomic::write_atomic(path, |f| {
+        let mut w = std::io::BufWriter::new(f);
+        for (q, docs) in run {
+            let mut docs = docs.clone();
+            trec_order(&mut docs);
+            for (i, (d, s)) in docs.iter().enumerate() {
+                writeln!(w, "{q} Q0 {d} {} {s} {tag}", i + 1).map_err(|e| Error::io(path, e))?;
+            }
+        }
+        w.flush().map_err(|e| Error::io(path, e))
+    })
+}
+
+impl Stage for Eval {
+    fn name(&self) -> &'static str {
+        "eval"
+    }
+
+    fn upstream(&self, p: &Pipeline) -> Vec<&'static str> {
+        if p.teacher_from_base {
+            vec!["teacher", "train"]
+        } else {
+            vec!["train"]
+        }
+    }
+
+    fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
+        let splits: Vec<_> = p
+            .datasets
+            .iter()
+            .map(|d| json!([d.name, d.eval_split]))
+            .collect();
+        json!({
+            "eval": p.eval,
+            "splits": splits,
+            "precision": super::mine::kind_name(kind),
+            "student_max_seq_length": p.student.max_length,
+            "teacher_max_length": p.teacher.max_length,
+        })
+    }
+
+    fn inputs(
+        &self,
+        p: &Pipeline,
+        upstream: &BTreeMap<String, Manifest>,
+    ) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        out.insert(
+            "base_student".into(),
+            fingerprint::directory(&p.student.path)?,
+        );
+        out.insert(
+            "distilled_student".into(),
+            upstream_output(p, upstream, "train", super::train::WEIGHTS)?,
+        );
+        let teacher = if p.teacher_from_base {
+            upstream_output(p, upstream, "teacher", super::teacher::WEIGHTS)?
+        } else {
+            fingerprint::directory(&p.teacher.path)?
+        };
+        out.insert("teacher".into(), teacher);
+        for d in &p.datasets {
+            super::mine::dataset_inputs(d, &[&d.eval_split], &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn progress(&self, _: &Pipeline, _: &Path) -> Option<(usize, usize)> {
+        None
+    }
+
+    fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
+        let p = env.pipeline;
+        let runs_dir = env.dir.join("runs");
+        std::fs::create_dir_all(&runs_dir).map_err(|e| Error::io(&runs_dir, e))?;
+        let teacher = CrossEncoder::load(
+            &super::score::teacher_dir(p),
+            p.teacher.max_length,
+            env.device,
+            env.kind,
+        )?;
+        let mut metrics = serde_json::Map::new();
+        let mut rows: (Vec<String>, Vec<String>, Vec<String>) = Default::default();
+        let mut cols: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut outputs = vec![METRICS.to_string(), PER_QUERY.to_string()];
+        for d in &p.datasets {
+            let ds = Dataset::load(&d.path, &[&d.eval_split], d.strict)?;
+            let judged: BTreeMap<String, Judgements> = ds.qrels[&d.eval_split].clone();
+            let mut per_dataset = serde_json::Map::new();
+            per_dataset.insert("queries".into(), judged.len().into());
+            for (label, path) in students(p) {
+                let (student_run, teacher_run, recall) =
+                    self.system(env, &teacher, &path, d, &ds, &judged)?;
+                let (s, t) = (
+                    score_runs(&student_run, &judged),
+                    score_runs(&teacher_run, &judged),
+                );
+                let (sm, tm) = (mean(&s), mean(&t));
+                let mean_recall = recall.values().sum::<f64>() / recall.len().max(1) as f64;
+                let gap: serde_json::Map<_, _> = Measures::NAMES
+                    .iter()
+                    .zip(sm.values().iter().zip(tm.values()))
+                    .map(|(n, (a, b))| (n.to_string(), json!(b - a)))
+                    .collect();
+                per_dataset.insert(
+                    label.into(),
+                    json!({
+                        "student": measures_json(&sm),
+                        "student+teacher": measures_json(&tm),
+                        "gap": gap,
+                        "student_recall_of_teacher_top10": mean_recall,
+                    }),
+                );
+                for (tag, run) in [
+                    (label.to_string(), &student_run),
+                    (format!("{label}+teacher"), &teacher_run),
+                ] {
+                    let file = format!("runs/{}.{tag}.trec", d.name);
+                    write_trec(&env.dir.join(&file), run, &format!("distill-{tag}"))?;
+                    outputs.push(file);
+                }
+                for ((q, m), (_, tmq)) in s.per_query.iter().zip(&t.per_query) {
+                    rows.0.push(d.name.clone());
+                    rows.1.push(label.to_string());
+                    rows.2.push(q.clone());
+                    for (n, v) in Measures::NAMES.iter().zip(m.values()) {
+                        cols.entry(format!("student {n}")).or_default().push(v);
+                    }
+                    for (n, v) in Measures::NAMES.iter().zip(tmq.values()) {
+                        cols.entry(format!("teacher {n}")).or_default().push(v);
+                    }
+                    cols.entry("student_recall_of_teacher_top10".into())
+                        .or_default()
+                        .push(recall[q]);
+                }
+            }
+            metrics.insert(d.name.clone(), serde_json::Value::Object(per_dataset));
+        }
+        let text = serde_json::to_string_pretty(&metrics).map_err(|source| Error::Json {
+            path: env.dir.join(METRICS),
+            source,
+        })?;
+        let path = env.dir.join(METRICS);
+        crate::data::atomic::write_atomic(&path, |mut f| {
+            f.write_all(text.as_bytes())
+                .map_err(|e| Error::io(&path, e))
+        })?;
+        let floats: Vec<(String, Vec<f64>)> = cols.into_iter().collect();
+        let n = rows.0.len();
+        write_columns(
+            &env.dir.join(PER_QUERY),
+            &[("dataset", rows.0), ("model", rows.1), ("query_id", rows.2)],
+            &floats,
+        )?;
+        Ok(Outcome::Complete {
+            outputs,
+            rows: n as u64,
+            summary: serde_json::Value::Object(metrics),
+        })
+    }
+}
+
+type Runs = BTreeMap<String, Vec<(String, f32)>>;
+
+impl Eval {
+    /// One student on one dataset: its runs (top-k, the query itself left out), the
+    /// teacher's rerank of its top `rerank_k`, and per query the share of the teacher's
+    /// top 10 found in the student's own top 10.
+    fn system(
+        &self,
+        env: &mut StageEnv,
+        teacher: &CrossEncoder,
+        path: &Path,
+        d: &DatasetRef,
+        ds: &Dataset,
+        judged: &BTreeMap<String, Judgements>,
+    ) -> Result<(Runs, Runs, BTreeMap<String, f64>)> {
+        let p = env.pipeline;
+        let student = BiEncoder::load(path, env.device, env.kind, p.student.max_length)?;
+        let fp = fingerprint::directory(path)?;
+        let corpus = super::mine::corpus_embeddings(env, &student, &fp, d, ds)?;
+        let queries: Vec<&String> = judged.keys().collect();
+        let texts: Vec<&str> = queries
+            .iter()
+            .map(|q| {
+                ds.queries.text(q).ok_or_else(|| {
+                    Error::config(
+                        beir::queries_path(&d.path),
+                        format!("query `{q}` is judged but missing"),
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
+        let q = student
+            .encode(&texts, p.student.batch_size, &mut |_| {})?
+            .to_device(corpus.device());
+        let ranking = retrieval::top_k(&q, &corpus, p.eval.top_k + 1, p.mine.corpus_chunk)?;
+        let mut student_run = Runs::new();
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        let mut owners: Vec<(&String, String)> = Vec::new();
+        for (row, qid) in queries.iter().enumerate() {
+            let docs: Vec<(String, f32)> = ranking.indices[row]
+                .iter()
+                .zip(&ranking.scores[row])
+                .map(|(&i, &s)| (ds.corpus.ids[i as usize].clone(), s))
+                .filter(|(doc, _)| doc != *qid)
+                .take(p.eval.top_k)
+                .collect();
+            let mut ordered = docs.clone();
+            trec_order(&mut ordered);
+            for (doc, _) in ordered.iter().take(p.eval.rerank_k) {
+                pairs.push((texts[row], ds.corpus.text(doc).unwrap_or_default()));
+                owners.push((*qid, doc.clone()));
+            }
+            student_run.insert((*qid).clone(), docs);
+        }
+        let scores = teacher.score(&pairs, p.teacher.batch_size, &mut |_| {})?;
+        let mut teacher_run = Runs::new();
+        for ((qid, doc), s) in owners.into_iter().zip(scores) {
+            teacher_run.entry(qid.clone()).or_default().push((doc, s));
+        }
+        let mut recall = BTreeMap::new();
+        for qid in &queries {
+            let top10 = |run: &Runs| {
+                let mut r = run.get(*qid).cloned().unwrap_or_default();
+                trec_order(&mut r);
+                r.into_iter().take(10).map(|(d, _)| d).collect::<Vec<_>>()
+            };
+            let (t, s) = (top10(&teacher_run), top10(&student_run));
+            let found = t.iter().filter(|d| s.contains(d)).count();
+            recall.insert(
+                (*qid).clone(),
+                if t.is_empty() {
+                    0.0
+                } else {
+                    found as f64 / t.len() as f64
+                },
+            );
+            teacher_run.entry((*qid).clone()).or_default();
+        }
+        Ok((student_run, teacher_run, recall))
+    }
+}
