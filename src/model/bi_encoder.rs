@@ -124,12 +124,13 @@ impl BiEncoder {
         }
         let tokenizer = TextTokenizer::load(&spec.transformer_dir, spec.max_seq_length)?;
         let mut vs = nn::VarStore::new(device);
-        let bert = BertModel::new(vs.root(), &spec.config);
+        let mut bert = BertModel::new(vs.root(), &spec.config);
         let file = checkpoint::weights_file(&spec.transformer_dir)?;
         // The pooler is not used by a bi-encoder; checkpoints saved without it still load.
         let import = checkpoint::import(&mut vs, &file, Layout::Encoder, &["pooler."])?;
         if kind == Kind::BFloat16 {
             vs.bfloat16();
+            bert.set_compute_kind(Kind::BFloat16);
         }
         Ok(BiEncoder {
             vs,

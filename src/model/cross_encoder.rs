@@ -7,7 +7,7 @@ use crate::model::checkpoint::{self, ImportReport, Layout};
 use crate::model::config::{BertConfig, TokenizerConfig};
 use crate::model::tokenizer::{for_each_sorted_batch, Batch, Encoded, TextTokenizer};
 use std::path::{Path, PathBuf};
-use tch::{nn, nn::Module, Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 /// The activation applied to logits by `score`, as the checkpoint declares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,7 +190,7 @@ impl CrossEncoder {
     #[allow(clippy::too_many_arguments)]
     fn finish(
         mut vs: nn::VarStore,
-        bert: BertModel,
+        mut bert: BertModel,
         classifier: nn::Linear,
         config: BertConfig,
         activation: Activation,
@@ -201,6 +201,7 @@ impl CrossEncoder {
     ) -> Self {
         if kind == Kind::BFloat16 {
             vs.bfloat16();
+            bert.set_compute_kind(Kind::BFloat16);
         }
         let classifier_dropout = config
             .classifier_dropout
@@ -231,11 +232,13 @@ impl CrossEncoder {
             batch.unpadded,
             train,
         );
+        // The head runs in fp32 whatever the encoder's precision: teacher margins are what
+        // the student learns from, and bf16 would quantise them to steps of 1/32 near 5.
         let pooled = self
             .bert
-            .pool(&hidden)
+            .pool(&hidden.to_kind(Kind::Float))
             .dropout(self.classifier_dropout, train);
-        self.classifier.forward(&pooled).to_kind(Kind::Float)
+        crate::model::bert::linear(&self.classifier, &pooled).to_kind(Kind::Float)
     }
 
     /// Raw first logit of each (query, passage) pair, in input order, under no-grad with

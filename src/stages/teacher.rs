@@ -137,12 +137,16 @@ impl Stage for Teacher {
             .ok_or_else(|| Error::config(&p.file, "the teacher stage needs teacher.base"))?;
         // Fresh tensors (a new classifier, a missing pooler) are drawn from the run seed.
         tch::manual_seed(crate::train::trainer::init_seed(p.seed, env.name));
-        let model = CrossEncoder::from_encoder(
+        let mut model = CrossEncoder::from_encoder(
             &p.teacher.path,
             p.teacher.max_length,
             env.device,
             Kind::Float,
         )?;
+        // Mixed precision on CUDA: bf16 activations over fp32 master weights.
+        if env.device.is_cuda() {
+            model.bert.set_compute_kind(Kind::BFloat16);
+        }
         env.warn(format!(
             "initialised fresh from {}: {}",
             p.teacher.path.display(),

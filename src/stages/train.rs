@@ -172,12 +172,16 @@ impl Stage for Train {
         // fp32 master weights; bf16 compute through autocast on CUDA. Fresh tensors (a
         // pooler missing from the checkpoint) are drawn from the run seed.
         tch::manual_seed(crate::train::trainer::init_seed(p.seed, env.name));
-        let model = BiEncoder::load(
+        let mut model = BiEncoder::load(
             &p.student.path,
             env.device,
             Kind::Float,
             p.student.max_length,
         )?;
+        // Mixed precision on CUDA: bf16 activations over fp32 master weights.
+        if env.device.is_cuda() {
+            model.bert.set_compute_kind(Kind::BFloat16);
+        }
         let table = PairTable::read(&p.run_dir.join("score").join(super::score::OUTPUT))?;
         let set = TrainingSet::from_table(
             &table,

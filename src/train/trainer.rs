@@ -1,5 +1,5 @@
 //! The training loop shared by the `train` and `teacher` stages: seeded epochs of
-//! examples, micro-batches with gradient accumulation, bf16 autocast on CUDA, global-norm
+//! examples, micro-batches with gradient accumulation, global-norm
 //! clipping, AdamW with a warmup-then-decay schedule, and checkpoints from which a killed
 //! run resumes to exactly the weights an uninterrupted run ends with.
 //!
@@ -106,7 +106,6 @@ pub fn train(
     let accum = s.grad_accumulation.max(1) as u64;
     let total_micro = (per_epoch * s.epochs) as u64;
     let mut plan_epoch: Option<(usize, Vec<Example>)> = None;
-    let autocast = env.device.is_cuda();
     while opt.step < total_steps {
         let step = opt.step;
         tch::manual_seed(step_seed(s.seed, step));
@@ -127,7 +126,7 @@ pub fn train(
             let idx = m as usize % per_epoch;
             let batch =
                 &examples[idx * s.batch_queries..((idx + 1) * s.batch_queries).min(examples.len())];
-            let (loss, t) = tch::autocast(autocast, || task.loss(batch))?;
+            let (loss, t) = task.loss(batch)?;
             let scaled = loss / micro.len() as f64;
             loss_sum += scaled.double_value(&[]);
             scaled.backward();

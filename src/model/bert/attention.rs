@@ -1,6 +1,6 @@
 //! BERT self-attention through libtorch's `scaled_dot_product_attention`.
 use crate::model::config::BertConfig;
-use tch::{nn, nn::Module, Tensor};
+use tch::{nn, Tensor};
 
 /// Hugging Face keys: `attention.self.{query,key,value}.{weight,bias}`,
 /// `attention.output.dense.{weight,bias}`, `attention.output.LayerNorm.{weight,bias}`.
@@ -41,17 +41,14 @@ impl BertAttention {
     pub fn forward_t(&self, hidden: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
         let (b, l, h) = hidden.size3().unwrap_or((0, 0, 0));
         let split = |x: Tensor| x.view([b, l, self.heads, self.head_dim]).transpose(1, 2);
-        let q = split(self.query.forward(hidden));
-        let k = split(self.key.forward(hidden));
-        let v = split(self.value.forward(hidden));
+        let q = split(super::linear(&self.query, hidden));
+        let k = split(super::linear(&self.key, hidden));
+        let v = split(super::linear(&self.value, hidden));
         let dropout = if train { self.attention_dropout } else { 0.0 };
         let context =
             Tensor::scaled_dot_product_attention(&q, &k, &v, mask, dropout, false, None, false);
         let context = context.transpose(1, 2).reshape([b, l, h]);
-        let out = self
-            .output
-            .forward(&context)
-            .dropout(self.hidden_dropout, train);
-        self.layer_norm.forward(&(out + hidden))
+        let out = super::linear(&self.output, &context).dropout(self.hidden_dropout, train);
+        super::norm(&self.layer_norm, &(out + hidden))
     }
 }

@@ -1,7 +1,7 @@
 //! One BERT transformer layer: attention, then the GELU feed-forward block.
 use super::attention::BertAttention;
 use crate::model::config::BertConfig;
-use tch::{nn, nn::Module, Tensor};
+use tch::{nn, Tensor};
 
 /// Hugging Face keys under `encoder.layer.N.`: `attention.*`, `intermediate.dense.*`,
 /// `output.dense.*`, `output.LayerNorm.*`.
@@ -43,13 +43,13 @@ impl BertLayer {
     /// `[batch, seq, hidden]` -> `[batch, seq, hidden]`.
     pub fn forward_t(&self, hidden: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
         let attended = self.attention.forward_t(hidden, mask, train);
-        let x = self.intermediate.forward(&attended);
+        let x = super::linear(&self.intermediate, &attended);
         let x = match self.activation {
             Activation::Gelu => x.gelu("none"),
             Activation::GeluTanh => x.gelu("tanh"),
             Activation::Relu => x.relu(),
         };
-        let x = self.output.forward(&x).dropout(self.hidden_dropout, train);
-        self.layer_norm.forward(&(x + attended))
+        let x = super::linear(&self.output, &x).dropout(self.hidden_dropout, train);
+        super::norm(&self.layer_norm, &(x + attended))
     }
 }
