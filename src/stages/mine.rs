@@ -7,7 +7,7 @@ use super::{Outcome, Stage, StageEnv};
 use crate::data::beir::{self, Dataset};
 use crate::data::embeddings::{read_embeddings, write_embeddings};
 use crate::data::pairs::PairTable;
-use crate::error::{Error, Result, TorchContext};
+use crate::error::{Result, TorchContext};
 use crate::model::BiEncoder;
 use crate::pipeline::config::{DatasetRef, Sampling};
 use crate::pipeline::events::Event;
@@ -115,7 +115,7 @@ impl Stage for Mine {
     }
 
     fn progress(&self, _: &Pipeline, partial: &Path) -> Option<(usize, usize)> {
-        read_plan(partial).map(|total| (super::count_shards(partial, "ds"), total))
+        super::read_plan(partial).map(|total| (super::count_shards(partial, "ds"), total))
     }
 
     fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
@@ -133,7 +133,7 @@ impl Stage for Mine {
         }
         let chunk = p.mine.query_chunk;
         let total: usize = loaded.iter().map(|(_, _, q)| q.len().div_ceil(chunk)).sum();
-        write_plan(&env.partial, total)?;
+        super::write_plan(&env.partial, total)?;
         let mut summary = serde_json::Map::new();
         let mut done = 0usize;
         for (di, (d, ds, queries)) in loaded.iter().enumerate() {
@@ -194,19 +194,6 @@ fn count_short(t: &PairTable, n: usize) -> usize {
         }
     }
     per.values().filter(|&&c| c < n).count()
-}
-
-const PLAN: &str = "plan.json";
-
-fn write_plan(partial: &Path, total: usize) -> Result<()> {
-    let path = partial.join(PLAN);
-    std::fs::write(&path, json!({"shards": total}).to_string()).map_err(|e| Error::io(&path, e))
-}
-
-pub fn read_plan(partial: &Path) -> Option<usize> {
-    let text = std::fs::read_to_string(partial.join(PLAN)).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("shards")?.as_u64().map(|n| n as usize)
 }
 
 /// Corpus embeddings, from the shared cache when the same student (weights, length,

@@ -168,6 +168,32 @@ pub trait Stage {
     fn run(&self, env: &mut StageEnv) -> Result<Outcome>;
 }
 
+const PLAN: &str = "plan.json";
+
+/// Record in a partial folder how many shards (or training steps) make the stage, so that
+/// `status` can show progress.
+pub fn write_plan(partial: &Path, total: usize) -> Result<()> {
+    let path = partial.join(PLAN);
+    std::fs::write(&path, serde_json::json!({"shards": total}).to_string())
+        .map_err(|e| Error::io(&path, e))
+}
+
+pub fn read_plan(partial: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(partial.join(PLAN)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("shards")?.as_u64().map(|n| n as usize)
+}
+
+/// Progress of a training stage: the step of its newest checkpoint, of the planned steps.
+pub fn training_progress(partial: &Path) -> Option<(usize, usize)> {
+    read_plan(partial).map(|total| {
+        let done = crate::train::checkpoint::list(&partial.join("checkpoints"))
+            .last()
+            .copied();
+        (done.unwrap_or(0) as usize, total)
+    })
+}
+
 /// Number of `.parquet` files in a folder (committed shards).
 pub fn count_shards(dir: &Path, prefix: &str) -> usize {
     std::fs::read_dir(dir)

@@ -78,7 +78,7 @@ impl Stage for Score {
     }
 
     fn progress(&self, _: &Pipeline, partial: &Path) -> Option<(usize, usize)> {
-        super::mine::read_plan(partial).map(|total| (super::count_shards(partial, "scores"), total))
+        super::read_plan(partial).map(|total| (super::count_shards(partial, "scores"), total))
     }
 
     fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
@@ -86,11 +86,7 @@ impl Stage for Score {
         let candidates = PairTable::read(&candidates_path(p))?;
         let size = p.score.shard_size;
         let total = candidates.len().div_ceil(size);
-        std::fs::write(
-            env.partial.join("plan.json"),
-            json!({"shards": total}).to_string(),
-        )
-        .map_err(|e| Error::io(&env.partial, e))?;
+        super::write_plan(&env.partial, total)?;
         let mine: Vec<usize> = (0..total)
             .filter(|&s| env.shard.is_none_or(|sh| sh.owns(s)))
             .filter(|&s| !env.shard_path("scores", s).exists())

@@ -121,12 +121,7 @@ impl Stage for Teacher {
     }
 
     fn progress(&self, _: &Pipeline, partial: &Path) -> Option<(usize, usize)> {
-        super::mine::read_plan(partial).map(|total| {
-            let done = crate::train::checkpoint::list(&partial.join("checkpoints"))
-                .last()
-                .copied();
-            (done.unwrap_or(0) as usize, total)
-        })
+        super::training_progress(partial)
     }
 
     fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
@@ -155,11 +150,7 @@ impl Stage for Teacher {
         let table = PairTable::read(&p.run_dir.join("mine").join(super::mine::OUTPUT))?;
         let set = TrainingSet::from_table(&table, &load_datasets(p, false)?, false)?;
         let (_, total) = trainer::plan(&set, &cfg.settings);
-        std::fs::write(
-            env.partial.join("plan.json"),
-            json!({"shards": total}).to_string(),
-        )
-        .map_err(|e| Error::io(&env.partial, e))?;
+        super::write_plan(&env.partial, total as usize)?;
         let task = TeacherTask {
             model: &model,
             set: &set,

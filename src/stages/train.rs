@@ -7,7 +7,7 @@
 use super::teacher::{load_datasets, upstream_output};
 use super::{Outcome, Stage, StageEnv};
 use crate::data::pairs::PairTable;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::export::export_bi_encoder;
 use crate::model::tokenizer::Batch;
 use crate::model::BiEncoder;
@@ -158,12 +158,7 @@ impl Stage for Train {
     }
 
     fn progress(&self, _: &Pipeline, partial: &Path) -> Option<(usize, usize)> {
-        super::mine::read_plan(partial).map(|total| {
-            let done = crate::train::checkpoint::list(&partial.join("checkpoints"))
-                .last()
-                .copied();
-            (done.unwrap_or(0) as usize, total)
-        })
+        super::training_progress(partial)
     }
 
     fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
@@ -189,11 +184,7 @@ impl Stage for Train {
             cfg.loss.exclude_false_negatives,
         )?;
         let (_, total) = trainer::plan(&set, &cfg.settings);
-        std::fs::write(
-            env.partial.join("plan.json"),
-            json!({"shards": total}).to_string(),
-        )
-        .map_err(|e| Error::io(&env.partial, e))?;
+        super::write_plan(&env.partial, total as usize)?;
         let task = StudentTask {
             model: &model,
             set: &set,
