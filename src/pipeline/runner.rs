@@ -195,7 +195,7 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
     let mut events = EventSink::new(Some(&p.run_dir.join("log.jsonl")), verbosity)?;
     let mut faults = FaultInjector::from_env();
     let names: Vec<String> = (0..stages.len())
-        .filter(|&i| selected(i))
+        .filter(|&i| selected(i) && stages[i].enabled(p))
         .map(|i| stages[i].name().to_string())
         .collect();
     events.emit(Event::RunStarted {
