@@ -194,6 +194,33 @@ pub fn training_progress(partial: &Path) -> Option<(usize, usize)> {
     })
 }
 
+/// The end of a training stage, once its model is exported to `model_dir`: write the loss
+/// curve, move the checkpoints out of the partial folder, and list the outputs.
+pub fn finish_training(
+    env: &StageEnv,
+    curve: &crate::train::curve::LossCurve,
+    checkpoints: &Path,
+    model_dir: &str,
+    stats: &crate::train::data::GroupStats,
+) -> Result<Outcome> {
+    const CURVE: &str = "loss_curve.parquet";
+    curve.write(&env.dir.join(CURVE))?;
+    crate::train::checkpoint::publish(checkpoints, &env.dir.join("checkpoints"))?;
+    Ok(Outcome::Complete {
+        outputs: vec![
+            format!("{model_dir}/model.safetensors"),
+            format!("{model_dir}/config.json"),
+            CURVE.into(),
+        ],
+        rows: curve.step.len() as u64,
+        summary: serde_json::json!({
+            "groups": stats,
+            "steps": curve.step.len(),
+            "final_loss": curve.loss.last(),
+        }),
+    })
+}
+
 /// Number of `.parquet` files in a folder (committed shards).
 pub fn count_shards(dir: &Path, prefix: &str) -> usize {
     std::fs::read_dir(dir)

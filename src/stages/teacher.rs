@@ -23,7 +23,6 @@ use tch::{Kind, Tensor};
 
 pub const MODEL_DIR: &str = "model";
 pub const WEIGHTS: &str = "model/model.safetensors";
-pub const CURVE: &str = "loss_curve.parquet";
 
 pub struct Teacher;
 
@@ -160,21 +159,7 @@ impl Stage for Teacher {
         let checkpoints = env.partial.join("checkpoints");
         let curve = trainer::train(env, &task, vars, &set, &cfg.settings, &checkpoints)?;
         export_cross_encoder(&model, &env.dir.join(MODEL_DIR))?;
-        curve.write(&env.dir.join(CURVE))?;
-        crate::train::checkpoint::publish(&checkpoints, &env.dir.join("checkpoints"))?;
-        Ok(Outcome::Complete {
-            outputs: vec![
-                WEIGHTS.into(),
-                format!("{MODEL_DIR}/config.json"),
-                CURVE.into(),
-            ],
-            rows: curve.step.len() as u64,
-            summary: json!({
-                "groups": set.stats,
-                "steps": curve.step.len(),
-                "final_loss": curve.loss.last(),
-            }),
-        })
+        super::finish_training(env, &curve, &checkpoints, MODEL_DIR, &set.stats)
     }
 }
 

@@ -25,7 +25,6 @@ use tch::{Kind, Tensor};
 
 pub const MODEL_DIR: &str = "student";
 pub const WEIGHTS: &str = "student/model.safetensors";
-pub const CURVE: &str = "loss_curve.parquet";
 
 pub struct Train;
 
@@ -194,20 +193,6 @@ impl Stage for Train {
         let checkpoints = env.partial.join("checkpoints");
         let curve = trainer::train(env, &task, vars, &set, &cfg.settings, &checkpoints)?;
         export_bi_encoder(&model, &env.dir.join(MODEL_DIR))?;
-        curve.write(&env.dir.join(CURVE))?;
-        crate::train::checkpoint::publish(&checkpoints, &env.dir.join("checkpoints"))?;
-        Ok(Outcome::Complete {
-            outputs: vec![
-                WEIGHTS.into(),
-                format!("{MODEL_DIR}/config.json"),
-                CURVE.into(),
-            ],
-            rows: curve.step.len() as u64,
-            summary: json!({
-                "groups": set.stats,
-                "steps": curve.step.len(),
-                "final_loss": curve.loss.last(),
-            }),
-        })
+        super::finish_training(env, &curve, &checkpoints, MODEL_DIR, &set.stats)
     }
 }
