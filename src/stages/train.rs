@@ -163,7 +163,7 @@ impl Stage for Train {
     fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
         let p = env.pipeline;
         let cfg = &p.train;
-        // fp32 master weights; bf16 compute through autocast on CUDA. Fresh tensors (a
+        // fp32 master weights (bf16 activations on CUDA, set below). Fresh tensors (a
         // pooler missing from the checkpoint) are drawn from the run seed.
         tch::manual_seed(crate::train::trainer::init_seed(p.seed, env.name));
         let mut model = BiEncoder::load(
