@@ -122,10 +122,13 @@ fn full_run_then_unchanged_rerun_skips_everything() {
     let f = Fixture::new();
     let path = f.write("a", "", "");
     let first = run_lib(&path, &quiet());
-    assert_eq!(first.ran, vec!["mine", "score", "train", "eval"]);
+    assert_eq!(first.ran, vec!["mine", "score", "train", "eval", "report"]);
     let second = run_lib(&path, &quiet());
     assert!(second.ran.is_empty());
-    assert_eq!(second.skipped, vec!["mine", "score", "train", "eval"]);
+    assert_eq!(
+        second.skipped,
+        vec!["mine", "score", "train", "eval", "report"]
+    );
 
     let cand = output(&path, "mine", "candidates.parquet");
     let scores = output(&path, "score", "teacher_scores.parquet");
@@ -183,7 +186,7 @@ fn full_run_then_unchanged_rerun_skips_everything() {
         log.lines()
             .filter(|l| l.contains("\"stage_finished\""))
             .count(),
-        4
+        5
     );
 }
 
@@ -212,11 +215,15 @@ fn changed_score_parameter_reruns_score_only_and_mine_parameter_reruns_both() {
     let r = run_lib(&path, &quiet());
     // train reads teacher_scores, which changed; it ignores the flags here
     // (exclude_false_negatives = false), so the student comes out identical and eval,
-    // whose inputs did not change, is skipped.
+    // whose inputs did not change, is skipped; report shows the new statistics.
     assert_eq!(
         (r.ran.clone(), r.skipped.clone()),
         (
-            vec!["score".to_string(), "train".to_string()],
+            vec![
+                "score".to_string(),
+                "train".to_string(),
+                "report".to_string()
+            ],
             vec!["mine".to_string(), "eval".to_string()]
         )
     );
@@ -225,7 +232,7 @@ fn changed_score_parameter_reruns_score_only_and_mine_parameter_reruns_both() {
         .replace("num_negatives = 4", "num_negatives = 2");
     std::fs::write(&path, text).unwrap();
     let r = run_lib(&path, &quiet());
-    assert_eq!(r.ran, vec!["mine", "score", "train", "eval"]);
+    assert_eq!(r.ran, vec!["mine", "score", "train", "eval", "report"]);
     // --from and --force rerun done stages.
     let r = run_lib(
         &path,
@@ -234,7 +241,7 @@ fn changed_score_parameter_reruns_score_only_and_mine_parameter_reruns_both() {
             ..quiet()
         },
     );
-    assert_eq!(r.ran, vec!["score", "train", "eval"]);
+    assert_eq!(r.ran, vec!["score", "train", "eval", "report"]);
     assert!(r.skipped.is_empty(), "mine is not selected by --from score");
     let r = run_lib(
         &path,
@@ -346,7 +353,7 @@ fn sharded_scoring_merges_to_the_single_process_result() {
     }
     // All shards exist; the merge run scores nothing and assembles the file.
     let r = run_lib(&path, &quiet());
-    assert_eq!(r.ran, vec!["score", "train", "eval"]);
+    assert_eq!(r.ran, vec!["score", "train", "eval", "report"]);
     let log =
         std::fs::read_to_string(Pipeline::load(&path).unwrap().run_dir.join("log.jsonl")).unwrap();
     let last_run = log.rsplit("\"run_started\"").next().unwrap();

@@ -462,3 +462,54 @@ print(json.dumps({k: sum(r[k] for r in res.values()) / n for k in ["ndcg_cut_10"
         format!("{} True", 2 * queries)
     );
 }
+
+#[test]
+fn report_is_self_contained_html_with_every_table_and_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pipeline(dir.path(), "report");
+    run_ok(&path, &[]);
+    let run = Pipeline::load(&path).unwrap().run_dir;
+    let metrics: serde_json::Value = read_json(&run.join("eval/metrics.json"));
+    let html = std::fs::read_to_string(run.join("report/report.html")).unwrap();
+    let md = std::fs::read_to_string(run.join("report/report.md")).unwrap();
+    // Well-formed (an XML parser reads it); one table per dataset, one for the stages, one
+    // for mining and scoring; one chart per loss curve (teacher, train).
+    let script = "import sys, xml.etree.ElementTree as ET\n\
+                  r = ET.parse(sys.argv[1]).getroot()\n\
+                  print(len(r.findall('.//table')), len(r.findall('.//{http://www.w3.org/2000/svg}svg')))";
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(run.join("report/report.html"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3 2");
+    // Self-contained: no scripts, no links or sources to fetch.
+    for needle in ["<script", "src=", "href=", "<link"] {
+        assert!(!html.contains(needle), "{needle} in the report");
+    }
+    // The numbers are metrics.json's.
+    for model in ["base", "distilled"] {
+        let v = metrics["animals"][model]["student"]["ndcg@10"]
+            .as_f64()
+            .unwrap();
+        let cell = format!("{v:.4}");
+        assert!(
+            html.contains(&format!("<td>{cell}</td>")),
+            "{cell} missing from the HTML"
+        );
+        assert!(md.contains(&cell), "{cell} missing from the Markdown");
+    }
+    for section in [
+        "## Retrieval",
+        "## Stages",
+        "## Loss curves",
+        "## Configuration",
+    ] {
+        assert!(md.contains(section), "{section} missing");
+    }
+}

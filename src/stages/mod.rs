@@ -5,6 +5,7 @@
 //! most the shard in flight and a changed run never reuses foreign shards.
 pub mod eval;
 pub mod mine;
+pub mod report;
 pub mod score;
 pub mod teacher;
 pub mod train;
@@ -244,6 +245,7 @@ pub fn all() -> Vec<Box<dyn Stage>> {
         Box::new(score::Score),
         Box::new(train::Train),
         Box::new(eval::Eval),
+        Box::new(report::Report),
     ]
 }
 

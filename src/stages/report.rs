@@ -1,0 +1,387 @@
+//! Stage `report`: one run's results as a self-contained HTML page (inline SVG charts, no
+//! scripts, nothing fetched) and the same content as Markdown: base student vs distilled
+//! student vs teacher rerank per dataset and metric with deltas, the loss curves, mining
+//! and scoring statistics, time and throughput per stage, and the pipeline file.
+use super::{Outcome, Stage, StageEnv};
+use crate::error::{read_json, Error, Result};
+use crate::eval::metrics::Measures;
+use crate::pipeline::manifest::Manifest;
+use crate::pipeline::Pipeline;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use tch::Kind;
+
+pub const HTML: &str = "report.html";
+pub const MARKDOWN: &str = "report.md";
+
+pub struct Report;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// One table: a header and rows of cells, rendered to both formats.
+struct Table {
+    title: String,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn markdown(&self, out: &mut String) {
+        let _ = writeln!(out, "### {}\n", self.title);
+        let _ = writeln!(out, "| {} |", self.header.join(" | "));
+        let _ = writeln!(out, "|{}|", vec!["---"; self.header.len()].join("|"));
+        for r in &self.rows {
+            let _ = writeln!(out, "| {} |", r.join(" | "));
+        }
+        out.push('\n');
+    }
+
+    fn html(&self, out: &mut String) {
+        let _ = write!(out, "<h3>{}</h3>\n<table>\n<tr>", esc(&self.title));
+        for h in &self.header {
+            let _ = write!(out, "<th>{}</th>", esc(h));
+        }
+        out.push_str("</tr>\n");
+        for r in &self.rows {
+            out.push_str("<tr>");
+            for c in r {
+                let class = if c.starts_with('-') {
+                    " class=\"neg\""
+                } else if c.starts_with('+') {
+                    " class=\"pos\""
+                } else {
+                    ""
+                };
+                let _ = write!(out, "<td{class}>{}</td>", esc(c));
+            }
+            out.push_str("</tr>\n");
+        }
+        out.push_str("</table>\n");
+    }
+}
+
+/// A line chart of named series over x, as inline SVG.
+pub fn svg_chart(title: &str, x: &[f64], series: &[(String, Vec<f64>)]) -> String {
+    const COLORS: [&str; 6] = [
+        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf",
+    ];
+    let (w, h, m) = (640.0, 240.0, 40.0);
+    let finite = |v: &f64| v.is_finite();
+    let ys: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .filter(finite)
+        .collect();
+    let (y0, y1) = ys
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let (y0, y1) = if ys.is_empty() {
+        (0.0, 1.0)
+    } else if y1 > y0 {
+        (y0, y1)
+    } else {
+        (y0 - 1.0, y1 + 1.0)
+    };
+    let (x0, x1) = (
+        x.first().copied().unwrap_or(0.0),
+        x.last()
+            .copied()
+            .unwrap_or(1.0)
+            .max(x.first().copied().unwrap_or(0.0) + 1.0),
+    );
+    let px = |v: f64| m + (v - x0) / (x1 - x0) * (w - 2.0 * m);
+    let py = |v: f64| h - m - (v - y0) / (y1 - y0) * (h - 2.0 * m);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" role=\"img\"><title>{}</title>\n<rect x=\"{m}\" y=\"{m}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#999\"/>\n<text x=\"{m}\" y=\"{}\" font-size=\"11\">{y1:.4}</text><text x=\"{m}\" y=\"{}\" font-size=\"11\">{y0:.4}</text><text x=\"{}\" y=\"{}\" font-size=\"11\">{x1}</text>\n",
+        esc(title), w - 2.0 * m, h - 2.0 * m, m - 4.0, h - m + 14.0, w - m - 20.0, h - m + 14.0
+    );
+    for (i, (name, ys)) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<String> = x
+            .iter()
+            .zip(ys)
+            .filter(|(_, y)| y.is_finite())
+            .map(|(&xv, &yv)| format!("{:.1},{:.1}", px(xv), py(yv)))
+            .collect();
+        let _ = writeln!(s, "<polyline class=\"series\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>", points.join(" "));
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{color}\">{}</text>",
+            w - m + 4.0 - 120.0,
+            m + 14.0 * (i as f64 + 1.0),
+            esc(name)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn fmt(v: f64) -> String {
+    format!("{v:.4}")
+}
+
+fn delta(v: f64) -> String {
+    format!("{v:+.4}")
+}
+
+/// Named series of a chart.
+type Series = Vec<(String, Vec<f64>)>;
+
+/// Read a loss curve (Parquet) into x (the step) and its named float columns.
+fn read_curve(path: &Path) -> Result<(Vec<f64>, Series)> {
+    use arrow::array::{Array, Float32Array, UInt64Array};
+    let mut x = Vec::new();
+    let mut cols: Series = Vec::new();
+    for batch in crate::data::pairs::read_batches(path)? {
+        let steps = batch
+            .column_by_name("step")
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>().cloned())
+            .ok_or_else(|| Error::config(path, "no step column"))?;
+        x.extend(steps.values().iter().map(|&v| v as f64));
+        for (i, f) in batch.schema().fields().iter().enumerate() {
+            let Some(a) = batch.column(i).as_any().downcast_ref::<Float32Array>() else {
+                continue;
+            };
+            let values: Vec<f64> = (0..a.len()).map(|j| a.value(j) as f64).collect();
+            match cols.iter_mut().find(|(n, _)| n == f.name()) {
+                Some((_, v)) => v.extend(values),
+                None => cols.push((f.name().clone(), values)),
+            }
+        }
+    }
+    Ok((x, cols))
+}
+
+impl Stage for Report {
+    fn name(&self) -> &'static str {
+        "report"
+    }
+
+    fn upstream(&self, p: &Pipeline) -> Vec<&'static str> {
+        if p.teacher_from_base {
+            vec!["mine", "teacher", "score", "train", "eval"]
+        } else {
+            vec!["mine", "score", "train", "eval"]
+        }
+    }
+
+    fn config(&self, p: &Pipeline, _: Kind) -> Value {
+        json!({"pipeline_file": std::fs::read_to_string(&p.file).unwrap_or_default()})
+    }
+
+    fn inputs(
+        &self,
+        p: &Pipeline,
+        upstream: &BTreeMap<String, Manifest>,
+    ) -> Result<BTreeMap<String, String>> {
+        // Every upstream manifest: their summaries and timings are in the report.
+        self.upstream(p)
+            .into_iter()
+            .map(|s| {
+                let m = upstream
+                    .get(s)
+                    .ok_or_else(|| Error::config(p.run_dir.join(s), "stage is not done"))?;
+                Ok((s.to_string(), crate::pipeline::fingerprint::json(m)))
+            })
+            .collect()
+    }
+
+    fn progress(&self, _: &Pipeline, _: &Path) -> Option<(usize, usize)> {
+        None
+    }
+
+    fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
+        let p = env.pipeline;
+        // In pipeline order.
+        let manifests: Vec<(&str, Manifest)> = self
+            .upstream(p)
+            .into_iter()
+            .filter_map(|s| {
+                Manifest::read(&p.run_dir.join(s))
+                    .ok()
+                    .flatten()
+                    .map(|m| (s, m))
+            })
+            .collect();
+        let manifest = |name: &str| manifests.iter().find(|(s, _)| *s == name).map(|(_, m)| m);
+        let metrics: Value = read_json(&p.run_dir.join("eval").join(super::eval::METRICS))?;
+        let mut tables = Vec::new();
+        let datasets = metrics.as_object().cloned().unwrap_or_default();
+        for (name, ds) in &datasets {
+            let rows = Measures::NAMES
+                .iter()
+                .map(|m| {
+                    let g = |model: &str, sys: &str| ds[model][sys][m].as_f64().unwrap_or(f64::NAN);
+                    let (b, d, bt) = (
+                        g("base", "student"),
+                        g("distilled", "student"),
+                        g("base", "student+teacher"),
+                    );
+                    let closed = if (bt - b).abs() > 1e-12 {
+                        format!("{:.0}%", (d - b) / (bt - b) * 100.0)
+                    } else {
+                        "-".into()
+                    };
+                    vec![
+                        m.to_string(),
+                        fmt(b),
+                        fmt(d),
+                        delta(d - b),
+                        fmt(bt),
+                        fmt(g("distilled", "student+teacher")),
+                        closed,
+                    ]
+                })
+                .collect();
+            tables.push(Table {
+                title: format!("{name}: {} judged queries", ds["queries"]),
+                header: [
+                    "metric",
+                    "base student",
+                    "distilled student",
+                    "delta",
+                    "base + teacher",
+                    "distilled + teacher",
+                    "gap closed",
+                ]
+                .map(String::from)
+                .to_vec(),
+                rows,
+            });
+        }
+        let stage_rows = manifests
+            .iter()
+            .map(|(s, m)| {
+                let rate = if m.seconds > 0.0 {
+                    m.rows as f64 / m.seconds
+                } else {
+                    0.0
+                };
+                vec![
+                    s.to_string(),
+                    format!("{:.1}", m.seconds),
+                    m.rows.to_string(),
+                    format!("{rate:.1}"),
+                ]
+            })
+            .collect();
+        tables.push(Table {
+            title: "Time and throughput per stage".into(),
+            header: ["stage", "seconds", "rows", "rows/s"]
+                .map(String::from)
+                .to_vec(),
+            rows: stage_rows,
+        });
+        let mut stats = Vec::new();
+        if let Some(m) = manifest("mine") {
+            for (ds, v) in m.summary.as_object().into_iter().flatten() {
+                stats.push(vec![
+                    ds.clone(),
+                    "mine".into(),
+                    format!(
+                        "{} queries, {} positives, {} negatives",
+                        v["queries"], v["positives"], v["negatives"]
+                    ),
+                ]);
+            }
+        }
+        if let Some(m) = manifest("score") {
+            for (ds, v) in m
+                .summary
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, v)| v.is_object())
+            {
+                let stat = |k: &str| {
+                    format!(
+                        "mean {:.3} [{:.3}, {:.3}]",
+                        v[k]["mean"].as_f64().unwrap_or(f64::NAN),
+                        v[k]["min"].as_f64().unwrap_or(f64::NAN),
+                        v[k]["max"].as_f64().unwrap_or(f64::NAN)
+                    )
+                };
+                stats.push(vec![
+                    ds.clone(),
+                    "score".into(),
+                    format!(
+                        "{} pairs, {} flagged false negatives; teacher positives {}, negatives {}",
+                        v["pairs"],
+                        v["flagged_false_negatives"],
+                        stat("teacher_positive"),
+                        stat("teacher_negative")
+                    ),
+                ]);
+            }
+        }
+        tables.push(Table {
+            title: "Mining and scoring".into(),
+            header: ["dataset", "stage", "statistics"]
+                .map(String::from)
+                .to_vec(),
+            rows: stats,
+        });
+        let mut charts = Vec::new();
+        for stage in ["teacher", "train"] {
+            let path = p.run_dir.join(stage).join("loss_curve.parquet");
+            if path.exists() {
+                let (x, cols) = read_curve(&path)?;
+                let series: Vec<_> = cols.into_iter().filter(|(n, _)| n != "grad_norm").collect();
+                charts.push((
+                    format!("{stage} loss curve"),
+                    svg_chart(&format!("{stage} loss per step"), &x, &series),
+                ));
+            }
+        }
+        let config = std::fs::read_to_string(&p.file).map_err(|e| Error::io(&p.file, e))?;
+        let title = format!("distill report: run `{}`", p.name);
+        let mut md = format!("# {title}\n\n## Retrieval (nDCG@10 and more, test splits)\n\n");
+        let mut html = format!(
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"/><title>{}</title>\n<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td.pos{{color:#080}}td.neg{{color:#b00}}pre{{background:#f6f6f6;padding:1em}}</style></head>\n<body>\n<h1>{}</h1>\n<h2>Retrieval</h2>\n",
+            esc(&title),
+            esc(&title)
+        );
+        for (i, t) in tables.iter().enumerate() {
+            if i == datasets.len() {
+                md.push_str("## Stages\n\n");
+                html.push_str("<h2>Stages</h2>\n");
+            }
+            t.markdown(&mut md);
+            t.html(&mut html);
+        }
+        md.push_str("## Loss curves\n\nThe charts are in report.html (inline SVG); the values are in each stage's loss_curve.parquet.\n\n");
+        html.push_str("<h2>Loss curves</h2>\n");
+        for (name, svg) in &charts {
+            let _ = writeln!(md, "- {name}");
+            let _ = write!(html, "<h3>{}</h3>\n{svg}", esc(name));
+        }
+        let _ = write!(md, "\n## Configuration\n\n```toml\n{config}\n```\n");
+        let _ = write!(
+            html,
+            "<h2>Configuration</h2>\n<pre>{}</pre>\n</body>\n</html>\n",
+            esc(&config)
+        );
+        for (name, text) in [(MARKDOWN, &md), (HTML, &html)] {
+            let path = env.dir.join(name);
+            crate::data::atomic::write_atomic(&path, |mut f| {
+                use std::io::Write;
+                f.write_all(text.as_bytes())
+                    .map_err(|e| Error::io(&path, e))
+            })?;
+        }
+        Ok(Outcome::Complete {
+            outputs: vec![HTML.into(), MARKDOWN.into()],
+            rows: tables.len() as u64,
+            summary: json!({"tables": tables.len(), "charts": charts.len(), "html": env.dir.join(HTML)}),
+        })
+    }
+}
