@@ -66,17 +66,8 @@ fn encode_writes_parquet_that_pyarrow_reads() {
     let script = "import sys, pyarrow.parquet as pq\n\
                   t = pq.read_table(sys.argv[1])\n\
                   print(t.schema.field('embedding').type, t.num_rows, t.column('id')[0])";
-    let out = Command::new(python())
-        .args(["-c", script])
-        .arg(&output)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = String::from_utf8_lossy(&out.stdout);
+    let out = python_stdout(script, &[&output]);
+    let line = out;
     assert_eq!(
         line.trim(),
         format!(

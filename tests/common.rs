@@ -163,3 +163,59 @@ pub fn reference(args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Run the `distill` binary with `args` and extra environment variables.
+pub fn distill_output(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_distill"));
+    c.args(args);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// Run a Python snippet in the venv with `args`; panics with its stderr on failure and
+/// returns its stdout.
+pub fn python_stdout(script: &str, args: &[&Path]) -> String {
+    let out = Command::new(python())
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .expect("running python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// sentence-transformers' embeddings of the parity texts by `model`, which must load
+/// without a warning.
+pub fn reference_embed(model: &Path, output: &Path) {
+    reference(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        fixture("parity_texts.jsonl").to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--fail-on-warning",
+    ]);
+}
+
+/// transformers' logits and `CrossEncoder.predict` scores of the parity pairs by `model`,
+/// which must load without a warning.
+pub fn reference_rerank(model: &Path, output: &Path) {
+    reference(&[
+        "rerank",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        fixture("parity_pairs.jsonl").to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--fail-on-warning",
+    ]);
+}

@@ -28,34 +28,12 @@ fn exported_student_loads_in_sentence_transformers() {
     assert_eq!(max_abs_diff(&ours, &again), 0.0);
 }
 
-fn reference_embed(dir: &std::path::Path, output: &std::path::Path) {
-    reference(&[
-        "embed",
-        "--model",
-        dir.to_str().unwrap(),
-        "--input",
-        fixture("parity_texts.jsonl").to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--fail-on-warning",
-    ]);
-}
-
 fn check_cross_encoder_export(model: &CrossEncoder) {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("teacher");
     export_cross_encoder(model, &dir).unwrap();
     let reference_file = out.path().join("ref.json");
-    reference(&[
-        "rerank",
-        "--model",
-        dir.to_str().unwrap(),
-        "--input",
-        fixture("parity_pairs.jsonl").to_str().unwrap(),
-        "--output",
-        reference_file.to_str().unwrap(),
-        "--fail-on-warning",
-    ]);
+    reference_rerank(&dir, &reference_file);
     let theirs: RefScores = read_json(&reference_file);
     let pairs: Vec<(String, String)> = pairs().into_iter().map(|p| (p.query, p.passage)).collect();
     let logits = model.logits(&pairs, 8, &mut |_| {}).unwrap();

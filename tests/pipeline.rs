@@ -1,12 +1,12 @@
 //! The staged engine on tiny random models and a tiny BEIR dataset, on the CPU: skipping,
 //! invalidation, resuming after a kill, `--shard`, the lock, and bad input.
+use crate::common::distill_output as distill;
 use crate::common::*;
 use distill::data::pairs::PairTable;
 use distill::pipeline::runner::{self, RunOptions, StageState};
 use distill::pipeline::Pipeline;
 use distill::progress::Verbosity;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// A pipeline file in `dir` over the tiny fixtures; `extra` is appended to `[mine]` /
 /// `[score]` through `mine` and `score`.
@@ -108,15 +108,6 @@ fn output(path: &Path, stage: &str, file: &str) -> PairTable {
     PairTable::read(&p.run_dir.join(stage).join(file)).unwrap()
 }
 
-fn distill(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_distill"));
-    c.args(args);
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.output().unwrap()
-}
-
 #[test]
 fn full_run_then_unchanged_rerun_skips_everything() {
     let f = Fixture::new();
@@ -165,21 +156,14 @@ fn full_run_then_unchanged_rerun_skips_everything() {
     let script = "import sys, pyarrow.parquet as pq\n\
                   print(*[pq.read_table(p).num_rows for p in sys.argv[1:]])";
     let p = Pipeline::load(&path).unwrap();
-    let out = Command::new(python())
-        .args(["-c", script])
-        .arg(p.run_dir.join("mine/candidates.parquet"))
-        .arg(p.run_dir.join("score/teacher_scores.parquet"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = python_stdout(
+        script,
+        &[
+            &p.run_dir.join("mine/candidates.parquet"),
+            &p.run_dir.join("score/teacher_scores.parquet"),
+        ],
     );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("{} {}", cand.len(), cand.len())
-    );
+    assert_eq!(out.trim(), format!("{} {}", cand.len(), cand.len()));
     // One JSON line per stage event in the run's log.
     let log = std::fs::read_to_string(p.run_dir.join("log.jsonl")).unwrap();
     assert_eq!(

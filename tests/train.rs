@@ -1,6 +1,7 @@
 //! Training against its references (sentence-transformers losses, torch AdamW,
 //! transformers schedules) and the teacher + train stages end to end on tiny models:
 //! exact resume after a kill, and exported models that sentence-transformers loads.
+use crate::common::distill_output as distill;
 use crate::common::*;
 use distill::pipeline::Pipeline;
 use distill::train::losses;
@@ -8,7 +9,6 @@ use distill::train::optimizer::{AdamW, AdamWConfig};
 use distill::train::schedule::{Decay, Schedule};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use tch::{Kind, Tensor};
 
 #[derive(Deserialize)]
@@ -226,15 +226,6 @@ schedule = "cosine"
     path
 }
 
-fn distill(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_distill"));
-    c.args(args);
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.output().unwrap()
-}
-
 fn run_ok(path: &Path, envs: &[(&str, &str)]) {
     let out = distill(&["-q", "run", path.to_str().unwrap()], envs);
     assert!(
@@ -287,17 +278,7 @@ fn killed_training_resumes_to_the_same_weights() {
     let curve = |d: &Path| {
         let script =
             "import sys, pyarrow.parquet as pq\nprint(pq.read_table(sys.argv[1]).to_pydict())";
-        let out = Command::new(python())
-            .args(["-c", script])
-            .arg(d.join("train/loss_curve.parquet"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        python_stdout(script, &[&d.join("train/loss_curve.parquet")])
     };
     let c = curve(&r);
     assert_eq!(c, curve(&k));
@@ -319,16 +300,7 @@ fn trained_models_load_in_sentence_transformers() {
     let run = Pipeline::load(&path).unwrap().run_dir;
     let student = run.join("train/student");
     let out = dir.path().join("ref.json");
-    reference_cmd(&[
-        "embed",
-        "--model",
-        student.to_str().unwrap(),
-        "--input",
-        fixture("parity_texts.jsonl").to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--fail-on-warning",
-    ]);
+    reference_embed(&student, &out);
     let theirs: RefEmbeddings = read_json(&out);
     let model =
         distill::model::BiEncoder::load(&student, tch::Device::Cpu, Kind::Float, None).unwrap();
@@ -348,16 +320,7 @@ fn trained_models_load_in_sentence_transformers() {
 
     let teacher = run.join("teacher/model");
     let out = dir.path().join("rerank.json");
-    reference_cmd(&[
-        "rerank",
-        "--model",
-        teacher.to_str().unwrap(),
-        "--input",
-        fixture("parity_pairs.jsonl").to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--fail-on-warning",
-    ]);
+    reference_rerank(&teacher, &out);
     let theirs: RefScores = read_json(&out);
     let ce =
         distill::model::CrossEncoder::load(&teacher, None, tch::Device::Cpu, Kind::Float).unwrap();
@@ -366,10 +329,6 @@ fn trained_models_load_in_sentence_transformers() {
     let logits = ce.logits(&pairs, 8, &mut |_| {}).unwrap();
     let scores = ce.score(&pairs, 8, &mut |_| {}).unwrap();
     assert_scores_match("trained teacher", &logits, &scores, &theirs);
-}
-
-fn reference_cmd(args: &[&str]) {
-    crate::common::reference(args);
 }
 
 #[test]
@@ -424,18 +383,8 @@ print(json.dumps({k: sum(r[k] for r in res.values()) / n for k in ["ndcg_cut_10"
             format!("{model}+teacher")
         };
         let file = run.join(format!("eval/runs/animals.{tag}.trec"));
-        let out = Command::new(python())
-            .args(["-c", script])
-            .arg(&file)
-            .arg(&qrels)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let want: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let out = python_stdout(script, &[&file, &qrels]);
+        let want: serde_json::Value = serde_json::from_str(&out).unwrap();
         for (ours, theirs) in [
             ("ndcg@10", "ndcg_cut_10"),
             ("recall@100", "recall_100"),
@@ -451,16 +400,9 @@ print(json.dumps({k: sum(r[k] for r in res.values()) / n for k in ["ndcg_cut_10"
     }
     // Per-query rows: one per (model, judged query).
     let script = "import sys, pyarrow.parquet as pq\nt = pq.read_table(sys.argv[1])\nprint(t.num_rows, 'student ndcg@10' in t.column_names)";
-    let out = Command::new(python())
-        .args(["-c", script])
-        .arg(run.join("eval/per_query.parquet"))
-        .output()
-        .unwrap();
+    let out = python_stdout(script, &[&run.join("eval/per_query.parquet")]);
     let queries = ds["queries"].as_u64().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("{} True", 2 * queries)
-    );
+    assert_eq!(out.trim(), format!("{} True", 2 * queries));
 }
 
 #[test]
@@ -477,17 +419,8 @@ fn report_is_self_contained_html_with_every_table_and_chart() {
     let script = "import sys, xml.etree.ElementTree as ET\n\
                   r = ET.parse(sys.argv[1]).getroot()\n\
                   print(len(r.findall('.//table')), len(r.findall('.//{http://www.w3.org/2000/svg}svg')))";
-    let out = Command::new(python())
-        .args(["-c", script])
-        .arg(run.join("report/report.html"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3 2");
+    let out = python_stdout(script, &[&run.join("report/report.html")]);
+    assert_eq!(out.trim(), "3 2");
     // Self-contained: no scripts, no links or sources to fetch.
     for needle in ["<script", "src=", "href=", "<link"] {
         assert!(!html.contains(needle), "{needle} in the report");
