@@ -8,6 +8,7 @@ pub mod eval;
 pub mod model;
 pub mod pipeline;
 pub mod progress;
+pub mod render;
 pub mod retrieval;
 pub mod rng;
 pub mod stages;

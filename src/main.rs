@@ -2,6 +2,7 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use distill::commands::encode::{self, EncodeSettings};
+use distill::commands::trend::{self, Against, TrendSettings};
 use distill::data::text_input::TextFormat;
 use distill::device::{DeviceSpec, Precision};
 use distill::pipeline::runner::{self, RunOptions};
@@ -38,11 +39,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    #[command(verbatim_doc_comment)]
     /// Embed texts with a bi-encoder (sentence-transformers directory) into Parquet.
     ///
     /// Example: distill encode --model models/all-MiniLM-L6-v2
     ///            --input corpus.jsonl --output corpus.parquet
     Encode(EncodeArgs),
+    #[command(verbatim_doc_comment)]
     /// Run a pipeline: every stage whose manifest does not match its configuration and
     /// inputs, in order. Exit code 0 only if every requested stage completed.
     ///
@@ -50,26 +53,130 @@ enum Command {
     ///          distill run pipelines/nightly.toml --from score
     ///          distill run pipelines/nightly.toml --shard 0/4   (one of 4 scoring workers)
     Run(RunArgs),
+    #[command(verbatim_doc_comment)]
     /// Validate a pipeline file (keys, paths, values) without running anything.
     ///
     /// Example: distill check pipelines/nightly.toml
     Check(PipelineArg),
+    #[command(verbatim_doc_comment)]
     /// Show each stage of a pipeline as done, stale (and why), partial or pending.
     ///
     /// Example: distill status pipelines/nightly.toml
     Status(PipelineArg),
+    #[command(verbatim_doc_comment)]
+    /// Trend report over runs: per-metric charts over time, the last runs with
+    /// regressions highlighted, and exit code 3 when the newest run's distilled student
+    /// dropped more than --threshold below the reference on a checked metric.
+    ///
+    /// A folder that is not a run directory is read as a folder of runs; runs whose eval
+    /// stage has not completed are listed and skipped. Writes trend.html and trend.md.
+    ///
+    /// Example: distill report checkpoints/nightly-* --threshold 0.005
+    ///          distill report checkpoints --metrics ndcg@10,recall@100 --against best
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// Run directories (<output_root>/<name>) or folders of them; quoted globs work too.
+    #[arg(required = true, value_name = "RUN_DIR")]
+    runs: Vec<String>,
+    /// Folder for trend.html and trend.md.
+    #[arg(long, short, default_value = "trend")]
+    output: PathBuf,
+    /// Metrics tabulated and checked (ndcg@10, mrr@10, p@10, recall@10, recall@100,
+    /// recall@1000, map@100).
+    #[arg(long, value_delimiter = ',', default_value = "ndcg@10,recall@100")]
+    metrics: Vec<String>,
+    /// Largest drop (absolute) of the distilled student that is not a regression.
+    #[arg(long, default_value_t = 0.005)]
+    threshold: f64,
+    /// What the newest run is compared with.
+    #[arg(long, value_enum, default_value = "previous")]
+    against: Against,
+    /// Runs shown in the table (the charts show every run).
+    #[arg(long, default_value_t = 14)]
+    last: usize,
+}
+
+/// Exit code of `distill report` when the newest run regressed.
+const EXIT_REGRESSION: u8 = 3;
+
+/// Expand quoted glob patterns (`*`, `?` in the last component) that the shell left.
+fn expand_globs(args: &[String]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for a in args {
+        let path = PathBuf::from(a);
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        match name {
+            Some(pattern) if !path.exists() && pattern.contains(['*', '?']) => {
+                let parent = match path.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                let mut found: Vec<PathBuf> = std::fs::read_dir(&parent)
+                    .with_context(|| format!("reading {}", parent.display()))?
+                    .filter_map(|e| e.ok())
+                    .filter(|e| wildcard(&pattern, &e.file_name().to_string_lossy()))
+                    .map(|e| e.path())
+                    .collect();
+                anyhow::ensure!(!found.is_empty(), "{a}: no directory matches");
+                found.sort();
+                out.extend(found);
+            }
+            _ => out.push(path),
+        }
+    }
+    Ok(out)
+}
+
+/// Shell wildcard match: `*` any run of characters, `?` one character.
+fn wildcard(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
+    while j < n.len() {
+        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == '*' {
+            star = Some(i);
+            mark = j;
+            i += 1;
+        } else if let Some(s) = star {
+            i = s + 1;
+            mark += 1;
+            j = mark;
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|&c| c == '*')
 }
 
 #[derive(Args, Debug)]
 struct PipelineArg {
     /// Pipeline file (TOML).
     pipeline: PathBuf,
+    /// Run name instead of the file's run.name (the run directory is
+    /// <output_root>/<name>), e.g. --name nightly-$(date +%F).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+impl PipelineArg {
+    fn load(&self) -> anyhow::Result<Pipeline> {
+        let p = Pipeline::load(&self.pipeline)?;
+        Ok(match &self.name {
+            Some(n) => p.with_name(n)?,
+            None => p,
+        })
+    }
 }
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Pipeline file (TOML).
-    pipeline: PathBuf,
+    #[command(flatten)]
+    pipeline: PipelineArg,
     /// Rerun this stage and every stage after it.
     #[arg(long, conflicts_with = "only")]
     from: Option<String>,
@@ -112,7 +219,7 @@ struct EncodeArgs {
     max_seq_length: Option<usize>,
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let verbosity = if cli.quiet {
         Verbosity::Quiet
     } else if cli.verbose {
@@ -147,7 +254,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Check(a) => {
-            let p = Pipeline::load(&a.pipeline)?;
+            let p = a.load()?;
             if verbosity > Verbosity::Quiet {
                 println!(
                     "{}: ok (run `{}` in {}, {} dataset(s))",
@@ -159,14 +266,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Status(a) => {
-            let p = Pipeline::load(&a.pipeline)?;
+            let p = a.load()?;
             println!("run `{}` in {}", p.name, p.run_dir.display());
             for s in runner::status(&p)? {
                 println!("  {:<8} {}", s.stage, s.state);
             }
         }
         Command::Run(a) => {
-            let p = Pipeline::load(&a.pipeline)?;
+            let p = a.pipeline.load()?;
             let opts = RunOptions {
                 from: a.from,
                 only: a.only,
@@ -189,15 +296,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Report(a) => {
+            let settings = TrendSettings {
+                runs: expand_globs(&a.runs)?,
+                output: a.output,
+                metrics: a.metrics,
+                threshold: a.threshold,
+                against: a.against,
+                last: a.last,
+            };
+            let outcome = trend::run(&settings).context("trend report failed")?;
+            for (dir, why) in &outcome.skipped {
+                eprintln!("warning: skipped {}: {why}", dir.display());
+            }
+            if verbosity > Verbosity::Quiet {
+                eprintln!("{} runs -> {}", outcome.runs.len(), outcome.html.display());
+            }
+            if !outcome.regressions.is_empty() {
+                for g in &outcome.regressions {
+                    eprintln!("regression: {g}");
+                }
+                return Ok(ExitCode::from(EXIT_REGRESSION));
+            }
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = cli.verbose;
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             if verbose {

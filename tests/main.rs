@@ -8,4 +8,5 @@ mod eval;
 mod export_roundtrip;
 mod parity;
 mod pipeline;
+mod report;
 mod train;

@@ -165,7 +165,7 @@ fn schedules_match_transformers() {
 }
 
 /// A pipeline with a teacher trained from the tiny encoder, then distillation.
-fn pipeline(dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn pipeline(dir: &Path, name: &str) -> PathBuf {
     let g = |n: &str| generated(n).display().to_string();
     let text = format!(
         r#"[run]
@@ -226,7 +226,7 @@ schedule = "cosine"
     path
 }
 
-fn run_ok(path: &Path, envs: &[(&str, &str)]) {
+pub(crate) fn run_ok(path: &Path, envs: &[(&str, &str)]) {
     let out = distill(&["-q", "run", path.to_str().unwrap()], envs);
     assert!(
         out.status.success(),

@@ -32,6 +32,23 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(File) -> Result<()>) -> Resu
     result
 }
 
+/// Write `bytes` to `path` atomically.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(path, |mut f| {
+        use std::io::Write;
+        f.write_all(bytes).map_err(|e| Error::io(path, e))
+    })
+}
+
+/// Write `value` as pretty JSON to `path` atomically.
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    write_bytes(path, text.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,14 +3,14 @@
 //! order; a document is relevant when its grade is at least 1; nDCG uses the grade as
 //! gain with log2(rank + 1) discounts; P@k divides by k; queries judged in the qrels but
 //! without a relevant document score 0; queries absent from the qrels are not evaluated.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// One query's judged documents: id -> grade.
 pub type Judgements = BTreeMap<String, i64>;
 
 /// The measures distill reports, per query or averaged.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Measures {
     pub ndcg_10: f64,
     pub mrr_10: f64,

@@ -439,11 +439,34 @@ impl Checker<'_> {
     }
 }
 
+fn valid_run_name(name: &str) -> bool {
+    !(name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') || name == "cache")
+}
+
 impl Pipeline {
     /// Read, parse and validate a pipeline file.
     pub fn load(path: &Path) -> Result<Self> {
         let src = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::parse(path, &src)
+    }
+
+    /// The same pipeline under another run name (run directory `<output_root>/<name>`),
+    /// e.g. one per night.
+    pub fn with_name(mut self, name: &str) -> Result<Self> {
+        if !valid_run_name(name) {
+            return Err(Error::Setting {
+                key: "--name".into(),
+                message: format!("`{name}` must be a plain, non-empty folder name"),
+            });
+        }
+        let root = self
+            .run_dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        self.run_dir = root.join(name);
+        self.name = name.to_string();
+        Ok(self)
     }
 
     pub fn parse(path: &Path, src: &str) -> Result<Self> {
@@ -458,7 +481,7 @@ impl Pipeline {
         let c = Checker { path, src };
         let run = &file.run;
         let name = run.name.get_ref().clone();
-        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        if !valid_run_name(&name) {
             return Err(c.err(
                 run.name.span(),
                 "run.name",

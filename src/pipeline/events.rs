@@ -43,6 +43,11 @@ pub enum Event {
         stage: String,
         message: String,
     },
+    /// Something worth a line at normal verbosity (e.g. a result taken from the cache).
+    Note {
+        stage: String,
+        message: String,
+    },
     StageFinished {
         stage: String,
         seconds: f64,
@@ -142,6 +147,7 @@ impl EventSink {
                 shard + 1
             )),
             Event::Warning { stage, message } => Some(format!("{stage}: warning: {message}")),
+            Event::Note { stage, message } if normal => Some(format!("{stage}: {message}")),
             Event::StageFinished {
                 stage,
                 seconds,

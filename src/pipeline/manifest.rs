@@ -1,8 +1,7 @@
 //! Stage manifests: what a stage was run with (config hash, input fingerprints), what it
 //! wrote (output files with sha256 and size), and its summary. A stage is done when its
 //! manifest matches, nothing else; the manifest is written last.
-use crate::data::atomic::write_atomic;
-use crate::error::{read_json, Error, Result};
+use crate::error::{read_json, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -70,15 +69,7 @@ impl Manifest {
     /// Write `manifest.json` atomically (the stage's last write).
     pub fn write(&self, stage_dir: &Path) -> Result<()> {
         let path = stage_dir.join(MANIFEST);
-        let text = serde_json::to_string_pretty(self).map_err(|source| Error::Json {
-            path: path.clone(),
-            source,
-        })?;
-        write_atomic(&path, |mut f| {
-            use std::io::Write;
-            f.write_all(text.as_bytes())
-                .map_err(|e| Error::io(&path, e))
-        })
+        crate::data::atomic::write_json(&path, self)
     }
 
     /// Does this manifest describe a complete run of the stage with `config_hash` and

@@ -17,6 +17,7 @@ use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
 use crate::retrieval;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -39,9 +40,27 @@ fn students(p: &Pipeline) -> [(&'static str, PathBuf); 2] {
     ]
 }
 
-/// One system's results on one dataset.
+/// One system's results on one dataset: per judged query, its measures.
+#[derive(Serialize, Deserialize)]
 struct SystemRun {
     per_query: Vec<(String, Measures)>,
+}
+
+/// One student evaluated on one dataset: alone, reranked by the teacher, and per query
+/// the share of the teacher's top 10 in the student's own top 10.
+#[derive(Serialize, Deserialize)]
+struct SystemEval {
+    student: SystemRun,
+    teacher: SystemRun,
+    recall: BTreeMap<String, f64>,
+}
+
+/// The TREC run files of one student on one dataset (relative to the stage folder).
+fn trec_files(dataset: &str, label: &str) -> [String; 2] {
+    [
+        format!("runs/{dataset}.{label}.trec"),
+        format!("runs/{dataset}.{label}+teacher.trec"),
+    ]
 }
 
 fn score_runs(
@@ -160,12 +179,21 @@ impl Stage for Eval {
             let mut per_dataset = serde_json::Map::new();
             per_dataset.insert("queries".into(), judged.len().into());
             for (label, path) in students(p) {
-                let (student_run, teacher_run, recall) =
-                    self.system(env, &teacher, &path, d, &ds, &judged)?;
-                let (s, t) = (
-                    score_runs(&student_run, &judged),
-                    score_runs(&teacher_run, &judged),
-                );
+                let split = Split {
+                    d,
+                    ds: &ds,
+                    judged: &judged,
+                };
+                let result = if label == "base" {
+                    self.base_cached(env, &teacher, &path, &split)?
+                } else {
+                    self.system(env, &teacher, (&path, label), &split)?
+                };
+                let SystemEval {
+                    student: s,
+                    teacher: t,
+                    recall,
+                } = result;
                 let (sm, tm) = (mean(&s), mean(&t));
                 let mean_recall = recall.values().sum::<f64>() / recall.len().max(1) as f64;
                 let gap: serde_json::Map<_, _> = Measures::NAMES
@@ -182,14 +210,7 @@ impl Stage for Eval {
                         "student_recall_of_teacher_top10": mean_recall,
                     }),
                 );
-                for (tag, run) in [
-                    (label.to_string(), &student_run),
-                    (format!("{label}+teacher"), &teacher_run),
-                ] {
-                    let file = format!("runs/{}.{tag}.trec", d.name);
-                    write_trec(&env.dir.join(&file), run, &format!("distill-{tag}"))?;
-                    outputs.push(file);
-                }
+                outputs.extend(trec_files(&d.name, label));
                 for ((q, m), (_, tmq)) in s.per_query.iter().zip(&t.per_query) {
                     rows.0.push(d.name.clone());
                     rows.1.push(label.to_string());
@@ -207,15 +228,7 @@ impl Stage for Eval {
             }
             metrics.insert(d.name.clone(), serde_json::Value::Object(per_dataset));
         }
-        let text = serde_json::to_string_pretty(&metrics).map_err(|source| Error::Json {
-            path: env.dir.join(METRICS),
-            source,
-        })?;
-        let path = env.dir.join(METRICS);
-        crate::data::atomic::write_atomic(&path, |mut f| {
-            f.write_all(text.as_bytes())
-                .map_err(|e| Error::io(&path, e))
-        })?;
+        crate::data::atomic::write_json(&env.dir.join(METRICS), &metrics)?;
         let floats: Vec<(String, Vec<f64>)> = cols.into_iter().collect();
         let n = rows.0.len();
         write_columns(
@@ -233,19 +246,31 @@ impl Stage for Eval {
 
 type Runs = BTreeMap<String, Vec<(String, f32)>>;
 
+/// One dataset's evaluation split: its reference, its loaded files and its judgements.
+#[derive(Clone, Copy)]
+struct Split<'a> {
+    d: &'a DatasetRef,
+    ds: &'a Dataset,
+    judged: &'a BTreeMap<String, Judgements>,
+}
+
+fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
+    let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
+    crate::data::atomic::write_bytes(to, &bytes)
+}
+
 impl Eval {
-    /// One student on one dataset: its runs (top-k, the query itself left out), the
-    /// teacher's rerank of its top `rerank_k`, and per query the share of the teacher's
-    /// top 10 found in the student's own top 10.
+    /// One student on one dataset: its run (top-k, the query itself left out), the
+    /// teacher's rerank of its top `rerank_k`, their measures, and per query the share
+    /// of the teacher's top 10 found in the student's own top 10. Writes both TREC runs.
     fn system(
         &self,
         env: &mut StageEnv,
         teacher: &CrossEncoder,
-        path: &Path,
-        d: &DatasetRef,
-        ds: &Dataset,
-        judged: &BTreeMap<String, Judgements>,
-    ) -> Result<(Runs, Runs, BTreeMap<String, f64>)> {
+        (path, label): (&Path, &str),
+        split: &Split,
+    ) -> Result<SystemEval> {
+        let Split { d, ds, judged } = *split;
         let p = env.pipeline;
         let student = BiEncoder::load(path, env.device, env.kind, p.student.max_length)?;
         let fp = fingerprint::directory(path)?;
@@ -309,6 +334,75 @@ impl Eval {
             );
             teacher_run.entry((*qid).clone()).or_default();
         }
-        Ok((student_run, teacher_run, recall))
+        let files = trec_files(&d.name, label);
+        for (file, run, tag) in [
+            (&files[0], &student_run, label.to_string()),
+            (&files[1], &teacher_run, format!("{label}+teacher")),
+        ] {
+            write_trec(&env.dir.join(file), run, &format!("distill-{tag}"))?;
+        }
+        Ok(SystemEval {
+            student: score_runs(&student_run, judged),
+            teacher: score_runs(&teacher_run, judged),
+            recall,
+        })
+    }
+
+    /// The base student's evaluation, from `<output_root>/cache/eval` when the same
+    /// student, teacher, dataset files and eval settings were evaluated before (the base
+    /// student does not change from night to night; its numbers need computing once).
+    fn base_cached(
+        &self,
+        env: &mut StageEnv,
+        teacher: &CrossEncoder,
+        path: &Path,
+        split: &Split,
+    ) -> Result<SystemEval> {
+        let d = split.d;
+        let p = env.pipeline;
+        let mut data = BTreeMap::new();
+        super::mine::dataset_inputs(d, &[&d.eval_split], &mut data)?;
+        let key = fingerprint::json(&json!({
+            "student": fingerprint::directory(path)?,
+            "teacher": fingerprint::directory(&super::score::teacher_dir(p))?,
+            "data": data,
+            "split": d.eval_split,
+            "strict": d.strict,
+            "eval": p.eval,
+            "corpus_chunk": p.mine.corpus_chunk,
+            "student_max_seq_length": p.student.max_length,
+            "teacher_max_length": p.teacher.max_length,
+            "precision": super::mine::kind_name(env.kind),
+            "device": format!("{:?}", env.device),
+            "distill_version": env!("CARGO_PKG_VERSION"),
+        }));
+        let cache = p.cache_dir.join("eval").join(key);
+        let result = cache.join("result.json");
+        let files = trec_files(&d.name, "base");
+        let names = ["student.trec", "teacher.trec"];
+        if result.exists() {
+            let hit: SystemEval = crate::error::read_json(&result)?;
+            for (file, name) in files.iter().zip(names) {
+                copy_atomic(&cache.join(name), &env.dir.join(file))?;
+            }
+            let stage = env.name.to_string();
+            env.emit(crate::pipeline::events::Event::Note {
+                stage,
+                message: format!(
+                    "{}: base student's evaluation from {}",
+                    d.name,
+                    cache.display()
+                ),
+            });
+            return Ok(hit);
+        }
+        let fresh = self.system(env, teacher, (path, "base"), split)?;
+        std::fs::create_dir_all(&cache).map_err(|e| Error::io(&cache, e))?;
+        for (file, name) in files.iter().zip(names) {
+            copy_atomic(&env.dir.join(file), &cache.join(name))?;
+        }
+        // Written last: a cache entry without result.json is never read.
+        crate::data::atomic::write_json(&result, &fresh)?;
+        Ok(fresh)
     }
 }

@@ -7,6 +7,7 @@ use crate::error::{read_json, Error, Result};
 use crate::eval::metrics::Measures;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
+use crate::render::{delta, esc, fmt, html_head, svg_chart, Table, HTML_TAIL};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,121 +18,6 @@ pub const HTML: &str = "report.html";
 pub const MARKDOWN: &str = "report.md";
 
 pub struct Report;
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// One table: a header and rows of cells, rendered to both formats.
-struct Table {
-    title: String,
-    header: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    fn markdown(&self, out: &mut String) {
-        let _ = writeln!(out, "### {}\n", self.title);
-        let _ = writeln!(out, "| {} |", self.header.join(" | "));
-        let _ = writeln!(out, "|{}|", vec!["---"; self.header.len()].join("|"));
-        for r in &self.rows {
-            let _ = writeln!(out, "| {} |", r.join(" | "));
-        }
-        out.push('\n');
-    }
-
-    fn html(&self, out: &mut String) {
-        let _ = write!(out, "<h3>{}</h3>\n<table>\n<tr>", esc(&self.title));
-        for h in &self.header {
-            let _ = write!(out, "<th>{}</th>", esc(h));
-        }
-        out.push_str("</tr>\n");
-        for r in &self.rows {
-            out.push_str("<tr>");
-            for c in r {
-                let class = if c.starts_with('-') {
-                    " class=\"neg\""
-                } else if c.starts_with('+') {
-                    " class=\"pos\""
-                } else {
-                    ""
-                };
-                let _ = write!(out, "<td{class}>{}</td>", esc(c));
-            }
-            out.push_str("</tr>\n");
-        }
-        out.push_str("</table>\n");
-    }
-}
-
-/// A line chart of named series over x, as inline SVG.
-pub fn svg_chart(title: &str, x: &[f64], series: &[(String, Vec<f64>)]) -> String {
-    const COLORS: [&str; 6] = [
-        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf",
-    ];
-    let (w, h, m) = (640.0, 240.0, 40.0);
-    let finite = |v: &f64| v.is_finite();
-    let ys: Vec<f64> = series
-        .iter()
-        .flat_map(|s| s.1.iter().copied())
-        .filter(finite)
-        .collect();
-    let (y0, y1) = ys
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
-    let (y0, y1) = if ys.is_empty() {
-        (0.0, 1.0)
-    } else if y1 > y0 {
-        (y0, y1)
-    } else {
-        (y0 - 1.0, y1 + 1.0)
-    };
-    let (x0, x1) = (
-        x.first().copied().unwrap_or(0.0),
-        x.last()
-            .copied()
-            .unwrap_or(1.0)
-            .max(x.first().copied().unwrap_or(0.0) + 1.0),
-    );
-    let px = |v: f64| m + (v - x0) / (x1 - x0) * (w - 2.0 * m);
-    let py = |v: f64| h - m - (v - y0) / (y1 - y0) * (h - 2.0 * m);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" role=\"img\"><title>{}</title>\n<rect x=\"{m}\" y=\"{m}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#999\"/>\n<text x=\"{m}\" y=\"{}\" font-size=\"11\">{y1:.4}</text><text x=\"{m}\" y=\"{}\" font-size=\"11\">{y0:.4}</text><text x=\"{}\" y=\"{}\" font-size=\"11\">{x1}</text>\n",
-        esc(title), w - 2.0 * m, h - 2.0 * m, m - 4.0, h - m + 14.0, w - m - 20.0, h - m + 14.0
-    );
-    for (i, (name, ys)) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let points: Vec<String> = x
-            .iter()
-            .zip(ys)
-            .filter(|(_, y)| y.is_finite())
-            .map(|(&xv, &yv)| format!("{:.1},{:.1}", px(xv), py(yv)))
-            .collect();
-        let _ = writeln!(s, "<polyline class=\"series\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>", points.join(" "));
-        let _ = writeln!(
-            s,
-            "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{color}\">{}</text>",
-            w - m + 4.0 - 120.0,
-            m + 14.0 * (i as f64 + 1.0),
-            esc(name)
-        );
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
-fn fmt(v: f64) -> String {
-    format!("{v:.4}")
-}
-
-fn delta(v: f64) -> String {
-    format!("{v:+.4}")
-}
 
 /// Named series of a chart.
 type Series = Vec<(String, Vec<f64>)>;
@@ -242,9 +128,9 @@ impl Stage for Report {
                     ]
                 })
                 .collect();
-            tables.push(Table {
-                title: format!("{name}: {} judged queries", ds["queries"]),
-                header: [
+            tables.push(Table::new(
+                format!("{name}: {} judged queries", ds["queries"]),
+                &[
                     "metric",
                     "base student",
                     "distilled student",
@@ -252,11 +138,9 @@ impl Stage for Report {
                     "base + teacher",
                     "distilled + teacher",
                     "gap closed",
-                ]
-                .map(String::from)
-                .to_vec(),
+                ],
                 rows,
-            });
+            ));
         }
         let stage_rows = manifests
             .iter()
@@ -274,13 +158,11 @@ impl Stage for Report {
                 ]
             })
             .collect();
-        tables.push(Table {
-            title: "Time and throughput per stage".into(),
-            header: ["stage", "seconds", "rows", "rows/s"]
-                .map(String::from)
-                .to_vec(),
-            rows: stage_rows,
-        });
+        tables.push(Table::new(
+            "Time and throughput per stage",
+            &["stage", "seconds", "rows", "rows/s"],
+            stage_rows,
+        ));
         let mut stats = Vec::new();
         if let Some(m) = manifest("mine") {
             for (ds, v) in m.summary.as_object().into_iter().flatten() {
@@ -323,33 +205,37 @@ impl Stage for Report {
                 ]);
             }
         }
-        tables.push(Table {
-            title: "Mining and scoring".into(),
-            header: ["dataset", "stage", "statistics"]
-                .map(String::from)
-                .to_vec(),
-            rows: stats,
-        });
+        tables.push(Table::new(
+            "Mining and scoring",
+            &["dataset", "stage", "statistics"],
+            stats,
+        ));
         let mut charts = Vec::new();
         for stage in ["teacher", "train"] {
             let path = p.run_dir.join(stage).join("loss_curve.parquet");
             if path.exists() {
                 let (x, cols) = read_curve(&path)?;
                 let series: Vec<_> = cols.into_iter().filter(|(n, _)| n != "grad_norm").collect();
+                let labels = [
+                    format!("step {}", x.first().copied().unwrap_or(0.0)),
+                    format!("step {}", x.last().copied().unwrap_or(0.0)),
+                ];
                 charts.push((
                     format!("{stage} loss curve"),
-                    svg_chart(&format!("{stage} loss per step"), &x, &series),
+                    svg_chart(
+                        &format!("{stage} loss per step"),
+                        &x,
+                        &series,
+                        [&labels[0], &labels[1]],
+                    ),
                 ));
             }
         }
         let config = std::fs::read_to_string(&p.file).map_err(|e| Error::io(&p.file, e))?;
         let title = format!("distill report: run `{}`", p.name);
         let mut md = format!("# {title}\n\n## Retrieval (nDCG@10 and more, test splits)\n\n");
-        let mut html = format!(
-            "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"/><title>{}</title>\n<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td.pos{{color:#080}}td.neg{{color:#b00}}pre{{background:#f6f6f6;padding:1em}}</style></head>\n<body>\n<h1>{}</h1>\n<h2>Retrieval</h2>\n",
-            esc(&title),
-            esc(&title)
-        );
+        let mut html = html_head(&title);
+        html.push_str("<h2>Retrieval</h2>\n");
         for (i, t) in tables.iter().enumerate() {
             if i == datasets.len() {
                 md.push_str("## Stages\n\n");
@@ -367,16 +253,12 @@ impl Stage for Report {
         let _ = write!(md, "\n## Configuration\n\n```toml\n{config}\n```\n");
         let _ = write!(
             html,
-            "<h2>Configuration</h2>\n<pre>{}</pre>\n</body>\n</html>\n",
+            "<h2>Configuration</h2>\n<pre>{}</pre>\n{HTML_TAIL}",
             esc(&config)
         );
         for (name, text) in [(MARKDOWN, &md), (HTML, &html)] {
             let path = env.dir.join(name);
-            crate::data::atomic::write_atomic(&path, |mut f| {
-                use std::io::Write;
-                f.write_all(text.as_bytes())
-                    .map_err(|e| Error::io(&path, e))
-            })?;
+            crate::data::atomic::write_bytes(&path, text.as_bytes())?;
         }
         Ok(Outcome::Complete {
             outputs: vec![HTML.into(), MARKDOWN.into()],
