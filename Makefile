@@ -1,6 +1,7 @@
 # distill: one-command setup, build and test.
 #   make setup   .venv with torch 2.11.0 + reference libraries, the student model, release build
 #   make test    fmt, clippy, reference fixtures, unit + integration tests
+#   make demo    the whole pipeline on the embedded demo dataset (data/demo), setup included
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +13,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 
-.PHONY: setup venv student build fixtures test lint bench-cpu clean
+.PHONY: setup venv student build fixtures test lint demo demo-data bench-cpu bench-gpu clean
 
 setup: venv student build
 
@@ -45,6 +46,17 @@ lint: venv
 
 test: setup lint fixtures
 	cargo test --release -- --test-threads=2
+
+# The demo dataset is committed; this regenerates it (byte-identical) from its script.
+demo-data:
+	$(PYTHON) scripts/make_demo_data.py
+
+demo: setup
+	target/release/distill run pipelines/demo.toml
+
+# On a machine with a GPU (and the venv): distill vs PyTorch on W1-W4 (BENCHMARKS.md).
+bench-gpu: setup
+	target/release/distill bench --device cuda --python $(PY) --seconds 8
 
 bench-cpu: setup
 	bash scripts/bench_cpu_encode.sh

@@ -23,6 +23,7 @@ echo "wall seconds: $(( $(date +%s) - start ))"
 RUN=$(python3 -c "import tomllib,sys;c=tomllib.load(open('$PIPELINE','rb'));print(c['run'].get('output_root','checkpoints')+'/'+c['run']['name'])")
 cp "$RUN/log.jsonl" "$OUTDIR/" 2>/dev/null || true
 cp "$RUN/eval/metrics.json" "$OUTDIR/" 2>/dev/null || true
+cp "$RUN/report/report.html" "$RUN/report/report.md" "$OUTDIR/" 2>/dev/null || true
 python3 - "$RUN" <<'PY' | tee "$OUTDIR/summary.txt"
 import json, sys, os
 run = sys.argv[1]

@@ -19,7 +19,7 @@ for v in "$@"; do
 import sys, re
 text = open(sys.argv[1]).read()
 variant = open(sys.argv[2]).read()
-text = re.sub(r"\n\[train\]\n(.*?)(?=\n\[|\Z)", "\n[train]\n" + variant.strip() + "\n", text, flags=re.S)
+text = re.sub(r"\n\[train\][^\n]*\n(.*?)(?=\n\[|\Z)", "\n[train]\n" + variant.strip() + "\n", text, flags=re.S)
 print(text)
 PY
   start=$(date +%s)

@@ -1,6 +1,7 @@
 //! The `distill` command line: parse, validate, call the library, map errors to exit codes.
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use distill::commands::bench::{self, BenchSettings};
 use distill::commands::encode::{self, EncodeSettings};
 use distill::commands::trend::{self, Against, TrendSettings};
 use distill::data::text_input::TextFormat;
@@ -74,6 +75,52 @@ enum Command {
     /// Example: distill report checkpoints/nightly-* --threshold 0.005
     ///          distill report checkpoints --metrics ndcg@10,recall@100 --against best
     Report(ReportArgs),
+    #[command(verbatim_doc_comment)]
+    /// GPU benchmark: workloads W1 encode, W2 score, W3 train step, W4 exact top-100
+    /// search, through distill's own code paths and, in the same invocation, through
+    /// PyTorch + transformers (scripts/bench_torch.py); prints a table of throughput,
+    /// the ratio distill / PyTorch, peak GPU memory and the share of the bf16 peak.
+    ///
+    /// Example: distill bench --device cuda --seconds 10 --output bench.json
+    ///          distill bench --device cpu --small --seconds 1 --workloads w1,w4
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Model directory (MiniLM-L6 shapes; the weights do not matter for speed).
+    #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+    model: PathBuf,
+    /// Workloads to run.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "w1,w2,w3,w4")]
+    workloads: Vec<distill::commands::bench::Workload>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceSpec,
+    /// Seconds of timed work per workload and implementation.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Shrunken shapes (a smoke test on the CPU).
+    #[arg(long)]
+    small: bool,
+    /// Python with torch and transformers for the PyTorch side.
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
+    /// Skip the PyTorch side.
+    #[arg(long)]
+    no_torch: bool,
+    /// The PyTorch side's script.
+    #[arg(long, default_value = "scripts/bench_torch.py")]
+    script: PathBuf,
+    /// The GPU's dense bf16 peak in TFLOP/s (H100 and H200 SXM: 989).
+    #[arg(long, default_value_t = 989.0)]
+    peak_tflops: f64,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write every measurement as JSON lines here.
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -294,7 +341,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         format!(", partial [{}]", report.partial.join(", "))
                     }
                 );
+                if let Some(h) = distill::stages::report::headline(&p.run_dir) {
+                    eprint!("{h}");
+                }
             }
+        }
+        Command::Bench(a) => {
+            let settings = BenchSettings {
+                model: a.model,
+                workloads: a.workloads,
+                device: a.device.resolve()?,
+                seconds: a.seconds,
+                small: a.small,
+                python: (!a.no_torch).then_some(a.python),
+                script: a.script,
+                peak_tflops: a.peak_tflops,
+                seed: a.seed,
+            };
+            let mut lines = String::new();
+            let all = bench::run(&settings, &mut |m| {
+                if verbosity > Verbosity::Quiet {
+                    eprintln!(
+                        "{} {}: {:.1} items/s, peak {:.2} GiB",
+                        m.workload,
+                        m.implementation,
+                        m.items_per_s,
+                        m.peak_mem_bytes as f64 / (1u64 << 30) as f64
+                    );
+                }
+                lines.push_str(&serde_json::to_string(m).unwrap_or_default());
+                lines.push('\n');
+            })
+            .context("bench failed")?;
+            if let Some(path) = &a.output {
+                std::fs::write(path, &lines)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            println!("{}", distill::runtime_description());
+            print!("{}", bench::table(&settings, &all));
         }
         Command::Report(a) => {
             let settings = TrendSettings {
@@ -326,11 +410,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = cli.verbose;
+    if verbose && std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // -v asks for the backtrace of an error; anyhow captures one only when this is set.
+        std::env::set_var("RUST_LIB_BACKTRACE", "1");
+    }
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            if verbose {
+            if verbose || std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
                 eprintln!("{}", err.backtrace());
             }
             ExitCode::FAILURE

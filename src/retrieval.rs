@@ -25,10 +25,11 @@ pub fn top_k(queries: &Tensor, corpus: &Tensor, k: usize, corpus_chunk: usize) -
         let block = corpus
             .f_narrow(0, start, len)
             .ctx(|| "corpus chunk".into())?;
+        // Scores stay in the embeddings' kind: top-k of bf16 scores is the top-k of
+        // their exact fp32 widening, without writing a second, wider score matrix.
         let scores = queries
             .f_matmul(&block.tr())
-            .ctx(|| "query x corpus scores".into())?
-            .to_kind(Kind::Float);
+            .ctx(|| "query x corpus scores".into())?;
         let (v, i) = scores
             .f_topk(k.min(len), 1, true, true)
             .ctx(|| "top-k".into())?;
@@ -51,7 +52,8 @@ pub fn top_k(queries: &Tensor, corpus: &Tensor, k: usize, corpus_chunk: usize) -
         let empty = Tensor::zeros([nq, 0], (Kind::Float, queries.device()));
         (empty.shallow_clone(), empty.to_kind(Kind::Int64))
     });
-    let v = Vec::<Vec<f32>>::try_from(v.to_device(tch::Device::Cpu)).ctx(|| "scores".into())?;
+    let v = Vec::<Vec<f32>>::try_from(v.to_kind(Kind::Float).to_device(tch::Device::Cpu))
+        .ctx(|| "scores".into())?;
     let i = Vec::<Vec<i64>>::try_from(i.to_device(tch::Device::Cpu)).ctx(|| "indices".into())?;
     let mut ranking = Ranking {
         indices: Vec::with_capacity(v.len()),

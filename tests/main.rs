@@ -4,6 +4,7 @@
 mod checkpoint_import;
 mod cli;
 mod common;
+mod demo;
 mod eval;
 mod export_roundtrip;
 mod parity;

@@ -172,6 +172,20 @@ impl TextTokenizer {
         self.pad_id
     }
 
+    /// Vocabulary entries that are whole lowercase ASCII words of 3 letters or more,
+    /// sorted: each one tokenizes to itself, so a text of n of them is n tokens (used
+    /// to build inputs of exact lengths for benchmarks).
+    pub fn whole_words(&self) -> Vec<String> {
+        let mut words: Vec<String> = self
+            .single
+            .get_vocab(false)
+            .into_keys()
+            .filter(|w| w.len() >= 3 && w.bytes().all(|b| b.is_ascii_lowercase()))
+            .collect();
+        words.sort();
+        words
+    }
+
     /// Tokenize texts in parallel. Texts are stripped of surrounding whitespace first,
     /// as sentence-transformers does.
     pub fn encode_texts<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Encoded>> {

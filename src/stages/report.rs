@@ -19,6 +19,31 @@ pub const MARKDOWN: &str = "report.md";
 
 pub struct Report;
 
+/// One line per dataset with the headline numbers of a run (nDCG@10 of the base student,
+/// the distilled student and the teacher's rerank of the distilled student's top list),
+/// and the report's path; None when the run has no evaluation yet.
+pub fn headline(run_dir: &Path) -> Option<String> {
+    let metrics: Value = read_json(&run_dir.join("eval").join(super::eval::METRICS)).ok()?;
+    let mut out = String::new();
+    for (name, ds) in metrics.as_object()? {
+        let g = |model: &str, sys: &str| ds[model][sys]["ndcg@10"].as_f64().unwrap_or(f64::NAN);
+        let (b, d) = (g("base", "student"), g("distilled", "student"));
+        let _ = writeln!(
+            out,
+            "{name}: nDCG@10 base student {} -> distilled student {} ({}); teacher rerank {}",
+            fmt(b),
+            fmt(d),
+            delta(d - b),
+            fmt(g("distilled", "student+teacher"))
+        );
+    }
+    let html = run_dir.join("report").join(HTML);
+    if html.exists() {
+        let _ = writeln!(out, "report: {}", html.display());
+    }
+    Some(out)
+}
+
 /// Named series of a chart.
 type Series = Vec<(String, Vec<f64>)>;
 

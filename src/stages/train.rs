@@ -9,17 +9,17 @@ use super::{Outcome, Stage, StageEnv};
 use crate::data::pairs::PairTable;
 use crate::error::Result;
 use crate::model::export::export_bi_encoder;
-use crate::model::tokenizer::Batch;
+use crate::model::tokenizer::{Batch, Encoded};
 use crate::model::BiEncoder;
 use crate::pipeline::config::LossConfig;
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
-use crate::train::data::{Example, TrainingSet};
+use crate::train::data::{Example, QueryGroup, TrainingSet};
 use crate::train::losses;
 use crate::train::trainer::{self, Task};
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
@@ -29,15 +29,43 @@ pub const WEIGHTS: &str = "student/model.safetensors";
 pub struct Train;
 
 pub struct StudentTask<'a> {
-    pub model: &'a BiEncoder,
-    pub set: &'a TrainingSet,
-    pub loss: &'a LossConfig,
+    model: &'a BiEncoder,
+    set: &'a TrainingSet,
+    loss: &'a LossConfig,
+    /// Every query and document text of the set, tokenized once (epochs reuse them).
+    tokens: HashMap<&'a str, Encoded>,
 }
 
-impl StudentTask<'_> {
+impl<'a> StudentTask<'a> {
+    pub fn new(model: &'a BiEncoder, set: &'a TrainingSet, loss: &'a LossConfig) -> Result<Self> {
+        let texts: Vec<&'a str> = set
+            .groups
+            .iter()
+            .flat_map(QueryGroup::texts)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let encoded = model.tokenizer.encode_texts(&texts)?;
+        Ok(StudentTask {
+            model,
+            set,
+            loss,
+            tokens: texts.into_iter().zip(encoded).collect(),
+        })
+    }
+
     fn embed(&self, texts: &[&str]) -> Result<Tensor> {
-        let encoded = self.model.tokenizer.encode_texts(texts)?;
-        let items: Vec<_> = encoded.iter().collect();
+        let items: Vec<&Encoded> = texts
+            .iter()
+            .map(|t| {
+                self.tokens.get(t).ok_or_else(|| {
+                    crate::error::Error::config(
+                        "training set",
+                        format!("text not tokenized: {t:.40}"),
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
         let batch = Batch::new(&items, self.model.tokenizer.pad_id(), self.model.device());
         Ok(self.model.forward_t(&batch, true))
     }
@@ -184,11 +212,7 @@ impl Stage for Train {
         )?;
         let (_, total) = trainer::plan(&set, &cfg.settings);
         super::write_plan(&env.partial, total as usize)?;
-        let task = StudentTask {
-            model: &model,
-            set: &set,
-            loss: &cfg.loss,
-        };
+        let task = StudentTask::new(&model, &set, &cfg.loss)?;
         let vars = model.vs.variables().into_iter().collect();
         let checkpoints = env.partial.join("checkpoints");
         let curve = trainer::train(env, &task, vars, &set, &cfg.settings, &checkpoints)?;

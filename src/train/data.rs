@@ -27,6 +27,18 @@ pub struct QueryGroup {
     pub positive_ids: BTreeSet<String>,
 }
 
+impl QueryGroup {
+    /// The query's text, then every positive's and negative's.
+    pub fn texts(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.text.as_str()).chain(
+            self.positives
+                .iter()
+                .chain(&self.negatives)
+                .map(|d| d.text.as_str()),
+        )
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct GroupStats {
     pub queries: usize,

@@ -1,0 +1,478 @@
+//! `distill bench`: the four GPU workloads of the performance issue, run through the same
+//! code paths as the pipeline (length-sorted encoding, cross-encoder scoring, a student
+//! distillation step with our AdamW, chunked exact top-k), and, in the same invocation,
+//! the identical workloads in PyTorch + transformers (`scripts/bench_torch.py`).
+//!
+//! - W1 encode: bi-encoder forward + mean pooling + normalise, 256 passages a batch,
+//!   lengths uniform in [128, 256].
+//! - W2 score: cross-encoder forward on pairs, 256 a batch, lengths uniform in [128, 256]
+//!   (segment A 16 to 32 tokens).
+//! - W3 train: one distillation step: 64 queries (16 to 32 tokens) x (1 positive + 7
+//!   negatives, 100 to 200 tokens), margin-MSE + InfoNCE, AdamW, bf16 activations.
+//! - W4 mine: exact top-100 of 100,000 queries over 1,000,000 embeddings (dim 384).
+//!
+//! The model is the student directory (MiniLM-L6 shapes; its weights do not matter for
+//! speed); W2's classifier head is fresh. "Useful" FLOPs count the matmuls of the real,
+//! unpadded tokens only, with the formula of `bench_torch.py`.
+use crate::device::{peak_memory, reset_peak_memory};
+use crate::error::{Error, Result};
+use crate::model::tokenizer::Encoded;
+use crate::model::{BiEncoder, CrossEncoder};
+use crate::pipeline::config::LossConfig;
+use crate::rng::SplitMix64;
+use crate::stages::train::StudentTask;
+use crate::train::data::{Doc, Example, QueryGroup, TrainingSet};
+use crate::train::optimizer::{AdamW, AdamWConfig};
+use crate::train::trainer::Task;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    W1,
+    W2,
+    W3,
+    W4,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::W1 => "w1",
+            Workload::W2 => "w2",
+            Workload::W3 => "w3",
+            Workload::W4 => "w4",
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Workload::W1 => "passages/s",
+            Workload::W2 => "pairs/s",
+            Workload::W3 | Workload::W4 => "queries/s",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchSettings {
+    pub model: PathBuf,
+    pub workloads: Vec<Workload>,
+    pub device: Device,
+    /// Seconds of timed work per workload and implementation.
+    pub seconds: f64,
+    /// Shrunken shapes for a CPU smoke test.
+    pub small: bool,
+    /// Python interpreter for the PyTorch side; None runs distill only.
+    pub python: Option<PathBuf>,
+    pub script: PathBuf,
+    /// The GPU's dense bf16 peak, TFLOP/s.
+    pub peak_tflops: f64,
+    pub seed: u64,
+}
+
+/// One implementation on one workload.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Measurement {
+    pub workload: String,
+    #[serde(rename = "impl")]
+    pub implementation: String,
+    pub items: u64,
+    pub seconds: f64,
+    pub items_per_s: f64,
+    pub peak_mem_bytes: u64,
+    pub useful_tokens: u64,
+    pub useful_flops: f64,
+    #[serde(default)]
+    pub note: String,
+}
+
+/// Matmul FLOPs of one unpadded sequence of `len` tokens through `layers` BERT layers
+/// (hidden `h`, intermediate `i`): projections and FFN `2(4h^2 + 2hi)` per token, plus
+/// `QK^T` and `AV` against its own `len` keys, `4 len h` per token.
+pub fn sequence_flops(len: u64, layers: u64, h: u64, i: u64) -> f64 {
+    let per_token = 2 * (4 * h * h + 2 * h * i) + 4 * len * h;
+    (layers * len * per_token) as f64
+}
+
+/// Shapes of the workloads, full size or small.
+struct Shapes {
+    batch: usize,
+    batches: usize,
+    len: (usize, usize),
+    queries: usize,
+    query_len: (usize, usize),
+    doc_len: (usize, usize),
+    docs_per_query: usize,
+    search: (i64, i64, i64, i64),
+}
+
+impl Shapes {
+    fn new(small: bool) -> Self {
+        if small {
+            Shapes {
+                batch: 8,
+                batches: 4,
+                len: (16, 32),
+                queries: 8,
+                query_len: (8, 12),
+                doc_len: (16, 32),
+                docs_per_query: 8,
+                search: (1_000, 10_000, 256, 4_096),
+            }
+        } else {
+            Shapes {
+                batch: 256,
+                batches: 16,
+                len: (128, 256),
+                queries: 64,
+                query_len: (16, 32),
+                doc_len: (100, 200),
+                docs_per_query: 8,
+                // queries, passages, query chunk, corpus chunk
+                search: (100_000, 1_000_000, 4_096, 262_144),
+            }
+        }
+    }
+}
+
+fn uniform(rng: &mut SplitMix64, (lo, hi): (usize, usize)) -> usize {
+    lo + (rng.next_u64() % (hi - lo + 1) as u64) as usize
+}
+
+/// Random token ids ([CLS] ... [SEP]) of lengths uniform in `len`; with `pair`, the first
+/// 16 to 32 tokens are segment 0 and the rest segment 1.
+fn random_inputs(rng: &mut SplitMix64, n: usize, len: (usize, usize), pair: bool) -> Vec<Encoded> {
+    (0..n)
+        .map(|_| {
+            let l = uniform(rng, len);
+            let mut ids: Vec<i64> = (0..l)
+                .map(|_| 1000 + (rng.next_u64() % 29_000) as i64)
+                .collect();
+            ids[0] = 101;
+            ids[l - 1] = 102;
+            let a = if pair {
+                uniform(rng, (16, 32)).min(l)
+            } else {
+                l
+            };
+            if pair {
+                ids[a - 1] = 102;
+            }
+            let type_ids = (0..l).map(|j| i64::from(j >= a)).collect();
+            Encoded { ids, type_ids }
+        })
+        .collect()
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(n) = device {
+        tch::Cuda::synchronize(n as i64);
+    }
+}
+
+/// Run `unit` once to warm up, then repeatedly for `seconds`; `unit` returns (items,
+/// useful tokens, useful FLOPs) of one call.
+fn timed(
+    s: &BenchSettings,
+    w: Workload,
+    mut unit: impl FnMut() -> Result<(u64, u64, f64)>,
+) -> Result<Measurement> {
+    unit()?;
+    sync(s.device);
+    reset_peak_memory(s.device);
+    let start = Instant::now();
+    let (mut items, mut tokens, mut flops) = (0u64, 0u64, 0f64);
+    while start.elapsed().as_secs_f64() < s.seconds || items == 0 {
+        let (a, b, c) = unit()?;
+        items += a;
+        tokens += b;
+        flops += c;
+    }
+    sync(s.device);
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(Measurement {
+        workload: w.name().into(),
+        implementation: "distill".into(),
+        items,
+        seconds,
+        items_per_s: items as f64 / seconds,
+        peak_mem_bytes: peak_memory(s.device).unwrap_or(0),
+        useful_tokens: tokens,
+        useful_flops: flops,
+        note: String::new(),
+    })
+}
+
+fn flops_of(inputs: &[Encoded], mult: f64) -> (u64, f64) {
+    let tokens = inputs.iter().map(|e| e.len() as u64).sum();
+    let flops = inputs
+        .iter()
+        .map(|e| sequence_flops(e.len() as u64, 6, 384, 1536))
+        .sum::<f64>();
+    (tokens, flops * mult)
+}
+
+fn run_distill(s: &BenchSettings, w: Workload) -> Result<Measurement> {
+    let shapes = Shapes::new(s.small);
+    let mut rng = SplitMix64::for_key(s.seed, w.name());
+    tch::manual_seed(s.seed as i64);
+    let kind = if s.device.is_cuda() {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    };
+    match w {
+        Workload::W1 => {
+            let model = BiEncoder::load(&s.model, s.device, kind, Some(512))?;
+            let inputs = random_inputs(&mut rng, shapes.batch * shapes.batches, shapes.len, false);
+            let (tokens, flops) = flops_of(&inputs, 1.0);
+            timed(s, w, || {
+                let _ = model.encode_tokenized(&inputs, shapes.batch, &mut |_| {})?;
+                Ok((inputs.len() as u64, tokens, flops))
+            })
+        }
+        Workload::W2 => {
+            let model = CrossEncoder::from_encoder(&s.model, Some(512), s.device, kind)?;
+            let inputs = random_inputs(&mut rng, shapes.batch * shapes.batches, shapes.len, true);
+            let (tokens, flops) = flops_of(&inputs, 1.0);
+            timed(s, w, || {
+                model.logits_tokenized(&inputs, shapes.batch, &mut |_| {})?;
+                Ok((inputs.len() as u64, tokens, flops))
+            })
+        }
+        Workload::W3 => run_train(s, &shapes, &mut rng),
+        Workload::W4 => {
+            let (nq, nc, q_chunk, c_chunk) = shapes.search;
+            let normal = |n: i64| {
+                let t = Tensor::randn([n, 384], (Kind::Float, s.device));
+                let norm = t.norm_scalaropt_dim(2, [1].as_slice(), true);
+                (t / norm).to_kind(kind)
+            };
+            let (queries, corpus) = (normal(nq), normal(nc));
+            let mut next = 0i64;
+            timed(s, w, || {
+                let len = q_chunk.min(nq - next);
+                let q = queries.narrow(0, next, len);
+                crate::retrieval::top_k(&q, &corpus, 100, c_chunk as usize)?;
+                next = (next + len) % nq;
+                Ok((len as u64, 0, 2.0 * (len * nc * 384) as f64))
+            })
+        }
+    }
+}
+
+/// W3: the `train` stage's student step on synthetic groups of whole-word texts.
+fn run_train(s: &BenchSettings, shapes: &Shapes, rng: &mut SplitMix64) -> Result<Measurement> {
+    let mut model = BiEncoder::load(&s.model, s.device, Kind::Float, Some(512))?;
+    if s.device.is_cuda() {
+        model.bert.set_compute_kind(Kind::BFloat16);
+    }
+    let words = model.tokenizer.whole_words();
+    if words.len() < 100 {
+        return Err(Error::config(
+            &s.model,
+            "tokenizer has too few whole-word tokens",
+        ));
+    }
+    // [CLS] + words + [SEP]: a text of n words is n + 2 tokens.
+    let text = |rng: &mut SplitMix64, len: (usize, usize)| {
+        let n = uniform(rng, len) - 2;
+        (0..n)
+            .map(|_| words[(rng.next_u64() % words.len() as u64) as usize].as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let steps = 4;
+    let mut groups = Vec::new();
+    for g in 0..shapes.queries * steps {
+        let mut doc = |i: usize| Doc {
+            id: format!("d{g}-{i}"),
+            text: String::new(),
+            teacher: 0.0,
+        };
+        let mut positives = vec![doc(0)];
+        let mut negatives: Vec<Doc> = (1..shapes.docs_per_query).map(&mut doc).collect();
+        for d in positives.iter_mut().chain(negatives.iter_mut()) {
+            d.text = text(rng, shapes.doc_len);
+            d.teacher = (rng.next_u64() % 1000) as f32 / 100.0 - 5.0;
+        }
+        groups.push(QueryGroup {
+            dataset: "bench".into(),
+            query_id: format!("q{g}"),
+            text: text(rng, shapes.query_len),
+            positive_ids: [positives[0].id.clone()].into(),
+            positives,
+            negatives,
+        });
+    }
+    let set = TrainingSet {
+        groups,
+        stats: Default::default(),
+    };
+    let loss = LossConfig {
+        margin_mse: 1.0,
+        kl: 0.0,
+        infonce: 1.0,
+        student_scale: 1.0,
+        kl_student_temperature: 1.0,
+        kl_teacher_temperature: 1.0,
+        infonce_scale: 20.0,
+        exclude_false_negatives: false,
+    };
+    let task = StudentTask::new(&model, &set, &loss)?;
+    let mut opt = AdamW::new(
+        model.vs.variables().into_iter().collect(),
+        AdamWConfig::default(),
+    );
+    let flops: Vec<(u64, f64)> = set
+        .groups
+        .chunks(shapes.queries)
+        .map(|chunk| {
+            let texts: Vec<&str> = chunk.iter().flat_map(QueryGroup::texts).collect();
+            model
+                .tokenizer
+                .encode_texts(&texts)
+                .map(|e| flops_of(&e, 3.0))
+        })
+        .collect::<Result<_>>()?;
+    let mut step = 0usize;
+    timed(s, Workload::W3, || {
+        let i = step % steps;
+        let examples: Vec<Example> = (i * shapes.queries..(i + 1) * shapes.queries)
+            .map(|q| Example {
+                query: q,
+                positive: 0,
+                negatives: (0..shapes.docs_per_query - 1).collect(),
+            })
+            .collect();
+        opt.zero_grad();
+        let (loss, _) = task.loss(&examples)?;
+        loss.backward();
+        opt.clip_grad_norm(1.0);
+        opt.step(2e-5)?;
+        step += 1;
+        Ok((shapes.queries as u64, flops[i].0, flops[i].1))
+    })
+}
+
+/// The PyTorch side: `bench_torch.py` prints one JSON line.
+fn run_torch(s: &BenchSettings, python: &PathBuf, w: Workload) -> Result<Measurement> {
+    let device = if s.device.is_cuda() { "cuda" } else { "cpu" };
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(&s.script)
+        .args(["--workload", w.name(), "--device", device])
+        .args([
+            "--seconds",
+            &s.seconds.to_string(),
+            "--seed",
+            &s.seed.to_string(),
+        ]);
+    if s.small {
+        cmd.arg("--small");
+    }
+    let out = cmd.output().map_err(|e| Error::io(python, e))?;
+    if !out.status.success() {
+        return Err(Error::config(
+            &s.script,
+            format!(
+                "{} failed: {}",
+                w.name(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|source| Error::Json {
+        path: s.script.clone(),
+        source,
+    })
+}
+
+/// Run every workload with distill, then with PyTorch (when a Python is given); each
+/// measurement is passed to `report` as soon as it exists.
+pub fn run(s: &BenchSettings, report: &mut dyn FnMut(&Measurement)) -> Result<Vec<Measurement>> {
+    let mut all = Vec::new();
+    for &w in &s.workloads {
+        let m = run_distill(s, w)?;
+        report(&m);
+        all.push(m);
+        if let Some(python) = &s.python {
+            let m = run_torch(s, python, w)?;
+            report(&m);
+            all.push(m);
+        }
+    }
+    Ok(all)
+}
+
+/// The comparison table (Markdown): throughput, ratio to PyTorch, peak memory, and the
+/// share of the bf16 peak that the useful FLOPs represent.
+pub fn table(s: &BenchSettings, all: &[Measurement]) -> String {
+    let mut out = String::from(
+        "| workload | impl | throughput | distill / PyTorch | peak GPU memory (GiB) | useful TFLOP/s | share of bf16 peak |\n|---|---|---|---|---|---|---|\n",
+    );
+    for m in all {
+        let w = s
+            .workloads
+            .iter()
+            .find(|w| w.name() == m.workload)
+            .copied()
+            .unwrap_or(Workload::W1);
+        let torch = all
+            .iter()
+            .find(|o| o.workload == m.workload && o.implementation == "pytorch");
+        let ratio = match torch {
+            Some(t) if m.implementation == "distill" && t.items_per_s > 0.0 => {
+                format!("{:.2}x", m.items_per_s / t.items_per_s)
+            }
+            _ => "-".into(),
+        };
+        let tflops = m.useful_flops / m.seconds / 1e12;
+        out.push_str(&format!(
+            "| {} | {} | {:.0} {} | {} | {:.2} | {:.1} | {:.1}% |\n",
+            m.workload,
+            m.implementation,
+            m.items_per_s,
+            w.unit(),
+            ratio,
+            m.peak_mem_bytes as f64 / (1u64 << 30) as f64,
+            tflops,
+            100.0 * tflops / s.peak_tflops
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flops_formula_per_token() {
+        // One layer, one token of a sequence of length 1: projections + FFN + attention.
+        assert_eq!(sequence_flops(1, 1, 384, 1536), (3_538_944 + 1_536) as f64);
+        // Attention grows with the sequence: L tokens each attend to L keys.
+        let l = 128;
+        assert_eq!(
+            sequence_flops(l, 6, 384, 1536),
+            (6 * l * (3_538_944 + 1_536 * l)) as f64
+        );
+    }
+
+    #[test]
+    fn random_pairs_have_two_segments() {
+        let mut rng = SplitMix64::new(1);
+        for e in random_inputs(&mut rng, 20, (40, 60), true) {
+            assert!((40..=60).contains(&e.len()));
+            assert_eq!((e.ids[0], *e.ids.last().unwrap()), (101, 102));
+            let a = e.type_ids.iter().filter(|&&t| t == 0).count();
+            assert!((16..=32).contains(&a));
+            assert_eq!(e.ids[a - 1], 102);
+        }
+    }
+}
