@@ -51,7 +51,7 @@ fn torch_version() -> String {
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo::rustc-check-cfg=cfg(distill_cuda_memory)");
+    println!("cargo::rustc-check-cfg=cfg(distill_torch_extras)");
     println!(
         "cargo:rustc-env=DISTILL_LIBTORCH_VERSION={}",
         torch_version()
@@ -61,8 +61,9 @@ fn main() {
         return;
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    // The allocator statistics shim (src/cuda_memory.cpp), against libtorch's headers.
-    println!("cargo:rerun-if-changed=src/cuda_memory.cpp");
+    // libtorch functions tch does not expose (src/torch_extras.cpp), against libtorch's
+    // own headers.
+    println!("cargo:rerun-if-changed=src/torch_extras.cpp");
     let include = lib.with_file_name("include");
     cc::Build::new()
         .cpp(true)
@@ -70,11 +71,12 @@ fn main() {
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .include(&include)
         .warnings(false)
-        .file("src/cuda_memory.cpp")
-        .compile("distill_cuda_memory");
+        .file("src/torch_extras.cpp")
+        .compile("distill_torch_extras");
     println!("cargo:rustc-link-search=native={}", lib.display());
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
-    println!("cargo:rustc-cfg=distill_cuda_memory");
+    println!("cargo:rustc-cfg=distill_torch_extras");
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");

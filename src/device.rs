@@ -100,38 +100,6 @@ impl Precision {
     }
 }
 
-#[cfg(distill_cuda_memory)]
-extern "C" {
-    fn distill_cuda_peak_allocated(device: i32) -> i64;
-    fn distill_cuda_reset_peak(device: i32) -> i32;
-}
-
-/// Peak bytes allocated by libtorch's CUDA caching allocator on `device` since the last
-/// [`reset_peak_memory`] (`torch.cuda.max_memory_allocated`); None off CUDA.
-pub fn peak_memory(device: Device) -> Option<u64> {
-    match device {
-        #[cfg(distill_cuda_memory)]
-        Device::Cuda(n) => {
-            // SAFETY: plain C functions that catch every C++ exception and return -1.
-            let v = unsafe { distill_cuda_peak_allocated(n as i32) };
-            u64::try_from(v).ok()
-        }
-        _ => None,
-    }
-}
-
-/// Start a new peak-memory window on `device` (no-op off CUDA).
-pub fn reset_peak_memory(device: Device) {
-    #[cfg(distill_cuda_memory)]
-    if let Device::Cuda(n) = device {
-        // SAFETY: as in peak_memory.
-        unsafe {
-            distill_cuda_reset_peak(n as i32);
-        }
-    }
-    let _ = device;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ pub mod render;
 pub mod retrieval;
 pub mod rng;
 pub mod stages;
+pub mod torch_extras;
 pub mod train;
 
 pub use error::{Error, Result};

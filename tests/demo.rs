@@ -21,7 +21,9 @@ fn demo_pipeline_runs_every_stage_on_reduced_demo_data() {
     );
 
     // The shipped file, pointed at the reduced data, the fetched student and a temporary
-    // output root; nothing else changes.
+    // output root. One more change: a teacher trained for 4 steps on 60 queries scores
+    // every candidate alike, so the false-negative margin would flag them all and leave
+    // no negative to train on; the flags are kept out of it here.
     let shipped = std::fs::read_to_string(repo().join("pipelines/demo.toml")).unwrap();
     let student = student_dir().display().to_string();
     let text = shipped
@@ -30,6 +32,7 @@ fn demo_pipeline_runs_every_stage_on_reduced_demo_data() {
             &format!("{:?}", data.display().to_string()),
         )
         .replace("\"models/all-MiniLM-L6-v2\"", &format!("{student:?}"))
+        .replace("absolute_margin = 0.5", "")
         .replace(
             "output_root = \"checkpoints\"",
             &format!(

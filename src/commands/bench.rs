@@ -14,13 +14,13 @@
 //! The model is the student directory (MiniLM-L6 shapes; its weights do not matter for
 //! speed); W2's classifier head is fresh. "Useful" FLOPs count the matmuls of the real,
 //! unpadded tokens only, with the formula of `bench_torch.py`.
-use crate::device::{peak_memory, reset_peak_memory};
 use crate::error::{Error, Result};
 use crate::model::tokenizer::Encoded;
 use crate::model::{BiEncoder, CrossEncoder};
 use crate::pipeline::config::LossConfig;
 use crate::rng::SplitMix64;
 use crate::stages::train::StudentTask;
+use crate::torch_extras::{peak_memory, reset_peak_memory};
 use crate::train::data::{Doc, Example, QueryGroup, TrainingSet};
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::train::trainer::Task;

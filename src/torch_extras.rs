@@ -1,0 +1,270 @@
+//! Safe wrappers over `src/torch_extras.cpp`: libtorch functions that tch does not
+//! expose. Peak GPU memory of the caching allocator; the multi-tensor kernels that
+//! `torch.optim.AdamW(fused=True)` and `clip_grad_norm_(foreach=True)` use. When the
+//! build could not compile the shim (libtorch headers not found), `available()` is false
+//! and callers keep their per-tensor paths.
+use crate::error::{Error, Result};
+use tch::{Device, Tensor};
+
+#[cfg(distill_torch_extras)]
+mod ffi {
+    use std::os::raw::c_char;
+    /// tch's tensor handle (`at::Tensor*` on the C++ side).
+    pub type TensorHandle = std::ffi::c_void;
+    extern "C" {
+        pub fn distill_cuda_peak_allocated(device: i32) -> i64;
+        pub fn distill_cuda_reset_peak(device: i32) -> i32;
+        pub fn distill_fused_adamw(
+            params: *const *const TensorHandle,
+            grads: *const *const TensorHandle,
+            exp_avgs: *const *const TensorHandle,
+            exp_avg_sqs: *const *const TensorHandle,
+            steps: *const *const TensorHandle,
+            n: usize,
+            lr: f64,
+            beta1: f64,
+            beta2: f64,
+            weight_decay: f64,
+            eps: f64,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> i32;
+        pub fn distill_clip_grad_norm(
+            grads: *const *const TensorHandle,
+            n: usize,
+            max_norm: f64,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> f64;
+        pub fn distill_zero_grads(
+            grads: *const *const TensorHandle,
+            n: usize,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> i32;
+    }
+}
+
+/// Whether the shim was built into this binary.
+pub fn available() -> bool {
+    cfg!(distill_torch_extras)
+}
+
+/// Peak bytes allocated by libtorch's CUDA caching allocator on `device` since the last
+/// [`reset_peak_memory`] (`torch.cuda.max_memory_allocated`); None off CUDA.
+pub fn peak_memory(device: Device) -> Option<u64> {
+    match device {
+        #[cfg(distill_torch_extras)]
+        Device::Cuda(n) => {
+            // SAFETY: a C function that catches every C++ exception and returns -1.
+            let v = unsafe { ffi::distill_cuda_peak_allocated(n as i32) };
+            u64::try_from(v).ok()
+        }
+        _ => None,
+    }
+}
+
+/// Start a new peak-memory window on `device` (no-op off CUDA).
+pub fn reset_peak_memory(device: Device) {
+    #[cfg(distill_torch_extras)]
+    if let Device::Cuda(n) = device {
+        // SAFETY: as in peak_memory.
+        unsafe {
+            ffi::distill_cuda_reset_peak(n as i32);
+        }
+    }
+    let _ = device;
+}
+
+#[cfg(distill_torch_extras)]
+fn handles(ts: &[&Tensor]) -> Vec<*const ffi::TensorHandle> {
+    ts.iter().map(|t| t.as_ptr().cast()).collect()
+}
+
+#[cfg(distill_torch_extras)]
+fn failed(what: &str, err: &[u8]) -> Error {
+    let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+    Error::torch(
+        what,
+        tch::TchError::Torch(String::from_utf8_lossy(&err[..end]).into_owned()),
+    )
+}
+
+/// One fused AdamW update of `params` (all on one device, fp32), as
+/// `torch.optim.AdamW(fused=True)`; `steps` hold the step number after this update.
+#[allow(clippy::too_many_arguments)]
+pub fn fused_adamw(
+    params: &[&Tensor],
+    grads: &[&Tensor],
+    exp_avgs: &[&Tensor],
+    exp_avg_sqs: &[&Tensor],
+    steps: &[&Tensor],
+    lr: f64,
+    (beta1, beta2, weight_decay, eps): (f64, f64, f64, f64),
+) -> Result<()> {
+    let n = params.len();
+    let same = [grads.len(), exp_avgs.len(), exp_avg_sqs.len(), steps.len()];
+    if same.iter().any(|&m| m != n) {
+        return Err(Error::torch(
+            "fused AdamW",
+            tch::TchError::Shape("tensor lists of different lengths".into()),
+        ));
+    }
+    #[cfg(distill_torch_extras)]
+    {
+        let mut err = vec![0u8; 1024];
+        let (p, g, m, v, s) = (
+            handles(params),
+            handles(grads),
+            handles(exp_avgs),
+            handles(exp_avg_sqs),
+            handles(steps),
+        );
+        // SAFETY: the handles point to live tensors for the duration of the call; the
+        // function catches C++ exceptions.
+        let rc = unsafe {
+            ffi::distill_fused_adamw(
+                p.as_ptr(),
+                g.as_ptr(),
+                m.as_ptr(),
+                v.as_ptr(),
+                s.as_ptr(),
+                n,
+                lr,
+                beta1,
+                beta2,
+                weight_decay,
+                eps,
+                err.as_mut_ptr().cast(),
+                err.len(),
+            )
+        };
+        if rc != 0 {
+            return Err(failed("fused AdamW", &err));
+        }
+        Ok(())
+    }
+    #[cfg(not(distill_torch_extras))]
+    {
+        let _ = (lr, beta1, beta2, weight_decay, eps);
+        Err(Error::torch(
+            "fused AdamW",
+            tch::TchError::Torch("not built into this binary".into()),
+        ))
+    }
+}
+
+/// Global L2 norm of `grads` (fp32) and, above `max_norm` (> 0), the gradients scaled in
+/// place to it, with the multi-tensor kernels; returns the norm before clipping.
+pub fn clip_grad_norm(grads: &[&Tensor], max_norm: f64) -> Result<f64> {
+    #[cfg(distill_torch_extras)]
+    {
+        let mut err = vec![0u8; 1024];
+        let g = handles(grads);
+        // SAFETY: as in fused_adamw.
+        let norm = unsafe {
+            ffi::distill_clip_grad_norm(
+                g.as_ptr(),
+                g.len(),
+                max_norm,
+                err.as_mut_ptr().cast(),
+                err.len(),
+            )
+        };
+        if norm < 0.0 {
+            return Err(failed("gradient clipping", &err));
+        }
+        Ok(norm)
+    }
+    #[cfg(not(distill_torch_extras))]
+    {
+        let _ = (grads, max_norm);
+        Err(Error::torch(
+            "gradient clipping",
+            tch::TchError::Torch("not built into this binary".into()),
+        ))
+    }
+}
+
+/// Zero `grads` in place with one multi-tensor launch.
+pub fn zero_grads(grads: &[&Tensor]) -> Result<()> {
+    #[cfg(distill_torch_extras)]
+    {
+        let mut err = vec![0u8; 1024];
+        let g = handles(grads);
+        // SAFETY: as in fused_adamw.
+        let rc = unsafe {
+            ffi::distill_zero_grads(g.as_ptr(), g.len(), err.as_mut_ptr().cast(), err.len())
+        };
+        if rc != 0 {
+            return Err(failed("zeroing gradients", &err));
+        }
+        Ok(())
+    }
+    #[cfg(not(distill_torch_extras))]
+    {
+        let _ = grads;
+        Err(Error::torch(
+            "zeroing gradients",
+            tch::TchError::Torch("not built into this binary".into()),
+        ))
+    }
+}
+
+#[cfg(all(test, distill_torch_extras))]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    #[test]
+    fn foreach_clip_matches_the_per_tensor_norm() {
+        let a = Tensor::from_slice(&[3.0f32, 0.0]);
+        let b = Tensor::from_slice(&[0.0f32, 4.0]);
+        let norm = clip_grad_norm(&[&a, &b], 1.0).unwrap();
+        assert!((norm - 5.0).abs() < 1e-6);
+        let a = Vec::<f32>::try_from(&a).unwrap();
+        assert!((a[0] - 0.6).abs() < 1e-5);
+        zero_grads(&[&b]).unwrap();
+        assert_eq!(b.abs().sum(Kind::Float).double_value(&[]), 0.0);
+    }
+
+    #[test]
+    fn fused_adamw_matches_our_per_tensor_update() {
+        // Same start, same gradient, two steps: the fused kernel (on the CPU here) and
+        // the per-tensor update of train::optimizer agree.
+        use crate::train::optimizer::{AdamW, AdamWConfig};
+        let start = [0.5f32, -1.0, 2.0];
+        let grad = [0.1f32, -0.3, 0.7];
+        let p = Tensor::from_slice(&start).set_requires_grad(true);
+        let mut opt = AdamW::new(
+            [("w".to_string(), p.shallow_clone())].into(),
+            AdamWConfig::default(),
+        );
+        let q = Tensor::from_slice(&start);
+        let (m, v) = (q.zeros_like(), q.zeros_like());
+        for step in 1..=2 {
+            (&p * Tensor::from_slice(&grad)).sum(Kind::Float).backward();
+            opt.step(1e-2).unwrap();
+            opt.zero_grad();
+            let g = Tensor::from_slice(&grad);
+            let s = Tensor::from(step as f32);
+            fused_adamw(
+                &[&q],
+                &[&g],
+                &[&m],
+                &[&v],
+                &[&s],
+                1e-2,
+                (0.9, 0.999, 0.01, 1e-8),
+            )
+            .unwrap();
+        }
+        let (a, b) = (
+            Vec::<f32>::try_from(&p.detach()).unwrap(),
+            Vec::<f32>::try_from(&q).unwrap(),
+        );
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-6, "{a:?} vs {b:?}");
+        }
+    }
+}
