@@ -26,7 +26,18 @@ fn long_version() -> &'static str {
 
 /// Distil a cross-encoder reranker (teacher) into a bi-encoder retriever (student).
 #[derive(Parser, Debug)]
-#[command(name = "distill", version, long_version = long_version())]
+#[command(
+    name = "distill",
+    version,
+    long_version = long_version(),
+    after_help = "Examples:\n  \
+    distill run pipelines/demo.toml                                the demo (what `make demo` runs)\n  \
+    distill run pipelines/nightly.toml --name nightly-$(date +%F)  one run directory per night\n  \
+    distill status pipelines/nightly.toml                          what is done, stale or pending\n  \
+    distill report checkpoints --threshold 0.005                   trend over runs; exit 3 on a regression\n\n\
+    `distill <command> --help` shows every option with its default. Errors print no backtrace\n\
+    unless -v or RUST_BACKTRACE=1 is given."
+)]
 struct Cli {
     /// Print only errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
