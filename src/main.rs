@@ -138,7 +138,7 @@ struct BenchArgs {
 struct ReportArgs {
     /// Run directories (<output_root>/<name>) or folders of them; quoted globs work too.
     #[arg(required = true, value_name = "RUN_DIR")]
-    runs: Vec<String>,
+    runs: Vec<PathBuf>,
     /// Folder for trend.html and trend.md.
     #[arg(long, short, default_value = "trend")]
     output: PathBuf,
@@ -159,57 +159,6 @@ struct ReportArgs {
 
 /// Exit code of `distill report` when the newest run regressed.
 const EXIT_REGRESSION: u8 = 3;
-
-/// Expand quoted glob patterns (`*`, `?` in the last component) that the shell left.
-fn expand_globs(args: &[String]) -> anyhow::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for a in args {
-        let path = PathBuf::from(a);
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        match name {
-            Some(pattern) if !path.exists() && pattern.contains(['*', '?']) => {
-                let parent = match path.parent() {
-                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                    _ => PathBuf::from("."),
-                };
-                let mut found: Vec<PathBuf> = std::fs::read_dir(&parent)
-                    .with_context(|| format!("reading {}", parent.display()))?
-                    .filter_map(|e| e.ok())
-                    .filter(|e| wildcard(&pattern, &e.file_name().to_string_lossy()))
-                    .map(|e| e.path())
-                    .collect();
-                anyhow::ensure!(!found.is_empty(), "{a}: no directory matches");
-                found.sort();
-                out.extend(found);
-            }
-            _ => out.push(path),
-        }
-    }
-    Ok(out)
-}
-
-/// Shell wildcard match: `*` any run of characters, `?` one character.
-fn wildcard(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
-    while j < n.len() {
-        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
-            i += 1;
-            j += 1;
-        } else if i < p.len() && p[i] == '*' {
-            star = Some(i);
-            mark = j;
-            i += 1;
-        } else if let Some(s) = star {
-            i = s + 1;
-            mark += 1;
-            j = mark;
-        } else {
-            return false;
-        }
-    }
-    p[i..].iter().all(|&c| c == '*')
-}
 
 #[derive(Args, Debug)]
 struct PipelineArg {
@@ -393,7 +342,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Report(a) => {
             let settings = TrendSettings {
-                runs: expand_globs(&a.runs)?,
+                runs: a.runs,
                 output: a.output,
                 metrics: a.metrics,
                 threshold: a.threshold,

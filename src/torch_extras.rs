@@ -76,6 +76,14 @@ pub fn reset_peak_memory(device: Device) {
     let _ = device;
 }
 
+#[cfg(not(distill_torch_extras))]
+fn unavailable(what: &str) -> Error {
+    Error::torch(
+        what,
+        tch::TchError::Torch("not built into this binary".into()),
+    )
+}
+
 #[cfg(distill_torch_extras)]
 fn handles(ts: &[&Tensor]) -> Vec<*const ffi::TensorHandle> {
     ts.iter().map(|t| t.as_ptr().cast()).collect()
@@ -147,10 +155,7 @@ pub fn fused_adamw(
     #[cfg(not(distill_torch_extras))]
     {
         let _ = (lr, beta1, beta2, weight_decay, eps);
-        Err(Error::torch(
-            "fused AdamW",
-            tch::TchError::Torch("not built into this binary".into()),
-        ))
+        Err(unavailable("fused AdamW"))
     }
 }
 
@@ -179,10 +184,7 @@ pub fn clip_grad_norm(grads: &[&Tensor], max_norm: f64) -> Result<f64> {
     #[cfg(not(distill_torch_extras))]
     {
         let _ = (grads, max_norm);
-        Err(Error::torch(
-            "gradient clipping",
-            tch::TchError::Torch("not built into this binary".into()),
-        ))
+        Err(unavailable("gradient clipping"))
     }
 }
 
@@ -204,10 +206,7 @@ pub fn zero_grads(grads: &[&Tensor]) -> Result<()> {
     #[cfg(not(distill_torch_extras))]
     {
         let _ = grads;
-        Err(Error::torch(
-            "zeroing gradients",
-            tch::TchError::Torch("not built into this binary".into()),
-        ))
+        Err(unavailable("zeroing gradients"))
     }
 }
 

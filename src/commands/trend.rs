@@ -100,10 +100,67 @@ fn is_run(dir: &Path) -> bool {
     dir.join("eval").is_dir() || dir.join("mine").is_dir() || dir.join("train").is_dir()
 }
 
-/// The run directories named: a folder that is not a run is taken as a folder of runs.
+/// Shell wildcard match: `*` any run of characters, `?` one character.
+fn wildcard(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
+    while j < n.len() {
+        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == '*' {
+            star = Some(i);
+            mark = j;
+            i += 1;
+        } else if let Some(s) = star {
+            i = s + 1;
+            mark += 1;
+            j = mark;
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|&c| c == '*')
+}
+
+/// A path whose last component is a pattern (`*`, `?`) that the shell left unexpanded
+/// (quoted, or from a systemd unit): the matching entries of its folder, sorted.
+fn glob(path: &Path) -> Result<Option<Vec<PathBuf>>> {
+    let Some(pattern) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Ok(None);
+    };
+    if path.exists() || !pattern.contains(['*', '?']) {
+        return Ok(None);
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&parent)
+        .map_err(|e| Error::io(&parent, e))?
+        .filter_map(|e| e.ok())
+        .filter(|e| wildcard(&pattern, &e.file_name().to_string_lossy()))
+        .map(|e| e.path())
+        .collect();
+    if found.is_empty() {
+        return Err(Error::config(path, "no directory matches"));
+    }
+    found.sort();
+    Ok(Some(found))
+}
+
+/// The run directories named: patterns are expanded, and a folder that is not a run is
+/// taken as a folder of runs.
 fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
+    let mut named = Vec::new();
     for p in paths {
+        match glob(p)? {
+            Some(found) => named.extend(found),
+            None => named.push(p.clone()),
+        }
+    }
+    let mut out = Vec::new();
+    for p in &named {
         if !p.is_dir() {
             return Err(Error::config(
                 p,
@@ -443,6 +500,16 @@ mod tests {
         ];
         assert!(regressions_at(&slide, 2, &m, 0.01, Against::Previous).is_empty());
         assert_eq!(regressions_at(&slide, 2, &m, 0.01, Against::Best).len(), 1);
+    }
+
+    #[test]
+    fn wildcards_match_like_the_shell() {
+        assert!(wildcard("nightly-*", "nightly-2026-11-22"));
+        assert!(wildcard("night-?", "night-3"));
+        assert!(!wildcard("night-?", "night-10"));
+        assert!(wildcard("*", ""));
+        assert!(!wildcard("nightly-*", "cache"));
+        assert!(wildcard("a*b*c", "axxbyyc"));
     }
 
     #[test]
