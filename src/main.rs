@@ -132,6 +132,14 @@ struct BenchArgs {
     /// Also write every measurement as JSON lines here.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Write Kineto (Chrome) traces of 3 units of each workload, both implementations,
+    /// into this folder; `scripts/profile_summary.py` compares them.
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Run CUDA batches padded through scaled_dot_product_attention, as transformers
+    /// does, instead of packed with variable-length flash attention.
+    #[arg(long)]
+    padded: bool,
 }
 
 #[derive(Args, Debug)]
@@ -317,7 +325,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 script: a.script,
                 peak_tflops: a.peak_tflops,
                 seed: a.seed,
+                profile: a.profile,
+                packed: !a.padded,
             };
+            if let Some(dir) = &settings.profile {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
             let mut lines = String::new();
             let all = bench::run(&settings, &mut |m| {
                 if verbosity > Verbosity::Quiet {
@@ -339,6 +353,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!("{}", distill::runtime_description());
             print!("{}", bench::table(&settings, &all));
+            for m in all.iter().filter(|m| m.implementation == "distill" && !m.note.is_empty()) {
+                println!("{} distill: {}", m.workload, m.note);
+            }
         }
         Command::Report(a) => {
             let settings = TrendSettings {

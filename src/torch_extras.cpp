@@ -8,16 +8,26 @@
 // - The multi-tensor ("foreach" / fused) optimizer kernels that `torch.optim.AdamW(fused=True)`
 //   and `clip_grad_norm_(foreach=True)` use: one launch for all parameters instead of one
 //   per parameter and operation.
+// - Variable-length (packed, unpadded) flash attention, `_flash_attention_forward` with
+//   cumulative sequence lengths, as flash-attn's `flash_attn_varlen_func`; differentiable
+//   through the dispatcher's autograd.
+// - The Kineto profiler (`torch.profiler`), for `distill bench --profile`: a Chrome trace
+//   of the operators and CUDA kernels, comparable with the one `bench_torch.py` writes.
 #include <ATen/core/Tensor.h>
+#include <ATen/Context.h>
+#include <ATen/ops/_flash_attention_forward.h>
 #include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/_foreach_norm.h>
 #include <ATen/ops/_foreach_zero.h>
 #include <ATen/ops/_fused_adamw.h>
 #include <ATen/ops/stack.h>
 #include <c10/core/CachingDeviceAllocator.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <set>
+#include <string>
 #include <vector>
 
 namespace {
@@ -73,23 +83,26 @@ extern "C" int distill_fused_adamw(at::Tensor** params, at::Tensor** grads, at::
   }
 }
 
-// The global L2 norm of n gradients (as clip_grad_norm_ computes it, in fp32), and, when
-// `max_norm` > 0 and the norm exceeds it, the gradients scaled in place to that norm.
-// Returns the norm before clipping, or -1 on an error.
-extern "C" double distill_clip_grad_norm(at::Tensor** grads, size_t n, double max_norm,
-                                         char* err, size_t err_len) {
+// The global L2 norm of n gradients (fp32, as clip_grad_norm_ computes it) as a new 0-dim
+// tensor on their device, and, when `max_norm` > 0, the gradients scaled in place by
+// min(1, max_norm / (norm + 1e-6)), computed on the device: nothing waits for the GPU.
+// Returns nullptr on an error.
+extern "C" at::Tensor* distill_clip_grad_norm(at::Tensor** grads, size_t n, double max_norm,
+                                              char* err, size_t err_len) {
   try {
     auto g = gather(grads, n);
     auto norms = at::_foreach_norm(g, 2, at::kFloat);
-    double total = at::stack(norms).norm().item<double>();
+    auto total = at::stack(norms).norm();
     if (max_norm > 0) {
-      double coef = max_norm / (total + 1e-6);
-      if (coef < 1.0) at::_foreach_mul_(g, coef);
+      // As clip_grad_norm_: max_norm / (total + 1e-6), which Python computes as
+      // reciprocal() * max_norm, clamped to 1.
+      auto coef = total.add(1e-6).reciprocal().mul(max_norm).clamp_max(1.0);
+      at::_foreach_mul_(g, coef);
     }
-    return total;
+    return new at::Tensor(total);
   } catch (const std::exception& e) {
     report(e, err, err_len);
-    return -1;
+    return nullptr;
   }
 }
 
@@ -100,6 +113,68 @@ extern "C" int distill_zero_grads(at::Tensor** grads, size_t n, char* err, size_
     return 0;
   } catch (const std::exception& e) {
     report(e, err, err_len);
+    return -1;
+  }
+}
+
+namespace {
+std::set<torch::profiler::impl::ActivityType> activities(bool cuda) {
+  std::set<torch::profiler::impl::ActivityType> a{torch::profiler::impl::ActivityType::CPU};
+  if (cuda) a.insert(torch::profiler::impl::ActivityType::CUDA);
+  return a;
+}
+torch::profiler::impl::ProfilerConfig profiler_config() {
+  return torch::profiler::impl::ProfilerConfig(torch::profiler::impl::ProfilerState::KINETO);
+}
+}  // namespace
+
+// Start the Kineto profiler (CPU operators, and CUDA kernels when `cuda`).
+extern "C" int distill_profiler_start(int cuda, char* err, size_t err_len) {
+  try {
+    auto a = activities(cuda != 0);
+    torch::autograd::profiler::prepareProfiler(profiler_config(), a);
+    torch::autograd::profiler::enableProfiler(profiler_config(), a);
+    return 0;
+  } catch (const std::exception& e) {
+    report(e, err, err_len);
+    return -1;
+  }
+}
+
+// Stop the profiler and write its Chrome trace (JSON) to `path`.
+extern "C" int distill_profiler_stop(const char* path, char* err, size_t err_len) {
+  try {
+    torch::autograd::profiler::disableProfiler()->save(path);
+    return 0;
+  } catch (const std::exception& e) {
+    report(e, err, err_len);
+    return -1;
+  }
+}
+
+// Flash attention over packed sequences: q, k, v `[tokens, heads, head_dim]` (bf16/fp16,
+// CUDA), `cu_seqlens` int32 `[sequences + 1]` (offsets of each sequence), `max_len` the
+// longest sequence. Returns a new `[tokens, heads, head_dim]` tensor, or nullptr on an
+// error. Autograd records the op when the inputs require gradients.
+extern "C" at::Tensor* distill_varlen_attention(at::Tensor* q, at::Tensor* k, at::Tensor* v,
+                                                at::Tensor* cu_seqlens, int64_t max_len,
+                                                double dropout, char* err, size_t err_len) {
+  try {
+    auto r = at::_flash_attention_forward(*q, *k, *v, *cu_seqlens, *cu_seqlens, max_len, max_len,
+                                          dropout, false, false);
+    return new at::Tensor(std::get<0>(r));
+  } catch (const std::exception& e) {
+    report(e, err, err_len);
+    return nullptr;
+  }
+}
+
+// Let scaled_dot_product_attention choose cuDNN's kernels (PyTorch's default) or not.
+extern "C" int distill_sdpa_use_cudnn(int enable) {
+  try {
+    at::globalContext().setSDPUseCuDNN(enable != 0);
+    return 0;
+  } catch (...) {
     return -1;
   }
 }

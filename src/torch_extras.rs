@@ -35,13 +35,27 @@ mod ffi {
             max_norm: f64,
             err: *mut c_char,
             err_len: usize,
-        ) -> f64;
+        ) -> *mut TensorHandle;
         pub fn distill_zero_grads(
             grads: *const *const TensorHandle,
             n: usize,
             err: *mut c_char,
             err_len: usize,
         ) -> i32;
+        pub fn distill_varlen_attention(
+            q: *const TensorHandle,
+            k: *const TensorHandle,
+            v: *const TensorHandle,
+            cu_seqlens: *const TensorHandle,
+            max_len: i64,
+            dropout: f64,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> *mut TensorHandle;
+        pub fn distill_sdpa_use_cudnn(enable: i32) -> i32;
+        pub fn distill_profiler_start(cuda: i32, err: *mut c_char, err_len: usize) -> i32;
+        pub fn distill_profiler_stop(path: *const c_char, err: *mut c_char, err_len: usize)
+            -> i32;
     }
 }
 
@@ -159,14 +173,16 @@ pub fn fused_adamw(
     }
 }
 
-/// Global L2 norm of `grads` (fp32) and, above `max_norm` (> 0), the gradients scaled in
-/// place to it, with the multi-tensor kernels; returns the norm before clipping.
-pub fn clip_grad_norm(grads: &[&Tensor], max_norm: f64) -> Result<f64> {
+/// Global L2 norm of `grads` (fp32, a 0-dim tensor on their device) and, with
+/// `max_norm` > 0, the gradients scaled in place by `min(1, max_norm / (norm + 1e-6))`,
+/// with the multi-tensor kernels and without waiting for the device.
+pub fn clip_grad_norm(grads: &[&Tensor], max_norm: f64) -> Result<Tensor> {
     #[cfg(distill_torch_extras)]
     {
         let mut err = vec![0u8; 1024];
         let g = handles(grads);
-        // SAFETY: as in fused_adamw.
+        // SAFETY: as in fused_adamw; a non-null result is a fresh `at::Tensor*` that the
+        // returned Tensor owns and frees.
         let norm = unsafe {
             ffi::distill_clip_grad_norm(
                 g.as_ptr(),
@@ -176,10 +192,11 @@ pub fn clip_grad_norm(grads: &[&Tensor], max_norm: f64) -> Result<f64> {
                 err.len(),
             )
         };
-        if norm < 0.0 {
+        if norm.is_null() {
             return Err(failed("gradient clipping", &err));
         }
-        Ok(norm)
+        // SAFETY: see above.
+        Ok(unsafe { Tensor::from_ptr(norm.cast()) })
     }
     #[cfg(not(distill_torch_extras))]
     {
@@ -210,6 +227,104 @@ pub fn zero_grads(grads: &[&Tensor]) -> Result<()> {
     }
 }
 
+/// Flash attention over packed sequences (`flash_attn_varlen_func`): `q`, `k`, `v`
+/// `[tokens, heads, head_dim]` in bf16 or fp16 on CUDA, `cu_seqlens` int32 offsets
+/// `[sequences + 1]`, `max_len` the longest sequence; `[tokens, heads, head_dim]` out,
+/// differentiable.
+pub fn varlen_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_seqlens: &Tensor,
+    max_len: i64,
+    dropout: f64,
+) -> Result<Tensor> {
+    #[cfg(distill_torch_extras)]
+    {
+        let mut err = vec![0u8; 1024];
+        let h = handles(&[q, k, v, cu_seqlens]);
+        // SAFETY: the handles point to live tensors for the duration of the call; a
+        // non-null result is a fresh `at::Tensor*` that the returned Tensor owns.
+        let out = unsafe {
+            ffi::distill_varlen_attention(
+                h[0],
+                h[1],
+                h[2],
+                h[3],
+                max_len,
+                dropout,
+                err.as_mut_ptr().cast(),
+                err.len(),
+            )
+        };
+        if out.is_null() {
+            return Err(failed("variable-length attention", &err));
+        }
+        // SAFETY: see above.
+        Ok(unsafe { Tensor::from_ptr(out.cast()) })
+    }
+    #[cfg(not(distill_torch_extras))]
+    {
+        let _ = (q, k, v, cu_seqlens, max_len, dropout);
+        Err(unavailable("variable-length attention"))
+    }
+}
+
+/// Whether `scaled_dot_product_attention` may use cuDNN's kernels (PyTorch's default).
+pub fn sdpa_use_cudnn(enable: bool) {
+    #[cfg(distill_torch_extras)]
+    // SAFETY: a C function that catches every C++ exception.
+    unsafe {
+        ffi::distill_sdpa_use_cudnn(i32::from(enable));
+    }
+    let _ = enable;
+}
+
+/// Start libtorch's Kineto profiler (`torch.profiler`): CPU operators, and CUDA kernels
+/// when `cuda`. [`profiler_stop`] writes the trace.
+pub fn profiler_start(cuda: bool) -> Result<()> {
+    #[cfg(distill_torch_extras)]
+    {
+        let mut err = vec![0u8; 1024];
+        // SAFETY: a C function that catches every C++ exception.
+        let rc = unsafe {
+            ffi::distill_profiler_start(i32::from(cuda), err.as_mut_ptr().cast(), err.len())
+        };
+        if rc != 0 {
+            return Err(failed("starting the profiler", &err));
+        }
+        Ok(())
+    }
+    #[cfg(not(distill_torch_extras))]
+    {
+        let _ = cuda;
+        Err(unavailable("the profiler"))
+    }
+}
+
+/// Stop the profiler started by [`profiler_start`] and write its Chrome trace (JSON).
+pub fn profiler_stop(path: &std::path::Path) -> Result<()> {
+    #[cfg(distill_torch_extras)]
+    {
+        let mut err = vec![0u8; 1024];
+        let c = std::ffi::CString::new(path.to_string_lossy().as_bytes())
+            .map_err(|_| Error::config(path, "path holds a NUL byte"))?;
+        // SAFETY: `c` outlives the call; the function catches C++ exceptions.
+        let rc = unsafe {
+            ffi::distill_profiler_stop(c.as_ptr(), err.as_mut_ptr().cast(), err.len())
+        };
+        if rc != 0 {
+            return Err(failed("writing the profile", &err));
+        }
+        Ok(())
+    }
+    #[cfg(not(distill_torch_extras))]
+    {
+        let _ = path;
+        Err(unavailable("the profiler"))
+    }
+}
+
 #[cfg(all(test, distill_torch_extras))]
 mod tests {
     use super::*;
@@ -219,7 +334,7 @@ mod tests {
     fn foreach_clip_matches_the_per_tensor_norm() {
         let a = Tensor::from_slice(&[3.0f32, 0.0]);
         let b = Tensor::from_slice(&[0.0f32, 4.0]);
-        let norm = clip_grad_norm(&[&a, &b], 1.0).unwrap();
+        let norm = clip_grad_norm(&[&a, &b], 1.0).unwrap().double_value(&[]);
         assert!((norm - 5.0).abs() < 1e-6);
         let a = Vec::<f32>::try_from(&a).unwrap();
         assert!((a[0] - 0.6).abs() < 1e-5);

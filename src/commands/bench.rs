@@ -72,6 +72,11 @@ pub struct BenchSettings {
     /// The GPU's dense bf16 peak, TFLOP/s.
     pub peak_tflops: f64,
     pub seed: u64,
+    /// Write a Kineto trace of a few units of each workload and implementation here
+    /// (`<w>-distill.json`, `<w>-pytorch.json`).
+    pub profile: Option<PathBuf>,
+    /// CUDA batches packed with variable-length flash attention (the default), or padded.
+    pub packed: bool,
 }
 
 /// One implementation on one workload.
@@ -174,14 +179,18 @@ fn sync(device: Device) {
     }
 }
 
-/// Run `unit` once to warm up, then repeatedly for `seconds`; `unit` returns (items,
-/// useful tokens, useful FLOPs) of one call.
+/// Run `unit` `warmup` times (once per distinct input, so that shape-specific kernel
+/// plans are built before the clock starts, as `bench_torch.py` does), then repeatedly
+/// for `seconds`; `unit` returns (items, useful tokens, useful FLOPs) of one call.
 fn timed(
     s: &BenchSettings,
     w: Workload,
+    warmup: usize,
     mut unit: impl FnMut() -> Result<(u64, u64, f64)>,
 ) -> Result<Measurement> {
-    unit()?;
+    for _ in 0..warmup.max(1) {
+        unit()?;
+    }
     sync(s.device);
     reset_peak_memory(s.device);
     let start = Instant::now();
@@ -194,13 +203,22 @@ fn timed(
     }
     sync(s.device);
     let seconds = start.elapsed().as_secs_f64();
+    let peak_mem_bytes = peak_memory(s.device).unwrap_or(0);
+    if let Some(dir) = &s.profile {
+        crate::torch_extras::profiler_start(s.device.is_cuda())?;
+        for _ in 0..3 {
+            unit()?;
+        }
+        sync(s.device);
+        crate::torch_extras::profiler_stop(&dir.join(format!("{}-distill.json", w.name())))?;
+    }
     Ok(Measurement {
         workload: w.name().into(),
         implementation: "distill".into(),
         items,
         seconds,
         items_per_s: items as f64 / seconds,
-        peak_mem_bytes: peak_memory(s.device).unwrap_or(0),
+        peak_mem_bytes,
         useful_tokens: tokens,
         useful_flops: flops,
         note: String::new(),
@@ -230,19 +248,29 @@ fn run_distill(s: &BenchSettings, w: Workload) -> Result<Measurement> {
             let model = BiEncoder::load(&s.model, s.device, kind, Some(512))?;
             let inputs = random_inputs(&mut rng, shapes.batch * shapes.batches, shapes.len, false);
             let (tokens, flops) = flops_of(&inputs, 1.0);
-            timed(s, w, || {
+            let check = packed_vs_padded(s, &inputs[..shapes.batch], |e| {
+                model.encode_tokenized(e, shapes.batch, &mut |_| {})
+            })?;
+            let mut m = timed(s, w, 1, || {
                 let _ = model.encode_tokenized(&inputs, shapes.batch, &mut |_| {})?;
                 Ok((inputs.len() as u64, tokens, flops))
-            })
+            })?;
+            m.note = check;
+            Ok(m)
         }
         Workload::W2 => {
             let model = CrossEncoder::from_encoder(&s.model, Some(512), s.device, kind)?;
             let inputs = random_inputs(&mut rng, shapes.batch * shapes.batches, shapes.len, true);
             let (tokens, flops) = flops_of(&inputs, 1.0);
-            timed(s, w, || {
+            let check = packed_vs_padded(s, &inputs[..shapes.batch], |e| {
+                Ok(Tensor::from_slice(&model.logits_tokenized(e, shapes.batch, &mut |_| {})?))
+            })?;
+            let mut m = timed(s, w, 1, || {
                 model.logits_tokenized(&inputs, shapes.batch, &mut |_| {})?;
                 Ok((inputs.len() as u64, tokens, flops))
-            })
+            })?;
+            m.note = check;
+            Ok(m)
         }
         Workload::W3 => run_train(s, &shapes, &mut rng),
         Workload::W4 => {
@@ -254,7 +282,7 @@ fn run_distill(s: &BenchSettings, w: Workload) -> Result<Measurement> {
             };
             let (queries, corpus) = (normal(nq), normal(nc));
             let mut next = 0i64;
-            timed(s, w, || {
+            timed(s, w, ((nq + q_chunk - 1) / q_chunk) as usize, || {
                 let len = q_chunk.min(nq - next);
                 let q = queries.narrow(0, next, len);
                 crate::retrieval::top_k(&q, &corpus, 100, c_chunk as usize)?;
@@ -263,6 +291,26 @@ fn run_distill(s: &BenchSettings, w: Workload) -> Result<Measurement> {
             })
         }
     }
+}
+
+/// On CUDA, the largest difference between the packed path's outputs and the padded
+/// path's on `inputs` (a note for the table); empty elsewhere.
+fn packed_vs_padded(
+    s: &BenchSettings,
+    inputs: &[Encoded],
+    run: impl Fn(&[Encoded]) -> Result<Tensor>,
+) -> Result<String> {
+    if !s.device.is_cuda() {
+        return Ok(String::new());
+    }
+    crate::model::bert::set_packed_attention(false);
+    let padded = run(inputs);
+    crate::model::bert::set_packed_attention(true);
+    let packed = run(inputs);
+    crate::model::bert::set_packed_attention(s.packed);
+    let (packed, padded) = (packed?, padded?);
+    let diff = (packed - padded).abs().max().double_value(&[]);
+    Ok(format!("packed vs padded outputs: max |diff| {diff:.2e}"))
 }
 
 /// W3: the `train` stage's student step on synthetic groups of whole-word texts.
@@ -340,7 +388,7 @@ fn run_train(s: &BenchSettings, shapes: &Shapes, rng: &mut SplitMix64) -> Result
         })
         .collect::<Result<_>>()?;
     let mut step = 0usize;
-    timed(s, Workload::W3, || {
+    timed(s, Workload::W3, steps, || {
         let i = step % steps;
         let examples: Vec<Example> = (i * shapes.queries..(i + 1) * shapes.queries)
             .map(|q| Example {
@@ -352,7 +400,7 @@ fn run_train(s: &BenchSettings, shapes: &Shapes, rng: &mut SplitMix64) -> Result
         opt.zero_grad();
         let (loss, _) = task.loss(&examples)?;
         loss.backward();
-        opt.clip_grad_norm(1.0);
+        let _ = opt.clip_grad_norm(1.0);
         opt.step(2e-5)?;
         step += 1;
         Ok((shapes.queries as u64, flops[i].0, flops[i].1))
@@ -373,6 +421,10 @@ fn run_torch(s: &BenchSettings, python: &PathBuf, w: Workload) -> Result<Measure
         ]);
     if s.small {
         cmd.arg("--small");
+    }
+    if let Some(dir) = &s.profile {
+        cmd.arg("--profile")
+            .arg(dir.join(format!("{}-pytorch.json", w.name())));
     }
     let out = cmd.output().map_err(|e| Error::io(python, e))?;
     if !out.status.success() {
@@ -396,6 +448,7 @@ fn run_torch(s: &BenchSettings, python: &PathBuf, w: Workload) -> Result<Measure
 /// Run every workload with distill, then with PyTorch (when a Python is given); each
 /// measurement is passed to `report` as soon as it exists.
 pub fn run(s: &BenchSettings, report: &mut dyn FnMut(&Measurement)) -> Result<Vec<Measurement>> {
+    crate::model::bert::set_packed_attention(s.packed);
     let mut all = Vec::new();
     for &w in &s.workloads {
         let m = run_distill(s, w)?;

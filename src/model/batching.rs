@@ -1,4 +1,18 @@
 //! Length-sorted batching: inputs of similar length share a batch, so padding is small.
+//! And [`upload`]: host tensors to the device without waiting for it.
+use tch::{Device, Tensor};
+
+/// Copy a CPU tensor to `device`. On CUDA it goes through pinned (page-locked) memory
+/// with a non-blocking copy: a copy from ordinary memory makes the host wait until the
+/// GPU has finished everything queued before it.
+pub fn upload(host: &Tensor, device: Device) -> Tensor {
+    if device.is_cuda() {
+        host.pin_memory(device)
+            .to_device_(device, host.kind(), true, false)
+    } else {
+        host.to_device(device)
+    }
+}
 
 /// Split indices `0..lengths.len()` into batches of at most `batch_size` items, longest
 /// first. With `max_tokens`, a batch also stops growing once `rows x longest` would

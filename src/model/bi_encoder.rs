@@ -6,7 +6,7 @@ use crate::model::config::{
     BertConfig, ModuleEntry, PoolingConfig, SentenceBertConfig, TokenizerConfig,
 };
 use crate::model::pooling::{l2_normalize, Pooling};
-use crate::model::tokenizer::{for_each_sorted_batch, Batch, Encoded, TextTokenizer};
+use crate::model::tokenizer::{map_sorted_batches, Batch, Encoded, TextTokenizer};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -153,13 +153,7 @@ impl BiEncoder {
     /// Differentiable forward: `[batch, dim]` fp32 embeddings, L2-normalised when the
     /// model has a Normalize module. Dropout is active when `train`.
     pub fn forward_t(&self, batch: &Batch, train: bool) -> Tensor {
-        let hidden = self.bert.forward_t(
-            &batch.input_ids,
-            &batch.attention_mask,
-            &batch.token_type_ids,
-            batch.unpadded,
-            train,
-        );
+        let hidden = self.bert.forward_t(batch, train);
         let pooled = self.spec.pooling.forward(&hidden, &batch.attention_mask);
         if self.spec.normalize {
             l2_normalize(&pooled)
@@ -188,24 +182,18 @@ impl BiEncoder {
         batch_size: usize,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Tensor> {
-        let mut out = Tensor::zeros(
-            [encoded.len() as i64, self.dim()],
-            (Kind::Float, Device::Cpu),
-        );
-        let pad = self.tokenizer.pad_id();
-        for_each_sorted_batch(
+        let out = map_sorted_batches(
             encoded,
             batch_size,
-            pad,
+            self.tokenizer.pad_id(),
             self.device(),
             progress,
-            |rows, batch| {
-                let emb = self.forward_t(batch, false).to_device(Device::Cpu);
-                let index = Tensor::from_slice(&rows.iter().map(|&i| i as i64).collect::<Vec<_>>());
-                let _ = out.index_copy_(0, &index, &emb);
-                Ok(())
-            },
+            |batch| self.forward_t(batch, false),
         )?;
-        Ok(out)
+        Ok(if encoded.is_empty() {
+            Tensor::zeros([0, self.dim()], (Kind::Float, Device::Cpu))
+        } else {
+            out
+        })
     }
 }

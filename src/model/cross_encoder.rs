@@ -5,7 +5,7 @@ use crate::model::bert::BertModel;
 use crate::model::bi_encoder::BiEncoderSpec;
 use crate::model::checkpoint::{self, ImportReport, Layout};
 use crate::model::config::{BertConfig, TokenizerConfig};
-use crate::model::tokenizer::{for_each_sorted_batch, Batch, Encoded, TextTokenizer};
+use crate::model::tokenizer::{map_sorted_batches, Batch, Encoded, TextTokenizer};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -225,13 +225,7 @@ impl CrossEncoder {
 
     /// Differentiable forward: raw logits `[batch, num_labels]` in fp32.
     pub fn forward_t(&self, batch: &Batch, train: bool) -> Tensor {
-        let hidden = self.bert.forward_t(
-            &batch.input_ids,
-            &batch.attention_mask,
-            &batch.token_type_ids,
-            batch.unpadded,
-            train,
-        );
+        let hidden = self.bert.forward_t(batch, train);
         // The head runs in fp32 whatever the encoder's precision: teacher margins are what
         // the student learns from, and bf16 would quantise them to steps of 1/32 near 5.
         let pooled = self
@@ -264,28 +258,15 @@ impl CrossEncoder {
         batch_size: usize,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Vec<f32>> {
-        let mut out = vec![0f32; encoded.len()];
-        let pad = self.tokenizer.pad_id();
-        for_each_sorted_batch(
+        let logits = map_sorted_batches(
             encoded,
             batch_size,
-            pad,
+            self.tokenizer.pad_id(),
             self.device(),
             progress,
-            |rows, batch| {
-                let logits = self
-                    .forward_t(batch, false)
-                    .select(1, 0)
-                    .to_device(Device::Cpu);
-                let values = Vec::<f32>::try_from(&logits)
-                    .map_err(|e| Error::torch("reading cross-encoder logits", e))?;
-                for (&i, v) in rows.iter().zip(values) {
-                    out[i] = v;
-                }
-                Ok(())
-            },
+            |batch| self.forward_t(batch, false).select(1, 0),
         )?;
-        Ok(out)
+        Vec::<f32>::try_from(&logits).map_err(|e| Error::torch("reading cross-encoder logits", e))
     }
 
     /// Scores with the checkpoint's activation applied (what sentence-transformers'

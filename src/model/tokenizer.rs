@@ -42,30 +42,77 @@ pub struct Batch {
     pub token_type_ids: Tensor,
     /// True when every row has the same length (no padding anywhere).
     pub unpadded: bool,
+    /// On CUDA: where the real tokens are, for the packed (unpadded) encoder path.
+    pub packing: Option<Packing>,
+}
+
+/// The real tokens of a padded batch laid end to end.
+#[derive(Debug)]
+pub struct Packing {
+    /// `[tokens]` int64: flat position (`row * seq + column`) of each real token.
+    pub index: Tensor,
+    /// `[tokens]` int64: the column of each real token (its position id).
+    pub positions: Tensor,
+    /// `[batch + 1]` int32: offset of each row's first token, then the total.
+    pub cu_seqlens: Tensor,
+    /// Longest row.
+    pub max_len: i64,
 }
 
 impl Batch {
-    /// Pad `items` to the longest one and move them to `device`.
+    /// Pad `items` to the longest one and move them to `device`. On CUDA everything
+    /// (ids, mask, segments and the packing of the real tokens) travels as one pinned
+    /// buffer with a non-blocking copy, so building the next batch does not wait for the
+    /// GPU to finish the current one.
     pub fn new(items: &[&Encoded], pad_id: i64, device: Device) -> Batch {
         let rows = items.len();
         let width = items.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
-        let mut ids = vec![pad_id; rows * width];
-        let mut mask = vec![0i64; rows * width];
-        let mut types = vec![0i64; rows * width];
+        let plane = rows * width;
+        let tokens: usize = items.iter().map(|e| e.len()).sum();
+        let packed = device.is_cuda();
+        // [ids | mask | segments] (rows x width each), then on CUDA [index | positions]
+        // (tokens each) and the row offsets (rows + 1).
+        let extra = if packed { 2 * tokens + rows + 1 } else { 0 };
+        let mut host = vec![0i64; 3 * plane + extra];
+        host[..plane].fill(pad_id);
+        let mut at = 3 * plane;
         for (r, e) in items.iter().enumerate() {
             let off = r * width;
-            ids[off..off + e.len()].copy_from_slice(&e.ids);
-            types[off..off + e.len()].copy_from_slice(&e.type_ids);
-            mask[off..off + e.len()].iter_mut().for_each(|m| *m = 1);
+            host[off..off + e.len()].copy_from_slice(&e.ids);
+            host[plane + off..plane + off + e.len()].fill(1);
+            host[2 * plane + off..2 * plane + off + e.len()].copy_from_slice(&e.type_ids);
+            if packed {
+                for c in 0..e.len() {
+                    host[at] = (off + c) as i64;
+                    host[at + tokens] = c as i64;
+                    at += 1;
+                }
+            }
+        }
+        if packed {
+            let cu = 3 * plane + 2 * tokens;
+            for (r, e) in items.iter().enumerate() {
+                host[cu + r + 1] = host[cu + r] + e.len() as i64;
+            }
         }
         let unpadded = items.iter().all(|e| e.len() == width);
-        let shape = [rows as i64, width as i64];
-        let to = |v: Vec<i64>| Tensor::from_slice(&v).view(shape).to_device(device);
+        let all = crate::model::batching::upload(&Tensor::from_slice(&host), device);
+        let grid = |i: i64| {
+            all.narrow(0, i * plane as i64, plane as i64)
+                .view([rows as i64, width as i64])
+        };
+        let (t, base) = (tokens as i64, 3 * plane as i64);
         Batch {
-            input_ids: to(ids),
-            attention_mask: to(mask),
-            token_type_ids: to(types),
+            input_ids: grid(0),
+            attention_mask: grid(1),
+            token_type_ids: grid(2),
             unpadded,
+            packing: packed.then(|| Packing {
+                index: all.narrow(0, base, t),
+                positions: all.narrow(0, base + t, t),
+                cu_seqlens: all.narrow(0, base + 2 * t, rows as i64 + 1).to_kind(Kind::Int),
+                max_len: width as i64,
+            }),
         }
     }
 
@@ -79,26 +126,58 @@ impl Batch {
     }
 }
 
-/// Run `f` on length-sorted, padded batches of `encoded` (at most `batch_size` each)
-/// under no-grad; `f` gets the input rows of the batch and the batch. `progress` is called
-/// with the number of inputs done after each batch.
-pub fn for_each_sorted_batch(
+/// Rows of outputs kept on the device before one copy to the host: the host reads back
+/// rarely, so it keeps queueing batches while the GPU works.
+const READBACK_ROWS: usize = 1 << 16;
+
+/// Run `forward` under no-grad on length-sorted, padded batches of `encoded` (at most
+/// `batch_size` each) and gather its per-row outputs (`[rows, ...]`, any float kind) into
+/// one fp32 CPU tensor `[encoded.len(), ...]` in input order. Outputs are read back every
+/// [`READBACK_ROWS`] rows, not after every batch. `progress` is called with the number
+/// of inputs queued after each batch.
+pub fn map_sorted_batches(
     encoded: &[Encoded],
     batch_size: usize,
     pad_id: i64,
     device: Device,
     progress: &mut dyn FnMut(usize),
-    mut f: impl FnMut(&[usize], &Batch) -> crate::error::Result<()>,
-) -> crate::error::Result<()> {
+    mut forward: impl FnMut(&Batch) -> Tensor,
+) -> crate::error::Result<Tensor> {
     let _guard = tch::no_grad_guard();
     let lengths: Vec<usize> = encoded.iter().map(Encoded::len).collect();
+    let mut out: Option<Tensor> = None;
+    let mut pending: Vec<(Vec<usize>, Tensor)> = Vec::new();
+    let mut pending_rows = 0;
+    let flush = |pending: &mut Vec<(Vec<usize>, Tensor)>, out: &mut Option<Tensor>| {
+        if pending.is_empty() {
+            return;
+        }
+        let (rows, parts): (Vec<Vec<usize>>, Vec<Tensor>) = pending.drain(..).unzip();
+        let values = Tensor::cat(&parts, 0)
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu);
+        let index: Vec<i64> = rows.iter().flatten().map(|&i| i as i64).collect();
+        let out = out.get_or_insert_with(|| {
+            let mut shape = values.size();
+            shape[0] = encoded.len() as i64;
+            Tensor::zeros(shape, (Kind::Float, Device::Cpu))
+        });
+        let _ = out.index_copy_(0, &Tensor::from_slice(&index), &values);
+    };
     for rows in crate::model::batching::length_sorted_batches(&lengths, batch_size, None) {
         let items: Vec<&Encoded> = rows.iter().map(|&i| &encoded[i]).collect();
         let batch = Batch::new(&items, pad_id, device);
-        f(&rows, &batch)?;
-        progress(rows.len());
+        let n = rows.len();
+        pending.push((rows, forward(&batch)));
+        pending_rows += n;
+        if pending_rows >= READBACK_ROWS {
+            flush(&mut pending, &mut out);
+            pending_rows = 0;
+        }
+        progress(n);
     }
-    Ok(())
+    flush(&mut pending, &mut out);
+    Ok(out.unwrap_or_else(|| Tensor::zeros([0], (Kind::Float, Device::Cpu))))
 }
 
 /// Tokenizer with fixed truncation: single texts are cut to `max_length` tokens

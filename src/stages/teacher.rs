@@ -48,7 +48,7 @@ struct TeacherTask<'a> {
 }
 
 impl Task for TeacherTask<'_> {
-    fn loss(&self, examples: &[Example]) -> Result<(Tensor, Vec<(String, f32)>)> {
+    fn loss(&self, examples: &[Example]) -> Result<(Tensor, Vec<(String, Tensor)>)> {
         let k = 1 + examples.first().map_or(0, |e| e.negatives.len()) as i64;
         let mut pairs: Vec<(&str, &str)> = Vec::new();
         for e in examples {
@@ -76,7 +76,7 @@ impl Task for TeacherTask<'_> {
             TeacherLoss::Listwise => ("listwise_ce", losses::listwise_ce(&logits)),
             TeacherLoss::Bce => ("bce", losses::pointwise_bce(&logits)),
         };
-        let value = loss.double_value(&[]) as f32;
+        let value = loss.detach();
         Ok((loss, vec![(name.to_string(), value)]))
     }
 }

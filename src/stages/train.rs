@@ -8,6 +8,7 @@ use super::teacher::{load_datasets, upstream_output};
 use super::{Outcome, Stage, StageEnv};
 use crate::data::pairs::PairTable;
 use crate::error::Result;
+use crate::model::batching::upload;
 use crate::model::export::export_bi_encoder;
 use crate::model::tokenizer::{Batch, Encoded};
 use crate::model::BiEncoder;
@@ -72,7 +73,7 @@ impl<'a> StudentTask<'a> {
 }
 
 impl Task for StudentTask<'_> {
-    fn loss(&self, examples: &[Example]) -> Result<(Tensor, Vec<(String, f32)>)> {
+    fn loss(&self, examples: &[Example]) -> Result<(Tensor, Vec<(String, Tensor)>)> {
         let b = examples.len() as i64;
         let k = 1 + examples.first().map_or(0, |e| e.negatives.len()) as i64;
         let mut queries = Vec::new();
@@ -98,14 +99,12 @@ impl Task for StudentTask<'_> {
             false,
             Kind::Float,
         );
-        let teacher = Tensor::from_slice(&teacher)
-            .view([b, k])
-            .to_device(q.device());
+        let teacher = upload(&Tensor::from_slice(&teacher).view([b, k]), q.device());
         let c = self.loss;
         let mut total = Tensor::zeros([], (Kind::Float, q.device()));
         let mut terms = Vec::new();
         let mut add = |name: &str, weight: f64, loss: Tensor| {
-            terms.push((name.to_string(), loss.double_value(&[]) as f32));
+            terms.push((name.to_string(), loss.detach()));
             total = &total + loss * weight;
         };
         let scaled = &student * c.student_scale;
@@ -137,9 +136,7 @@ impl Task for StudentTask<'_> {
                     mask[i * doc_ids.len() + j] = j as i64 != targets[i] && positives.contains(*id);
                 }
             }
-            let mask = Tensor::from_slice(&mask)
-                .view([b, b * k])
-                .to_device(q.device());
+            let mask = upload(&Tensor::from_slice(&mask).view([b, b * k]), q.device());
             add(
                 "infonce",
                 c.infonce,

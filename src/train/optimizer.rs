@@ -109,12 +109,13 @@ impl AdamW {
     }
 
     /// Scale gradients so that their global L2 norm is at most `max_norm` (as
-    /// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping.
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+    /// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping as a 0-dim
+    /// fp32 tensor (on CUDA it stays on the device, so nothing waits for the GPU).
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
         let _guard = tch::no_grad_guard();
         let grads = self.grads();
         if grads.is_empty() {
-            return 0.0;
+            return Tensor::from(0f32);
         }
         if self.fused() {
             let refs: Vec<&Tensor> = grads.iter().collect();
@@ -135,7 +136,7 @@ impl AdamW {
                 }
             }
         }
-        total
+        Tensor::from(total as f32)
     }
 
     /// One AdamW update at learning rate `lr`, exactly as `torch.optim.AdamW`.
@@ -232,7 +233,7 @@ mod tests {
             [("w".to_string(), p.shallow_clone())].into(),
             AdamWConfig::default(),
         );
-        let norm = opt.clip_grad_norm(1.0);
+        let norm = opt.clip_grad_norm(1.0).double_value(&[]);
         assert!((norm - 5.0).abs() < 1e-6);
         let g = Vec::<f32>::try_from(p.grad()).unwrap();
         assert!((g[0] - 0.6).abs() < 1e-5 && (g[1] - 0.8).abs() < 1e-5);

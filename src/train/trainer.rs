@@ -17,7 +17,7 @@ use crate::stages::StageEnv;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// Optimisation settings common to both training stages.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -42,7 +42,7 @@ pub struct TrainSettings {
 /// A model and a loss over micro-batches of examples.
 pub trait Task {
     /// Total loss of a micro-batch (differentiable) and its terms (values, for the curve).
-    fn loss(&self, examples: &[Example]) -> Result<(Tensor, Vec<(String, f32)>)>;
+    fn loss(&self, examples: &[Example]) -> Result<(Tensor, Vec<(String, Tensor)>)>;
 }
 
 /// Sizes of a run: micro-batches per epoch, optimizer steps in all.
@@ -59,6 +59,60 @@ pub fn init_seed(seed: u64, stage: &str) -> i64 {
 
 fn step_seed(seed: u64, step: u64) -> i64 {
     (crate::rng::SplitMix64::for_key(seed, &format!("step {step}")).next_u64() >> 1) as i64
+}
+
+/// One optimizer step whose loss values are still on the device.
+#[derive(Default)]
+struct PendingStep {
+    step: u64,
+    epoch: usize,
+    lr: f64,
+    /// Per micro-batch: the loss divided by the number of micro-batches.
+    losses: Vec<Tensor>,
+    /// Per micro-batch: the named loss terms.
+    terms: Vec<Vec<(String, Tensor)>>,
+    grad_norm: Option<Tensor>,
+}
+
+impl PendingStep {
+    /// Read the step's values back in one copy, add them to the curve, report progress.
+    fn resolve(self, curve: &mut LossCurve, env: &mut StageEnv, stage: &str) -> Result<()> {
+        let n = self.losses.len();
+        let mut scalars: Vec<Tensor> = self.losses.iter().map(|t| t.to_kind(Kind::Float)).collect();
+        scalars.extend(self.terms.iter().flatten().map(|(_, t)| t.to_kind(Kind::Float)));
+        if let Some(g) = &self.grad_norm {
+            scalars.push(g.to_kind(Kind::Float).to_device(scalars.first().map_or(g.device(), Tensor::device)));
+        }
+        let values = Vec::<f32>::try_from(Tensor::stack(&scalars, 0).to_device(tch::Device::Cpu))
+            .map_err(|e| Error::torch("reading the loss", e))?;
+        let loss_sum: f64 = values[..n].iter().map(|&v| f64::from(v)).sum();
+        let mut terms: Vec<(String, f32)> = Vec::new();
+        let mut at = n;
+        for micro in &self.terms {
+            for (name, _) in micro {
+                let v = values[at] / n as f32;
+                at += 1;
+                match terms.iter_mut().find(|(t, _)| t == name) {
+                    Some((_, acc)) => *acc += v,
+                    None => terms.push((name.clone(), v)),
+                }
+            }
+        }
+        let grad_norm = if self.grad_norm.is_some() { values[at] } else { 0.0 };
+        curve.push(
+            self.step,
+            self.epoch as u64,
+            self.lr,
+            loss_sum as f32,
+            grad_norm,
+            &terms,
+        );
+        env.emit(Event::WorkProgress {
+            stage: stage.to_string(),
+            n: 1,
+        });
+        Ok(())
+    }
 }
 
 /// Train `vars` (named trainable tensors of the task's model) on `set`. Checkpoints go to
@@ -106,18 +160,22 @@ pub fn train(
     let accum = s.grad_accumulation.max(1) as u64;
     let total_micro = (per_epoch * s.epochs) as u64;
     let mut plan_epoch: Option<(usize, Vec<Example>)> = None;
+    // The values of a step are read back after the next step has been queued, so the
+    // host never waits for the GPU to drain (except before a checkpoint).
+    let mut pending: Option<PendingStep> = None;
     while opt.step < total_steps {
         let step = opt.step;
         tch::manual_seed(step_seed(s.seed, step));
         opt.zero_grad();
         let micro: Vec<u64> = (step * accum..((step + 1) * accum).min(total_micro)).collect();
-        let mut loss_sum = 0f64;
-        let mut terms: Vec<(String, f32)> = Vec::new();
-        let mut epoch = 0;
+        let mut record = PendingStep::default();
         for &m in &micro {
-            epoch = m as usize / per_epoch;
-            if plan_epoch.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                plan_epoch = Some((epoch, set.epoch(s.seed, epoch, s.negatives)));
+            record.epoch = m as usize / per_epoch;
+            if plan_epoch
+                .as_ref()
+                .is_none_or(|(e, _)| *e != record.epoch)
+            {
+                plan_epoch = Some((record.epoch, set.epoch(s.seed, record.epoch, s.negatives)));
             }
             let examples = &plan_epoch
                 .as_ref()
@@ -126,39 +184,31 @@ pub fn train(
             let idx = m as usize % per_epoch;
             let batch =
                 &examples[idx * s.batch_queries..((idx + 1) * s.batch_queries).min(examples.len())];
-            let (loss, t) = task.loss(batch)?;
+            let (loss, terms) = task.loss(batch)?;
             let scaled = loss / micro.len() as f64;
-            loss_sum += scaled.double_value(&[]);
+            record.losses.push(scaled.detach());
             scaled.backward();
-            for (name, v) in t {
-                let v = v / micro.len() as f32;
-                match terms.iter_mut().find(|(n, _)| *n == name) {
-                    Some((_, acc)) => *acc += v,
-                    None => terms.push((name, v)),
-                }
-            }
+            record.terms.push(terms);
         }
-        let grad_norm = opt.clip_grad_norm(s.max_grad_norm);
-        let lr = schedule.lr(step);
-        opt.step(lr)?;
-        curve.push(
-            opt.step,
-            epoch as u64,
-            lr,
-            loss_sum as f32,
-            grad_norm as f32,
-            &terms,
-        );
-        env.emit(Event::WorkProgress {
-            stage: stage.clone(),
-            n: 1,
-        });
+        record.grad_norm = Some(opt.clip_grad_norm(s.max_grad_norm));
+        record.lr = schedule.lr(step);
+        opt.step(record.lr)?;
+        record.step = opt.step;
+        if let Some(previous) = pending.replace(record) {
+            previous.resolve(&mut curve, env, &stage)?;
+        }
         if opt.step % s.checkpoint_every.max(1) == 0 || opt.step == total_steps {
+            if let Some(current) = pending.take() {
+                current.resolve(&mut curve, env, &stage)?;
+            }
             checkpoint::save(checkpoints, &opt, &curve)?;
             checkpoint::prune(checkpoints, s.keep_checkpoints)?;
             env.committed((opt.step - 1) as usize, total_steps as usize);
         }
         env.faults.after_step(&stage, opt.step);
+    }
+    if let Some(last) = pending.take() {
+        last.resolve(&mut curve, env, &stage)?;
     }
     env.emit(Event::WorkFinished { stage });
     Ok(curve)

@@ -1,5 +1,6 @@
 //! BERT self-attention through libtorch's `scaled_dot_product_attention`.
 use crate::model::config::BertConfig;
+use crate::model::tokenizer::Packing;
 use tch::{nn, Tensor};
 
 /// Hugging Face keys: `attention.self.{query,key,value}.{weight,bias}`,
@@ -36,19 +37,52 @@ impl BertAttention {
         }
     }
 
-    /// `hidden`: `[batch, seq, hidden]`; `mask`: `[batch, 1, 1, seq]` bool (true = attend),
-    /// or `None` when no row is padded. Returns `[batch, seq, hidden]`.
-    pub fn forward_t(&self, hidden: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
-        let (b, l, h) = hidden.size3().unwrap_or((0, 0, 0));
-        let split = |x: Tensor| x.view([b, l, self.heads, self.head_dim]).transpose(1, 2);
-        let q = split(super::linear(&self.query, hidden));
-        let k = split(super::linear(&self.key, hidden));
-        let v = split(super::linear(&self.value, hidden));
+    /// `hidden`: `[batch, seq, hidden]` (padded) or `[tokens, hidden]` (packed). Returns
+    /// the same shape.
+    pub fn forward_t(&self, hidden: &Tensor, attend: &Attend, train: bool) -> Tensor {
         let dropout = if train { self.attention_dropout } else { 0.0 };
-        let context =
-            Tensor::scaled_dot_product_attention(&q, &k, &v, mask, dropout, false, None, false);
-        let context = context.transpose(1, 2).reshape([b, l, h]);
+        let q = super::linear(&self.query, hidden);
+        let k = super::linear(&self.key, hidden);
+        let v = super::linear(&self.value, hidden);
+        let context = match attend {
+            Attend::Padded(mask) => {
+                let (b, l, h) = hidden.size3().unwrap_or((0, 0, 0));
+                let split = |x: Tensor| x.view([b, l, self.heads, self.head_dim]).transpose(1, 2);
+                let context = Tensor::scaled_dot_product_attention(
+                    &split(q),
+                    &split(k),
+                    &split(v),
+                    *mask,
+                    dropout,
+                    false,
+                    None,
+                    false,
+                );
+                context.transpose(1, 2).reshape([b, l, h])
+            }
+            Attend::Packed(p) => {
+                let (t, h) = hidden.size2().unwrap_or((0, 0));
+                let split = |x: Tensor| x.view([t, self.heads, self.head_dim]);
+                crate::torch_extras::varlen_attention(
+                    &split(q),
+                    &split(k),
+                    &split(v),
+                    &p.cu_seqlens,
+                    p.max_len,
+                    dropout,
+                )
+                .unwrap_or_else(|e| panic!("{e}"))
+                .view([t, h])
+            }
+        };
         let out = super::linear(&self.output, &context).dropout(self.hidden_dropout, train);
         super::norm(&self.layer_norm, &(out + hidden))
     }
+}
+
+/// How tokens see each other: a padded batch with its key mask (`[batch, 1, 1, seq]`
+/// bool, true = attend; None when no row is padded), or packed sequences.
+pub enum Attend<'a> {
+    Padded(Option<&'a Tensor>),
+    Packed(&'a Packing),
 }

@@ -27,10 +27,22 @@ impl BertEmbeddings {
         }
     }
 
-    /// `input_ids`, `token_type_ids`: `[batch, seq]` int64 -> `[batch, seq, hidden]`.
-    pub fn forward_t(&self, input_ids: &Tensor, token_type_ids: &Tensor, train: bool) -> Tensor {
-        let seq = input_ids.size()[1];
-        let positions = Tensor::arange(seq, (Kind::Int64, input_ids.device())).unsqueeze(0);
+    /// `input_ids`, `token_type_ids`: `[batch, seq]` int64 -> `[batch, seq, hidden]`; or,
+    /// with `positions`, packed `[tokens]` ids, segments and positions -> `[tokens, hidden]`.
+    pub fn forward_t(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        positions: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        let positions = match positions {
+            Some(p) => p.shallow_clone(),
+            None => {
+                let seq = input_ids.size()[1];
+                Tensor::arange(seq, (Kind::Int64, input_ids.device())).unsqueeze(0)
+            }
+        };
         // Same summation order as transformers: (word + token type) + position.
         let x = self.word_embeddings.forward(input_ids)
             + self.token_type_embeddings.forward(token_type_ids);

@@ -1,5 +1,5 @@
 //! One BERT transformer layer: attention, then the GELU feed-forward block.
-use super::attention::BertAttention;
+use super::attention::{Attend, BertAttention};
 use crate::model::config::BertConfig;
 use tch::{nn, Tensor};
 
@@ -40,9 +40,9 @@ impl BertLayer {
         }
     }
 
-    /// `[batch, seq, hidden]` -> `[batch, seq, hidden]`.
-    pub fn forward_t(&self, hidden: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
-        let attended = self.attention.forward_t(hidden, mask, train);
+    /// `[batch, seq, hidden]` -> `[batch, seq, hidden]`, or packed `[tokens, hidden]`.
+    pub fn forward_t(&self, hidden: &Tensor, attend: &Attend, train: bool) -> Tensor {
+        let attended = self.attention.forward_t(hidden, attend, train);
         let x = super::linear(&self.intermediate, &attended);
         let x = match self.activation {
             Activation::Gelu => x.gelu("none"),

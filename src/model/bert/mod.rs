@@ -5,7 +5,10 @@ mod embeddings;
 mod layer;
 
 use crate::model::config::BertConfig;
+use crate::model::tokenizer::Batch;
+use attention::Attend;
 use embeddings::BertEmbeddings;
+use std::sync::atomic::{AtomicBool, Ordering};
 use layer::BertLayer;
 use tch::{nn, nn::Module, Kind, Tensor};
 
@@ -32,6 +35,27 @@ pub(crate) fn layer_norm(p: nn::Path, config: &BertConfig) -> nn::LayerNorm {
     nn::layer_norm(p, vec![config.hidden_size], cfg)
 }
 
+static PACKED: AtomicBool = AtomicBool::new(true);
+
+/// Whether variable-length flash attention runs on this device (the shim is built in and
+/// the GPU has the kernels: Ampere or newer), probed once with a tiny call.
+fn varlen_works(device: tch::Device) -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| {
+        let _guard = tch::no_grad_guard();
+        let x = Tensor::zeros([2, 1, 8], (Kind::BFloat16, device));
+        let cu = Tensor::from_slice(&[0i32, 2]).to_device(device);
+        crate::torch_extras::varlen_attention(&x, &x, &x, &cu, 2, 0.0).is_ok()
+    })
+}
+
+/// Turn the packed CUDA path (variable-length flash attention) on or off for every model;
+/// off, CUDA batches run padded through `scaled_dot_product_attention`, as transformers
+/// does.
+pub fn set_packed_attention(on: bool) {
+    PACKED.store(on, Ordering::Relaxed);
+}
+
 #[derive(Debug)]
 pub struct BertModel {
     embeddings: BertEmbeddings,
@@ -40,6 +64,7 @@ pub struct BertModel {
     /// Dtype of the activations (the weights' dtype unless set otherwise): bf16 with fp32
     /// weights is mixed-precision training, as autocast would do it.
     compute: Kind,
+    head_dim: i64,
 }
 
 impl BertModel {
@@ -54,6 +79,7 @@ impl BertModel {
             layers,
             pooler: nn::linear(&p / "pooler" / "dense", h, h, Default::default()),
             compute: Kind::Float,
+            head_dim: config.head_dim(),
         }
     }
 
@@ -66,24 +92,49 @@ impl BertModel {
         self.compute
     }
 
-    /// Token states. `input_ids`, `attention_mask`, `token_type_ids`: `[batch, seq]`
-    /// int64; returns `[batch, seq, hidden]` in the weights' dtype. Padding positions are
-    /// masked out of attention; `unpadded` skips the mask when no row is padded.
-    pub fn forward_t(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        token_type_ids: &Tensor,
-        unpadded: bool,
-        train: bool,
-    ) -> Tensor {
-        let mask = (!unpadded).then(|| attention_mask.gt(0).unsqueeze(1).unsqueeze(1));
+    /// Whether batches run packed (no padding, variable-length flash attention): on
+    /// CUDA in bf16/fp16 with the shim built in, unless turned off with
+    /// [`set_packed_attention`].
+    fn packs(&self, batch: &Batch) -> bool {
+        batch.packing.is_some()
+            && matches!(self.compute, Kind::BFloat16 | Kind::Half)
+            && self.head_dim % 8 == 0
+            && self.head_dim <= 256
+            && PACKED.load(Ordering::Relaxed)
+            && varlen_works(batch.input_ids.device())
+    }
+
+    /// Token states `[batch, seq, hidden]` in the compute dtype; padding positions are
+    /// masked out of attention (padded path) or never computed (packed path, where they
+    /// come out as zeros).
+    pub fn forward_t(&self, batch: &Batch, train: bool) -> Tensor {
+        if let Some(p) = batch.packing.as_ref().filter(|_| self.packs(batch)) {
+            let gather = |t: &Tensor| t.view([-1]).index_select(0, &p.index);
+            let mut hidden = self
+                .embeddings
+                .forward_t(
+                    &gather(&batch.input_ids),
+                    &gather(&batch.token_type_ids),
+                    Some(&p.positions),
+                    train,
+                )
+                .to_kind(self.compute);
+            for layer in &self.layers {
+                hidden = layer.forward_t(&hidden, &Attend::Packed(p), train);
+            }
+            let (b, l) = batch.input_ids.size2().unwrap_or((0, 0));
+            let h = hidden.size()[1];
+            return Tensor::zeros([b * l, h], (hidden.kind(), hidden.device()))
+                .index_copy(0, &p.index, &hidden)
+                .view([b, l, h]);
+        }
+        let mask = (!batch.unpadded).then(|| batch.attention_mask.gt(0).unsqueeze(1).unsqueeze(1));
         let mut hidden = self
             .embeddings
-            .forward_t(input_ids, token_type_ids, train)
+            .forward_t(&batch.input_ids, &batch.token_type_ids, None, train)
             .to_kind(self.compute);
         for layer in &self.layers {
-            hidden = layer.forward_t(&hidden, mask.as_ref(), train);
+            hidden = layer.forward_t(&hidden, &Attend::Padded(mask.as_ref()), train);
         }
         hidden
     }
