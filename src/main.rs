@@ -353,7 +353,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!("{}", distill::runtime_description());
             print!("{}", bench::table(&settings, &all));
-            for m in all.iter().filter(|m| m.implementation == "distill" && !m.note.is_empty()) {
+            for m in all
+                .iter()
+                .filter(|m| m.implementation == "distill" && !m.note.is_empty())
+            {
                 println!("{} distill: {}", m.workload, m.note);
             }
         }

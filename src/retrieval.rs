@@ -10,6 +10,54 @@ pub struct Ranking {
     pub scores: Vec<Vec<f32>>,
 }
 
+/// Columns per block in [`block_top_k`].
+const BLOCK: i64 = 128;
+
+/// Top-`k` of each row of `scores` `[rows, n]` (values, column indices; unsorted), exact,
+/// without a top-k over the whole row: the maximum of each block of `block` columns
+/// is taken, the `k` blocks with the largest maxima are kept (every top-`k` element lies
+/// in one of them: a block outside them has `k` blocks above its maximum, so `k`
+/// larger elements), and the top-`k` is taken over their `k x block` columns (plus the
+/// columns after the last whole block). Rows narrower than `4 k block` go straight to
+/// top-k.
+fn block_top_k(scores: &Tensor, k: i64, block: i64) -> Result<(Tensor, Tensor)> {
+    let (rows, n) = scores.size2().ctx(|| "scores".into())?;
+    if n < 4 * k * block {
+        return scores.f_topk(k, 1, true, false).ctx(|| "top-k".into());
+    }
+    let device = scores.device();
+    let blocks = n / block;
+    let whole = scores
+        .narrow(1, 0, blocks * block)
+        .view([rows, blocks, block]);
+    let maxima = whole.amax([2].as_slice(), false);
+    let (_, chosen) = maxima
+        .f_topk(k, 1, true, false)
+        .ctx(|| "top-k of block maxima".into())?;
+    let offsets = Tensor::arange(block, (Kind::Int64, device));
+    let mut values = whole
+        .gather(
+            1,
+            &chosen.unsqueeze(2).expand([rows, k, block], false),
+            false,
+        )
+        .view([rows, k * block]);
+    let mut columns =
+        (chosen.unsqueeze(2) * block + offsets.view([1, 1, block])).view([rows, k * block]);
+    let tail = n - blocks * block;
+    if tail > 0 {
+        values = Tensor::cat(&[values, scores.narrow(1, blocks * block, tail)], 1);
+        let tail_columns = (Tensor::arange(tail, (Kind::Int64, device)) + blocks * block)
+            .unsqueeze(0)
+            .expand([rows, tail], false);
+        columns = Tensor::cat(&[columns, tail_columns], 1);
+    }
+    let (v, pos) = values
+        .f_topk(k, 1, true, false)
+        .ctx(|| "top-k of the chosen blocks".into())?;
+    Ok((v, columns.gather(1, &pos, false)))
+}
+
 /// `queries`: `[nq, d]`, `corpus`: `[nc, d]` (same device and dtype). Scores are dot
 /// products in fp32.
 pub fn top_k(queries: &Tensor, corpus: &Tensor, k: usize, corpus_chunk: usize) -> Result<Ranking> {
@@ -30,9 +78,7 @@ pub fn top_k(queries: &Tensor, corpus: &Tensor, k: usize, corpus_chunk: usize) -
         let scores = queries
             .f_matmul(&block.tr())
             .ctx(|| "query x corpus scores".into())?;
-        let (v, i) = scores
-            .f_topk(k.min(len), 1, true, true)
-            .ctx(|| "top-k".into())?;
+        let (v, i) = block_top_k(&scores, k.min(len), BLOCK)?;
         let i = i + start;
         best = Some(match best {
             None => (v, i),
@@ -138,6 +184,32 @@ mod tests {
             order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
             let want: Vec<i64> = order[..10].iter().map(|&i| i as i64).collect();
             assert_eq!(got, &want);
+        }
+    }
+
+    #[test]
+    fn block_top_k_equals_top_k() {
+        tch::manual_seed(5);
+        // 3 rows x 1,000 columns (7 whole blocks of 128 and a tail of 104), plus a row whose
+        // best columns all sit in one block and in the tail.
+        let mut s = Tensor::randn([4, 1000], (Kind::Float, tch::Device::Cpu));
+        let ramp =
+            |n: i64, base: f64| Tensor::arange(n, (Kind::Float, tch::Device::Cpu)) * 0.01 + base;
+        s.get(3).narrow(0, 130, 5).copy_(&ramp(5, 9.0));
+        s.get(3).narrow(0, 990, 3).copy_(&ramp(3, 8.0));
+        for (k, block) in [(3, 16), (5, 8), (1, 128)] {
+            let (v, i) = block_top_k(&s, k, block).unwrap();
+            let (want_v, want_i) = s.topk(k, 1, true, true);
+            let (v, order) = v.sort(1, true);
+            let i = i.gather(1, &order, false);
+            assert_eq!(
+                Vec::<Vec<f32>>::try_from(&v).unwrap(),
+                Vec::<Vec<f32>>::try_from(&want_v).unwrap()
+            );
+            assert_eq!(
+                Vec::<Vec<i64>>::try_from(&i).unwrap(),
+                Vec::<Vec<i64>>::try_from(&want_i).unwrap()
+            );
         }
     }
 

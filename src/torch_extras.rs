@@ -54,8 +54,7 @@ mod ffi {
         ) -> *mut TensorHandle;
         pub fn distill_sdpa_use_cudnn(enable: i32) -> i32;
         pub fn distill_profiler_start(cuda: i32, err: *mut c_char, err_len: usize) -> i32;
-        pub fn distill_profiler_stop(path: *const c_char, err: *mut c_char, err_len: usize)
-            -> i32;
+        pub fn distill_profiler_stop(path: *const c_char, err: *mut c_char, err_len: usize) -> i32;
     }
 }
 
@@ -310,9 +309,8 @@ pub fn profiler_stop(path: &std::path::Path) -> Result<()> {
         let c = std::ffi::CString::new(path.to_string_lossy().as_bytes())
             .map_err(|_| Error::config(path, "path holds a NUL byte"))?;
         // SAFETY: `c` outlives the call; the function catches C++ exceptions.
-        let rc = unsafe {
-            ffi::distill_profiler_stop(c.as_ptr(), err.as_mut_ptr().cast(), err.len())
-        };
+        let rc =
+            unsafe { ffi::distill_profiler_stop(c.as_ptr(), err.as_mut_ptr().cast(), err.len()) };
         if rc != 0 {
             return Err(failed("writing the profile", &err));
         }

@@ -263,7 +263,11 @@ fn run_distill(s: &BenchSettings, w: Workload) -> Result<Measurement> {
             let inputs = random_inputs(&mut rng, shapes.batch * shapes.batches, shapes.len, true);
             let (tokens, flops) = flops_of(&inputs, 1.0);
             let check = packed_vs_padded(s, &inputs[..shapes.batch], |e| {
-                Ok(Tensor::from_slice(&model.logits_tokenized(e, shapes.batch, &mut |_| {})?))
+                Ok(Tensor::from_slice(&model.logits_tokenized(
+                    e,
+                    shapes.batch,
+                    &mut |_| {},
+                )?))
             })?;
             let mut m = timed(s, w, 1, || {
                 model.logits_tokenized(&inputs, shapes.batch, &mut |_| {})?;

@@ -110,7 +110,9 @@ impl Batch {
             packing: packed.then(|| Packing {
                 index: all.narrow(0, base, t),
                 positions: all.narrow(0, base + t, t),
-                cu_seqlens: all.narrow(0, base + 2 * t, rows as i64 + 1).to_kind(Kind::Int),
+                cu_seqlens: all
+                    .narrow(0, base + 2 * t, rows as i64 + 1)
+                    .to_kind(Kind::Int),
                 max_len: width as i64,
             }),
         }

@@ -91,8 +91,15 @@ impl Task for StudentTask<'_> {
                 teacher.push(d.teacher);
             }
         }
-        let q = self.embed(&queries)?.to_kind(Kind::Float);
-        let d = self.embed(&docs)?.to_kind(Kind::Float);
+        // Packed batches have no padding, so queries and documents share one forward
+        // (one cast of the weights, half the launches); padded, they run apart.
+        let (q, d) = if self.model.bert.packs_on(self.model.device()) {
+            let all = self.embed(&[&queries[..], &docs[..]].concat())?;
+            (all.narrow(0, 0, b), all.narrow(0, b, docs.len() as i64))
+        } else {
+            (self.embed(&queries)?, self.embed(&docs)?)
+        };
+        let (q, d) = (q.to_kind(Kind::Float), d.to_kind(Kind::Float));
         let dim = q.size()[1];
         let student = (q.unsqueeze(1) * d.view([b, k, dim])).sum_dim_intlist(
             [2].as_slice(),

@@ -43,7 +43,7 @@ pub fn infonce(
     if let Some(m) = mask {
         logits = logits.masked_fill(m, f64::NEG_INFINITY);
     }
-    let t = Tensor::from_slice(targets).to_device(logits.device());
+    let t = crate::model::batching::upload(&Tensor::from_slice(targets), logits.device());
     logits.cross_entropy_for_logits(&t)
 }
 

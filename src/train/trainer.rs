@@ -79,9 +79,17 @@ impl PendingStep {
     fn resolve(self, curve: &mut LossCurve, env: &mut StageEnv, stage: &str) -> Result<()> {
         let n = self.losses.len();
         let mut scalars: Vec<Tensor> = self.losses.iter().map(|t| t.to_kind(Kind::Float)).collect();
-        scalars.extend(self.terms.iter().flatten().map(|(_, t)| t.to_kind(Kind::Float)));
+        scalars.extend(
+            self.terms
+                .iter()
+                .flatten()
+                .map(|(_, t)| t.to_kind(Kind::Float)),
+        );
         if let Some(g) = &self.grad_norm {
-            scalars.push(g.to_kind(Kind::Float).to_device(scalars.first().map_or(g.device(), Tensor::device)));
+            scalars.push(
+                g.to_kind(Kind::Float)
+                    .to_device(scalars.first().map_or(g.device(), Tensor::device)),
+            );
         }
         let values = Vec::<f32>::try_from(Tensor::stack(&scalars, 0).to_device(tch::Device::Cpu))
             .map_err(|e| Error::torch("reading the loss", e))?;
@@ -98,7 +106,11 @@ impl PendingStep {
                 }
             }
         }
-        let grad_norm = if self.grad_norm.is_some() { values[at] } else { 0.0 };
+        let grad_norm = if self.grad_norm.is_some() {
+            values[at]
+        } else {
+            0.0
+        };
         curve.push(
             self.step,
             self.epoch as u64,
@@ -171,10 +183,7 @@ pub fn train(
         let mut record = PendingStep::default();
         for &m in &micro {
             record.epoch = m as usize / per_epoch;
-            if plan_epoch
-                .as_ref()
-                .is_none_or(|(e, _)| *e != record.epoch)
-            {
+            if plan_epoch.as_ref().is_none_or(|(e, _)| *e != record.epoch) {
                 plan_epoch = Some((record.epoch, set.epoch(s.seed, record.epoch, s.negatives)));
             }
             let examples = &plan_epoch

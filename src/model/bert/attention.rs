@@ -41,11 +41,11 @@ impl BertAttention {
     /// the same shape.
     pub fn forward_t(&self, hidden: &Tensor, attend: &Attend, train: bool) -> Tensor {
         let dropout = if train { self.attention_dropout } else { 0.0 };
-        let q = super::linear(&self.query, hidden);
-        let k = super::linear(&self.key, hidden);
-        let v = super::linear(&self.value, hidden);
         let context = match attend {
             Attend::Padded(mask) => {
+                let q = super::linear(&self.query, hidden);
+                let k = super::linear(&self.key, hidden);
+                let v = super::linear(&self.value, hidden);
                 let (b, l, h) = hidden.size3().unwrap_or((0, 0, 0));
                 let split = |x: Tensor| x.view([b, l, self.heads, self.head_dim]).transpose(1, 2);
                 let context = Tensor::scaled_dot_product_attention(
@@ -61,12 +61,23 @@ impl BertAttention {
                 context.transpose(1, 2).reshape([b, l, h])
             }
             Attend::Packed(p) => {
+                // One GEMM for the three projections (weights concatenated, as fused
+                // QKV kernels do); q, k, v are strided views of its output.
                 let (t, h) = hidden.size2().unwrap_or((0, 0));
-                let split = |x: Tensor| x.view([t, self.heads, self.head_dim]);
+                let kind = hidden.kind();
+                let (lq, lk, lv) = (&self.query, &self.key, &self.value);
+                let w = Tensor::cat(&[&lq.ws, &lk.ws, &lv.ws], 0).to_kind(kind);
+                let b = match (&lq.bs, &lk.bs, &lv.bs) {
+                    (Some(a), Some(b), Some(c)) => Some(Tensor::cat(&[a, b, c], 0).to_kind(kind)),
+                    _ => None,
+                };
+                let qkv = hidden
+                    .linear(&w, b.as_ref())
+                    .view([t, 3, self.heads, self.head_dim]);
                 crate::torch_extras::varlen_attention(
-                    &split(q),
-                    &split(k),
-                    &split(v),
+                    &qkv.select(1, 0),
+                    &qkv.select(1, 1),
+                    &qkv.select(1, 2),
                     &p.cu_seqlens,
                     p.max_len,
                     dropout,

@@ -8,8 +8,8 @@ use crate::model::config::BertConfig;
 use crate::model::tokenizer::Batch;
 use attention::Attend;
 use embeddings::BertEmbeddings;
-use std::sync::atomic::{AtomicBool, Ordering};
 use layer::BertLayer;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{nn, nn::Module, Kind, Tensor};
 
 /// A linear layer computed in the dtype of its input (weights cast to it): fp32 master
@@ -96,12 +96,17 @@ impl BertModel {
     /// CUDA in bf16/fp16 with the shim built in, unless turned off with
     /// [`set_packed_attention`].
     fn packs(&self, batch: &Batch) -> bool {
-        batch.packing.is_some()
+        batch.packing.is_some() && self.packs_on(batch.input_ids.device())
+    }
+
+    /// Whether batches on `device` run packed (see [`Self::forward_t`]).
+    pub fn packs_on(&self, device: tch::Device) -> bool {
+        device.is_cuda()
             && matches!(self.compute, Kind::BFloat16 | Kind::Half)
             && self.head_dim % 8 == 0
             && self.head_dim <= 256
             && PACKED.load(Ordering::Relaxed)
-            && varlen_works(batch.input_ids.device())
+            && varlen_works(device)
     }
 
     /// Token states `[batch, seq, hidden]` in the compute dtype; padding positions are
