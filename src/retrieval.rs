@@ -192,7 +192,7 @@ mod tests {
         tch::manual_seed(5);
         // 3 rows x 1,000 columns (7 whole blocks of 128 and a tail of 104), plus a row whose
         // best columns all sit in one block and in the tail.
-        let mut s = Tensor::randn([4, 1000], (Kind::Float, tch::Device::Cpu));
+        let s = Tensor::randn([4, 1000], (Kind::Float, tch::Device::Cpu));
         let ramp =
             |n: i64, base: f64| Tensor::arange(n, (Kind::Float, tch::Device::Cpu)) * 0.01 + base;
         s.get(3).narrow(0, 130, 5).copy_(&ramp(5, 9.0));

@@ -11,10 +11,11 @@
 // - Variable-length (packed, unpadded) flash attention, `_flash_attention_forward` with
 //   cumulative sequence lengths, as flash-attn's `flash_attn_varlen_func`; differentiable
 //   through the dispatcher's autograd.
+// - Pinned, non-blocking host-to-device copies (`pin_memory()` without the device
+//   argument that tch passes and libtorch now warns about).
 // - The Kineto profiler (`torch.profiler`), for `distill bench --profile`: a Chrome trace
 //   of the operators and CUDA kernels, comparable with the one `bench_torch.py` writes.
 #include <ATen/core/Tensor.h>
-#include <ATen/Context.h>
 #include <ATen/ops/_flash_attention_forward.h>
 #include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/_foreach_norm.h>
@@ -169,12 +170,17 @@ extern "C" at::Tensor* distill_varlen_attention(at::Tensor* q, at::Tensor* k, at
   }
 }
 
-// Let scaled_dot_product_attention choose cuDNN's kernels (PyTorch's default) or not.
-extern "C" int distill_sdpa_use_cudnn(int enable) {
+// Copy a CPU tensor to CUDA device `device` through pinned memory with a non-blocking
+// copy (`t.pin_memory().to(device, non_blocking=True)`). Returns a new tensor, or
+// nullptr on an error.
+extern "C" at::Tensor* distill_pinned_upload(at::Tensor* t, int device, char* err,
+                                             size_t err_len) {
   try {
-    at::globalContext().setSDPUseCuDNN(enable != 0);
-    return 0;
-  } catch (...) {
-    return -1;
+    auto pinned = t->pin_memory();
+    return new at::Tensor(pinned.to(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device)),
+                                    /*non_blocking=*/true));
+  } catch (const std::exception& e) {
+    report(e, err, err_len);
+    return nullptr;
   }
 }

@@ -52,7 +52,12 @@ mod ffi {
             err: *mut c_char,
             err_len: usize,
         ) -> *mut TensorHandle;
-        pub fn distill_sdpa_use_cudnn(enable: i32) -> i32;
+        pub fn distill_pinned_upload(
+            t: *const TensorHandle,
+            device: i32,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> *mut TensorHandle;
         pub fn distill_profiler_start(cuda: i32, err: *mut c_char, err_len: usize) -> i32;
         pub fn distill_profiler_stop(path: *const c_char, err: *mut c_char, err_len: usize) -> i32;
     }
@@ -269,14 +274,33 @@ pub fn varlen_attention(
     }
 }
 
-/// Whether `scaled_dot_product_attention` may use cuDNN's kernels (PyTorch's default).
-pub fn sdpa_use_cudnn(enable: bool) {
+/// Copy the CPU tensor `host` to CUDA device `device` through pinned memory, without
+/// waiting for the device.
+pub fn pinned_upload(host: &Tensor, device: usize) -> Result<Tensor> {
     #[cfg(distill_torch_extras)]
-    // SAFETY: a C function that catches every C++ exception.
-    unsafe {
-        ffi::distill_sdpa_use_cudnn(i32::from(enable));
+    {
+        let mut err = vec![0u8; 1024];
+        // SAFETY: `host` is live for the call; a non-null result is a fresh
+        // `at::Tensor*` that the returned Tensor owns.
+        let out = unsafe {
+            ffi::distill_pinned_upload(
+                host.as_ptr().cast(),
+                device as i32,
+                err.as_mut_ptr().cast(),
+                err.len(),
+            )
+        };
+        if out.is_null() {
+            return Err(failed("copying to the GPU", &err));
+        }
+        // SAFETY: see above.
+        Ok(unsafe { Tensor::from_ptr(out.cast()) })
     }
-    let _ = enable;
+    #[cfg(not(distill_torch_extras))]
+    {
+        let _ = (host, device);
+        Err(unavailable("pinned copies"))
+    }
 }
 
 /// Start libtorch's Kineto profiler (`torch.profiler`): CPU operators, and CUDA kernels

@@ -6,11 +6,11 @@ use tch::{Device, Tensor};
 /// with a non-blocking copy: a copy from ordinary memory makes the host wait until the
 /// GPU has finished everything queued before it.
 pub fn upload(host: &Tensor, device: Device) -> Tensor {
-    if device.is_cuda() {
-        host.pin_memory(device)
-            .to_device_(device, host.kind(), true, false)
-    } else {
-        host.to_device(device)
+    match device {
+        Device::Cuda(n) => {
+            crate::torch_extras::pinned_upload(host, n).unwrap_or_else(|_| host.to_device(device))
+        }
+        _ => host.to_device(device),
     }
 }
 
