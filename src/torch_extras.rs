@@ -116,6 +116,23 @@ fn failed(what: &str, err: &[u8]) -> Error {
     )
 }
 
+/// Call a shim function that returns a fresh `at::Tensor*` (null on an error, with the
+/// message written into the buffer it is given) and take ownership of the result.
+#[cfg(distill_torch_extras)]
+fn owned_tensor(
+    what: &str,
+    call: impl FnOnce(*mut std::os::raw::c_char, usize) -> *mut ffi::TensorHandle,
+) -> Result<Tensor> {
+    let mut err = vec![0u8; 1024];
+    let out = call(err.as_mut_ptr().cast(), err.len());
+    if out.is_null() {
+        return Err(failed(what, &err));
+    }
+    // SAFETY: a non-null result is a fresh `at::Tensor*` allocated by the shim for the
+    // caller; the returned Tensor owns and frees it.
+    Ok(unsafe { Tensor::from_ptr(out.cast()) })
+}
+
 /// One fused AdamW update of `params` (all on one device, fp32), as
 /// `torch.optim.AdamW(fused=True)`; `steps` hold the step number after this update.
 #[allow(clippy::too_many_arguments)]
@@ -183,24 +200,12 @@ pub fn fused_adamw(
 pub fn clip_grad_norm(grads: &[&Tensor], max_norm: f64) -> Result<Tensor> {
     #[cfg(distill_torch_extras)]
     {
-        let mut err = vec![0u8; 1024];
         let g = handles(grads);
-        // SAFETY: as in fused_adamw; a non-null result is a fresh `at::Tensor*` that the
-        // returned Tensor owns and frees.
-        let norm = unsafe {
-            ffi::distill_clip_grad_norm(
-                g.as_ptr(),
-                g.len(),
-                max_norm,
-                err.as_mut_ptr().cast(),
-                err.len(),
-            )
-        };
-        if norm.is_null() {
-            return Err(failed("gradient clipping", &err));
-        }
-        // SAFETY: see above.
-        Ok(unsafe { Tensor::from_ptr(norm.cast()) })
+        owned_tensor("gradient clipping", |err, len| {
+            // SAFETY: the handles point to live tensors for the duration of the call; the
+            // function catches C++ exceptions.
+            unsafe { ffi::distill_clip_grad_norm(g.as_ptr(), g.len(), max_norm, err, len) }
+        })
     }
     #[cfg(not(distill_torch_extras))]
     {
@@ -245,27 +250,13 @@ pub fn varlen_attention(
 ) -> Result<Tensor> {
     #[cfg(distill_torch_extras)]
     {
-        let mut err = vec![0u8; 1024];
         let h = handles(&[q, k, v, cu_seqlens]);
-        // SAFETY: the handles point to live tensors for the duration of the call; a
-        // non-null result is a fresh `at::Tensor*` that the returned Tensor owns.
-        let out = unsafe {
-            ffi::distill_varlen_attention(
-                h[0],
-                h[1],
-                h[2],
-                h[3],
-                max_len,
-                dropout,
-                err.as_mut_ptr().cast(),
-                err.len(),
-            )
-        };
-        if out.is_null() {
-            return Err(failed("variable-length attention", &err));
-        }
-        // SAFETY: see above.
-        Ok(unsafe { Tensor::from_ptr(out.cast()) })
+        owned_tensor("variable-length attention", |err, len| {
+            // SAFETY: as in clip_grad_norm.
+            unsafe {
+                ffi::distill_varlen_attention(h[0], h[1], h[2], h[3], max_len, dropout, err, len)
+            }
+        })
     }
     #[cfg(not(distill_torch_extras))]
     {
@@ -279,22 +270,10 @@ pub fn varlen_attention(
 pub fn pinned_upload(host: &Tensor, device: usize) -> Result<Tensor> {
     #[cfg(distill_torch_extras)]
     {
-        let mut err = vec![0u8; 1024];
-        // SAFETY: `host` is live for the call; a non-null result is a fresh
-        // `at::Tensor*` that the returned Tensor owns.
-        let out = unsafe {
-            ffi::distill_pinned_upload(
-                host.as_ptr().cast(),
-                device as i32,
-                err.as_mut_ptr().cast(),
-                err.len(),
-            )
-        };
-        if out.is_null() {
-            return Err(failed("copying to the GPU", &err));
-        }
-        // SAFETY: see above.
-        Ok(unsafe { Tensor::from_ptr(out.cast()) })
+        owned_tensor("copying to the GPU", |err, len| {
+            // SAFETY: `host` is live for the call; the function catches C++ exceptions.
+            unsafe { ffi::distill_pinned_upload(host.as_ptr().cast(), device as i32, err, len) }
+        })
     }
     #[cfg(not(distill_torch_extras))]
     {
