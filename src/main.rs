@@ -140,6 +140,10 @@ struct BenchArgs {
     /// does, instead of packed with variable-length flash attention.
     #[arg(long)]
     padded: bool,
+    /// Run aten's add then layer_norm kernels instead of the fused add + LayerNorm kernel
+    /// (inference on CUDA).
+    #[arg(long)]
+    no_fused: bool,
 }
 
 #[derive(Args, Debug)]
@@ -327,6 +331,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 seed: a.seed,
                 profile: a.profile,
                 packed: !a.padded,
+                fused: !a.no_fused,
             };
             if let Some(dir) = &settings.profile {
                 std::fs::create_dir_all(dir)

@@ -58,6 +58,22 @@ mod ffi {
             err: *mut c_char,
             err_len: usize,
         ) -> *mut TensorHandle;
+        pub fn distill_add_layer_norm(
+            x: *const TensorHandle,
+            residual: *const TensorHandle,
+            weight: *const TensorHandle,
+            bias: *const TensorHandle,
+            eps: f64,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> *mut TensorHandle;
+        pub fn distill_add_layer_norm_compile(
+            h: i64,
+            arch: *const c_char,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> i64;
+        pub fn distill_grad_enabled() -> i32;
         pub fn distill_profiler_start(cuda: i32, err: *mut c_char, err_len: usize) -> i32;
         pub fn distill_profiler_stop(path: *const c_char, err: *mut c_char, err_len: usize) -> i32;
     }
@@ -282,6 +298,72 @@ pub fn pinned_upload(host: &Tensor, device: usize) -> Result<Tensor> {
     }
 }
 
+/// `layer_norm(x + residual)` over the last dimension in one kernel (compiled at run time
+/// by NVRTC, see `src/torch_extras.cpp`): CUDA bf16/fp16 tensors of one shape, weight and
+/// bias of their dtype, hidden size a multiple of 64. Not differentiable: for inference.
+pub fn add_layer_norm(
+    x: &Tensor,
+    residual: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    #[cfg(distill_torch_extras)]
+    {
+        let h = handles(&[x, residual, weight, bias]);
+        owned_tensor("fused add + LayerNorm", |err, len| {
+            // SAFETY: as in clip_grad_norm.
+            unsafe { ffi::distill_add_layer_norm(h[0], h[1], h[2], h[3], eps, err, len) }
+        })
+    }
+    #[cfg(not(distill_torch_extras))]
+    {
+        let _ = (x, residual, weight, bias, eps);
+        Err(unavailable("fused add + LayerNorm"))
+    }
+}
+
+/// Compile the fused add + LayerNorm kernel (bf16, hidden size `h`) to PTX for `arch`
+/// (e.g. "compute_90") without running it: whether NVRTC is present and takes the source.
+/// Returns the size of the PTX.
+pub fn add_layer_norm_compile(h: i64, arch: &str) -> Result<usize> {
+    #[cfg(distill_torch_extras)]
+    {
+        let arch = std::ffi::CString::new(arch)
+            .map_err(|e| Error::torch("architecture name", tch::TchError::Torch(e.to_string())))?;
+        let mut err = vec![0u8; 4096];
+        // SAFETY: `arch` is a live C string; the function catches C++ exceptions.
+        let n = unsafe {
+            ffi::distill_add_layer_norm_compile(
+                h,
+                arch.as_ptr(),
+                err.as_mut_ptr().cast(),
+                err.len(),
+            )
+        };
+        usize::try_from(n).map_err(|_| failed("compiling the fused add + LayerNorm kernel", &err))
+    }
+    #[cfg(not(distill_torch_extras))]
+    {
+        let _ = (h, arch);
+        Err(unavailable("fused add + LayerNorm"))
+    }
+}
+
+/// Whether autograd records operations on this thread (`torch.is_grad_enabled()`);
+/// true when the shim is not built in.
+pub fn grad_enabled() -> bool {
+    #[cfg(distill_torch_extras)]
+    {
+        // SAFETY: a C function without arguments that cannot throw.
+        unsafe { ffi::distill_grad_enabled() != 0 }
+    }
+    #[cfg(not(distill_torch_extras))]
+    {
+        true
+    }
+}
+
 /// Start libtorch's Kineto profiler (`torch.profiler`): CPU operators, and CUDA kernels
 /// when `cuda`. [`profiler_stop`] writes the trace.
 pub fn profiler_start(cuda: bool) -> Result<()> {
@@ -341,6 +423,21 @@ mod tests {
         assert!((a[0] - 0.6).abs() < 1e-5);
         zero_grads(&[&b]).unwrap();
         assert_eq!(b.abs().sum(Kind::Float).double_value(&[]), 0.0);
+    }
+
+    #[test]
+    fn add_layer_norm_kernel_compiles_with_nvrtc() {
+        // No GPU needed: NVRTC (from the torch wheel's CUDA libraries) compiles the fused
+        // kernel's source to PTX for Hopper and Ampere, MiniLM's and BERT-base's widths.
+        for (h, arch) in [(384, "compute_90"), (768, "compute_80")] {
+            let ptx = add_layer_norm_compile(h, arch).unwrap();
+            assert!(ptx > 1000, "{h} {arch}: {ptx} bytes of PTX");
+        }
+        // An architecture NVRTC does not know comes back as an error with its log.
+        let e = add_layer_norm_compile(384, "compute_10")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("compute_10"), "{e}");
     }
 
     #[test]

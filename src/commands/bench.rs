@@ -77,6 +77,8 @@ pub struct BenchSettings {
     pub profile: Option<PathBuf>,
     /// CUDA batches packed with variable-length flash attention (the default), or padded.
     pub packed: bool,
+    /// The fused add + LayerNorm kernel for inference on CUDA (the default), or aten's.
+    pub fused: bool,
 }
 
 /// One implementation on one workload.
@@ -248,7 +250,7 @@ fn run_distill(s: &BenchSettings, w: Workload) -> Result<Measurement> {
             let model = BiEncoder::load(&s.model, s.device, kind, Some(512))?;
             let inputs = random_inputs(&mut rng, shapes.batch * shapes.batches, shapes.len, false);
             let (tokens, flops) = flops_of(&inputs, 1.0);
-            let check = packed_vs_padded(s, &inputs[..shapes.batch], |e| {
+            let check = path_differences(s, &inputs[..shapes.batch], |e| {
                 model.encode_tokenized(e, shapes.batch, &mut |_| {})
             })?;
             let mut m = timed(s, w, 1, || {
@@ -262,7 +264,7 @@ fn run_distill(s: &BenchSettings, w: Workload) -> Result<Measurement> {
             let model = CrossEncoder::from_encoder(&s.model, Some(512), s.device, kind)?;
             let inputs = random_inputs(&mut rng, shapes.batch * shapes.batches, shapes.len, true);
             let (tokens, flops) = flops_of(&inputs, 1.0);
-            let check = packed_vs_padded(s, &inputs[..shapes.batch], |e| {
+            let check = path_differences(s, &inputs[..shapes.batch], |e| {
                 Ok(Tensor::from_slice(&model.logits_tokenized(
                     e,
                     shapes.batch,
@@ -297,9 +299,10 @@ fn run_distill(s: &BenchSettings, w: Workload) -> Result<Measurement> {
     }
 }
 
-/// On CUDA, the largest difference between the packed path's outputs and the padded
-/// path's on `inputs` (a note for the table); empty elsewhere.
-fn packed_vs_padded(
+/// On CUDA, the largest differences from the product path's outputs on `inputs` (notes for
+/// the table): packed against padded attention (both with aten's add + LayerNorm), and
+/// the fused add + LayerNorm kernel against aten's (both packed); empty elsewhere.
+fn path_differences(
     s: &BenchSettings,
     inputs: &[Encoded],
     run: impl Fn(&[Encoded]) -> Result<Tensor>,
@@ -307,14 +310,44 @@ fn packed_vs_padded(
     if !s.device.is_cuda() {
         return Ok(String::new());
     }
-    crate::model::bert::set_packed_attention(false);
-    let padded = run(inputs);
-    crate::model::bert::set_packed_attention(true);
-    let packed = run(inputs);
+    let with = |packed: bool, fused: bool| {
+        crate::model::bert::set_packed_attention(packed);
+        crate::model::bert::set_fused_kernels(fused);
+        run(inputs)
+    };
+    let (padded, packed, fused) = (with(false, false), with(true, false), with(true, true));
     crate::model::bert::set_packed_attention(s.packed);
-    let (packed, padded) = (packed?, padded?);
-    let diff = (packed - padded).abs().max().double_value(&[]);
-    Ok(format!("packed vs padded outputs: max |diff| {diff:.2e}"))
+    crate::model::bert::set_fused_kernels(s.fused);
+    let (padded, packed, fused) = (padded?, packed?, fused?);
+    let max_diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+    Ok(format!(
+        "packed vs padded outputs: max |diff| {:.2e}; fused add+LayerNorm vs aten: max |diff| {:.2e}{}",
+        max_diff(&packed, &padded),
+        max_diff(&fused, &packed),
+        fused_kernel_check(s.device)?,
+    ))
+}
+
+/// The fused add + LayerNorm kernel against aten's add then layer_norm on random bf16
+/// rows of width 384 (a note for the table): how many outputs differ, and by how much.
+fn fused_kernel_check(device: Device) -> Result<String> {
+    let _guard = tch::no_grad_guard();
+    let bf16 = (Kind::BFloat16, device);
+    let (x, r) = (
+        Tensor::randn([8192, 384], bf16),
+        Tensor::randn([8192, 384], bf16),
+    );
+    let (w, b) = (Tensor::randn([384], bf16), Tensor::randn([384], bf16));
+    let fused = crate::torch_extras::add_layer_norm(&x, &r, &w, &b, 1e-12)?.to_kind(Kind::Float);
+    let aten = (&x + &r)
+        .layer_norm([384], Some(&w), Some(&b), 1e-12, false)
+        .to_kind(Kind::Float);
+    let differ = fused.ne_tensor(&aten).sum(Kind::Int64).int64_value(&[]);
+    Ok(format!(
+        "; kernel alone on 8192x384 bf16: {differ} of {} outputs differ, max |diff| {:.2e}",
+        fused.numel(),
+        (&fused - &aten).abs().max().double_value(&[])
+    ))
 }
 
 /// W3: the `train` stage's student step on synthetic groups of whole-word texts.
@@ -453,6 +486,7 @@ fn run_torch(s: &BenchSettings, python: &PathBuf, w: Workload) -> Result<Measure
 /// measurement is passed to `report` as soon as it exists.
 pub fn run(s: &BenchSettings, report: &mut dyn FnMut(&Measurement)) -> Result<Vec<Measurement>> {
     crate::model::bert::set_packed_attention(s.packed);
+    crate::model::bert::set_fused_kernels(s.fused);
     let mut all = Vec::new();
     for &w in &s.workloads {
         let m = run_distill(s, w)?;

@@ -36,6 +36,13 @@ impl Texts {
         self.index.get(id).copied()
     }
 
+    /// Append a text under a new id (the caller checks that `id` is new).
+    pub fn push(&mut self, id: String, text: String) {
+        self.index.insert(id.clone(), self.ids.len());
+        self.ids.push(id);
+        self.texts.push(text);
+    }
+
     pub fn text(&self, id: &str) -> Option<&str> {
         self.position(id).map(|i| self.texts[i].as_str())
     }

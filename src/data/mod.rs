@@ -3,5 +3,6 @@ pub mod atomic;
 pub mod beir;
 pub mod embeddings;
 pub mod pairs;
+pub mod pseudo;
 pub mod table;
 pub mod text_input;

@@ -186,6 +186,10 @@ pub struct DatasetSection {
     /// skipped with a warning and counts (false).
     #[serde(default = "default_true")]
     pub strict: bool,
+    /// Pseudo-queries cut from each corpus document and added to the training split (see
+    /// `data::pseudo`); 0 (the default) adds none.
+    #[serde(default = "default_zero")]
+    pub pseudo_queries: Spanned<usize>,
 }
 
 /// Stage `mine`: candidates for every training query from the student's ranking.
@@ -358,6 +362,24 @@ pub struct DatasetRef {
     pub train_split: String,
     pub eval_split: String,
     pub strict: bool,
+    /// Pseudo-queries per corpus document added to the training split (0: none).
+    pub pseudo_queries: usize,
+}
+
+impl DatasetRef {
+    /// The dataset with the qrels of `splits`, and its pseudo-queries (drawn from
+    /// `seed`, in the training split's qrels when that split is loaded).
+    pub fn load(
+        &self,
+        splits: &[&str],
+        seed: u64,
+    ) -> crate::error::Result<crate::data::beir::Dataset> {
+        let mut ds = crate::data::beir::Dataset::load(&self.path, splits, self.strict)?;
+        if self.pseudo_queries > 0 {
+            crate::data::pseudo::add_to(&mut ds, &self.train_split, self.pseudo_queries, seed)?;
+        }
+        Ok(ds)
+    }
 }
 
 /// Settings resolved once from the file (and command-line overrides) and validated.
@@ -631,6 +653,17 @@ impl Pipeline {
                 train_split: d.train_split.get_ref().clone(),
                 eval_split: d.eval_split.get_ref().clone(),
                 strict: d.strict,
+                pseudo_queries: {
+                    let n = *d.pseudo_queries.get_ref();
+                    if n > 100 {
+                        return Err(c.err(
+                            d.pseudo_queries.span(),
+                            "dataset.pseudo_queries",
+                            "must be at most 100",
+                        ));
+                    }
+                    n
+                },
             });
         }
 

@@ -90,7 +90,14 @@ impl Stage for Mine {
         let datasets: Vec<_> = p
             .datasets
             .iter()
-            .map(|d| json!({"name": d.name, "train_split": d.train_split, "strict": d.strict}))
+            .map(|d| {
+                let mut v =
+                    json!({"name": d.name, "train_split": d.train_split, "strict": d.strict});
+                if d.pseudo_queries > 0 {
+                    v["pseudo_queries"] = json!(d.pseudo_queries);
+                }
+                v
+            })
             .collect();
         json!({
             "mine": p.mine,
@@ -124,7 +131,7 @@ impl Stage for Mine {
         let student_fp = fingerprint::directory(&p.student.path)?;
         let mut loaded = Vec::new();
         for d in &p.datasets {
-            let ds = Dataset::load(&d.path, &[&d.train_split], d.strict)?;
+            let ds = d.load(&[&d.train_split], p.seed)?;
             for line in ds.warnings.summary() {
                 env.warn(format!("{}: {line}", d.name));
             }

@@ -169,7 +169,7 @@ impl Stage for Score {
 fn load_texts(p: &Pipeline) -> Result<BTreeMap<String, Dataset>> {
     p.datasets
         .iter()
-        .map(|d| Ok((d.name.clone(), Dataset::load(&d.path, &[], d.strict)?)))
+        .map(|d| Ok((d.name.clone(), d.load(&[], p.seed)?)))
         .collect()
 }
 

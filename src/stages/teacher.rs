@@ -36,7 +36,7 @@ pub fn load_datasets(p: &Pipeline, with_train_qrels: bool) -> Result<BTreeMap<St
             } else {
                 vec![]
             };
-            Ok((d.name.clone(), Dataset::load(&d.path, &splits, d.strict)?))
+            Ok((d.name.clone(), d.load(&splits, p.seed)?))
         })
         .collect()
 }

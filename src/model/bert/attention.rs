@@ -11,7 +11,7 @@ pub struct BertAttention {
     key: nn::Linear,
     value: nn::Linear,
     output: nn::Linear,
-    layer_norm: nn::LayerNorm,
+    layer_norm: super::Norm,
     heads: i64,
     head_dim: i64,
     attention_dropout: f64,
@@ -87,7 +87,7 @@ impl BertAttention {
             }
         };
         let out = super::linear(&self.output, &context).dropout(self.hidden_dropout, train);
-        super::norm(&self.layer_norm, &(out + hidden))
+        self.layer_norm.add_forward(&out, hidden)
     }
 }
 

@@ -9,7 +9,7 @@ pub struct BertEmbeddings {
     word_embeddings: nn::Embedding,
     position_embeddings: nn::Embedding,
     token_type_embeddings: nn::Embedding,
-    layer_norm: nn::LayerNorm,
+    layer_norm: super::Norm,
     dropout: f64,
 }
 
@@ -46,7 +46,8 @@ impl BertEmbeddings {
         // Same summation order as transformers: (word + token type) + position.
         let x = self.word_embeddings.forward(input_ids)
             + self.token_type_embeddings.forward(token_type_ids);
-        let x = x + self.position_embeddings.forward(&positions);
-        self.layer_norm.forward(&x).dropout(self.dropout, train)
+        self.layer_norm
+            .add_forward(&x, &self.position_embeddings.forward(&positions))
+            .dropout(self.dropout, train)
     }
 }

@@ -10,7 +10,7 @@ pub struct BertLayer {
     attention: BertAttention,
     intermediate: nn::Linear,
     output: nn::Linear,
-    layer_norm: nn::LayerNorm,
+    layer_norm: super::Norm,
     activation: Activation,
     hidden_dropout: f64,
 }
@@ -50,6 +50,6 @@ impl BertLayer {
             Activation::Relu => x.relu(),
         };
         let x = super::linear(&self.output, &x).dropout(self.hidden_dropout, train);
-        super::norm(&self.layer_norm, &(x + attended))
+        self.layer_norm.add_forward(&x, &attended)
     }
 }

@@ -20,19 +20,74 @@ pub(crate) fn linear(l: &nn::Linear, x: &Tensor) -> Tensor {
     x.linear(&l.ws.to_kind(kind), bias.as_ref())
 }
 
-/// LayerNorm computed in the dtype of its weights (fp32 for training, for stability),
-/// returned in the dtype of its input.
-pub(crate) fn norm(l: &nn::LayerNorm, x: &Tensor) -> Tensor {
-    let wk = l.ws.as_ref().map_or(x.kind(), |w| w.kind());
-    l.forward(&x.to_kind(wk)).to_kind(x.kind())
+/// A BERT LayerNorm (Hugging Face keys `LayerNorm.{weight,bias}`), with its epsilon.
+#[derive(Debug)]
+pub(crate) struct Norm {
+    ln: nn::LayerNorm,
+    eps: f64,
 }
 
-pub(crate) fn layer_norm(p: nn::Path, config: &BertConfig) -> nn::LayerNorm {
+pub(crate) fn layer_norm(p: nn::Path, config: &BertConfig) -> Norm {
     let cfg = nn::LayerNormConfig {
         eps: config.layer_norm_eps,
         ..Default::default()
     };
-    nn::layer_norm(p, vec![config.hidden_size], cfg)
+    Norm {
+        ln: nn::layer_norm(p, vec![config.hidden_size], cfg),
+        eps: config.layer_norm_eps,
+    }
+}
+
+static FUSED: AtomicBool = AtomicBool::new(true);
+
+/// Turn the fused add + LayerNorm kernel (inference on CUDA in bf16/fp16) on or off for
+/// every model; off, aten's add and layer_norm kernels run, as transformers does.
+pub fn set_fused_kernels(on: bool) {
+    FUSED.store(on, Ordering::Relaxed);
+}
+
+impl Norm {
+    /// LayerNorm computed in the dtype of its weights (fp32 for training, for stability),
+    /// returned in the dtype of its input.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let wk = self.ln.ws.as_ref().map_or(x.kind(), |w| w.kind());
+        self.ln.forward(&x.to_kind(wk)).to_kind(x.kind())
+    }
+
+    /// `LayerNorm(x + residual)`, the post-LN residual of BERT. In inference on CUDA with
+    /// bf16/fp16 weights it runs as one kernel (`torch_extras::add_layer_norm`: the
+    /// rounding of aten's two kernels in one pass over memory); everywhere else, and
+    /// whenever autograd records, as `forward(x + residual)`. Should the kernel fail to
+    /// compile or launch, it is turned off for the process with one warning, and aten runs.
+    pub fn add_forward(&self, x: &Tensor, residual: &Tensor) -> Tensor {
+        if let Some(y) = self.fused(x, residual) {
+            return y;
+        }
+        self.forward(&(x + residual))
+    }
+
+    fn fused(&self, x: &Tensor, residual: &Tensor) -> Option<Tensor> {
+        let (w, b) = (self.ln.ws.as_ref()?, self.ln.bs.as_ref()?);
+        let kind = x.kind();
+        let eligible = FUSED.load(Ordering::Relaxed)
+            && x.device().is_cuda()
+            && matches!(kind, Kind::BFloat16 | Kind::Half)
+            && [residual, w, b].iter().all(|t| t.kind() == kind)
+            && !(crate::torch_extras::grad_enabled()
+                && [x, residual, w, b].iter().any(|t| t.requires_grad()));
+        if !eligible {
+            return None;
+        }
+        match crate::torch_extras::add_layer_norm(x, residual, w, b, self.eps) {
+            Ok(y) => Some(y),
+            Err(e) => {
+                if FUSED.swap(false, Ordering::Relaxed) {
+                    eprintln!("warning: fused add + LayerNorm turned off, aten runs instead: {e}");
+                }
+                None
+            }
+        }
+    }
 }
 
 static PACKED: AtomicBool = AtomicBool::new(true);
