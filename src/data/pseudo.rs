@@ -117,4 +117,38 @@ mod tests {
         let other: Vec<_> = (0..8).map(|s| for_document(s, "d1", text, 1)).collect();
         assert!(other.iter().any(|o| o != &other[0]));
     }
+
+    fn dataset(queries: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let corpus = "{\"_id\": \"d1\", \"text\": \"The river bank was flooded after the long storm last week. It rained.\"}\n\
+                      {\"_id\": \"d2\", \"text\": \"Too short.\"}\n";
+        std::fs::write(d.path().join("corpus.jsonl"), corpus).unwrap();
+        std::fs::write(d.path().join("queries.jsonl"), queries).unwrap();
+        std::fs::create_dir_all(d.path().join("qrels")).unwrap();
+        std::fs::write(d.path().join("qrels/train.tsv"), "q1\td2\t1\n").unwrap();
+        d
+    }
+
+    #[test]
+    fn pseudo_queries_join_the_training_split_with_their_document() {
+        let d = dataset("{\"_id\": \"q1\", \"text\": \"why?\"}\n");
+        let mut ds = Dataset::load(d.path(), &["train"], true).unwrap();
+        assert_eq!(add_to(&mut ds, "train", 3, 42).unwrap(), 1);
+        let id = query_id("d1", 0);
+        let q = ds.queries.text(&id).unwrap();
+        assert!(ds.corpus.text("d1").unwrap().contains(q), "{q}");
+        assert_eq!(ds.qrels["train"][&id].len(), 1);
+        assert_eq!(ds.qrels["train"][&id]["d1"], 1);
+        assert_eq!(ds.qrels["train"]["q1"]["d2"], 1);
+        // A dataset whose own query ids look like ours is refused, naming the id.
+        let d = dataset(
+            "{\"_id\": \"q1\", \"text\": \"why?\"}\n{\"_id\": \"pseudo:d1:0\", \"text\": \"x\"}\n",
+        );
+        let mut ds = Dataset::load(d.path(), &["train"], true).unwrap();
+        let e = add_to(&mut ds, "train", 3, 42).unwrap_err().to_string();
+        assert!(
+            e.contains("`pseudo:d1:0`") && e.contains("queries.jsonl"),
+            "{e}"
+        );
+    }
 }
