@@ -27,6 +27,7 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/stack.h>
 #include <c10/core/CachingDeviceAllocator.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <dirent.h>
 #include <dlfcn.h>
@@ -513,16 +514,24 @@ extern "C" at::Tensor* distill_add_layer_norm(at::Tensor* x, at::Tensor* residua
     auto dtype = x->scalar_type();
     TORCH_CHECK(x->is_cuda(), "add_layer_norm: CUDA tensors only");
     TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kHalf, "add_layer_norm: bf16/fp16 only");
-    TORCH_CHECK(residual->sizes() == x->sizes() && residual->scalar_type() == dtype &&
-                    residual->device() == x->device(),
-                "add_layer_norm: residual differs from x");
+    TORCH_CHECK(x->dim() >= 1, "add_layer_norm: a 0-dim tensor");
     int64_t h = x->size(-1);
-    TORCH_CHECK(h % 64 == 0 && h <= 4096, "add_layer_norm: hidden size ", h, " not covered");
-    TORCH_CHECK(weight->numel() == h && bias->numel() == h && weight->scalar_type() == dtype &&
-                    bias->scalar_type() == dtype,
-                "add_layer_norm: weight/bias shape or dtype");
-    auto xc = x->contiguous(), rc = residual->contiguous(), wc = weight->contiguous(),
-         bc = bias->contiguous();
+    TORCH_CHECK(h > 0 && h % 64 == 0 && h <= 4096, "add_layer_norm: hidden size ", h,
+                " not covered");
+    for (const at::Tensor* t : {residual, weight, bias})
+      TORCH_CHECK(t->scalar_type() == dtype && t->device() == x->device(),
+                  "add_layer_norm: residual, weight and bias must share x's dtype and device");
+    TORCH_CHECK(residual->sizes() == x->sizes(), "add_layer_norm: residual's shape differs from x's");
+    TORCH_CHECK(weight->numel() == h && bias->numel() == h, "add_layer_norm: weight/bias size");
+    // The kernel reads 32-bit words: contiguous, and 4-byte aligned (a view that starts at
+    // an odd element is copied).
+    auto words = [](const at::Tensor& t) {
+      auto c = t.contiguous();
+      return reinterpret_cast<uintptr_t>(c.const_data_ptr()) % 4 == 0 ? c : c.clone();
+    };
+    auto xc = words(*x), rc = words(*residual), wc = words(*weight), bc = words(*bias);
+    // The module is loaded into, and the kernel launched on, x's device's context.
+    c10::DeviceGuard guard(xc.device());
     auto out = at::empty_like(xc);
     long long rows = xc.numel() / h;
     int device = xc.device().index();

@@ -427,8 +427,9 @@ mod tests {
 
     #[test]
     fn add_layer_norm_kernel_compiles_with_nvrtc() {
-        // No GPU needed: NVRTC (from the torch wheel's CUDA libraries) compiles the fused
-        // kernel's source to PTX for Hopper and Ampere, MiniLM's and BERT-base's widths.
+        // No GPU needed, but the CUDA torch wheel that `make setup` installs: its NVRTC
+        // compiles the fused kernel's source to PTX for Hopper and Ampere, at MiniLM's and
+        // BERT-base's widths.
         for (h, arch) in [(384, "compute_90"), (768, "compute_80")] {
             let ptx = add_layer_norm_compile(h, arch).unwrap();
             assert!(ptx > 1000, "{h} {arch}: {ptx} bytes of PTX");

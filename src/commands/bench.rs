@@ -324,13 +324,14 @@ fn path_differences(
         "packed vs padded outputs: max |diff| {:.2e}; fused add+LayerNorm vs aten: max |diff| {:.2e}{}",
         max_diff(&packed, &padded),
         max_diff(&fused, &packed),
-        fused_kernel_check(s.device)?,
+        fused_kernel_check(s.device),
     ))
 }
 
 /// The fused add + LayerNorm kernel against aten's add then layer_norm on random bf16
-/// rows of width 384 (a note for the table): how many outputs differ, and by how much.
-fn fused_kernel_check(device: Device) -> Result<String> {
+/// rows of width 384 (a note for the table): how many outputs differ, and by how much; or
+/// why the kernel is not available (the model then runs aten's kernels).
+fn fused_kernel_check(device: Device) -> String {
     let _guard = tch::no_grad_guard();
     let bf16 = (Kind::BFloat16, device);
     let (x, r) = (
@@ -338,16 +339,19 @@ fn fused_kernel_check(device: Device) -> Result<String> {
         Tensor::randn([8192, 384], bf16),
     );
     let (w, b) = (Tensor::randn([384], bf16), Tensor::randn([384], bf16));
-    let fused = crate::torch_extras::add_layer_norm(&x, &r, &w, &b, 1e-12)?.to_kind(Kind::Float);
+    let fused = match crate::torch_extras::add_layer_norm(&x, &r, &w, &b, 1e-12) {
+        Ok(t) => t.to_kind(Kind::Float),
+        Err(e) => return format!("; fused kernel not available: {e}"),
+    };
     let aten = (&x + &r)
         .layer_norm([384], Some(&w), Some(&b), 1e-12, false)
         .to_kind(Kind::Float);
     let differ = fused.ne_tensor(&aten).sum(Kind::Int64).int64_value(&[]);
-    Ok(format!(
+    format!(
         "; kernel alone on 8192x384 bf16: {differ} of {} outputs differ, max |diff| {:.2e}",
         fused.numel(),
         (&fused - &aten).abs().max().double_value(&[])
-    ))
+    )
 }
 
 /// W3: the `train` stage's student step on synthetic groups of whole-word texts.

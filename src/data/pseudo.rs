@@ -1,5 +1,6 @@
-//! Pseudo-queries cut from the corpus, for distillation on a corpus whose own queries are
-//! few or absent: for each document, up to `n` of its sentences (of at least
+//! Pseudo-queries cut from the corpus, for distillation on documents that the training
+//! queries do not reach (a dataset still needs its queries file and training qrels): for
+//! each document, up to `n` of its sentences (of at least
 //! [`MIN_WORDS`] words), and from each a window of 6 to 14 consecutive words, the length
 //! of a typical question. The document is the pseudo-query's labelled positive. This is
 //! the inverse cloze task of Lee et al. (2019) used as a query generator, as GPL (Wang et

@@ -57,8 +57,10 @@ impl Norm {
     /// `LayerNorm(x + residual)`, the post-LN residual of BERT. In inference on CUDA with
     /// bf16/fp16 weights it runs as one kernel (`torch_extras::add_layer_norm`: the
     /// rounding of aten's two kernels in one pass over memory); everywhere else, and
-    /// whenever autograd records, as `forward(x + residual)`. Should the kernel fail to
-    /// compile or launch, it is turned off for the process with one warning, and aten runs.
+    /// whenever autograd records, or for shapes the kernel does not cover (a broadcast
+    /// residual, a width that is not a multiple of 64), as `forward(x + residual)`. Should
+    /// the kernel fail to load, compile or launch, it is turned off for the process with
+    /// one warning, and aten runs.
     pub fn add_forward(&self, x: &Tensor, residual: &Tensor) -> Tensor {
         if let Some(y) = self.fused(x, residual) {
             return y;
@@ -69,10 +71,21 @@ impl Norm {
     fn fused(&self, x: &Tensor, residual: &Tensor) -> Option<Tensor> {
         let (w, b) = (self.ln.ws.as_ref()?, self.ln.bs.as_ref()?);
         let kind = x.kind();
+        let width = x.size().last().copied().unwrap_or(0);
+        // What the kernel covers; anything else (a broadcast residual, as the padded
+        // path's position embeddings, another width) takes aten for this call only.
         let eligible = FUSED.load(Ordering::Relaxed)
             && x.device().is_cuda()
             && matches!(kind, Kind::BFloat16 | Kind::Half)
-            && [residual, w, b].iter().all(|t| t.kind() == kind)
+            && width > 0
+            && width % 64 == 0
+            && width <= 4096
+            && residual.size() == x.size()
+            && [residual, w, b]
+                .iter()
+                .all(|t| t.kind() == kind && t.device() == x.device())
+            && w.numel() == width as usize
+            && b.numel() == width as usize
             && !(crate::torch_extras::grad_enabled()
                 && [x, residual, w, b].iter().any(|t| t.requires_grad()));
         if !eligible {
