@@ -251,22 +251,25 @@ void bind(void* lib, const char* name, F& f) {
   f = reinterpret_cast<F>(p);
 }
 
-// libtorch's own directory: where the loaded libc10.so lies. The pip wheels keep the
-// CUDA libraries at ../../nvidia/cu13/lib from there.
-std::string torch_lib_dir() {
-  std::string dir = ".";
+// The directory of the first loaded shared object whose file name starts with `prefix`
+// (dl_iterate_phdr), or "" when none is loaded.
+std::string loaded_dir(const std::string& prefix) {
+  struct Query {
+    const std::string& prefix;
+    std::string dir;
+  } q{prefix, ""};
   dl_iterate_phdr(
       [](struct dl_phdr_info* info, size_t, void* out) -> int {
+        auto* q = static_cast<Query*>(out);
         std::string name = info->dlpi_name ? info->dlpi_name : "";
-        const std::string lib = "/libc10.so";
-        if (name.size() > lib.size() && name.compare(name.size() - lib.size(), lib.size(), lib) == 0) {
-          *static_cast<std::string*>(out) = name.substr(0, name.size() - lib.size());
-          return 1;
-        }
-        return 0;
+        auto slash = name.rfind('/');
+        if (slash == std::string::npos || name.compare(slash + 1, q->prefix.size(), q->prefix) != 0)
+          return 0;
+        q->dir = name.substr(0, slash);
+        return 1;
       },
-      &dir);
-  return dir;
+      &q);
+  return q.dir;
 }
 
 void* open_first(const std::vector<std::string>& names, std::string& tried) {
@@ -281,18 +284,7 @@ void* open_first(const std::vector<std::string>& names, std::string& tried) {
 // from a path outside the loader's search path, load the builtins from its directory first
 // so that the name resolves to the loaded copy.
 void preload_builtins() {
-  std::string dir;
-  dl_iterate_phdr(
-      [](struct dl_phdr_info* info, size_t, void* out) -> int {
-        std::string name = info->dlpi_name ? info->dlpi_name : "";
-        auto slash = name.rfind('/');
-        if (slash != std::string::npos && name.compare(slash + 1, 10, "libnvrtc.s") == 0) {
-          *static_cast<std::string*>(out) = name.substr(0, slash);
-          return 1;
-        }
-        return 0;
-      },
-      &dir);
+  std::string dir = loaded_dir("libnvrtc.so");
   if (dir.empty()) return;
   if (DIR* d = opendir(dir.c_str())) {
     while (struct dirent* e = readdir(d)) {
@@ -304,31 +296,16 @@ void preload_builtins() {
   }
 }
 
-const Nvrtc& nvrtc() {
+// `Api` filled once by `init` (which throws on a missing library or symbol); every later
+// call returns it, or throws the first call's error again.
+template <typename Api>
+const Api& load_once(void (*init)(Api&)) {
   static std::once_flag once;
-  static Nvrtc api;
+  static Api api;
   static std::string error;
-  std::call_once(once, [] {
+  std::call_once(once, [&] {
     try {
-      std::string dir = torch_lib_dir(), tried;
-      std::vector<std::string> names;
-      for (const char* v : {"13", "12"}) {
-        names.push_back(std::string("libnvrtc.so.") + v);
-        names.push_back(dir + "/../../nvidia/cu" + v + "/lib/libnvrtc.so." + v);
-        names.push_back(dir + "/../../nvidia/cuda_nvrtc/lib/libnvrtc.so." + v);
-      }
-      void* lib = open_first(names, tried);
-      if (!lib) throw std::runtime_error("libnvrtc not found (tried" + tried + ")");
-      preload_builtins();
-      bind(lib, "nvrtcCreateProgram", api.create);
-      bind(lib, "nvrtcCompileProgram", api.compile);
-      bind(lib, "nvrtcGetProgramLogSize", api.log_size);
-      bind(lib, "nvrtcGetProgramLog", api.log);
-      bind(lib, "nvrtcGetCUBINSize", api.cubin_size);
-      bind(lib, "nvrtcGetCUBIN", api.cubin);
-      bind(lib, "nvrtcGetPTXSize", api.ptx_size);
-      bind(lib, "nvrtcGetPTX", api.ptx);
-      bind(lib, "nvrtcDestroyProgram", api.destroy);
+      init(api);
     } catch (const std::exception& e) {
       error = e.what();
     }
@@ -337,29 +314,46 @@ const Nvrtc& nvrtc() {
   return api;
 }
 
-const Driver& driver() {
-  static std::once_flag once;
-  static Driver api;
-  static std::string error;
-  std::call_once(once, [] {
-    try {
-      std::string tried;
-      void* lib = open_first({"libcuda.so.1", "libcuda.so"}, tried);
-      if (!lib) throw std::runtime_error("CUDA driver not found (tried" + tried + ")");
-      bind(lib, "cuModuleLoadData", api.module_load_data);
-      bind(lib, "cuModuleGetFunction", api.module_get_function);
-      bind(lib, "cuLaunchKernel", api.launch);
-      bind(lib, "cuCtxGetCurrent", api.ctx_get_current);
-      bind(lib, "cuCtxSetCurrent", api.ctx_set_current);
-      bind(lib, "cuDevicePrimaryCtxRetain", api.primary_ctx_retain);
-      bind(lib, "cuDeviceGet", api.device_get);
-      bind(lib, "cuDeviceGetAttribute", api.device_get_attribute);
-    } catch (const std::exception& e) {
-      error = e.what();
+const Nvrtc& nvrtc() {
+  return load_once<Nvrtc>([](Nvrtc& api) {
+    // libtorch's own directory (where libc10.so lies): the pip wheels keep the CUDA
+    // libraries at ../../nvidia/cu13/lib from there.
+    std::string dir = loaded_dir("libc10.so"), tried;
+    std::vector<std::string> names;
+    for (const char* v : {"13", "12"}) {
+      names.push_back(std::string("libnvrtc.so.") + v);
+      names.push_back(dir + "/../../nvidia/cu" + v + "/lib/libnvrtc.so." + v);
+      names.push_back(dir + "/../../nvidia/cuda_nvrtc/lib/libnvrtc.so." + v);
     }
+    void* lib = open_first(names, tried);
+    if (!lib) throw std::runtime_error("libnvrtc not found (tried" + tried + ")");
+    preload_builtins();
+    bind(lib, "nvrtcCreateProgram", api.create);
+    bind(lib, "nvrtcCompileProgram", api.compile);
+    bind(lib, "nvrtcGetProgramLogSize", api.log_size);
+    bind(lib, "nvrtcGetProgramLog", api.log);
+    bind(lib, "nvrtcGetCUBINSize", api.cubin_size);
+    bind(lib, "nvrtcGetCUBIN", api.cubin);
+    bind(lib, "nvrtcGetPTXSize", api.ptx_size);
+    bind(lib, "nvrtcGetPTX", api.ptx);
+    bind(lib, "nvrtcDestroyProgram", api.destroy);
   });
-  if (!error.empty()) throw std::runtime_error(error);
-  return api;
+}
+
+const Driver& driver() {
+  return load_once<Driver>([](Driver& api) {
+    std::string tried;
+    void* lib = open_first({"libcuda.so.1", "libcuda.so"}, tried);
+    if (!lib) throw std::runtime_error("CUDA driver not found (tried" + tried + ")");
+    bind(lib, "cuModuleLoadData", api.module_load_data);
+    bind(lib, "cuModuleGetFunction", api.module_get_function);
+    bind(lib, "cuLaunchKernel", api.launch);
+    bind(lib, "cuCtxGetCurrent", api.ctx_get_current);
+    bind(lib, "cuCtxSetCurrent", api.ctx_set_current);
+    bind(lib, "cuDevicePrimaryCtxRetain", api.primary_ctx_retain);
+    bind(lib, "cuDeviceGet", api.device_get);
+    bind(lib, "cuDeviceGetAttribute", api.device_get_attribute);
+  });
 }
 
 void check(CUresult r, const char* what) {

@@ -62,7 +62,6 @@ fn split_sentences(text: &str) -> Vec<&str> {
 /// `split` (when loaded) with their document as the one positive. A pseudo-query id that
 /// is already a query id is an error naming it.
 pub fn add_to(ds: &mut Dataset, split: &str, n: usize, seed: u64) -> Result<usize> {
-    let mut added = 0;
     let mut records = Vec::new();
     for (doc, text) in ds.corpus.ids.iter().zip(&ds.corpus.texts) {
         for (i, q) in for_document(seed, doc, text, n).into_iter().enumerate() {
@@ -78,12 +77,12 @@ pub fn add_to(ds: &mut Dataset, split: &str, n: usize, seed: u64) -> Result<usiz
             records.push((id, q, doc.clone()));
         }
     }
+    let added = records.len();
     for (id, q, doc) in records {
         ds.queries.push(id.clone(), q);
         if let Some(qrels) = ds.qrels.get_mut(split) {
             qrels.entry(id).or_default().insert(doc, 1);
         }
-        added += 1;
     }
     Ok(added)
 }
