@@ -296,15 +296,22 @@ fn killed_training_resumes_to_the_same_weights() {
 fn trained_models_load_in_sentence_transformers() {
     let dir = tempfile::tempdir().unwrap();
     let path = pipeline(dir.path(), "export");
+    // `[train]` is the file's last section: the distilled student keeps this length.
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("max_seq_length = 24\n");
+    std::fs::write(&path, text).unwrap();
     run_ok(&path, &[]);
     let run = Pipeline::load(&path).unwrap().run_dir;
     let student = run.join("train/student");
+    let st: serde_json::Value = read_json(&student.join("sentence_bert_config.json"));
+    assert_eq!(st["max_seq_length"], 24, "{st}");
     let out = dir.path().join("ref.json");
     reference_embed(&student, &out);
     let theirs: RefEmbeddings = read_json(&out);
     let model =
         distill::model::BiEncoder::load(&student, tch::Device::Cpu, Kind::Float, None).unwrap();
     let texts: Vec<String> = texts().into_iter().map(|t| t.text).collect();
+    assert_eq!(model.spec.max_seq_length, 24);
     let ours = rows(&model.encode(&texts, 16, &mut |_| {}).unwrap());
     assert!(max_abs_diff(&ours, &theirs.embeddings) <= 1e-5);
     // It changed: training moved the weights away from the base student.

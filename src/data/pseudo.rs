@@ -8,6 +8,13 @@
 //! label, carry what the student learns, and no judged query of the evaluation split is
 //! used. Drawn per document from the run seed and the document id, so that the set does
 //! not depend on file order.
+//!
+//! [`Windows::Informative`] keeps the drawn sentence and length but places the window
+//! where its words are rarest in the corpus (highest summed IDF), so that it names what
+//! sets its document apart, as a real question does, rather than a generic stretch such
+//! as "but one out of every six produced".
+use std::collections::HashMap;
+
 use crate::data::beir::Dataset;
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
@@ -20,8 +27,77 @@ pub fn query_id(doc: &str, i: usize) -> String {
     format!("pseudo:{doc}:{i}")
 }
 
-/// Up to `n` pseudo-queries of one document.
-pub fn for_document(seed: u64, doc: &str, text: &str, n: usize) -> Vec<String> {
+/// Where a pseudo-query's window sits in its sentence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Windows {
+    /// Drawn uniformly.
+    #[default]
+    Random,
+    /// Where the summed IDF of its words is highest (the first such place).
+    Informative,
+}
+
+/// Inverse document frequencies of a corpus's words, `ln(N / (1 + df))`, a word being its
+/// lowercased letters and digits.
+pub struct Idf {
+    docs: f64,
+    df: HashMap<String, u32>,
+}
+
+fn word_key(w: &str) -> String {
+    w.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+impl Idf {
+    pub fn new<'a>(texts: impl IntoIterator<Item = &'a str>) -> Self {
+        let (mut docs, mut df) = (0usize, HashMap::<String, u32>::new());
+        for t in texts {
+            docs += 1;
+            let mut words: Vec<String> = t.split_whitespace().map(word_key).collect();
+            words.sort_unstable();
+            words.dedup();
+            for w in words.into_iter().filter(|w| !w.is_empty()) {
+                *df.entry(w).or_default() += 1;
+            }
+        }
+        Idf {
+            docs: docs as f64,
+            df,
+        }
+    }
+
+    /// A word without letters or digits weighs nothing.
+    pub fn of(&self, word: &str) -> f64 {
+        let k = word_key(word);
+        if k.is_empty() {
+            return 0.0;
+        }
+        let df = self.df.get(&k).copied().unwrap_or(0) as f64;
+        (self.docs / (1.0 + df)).ln()
+    }
+}
+
+/// Start of the `len`-word window of `words` with the highest summed IDF (the first).
+fn informative_start(words: &[&str], len: usize, idf: &Idf) -> usize {
+    let w: Vec<f64> = words.iter().map(|x| idf.of(x)).collect();
+    let mut sum: f64 = w[..len].iter().sum();
+    let (mut best, mut best_sum) = (0, sum);
+    for s in 1..=words.len() - len {
+        sum += w[s + len - 1] - w[s - 1];
+        if sum > best_sum + 1e-9 {
+            (best, best_sum) = (s, sum);
+        }
+    }
+    best
+}
+
+/// Up to `n` pseudo-queries of one document; `idf` places the windows
+/// ([`Windows::Informative`]), else they are drawn.
+pub fn for_document(seed: u64, doc: &str, text: &str, n: usize, idf: Option<&Idf>) -> Vec<String> {
     let mut sentences: Vec<Vec<&str>> = split_sentences(text)
         .into_iter()
         .map(|s| s.split_whitespace().collect::<Vec<_>>())
@@ -35,7 +111,8 @@ pub fn for_document(seed: u64, doc: &str, text: &str, n: usize) -> Vec<String> {
         .map(|words| {
             let longest = MAX_WORDS.min(words.len());
             let len = MIN_WORDS + rng.below((longest - MIN_WORDS + 1) as u64) as usize;
-            let start = rng.below((words.len() - len + 1) as u64) as usize;
+            let drawn = rng.below((words.len() - len + 1) as u64) as usize;
+            let start = idf.map_or(drawn, |idf| informative_start(words, len, idf));
             words[start..start + len].join(" ")
         })
         .collect()
@@ -61,10 +138,21 @@ fn split_sentences(text: &str) -> Vec<&str> {
 /// Add `n` pseudo-queries per corpus document to `ds`'s queries, and to the qrels of
 /// `split` (when loaded) with their document as the one positive. A pseudo-query id that
 /// is already a query id is an error naming it.
-pub fn add_to(ds: &mut Dataset, split: &str, n: usize, seed: u64) -> Result<usize> {
+pub fn add_to(
+    ds: &mut Dataset,
+    split: &str,
+    n: usize,
+    windows: Windows,
+    seed: u64,
+) -> Result<usize> {
+    let idf = (windows == Windows::Informative)
+        .then(|| Idf::new(ds.corpus.texts.iter().map(String::as_str)));
     let mut records = Vec::new();
     for (doc, text) in ds.corpus.ids.iter().zip(&ds.corpus.texts) {
-        for (i, q) in for_document(seed, doc, text, n).into_iter().enumerate() {
+        for (i, q) in for_document(seed, doc, text, n, idf.as_ref())
+            .into_iter()
+            .enumerate()
+        {
             let id = query_id(doc, i);
             if ds.queries.position(&id).is_some() {
                 return Err(Error::Config {
@@ -105,7 +193,7 @@ mod tests {
         let text =
             "Short one. The quick brown fox jumps over the lazy dog near the river bank today. \
                     Another fairly long sentence with more than six words in it here.";
-        let qs = for_document(7, "d1", text, 5);
+        let qs = for_document(7, "d1", text, 5, None);
         assert_eq!(qs.len(), 2, "{qs:?}");
         for q in &qs {
             let n = q.split_whitespace().count();
@@ -113,9 +201,45 @@ mod tests {
             assert!(text.contains(q.as_str()), "{q}");
         }
         // Deterministic for a seed and a document id; another seed draws differently.
-        assert_eq!(qs, for_document(7, "d1", text, 5));
-        let other: Vec<_> = (0..8).map(|s| for_document(s, "d1", text, 1)).collect();
+        assert_eq!(qs, for_document(7, "d1", text, 5, None));
+        let other: Vec<_> = (0..8)
+            .map(|s| for_document(s, "d1", text, 1, None))
+            .collect();
         assert!(other.iter().any(|o| o != &other[0]));
+    }
+
+    #[test]
+    fn informative_windows_sit_on_the_rarest_words() {
+        let texts = [
+            "the river and the bank of the town",
+            "the river and the bank of the hill",
+            "the cat and the dog of the town",
+        ];
+        let idf = Idf::new(texts);
+        // df: the 3, of 3, and 3, river 2, bank 2, town 2, cat 1; unseen words 0.
+        assert!((idf.of("The,") - (3.0f64 / 4.0).ln()).abs() < 1e-12);
+        assert!((idf.of("Pickawillany") - 3.0f64.ln()).abs() < 1e-12);
+        assert!((idf.of("cat") - (3.0f64 / 2.0).ln()).abs() < 1e-12);
+        assert_eq!(idf.of("--"), 0.0);
+        let words: Vec<&str> = "the of and the Miami rivers near Pickawillany the of and the"
+            .split_whitespace()
+            .collect();
+        assert_eq!(informative_start(&words, 4, &idf), 4);
+        // Ties go to the first: "and the Miami ... Pickawillany" and "the Miami ...
+        // Pickawillany the" weigh the same.
+        assert_eq!(informative_start(&words, 6, &idf), 2);
+        assert_eq!(informative_start(&words, words.len(), &idf), 0);
+        // Through for_document: the same sentence and length as the drawn window.
+        let text = "The of and the Miami rivers near Pickawillany the of and the cat.";
+        for seed in 0..20 {
+            let drawn = for_document(seed, "d", text, 1, None);
+            let placed = for_document(seed, "d", text, 1, Some(&idf));
+            assert_eq!(
+                drawn[0].split_whitespace().count(),
+                placed[0].split_whitespace().count()
+            );
+            assert!(placed[0].contains("Pickawillany"), "{placed:?}");
+        }
     }
 
     fn dataset(queries: &str) -> tempfile::TempDir {
@@ -133,7 +257,7 @@ mod tests {
     fn pseudo_queries_join_the_training_split_with_their_document() {
         let d = dataset("{\"_id\": \"q1\", \"text\": \"why?\"}\n");
         let mut ds = Dataset::load(d.path(), &["train"], true).unwrap();
-        assert_eq!(add_to(&mut ds, "train", 3, 42).unwrap(), 1);
+        assert_eq!(add_to(&mut ds, "train", 3, Windows::Random, 42).unwrap(), 1);
         let id = query_id("d1", 0);
         let q = ds.queries.text(&id).unwrap();
         assert!(ds.corpus.text("d1").unwrap().contains(q), "{q}");
@@ -145,7 +269,9 @@ mod tests {
             "{\"_id\": \"q1\", \"text\": \"why?\"}\n{\"_id\": \"pseudo:d1:0\", \"text\": \"x\"}\n",
         );
         let mut ds = Dataset::load(d.path(), &["train"], true).unwrap();
-        let e = add_to(&mut ds, "train", 3, 42).unwrap_err().to_string();
+        let e = add_to(&mut ds, "train", 3, Windows::Random, 42)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("`pseudo:d1:0`") && e.contains("queries.jsonl"),
             "{e}"

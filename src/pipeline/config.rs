@@ -89,6 +89,9 @@ pub struct TrainSection {
     pub kl_teacher_temperature: Option<Spanned<f64>>,
     pub infonce_scale: Option<Spanned<f64>>,
     pub exclude_false_negatives: Option<bool>,
+    /// The distilled student's `max_seq_length` (saved with it, and used by eval for
+    /// it); unset: the student's own.
+    pub max_seq_length: Option<Spanned<usize>>,
     // [teacher_train] only
     pub loss: Option<Spanned<crate::pipeline::config::TeacherLoss>>,
 }
@@ -129,6 +132,9 @@ pub struct LossConfig {
 pub struct StudentTrainConfig {
     pub settings: crate::train::trainer::TrainSettings,
     pub loss: LossConfig,
+    /// Unset keeps the run's hash as it was before the key existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_seq_length: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -190,6 +196,9 @@ pub struct DatasetSection {
     /// `data::pseudo`); 0 (the default) adds none.
     #[serde(default = "default_zero")]
     pub pseudo_queries: Spanned<usize>,
+    /// Where each pseudo-query's window sits in its sentence: "random" or "informative".
+    #[serde(default)]
+    pub pseudo_windows: crate::data::pseudo::Windows,
 }
 
 /// Stage `mine`: candidates for every training query from the student's ranking.
@@ -364,6 +373,12 @@ pub struct DatasetRef {
     pub strict: bool,
     /// Pseudo-queries per corpus document added to the training split (0: none).
     pub pseudo_queries: usize,
+    #[serde(skip_serializing_if = "is_default_windows")]
+    pub pseudo_windows: crate::data::pseudo::Windows,
+}
+
+fn is_default_windows(w: &crate::data::pseudo::Windows) -> bool {
+    *w == crate::data::pseudo::Windows::default()
 }
 
 impl DatasetRef {
@@ -376,7 +391,13 @@ impl DatasetRef {
     ) -> crate::error::Result<crate::data::beir::Dataset> {
         let mut ds = crate::data::beir::Dataset::load(&self.path, splits, self.strict)?;
         if self.pseudo_queries > 0 {
-            crate::data::pseudo::add_to(&mut ds, &self.train_split, self.pseudo_queries, seed)?;
+            crate::data::pseudo::add_to(
+                &mut ds,
+                &self.train_split,
+                self.pseudo_queries,
+                self.pseudo_windows,
+                seed,
+            )?;
         }
         Ok(ds)
     }
@@ -664,6 +685,7 @@ impl Pipeline {
                     }
                     n
                 },
+                pseudo_windows: d.pseudo_windows,
             });
         }
 
@@ -806,6 +828,10 @@ impl Checker<'_> {
                 "kl_teacher_temperature",
             ),
             (t.infonce_scale.as_ref().map(|v| v.span()), "infonce_scale"),
+            (
+                t.max_seq_length.as_ref().map(|v| v.span()),
+                "max_seq_length",
+            ),
         ];
         if let Some((span, key)) = student_only
             .into_iter()
@@ -863,6 +889,11 @@ impl Checker<'_> {
         Ok(StudentTrainConfig {
             settings: self.train_settings(t, "train", seed, 2e-5, 32, 7)?,
             loss,
+            max_seq_length: t
+                .max_seq_length
+                .as_ref()
+                .map(|v| self.positive(v, "train.max_seq_length"))
+                .transpose()?,
         })
     }
 }

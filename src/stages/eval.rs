@@ -272,7 +272,12 @@ impl Eval {
     ) -> Result<SystemEval> {
         let Split { d, ds, judged } = *split;
         let p = env.pipeline;
-        let student = BiEncoder::load(path, env.device, env.kind, p.student.max_length)?;
+        // The distilled student keeps the length it was trained at.
+        let max_length = match label {
+            "distilled" => p.train.max_seq_length.or(p.student.max_length),
+            _ => p.student.max_length,
+        };
+        let student = BiEncoder::load(path, env.device, env.kind, max_length)?;
         let fp = fingerprint::directory(path)?;
         let corpus = super::mine::corpus_embeddings(env, &student, &fp, d, ds)?;
         let queries: Vec<&String> = judged.keys().collect();

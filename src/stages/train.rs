@@ -202,7 +202,7 @@ impl Stage for Train {
             &p.student.path,
             env.device,
             Kind::Float,
-            p.student.max_length,
+            cfg.max_seq_length.or(p.student.max_length),
         )?;
         // Mixed precision on CUDA: bf16 activations over fp32 master weights.
         if env.device.is_cuda() {
