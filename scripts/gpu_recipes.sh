@@ -10,6 +10,7 @@ mkdir -p "$OUTDIR"
 export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__)+"/lib")')
 bash scripts/gpu_pipeline.sh "$PIPELINE" > "$OUTDIR/base.log" 2>&1 || { tail -50 "$OUTDIR/base.log"; exit 1; }
 tail -12 "$OUTDIR/base.log"
+echo  # the rows below are not part of that table
 RUN=$(python3 -c "import tomllib;c=tomllib.load(open('$PIPELINE','rb'));print(c['run'].get('output_root','checkpoints')+'/'+c['run']['name'])")
 rows=()
 for v in "$@"; do
