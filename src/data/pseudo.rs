@@ -38,6 +38,13 @@ pub enum Windows {
     Informative,
 }
 
+impl Windows {
+    /// Left out of run hashes, so that runs from before the key keep theirs.
+    pub fn is_default(&self) -> bool {
+        *self == Windows::default()
+    }
+}
+
 /// Inverse document frequencies of a corpus's words, `ln(N / (1 + df))`, a word being its
 /// lowercased letters and digits.
 pub struct Idf {

@@ -373,12 +373,8 @@ pub struct DatasetRef {
     pub strict: bool,
     /// Pseudo-queries per corpus document added to the training split (0: none).
     pub pseudo_queries: usize,
-    #[serde(skip_serializing_if = "is_default_windows")]
+    #[serde(skip_serializing_if = "crate::data::pseudo::Windows::is_default")]
     pub pseudo_windows: crate::data::pseudo::Windows,
-}
-
-fn is_default_windows(w: &crate::data::pseudo::Windows) -> bool {
-    *w == crate::data::pseudo::Windows::default()
 }
 
 impl DatasetRef {

@@ -272,10 +272,10 @@ impl Eval {
     ) -> Result<SystemEval> {
         let Split { d, ds, judged } = *split;
         let p = env.pipeline;
-        // The distilled student keeps the length it was trained at.
+        // The distilled student reads at the length it was trained and saved with.
         let max_length = match label {
-            "distilled" => p.train.max_seq_length.or(p.student.max_length),
-            _ => p.student.max_length,
+            "base" => p.student.max_length,
+            _ => None,
         };
         let student = BiEncoder::load(path, env.device, env.kind, max_length)?;
         let fp = fingerprint::directory(path)?;

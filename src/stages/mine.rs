@@ -95,7 +95,7 @@ impl Stage for Mine {
                     json!({"name": d.name, "train_split": d.train_split, "strict": d.strict});
                 if d.pseudo_queries > 0 {
                     v["pseudo_queries"] = json!(d.pseudo_queries);
-                    if d.pseudo_windows != crate::data::pseudo::Windows::Random {
+                    if !d.pseudo_windows.is_default() {
                         v["pseudo_windows"] = json!(d.pseudo_windows);
                     }
                 }
