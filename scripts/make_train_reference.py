@@ -2,6 +2,7 @@
 """Reference values for distill's training code, from the libraries its users know:
 
 - sentence-transformers' MarginMSELoss, DistillKLDivLoss and MultipleNegativesRankingLoss
+  (one direction, and both: query_to_doc + doc_to_query, per_direction)
   (compute_loss_from_embeddings) on seeded random, L2-normalised embeddings;
 - torch.optim.AdamW over a few steps with given gradients and learning rates;
 - transformers' linear and cosine schedules with warmup.
@@ -46,6 +47,10 @@ def main() -> int:
     mnrl = losses.MultipleNegativesRankingLoss(model, scale=20.0)
     out["infonce_scale"] = 20.0
     out["infonce"] = mnrl.compute_loss_from_embeddings(emb, None).item()
+    # Both directions, a softmax each, averaged (the former MultipleNegativesSymmetricRankingLoss).
+    sym = losses.MultipleNegativesRankingLoss(model, scale=20.0, directions=("query_to_doc", "doc_to_query"),
+                                              partition_mode="per_direction")
+    out["infonce_symmetric"] = sym.compute_loss_from_embeddings(emb, None).item()
 
     # AdamW
     torch.manual_seed(7)

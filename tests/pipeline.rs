@@ -423,6 +423,40 @@ fn check_names_file_line_and_key() {
         .success());
 }
 
+#[test]
+fn train_only_keys_are_refused_in_teacher_train() {
+    let f = Fixture::new();
+    let student = generated("tiny_bi_mean");
+    let teacher = format!("path = \"{}\"", generated("ce_sigmoid").display());
+    let base = format!("base = \"{}\"", student.display());
+    let cases = [
+        (
+            "[teacher_train]\nbatching = \"topic\"",
+            "`teacher_train.batching`: is a [train] setting",
+        ),
+        (
+            "[teacher_train]\ninfonce_symmetric = true",
+            "`teacher_train.infonce_symmetric`: is a [train] setting",
+        ),
+        (
+            "[teacher_train]\nbatching = \"topical\"",
+            "unknown variant `topical`, expected `random` or `topic`",
+        ),
+        ("[teacher_train]\nepochs = 1", ""),
+    ];
+    for (i, (section, needle)) in cases.iter().enumerate() {
+        let path = f.write(&format!("tt{i}"), "", "");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(&teacher, &base);
+        std::fs::write(&path, format!("{text}\n{section}\n")).unwrap();
+        let out = distill(&["check", path.to_str().unwrap()], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), needle.is_empty(), "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
+}
+
 /// A copy of the tiny dataset with `edit` applied to one of its files.
 fn broken_dataset(
     root: &Path,

@@ -45,6 +45,7 @@ struct TrainRef {
     kl_student_temperature: f64,
     kl_teacher_temperature: f64,
     infonce: f64,
+    infonce_symmetric: f64,
     infonce_scale: f64,
     adamw: AdamRef,
     schedules: std::collections::BTreeMap<String, SchedRef>,
@@ -100,6 +101,12 @@ fn losses_match_sentence_transformers() {
     let targets: Vec<i64> = (0..b).map(|i| i * k).collect();
     let info = losses::infonce(&q, &d, &targets, None, r.infonce_scale);
     close(info.double_value(&[]), r.infonce, "infonce");
+    let back = losses::infonce_doc_to_query(&q, &d, &targets, None, r.infonce_scale);
+    close(
+        ((info + back) / 2.0).double_value(&[]),
+        r.infonce_symmetric,
+        "infonce_symmetric",
+    );
 }
 
 #[test]

@@ -410,6 +410,7 @@ fn run_train(s: &BenchSettings, shapes: &Shapes, rng: &mut SplitMix64) -> Result
         kl_student_temperature: 1.0,
         kl_teacher_temperature: 1.0,
         infonce_scale: 20.0,
+        infonce_symmetric: false,
         exclude_false_negatives: false,
     };
     let task = StudentTask::new(&model, &set, &loss)?;

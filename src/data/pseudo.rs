@@ -36,6 +36,9 @@ pub enum Windows {
     Random,
     /// Where the summed IDF of its words is highest (the first such place).
     Informative,
+    /// Drawn uniformly, then turned into a cloze question ([`as_question`]): one
+    /// name or number is taken out as the answer and a question word put in front.
+    Question,
 }
 
 impl Windows {
@@ -102,9 +105,92 @@ fn informative_start(words: &[&str], len: usize, idf: &Idf) -> usize {
     best
 }
 
+/// Whether a word can be (part of) an answer: it has a digit, or starts with a capital
+/// (`sentence_initial` words only with a digit, their capital saying nothing).
+fn answerish(word: &str, sentence_initial: bool) -> bool {
+    let core = word.trim_matches(|c: char| !c.is_alphanumeric());
+    core.chars().any(|c| c.is_ascii_digit())
+        || (!sentence_initial && core.chars().next().is_some_and(char::is_uppercase))
+}
+
+/// The question word for an answer: a year asks "when", another number "how many", a
+/// name "what".
+fn question_word(answer: &[&str]) -> &'static str {
+    let cores: Vec<&str> = answer
+        .iter()
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+        .collect();
+    let year = |c: &str| c.len() == 4 && c.parse::<u32>().is_ok_and(|y| (1000..2100).contains(&y));
+    if cores.len() == 1 && year(cores[0]) {
+        "when"
+    } else if cores.iter().any(|c| c.chars().any(|x| x.is_ascii_digit())) {
+        "how many"
+    } else {
+        "what"
+    }
+}
+
+/// A window of document `text` as a cloze question: one maximal run of [`answerish`]
+/// words, chosen by `rng` among those that occur once in `text` (a name the document keeps
+/// repeating is its topic, which questions name, not an answer) and leave at least
+/// [`MIN_WORDS`]` - 2` words, is taken out; the question word goes in front and a `?` at
+/// the end. `at_sentence_start`: the window's first word begins its sentence. A window
+/// without such a run stays as it is.
+pub fn as_question(
+    window: &[&str],
+    at_sentence_start: bool,
+    text: &str,
+    rng: &mut SplitMix64,
+) -> String {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < window.len() {
+        let start = i;
+        while i < window.len() && answerish(window[i], at_sentence_start && i == 0) {
+            i += 1;
+        }
+        if i > start {
+            let answer = window[start..i].join(" ");
+            let answer = answer.trim_matches(|c: char| !c.is_alphanumeric());
+            if window.len() - (i - start) >= MIN_WORDS - 2 && text.matches(answer).count() == 1 {
+                runs.push((start, i));
+            }
+        } else {
+            i += 1;
+        }
+    }
+    if runs.is_empty() {
+        return window.join(" ");
+    }
+    let (a, b) = runs[rng.below(runs.len() as u64) as usize];
+    let rest: Vec<&str> = window[..a].iter().chain(&window[b..]).copied().collect();
+    let last = rest.len() - 1;
+    let body: Vec<&str> = rest
+        .iter()
+        .enumerate()
+        .map(|(k, w)| {
+            if k == last {
+                w.trim_end_matches(|c: char| !c.is_alphanumeric())
+            } else {
+                w
+            }
+        })
+        .collect();
+    format!("{} {}?", question_word(&window[a..b]), body.join(" "))
+}
+
 /// Up to `n` pseudo-queries of one document; `idf` places the windows
-/// ([`Windows::Informative`]), else they are drawn.
-pub fn for_document(seed: u64, doc: &str, text: &str, n: usize, idf: Option<&Idf>) -> Vec<String> {
+/// ([`Windows::Informative`]), else they are drawn; `question` turns each into a cloze
+/// question ([`Windows::Question`]), from a generator of its own so that the windows are
+/// those of [`Windows::Random`].
+pub fn for_document(
+    seed: u64,
+    doc: &str,
+    text: &str,
+    n: usize,
+    idf: Option<&Idf>,
+    question: bool,
+) -> Vec<String> {
     let mut sentences: Vec<Vec<&str>> = split_sentences(text)
         .into_iter()
         .map(|s| s.split_whitespace().collect::<Vec<_>>())
@@ -115,12 +201,19 @@ pub fn for_document(seed: u64, doc: &str, text: &str, n: usize, idf: Option<&Idf
     sentences
         .iter()
         .take(n)
-        .map(|words| {
+        .enumerate()
+        .map(|(i, words)| {
             let longest = MAX_WORDS.min(words.len());
             let len = MIN_WORDS + rng.below((longest - MIN_WORDS + 1) as u64) as usize;
             let drawn = rng.below((words.len() - len + 1) as u64) as usize;
             let start = idf.map_or(drawn, |idf| informative_start(words, len, idf));
-            words[start..start + len].join(" ")
+            let window = &words[start..start + len];
+            if question {
+                let mut qrng = SplitMix64::for_key(seed, &query_id(doc, i));
+                as_question(window, start == 0, text, &mut qrng)
+            } else {
+                window.join(" ")
+            }
         })
         .collect()
 }
@@ -156,7 +249,8 @@ pub fn add_to(
         .then(|| Idf::new(ds.corpus.texts.iter().map(String::as_str)));
     let mut records = Vec::new();
     for (doc, text) in ds.corpus.ids.iter().zip(&ds.corpus.texts) {
-        for (i, q) in for_document(seed, doc, text, n, idf.as_ref())
+        let question = windows == Windows::Question;
+        for (i, q) in for_document(seed, doc, text, n, idf.as_ref(), question)
             .into_iter()
             .enumerate()
         {
@@ -200,7 +294,7 @@ mod tests {
         let text =
             "Short one. The quick brown fox jumps over the lazy dog near the river bank today. \
                     Another fairly long sentence with more than six words in it here.";
-        let qs = for_document(7, "d1", text, 5, None);
+        let qs = for_document(7, "d1", text, 5, None, false);
         assert_eq!(qs.len(), 2, "{qs:?}");
         for q in &qs {
             let n = q.split_whitespace().count();
@@ -208,9 +302,9 @@ mod tests {
             assert!(text.contains(q.as_str()), "{q}");
         }
         // Deterministic for a seed and a document id; another seed draws differently.
-        assert_eq!(qs, for_document(7, "d1", text, 5, None));
+        assert_eq!(qs, for_document(7, "d1", text, 5, None, false));
         let other: Vec<_> = (0..8)
-            .map(|s| for_document(s, "d1", text, 1, None))
+            .map(|s| for_document(s, "d1", text, 1, None, false))
             .collect();
         assert!(other.iter().any(|o| o != &other[0]));
     }
@@ -239,14 +333,99 @@ mod tests {
         // Through for_document: the same sentence and length as the drawn window.
         let text = "The of and the Miami rivers near Pickawillany the of and the cat.";
         for seed in 0..20 {
-            let drawn = for_document(seed, "d", text, 1, None);
-            let placed = for_document(seed, "d", text, 1, Some(&idf));
+            let drawn = for_document(seed, "d", text, 1, None, false);
+            let placed = for_document(seed, "d", text, 1, Some(&idf), false);
             assert_eq!(
                 drawn[0].split_whitespace().count(),
                 placed[0].split_whitespace().count()
             );
             assert!(placed[0].contains("Pickawillany"), "{placed:?}");
         }
+    }
+
+    #[test]
+    fn question_windows_take_out_one_answer() {
+        let words = |s: &'static str| s.split_whitespace().collect::<Vec<_>>();
+        let mut rng = SplitMix64::new(1);
+        // One run each: a year, a number, a name; the window's capital first word is no
+        // answer when it starts its sentence.
+        let w = words("In 1066 the army crossed the channel quickly.");
+        assert_eq!(
+            as_question(&w, true, &w.join(" "), &mut rng),
+            "when In the army crossed the channel quickly?"
+        );
+        let w = words("the army had 7,000 men and many horses");
+        assert_eq!(
+            as_question(&w, false, &w.join(" "), &mut rng),
+            "how many the army had men and many horses?"
+        );
+        let w = words("champion Denver Broncos defeated the other champion,");
+        assert_eq!(
+            as_question(&w, false, &w.join(" "), &mut rng),
+            "what champion defeated the other champion?"
+        );
+        // Mid-sentence, a capital first word is a name.
+        assert_eq!(
+            as_question(
+                &words("Denver defeated the other champion easily"),
+                false,
+                "Denver defeated the other champion easily",
+                &mut rng
+            ),
+            "what defeated the other champion easily?"
+        );
+        // Nothing to take out, or a run that would leave too little: unchanged.
+        let w = words("the army crossed the channel quickly");
+        assert_eq!(as_question(&w, false, &w.join(" "), &mut rng), w.join(" "));
+        let w = words("The Royal Navy Fleet Air Arm crossed");
+        assert_eq!(as_question(&w, false, &w.join(" "), &mut rng), w.join(" "));
+        // A name its document repeats is its topic, not an answer.
+        let w = words("the army had 7,000 men and many horses");
+        assert_eq!(
+            as_question(
+                &w,
+                false,
+                "7,000 men. the army had 7,000 men and many horses",
+                &mut rng
+            ),
+            w.join(" ")
+        );
+        // Any of three runs, as the generator draws; the others stay.
+        let w = words("the Normans reached Sicily in 1061 with few ships");
+        let drawn: std::collections::BTreeSet<String> = (0..32)
+            .map(|s| as_question(&w, false, &w.join(" "), &mut SplitMix64::new(s)))
+            .collect();
+        let expect = [
+            "when the Normans reached Sicily in with few ships?",
+            "what the reached Sicily in 1061 with few ships?",
+            "what the Normans reached in 1061 with few ships?",
+        ];
+        assert_eq!(drawn, expect.iter().map(|e| e.to_string()).collect());
+        // Through for_document: the windows of Windows::Random, each as a question.
+        let text = "The Normans reached Sicily in 1061 with a few ships and men. \
+                    Their leader Robert Guiscard took Palermo after a long siege.";
+        let plain = for_document(3, "d", text, 2, None, false);
+        let asked = for_document(3, "d", text, 2, None, true);
+        for (p, q) in plain.iter().zip(&asked) {
+            assert!(q.ends_with('?'), "{q}");
+            let p: Vec<&str> = p.split_whitespace().collect();
+            let q: Vec<&str> = q.trim_end_matches('?').split_whitespace().collect();
+            // The question word, then the window's words in order less one run.
+            assert!(
+                q.len() < p.len() + 2 && q.len() >= p.len() - 3,
+                "{p:?} {q:?}"
+            );
+            let body = &q[if q[0] == "how" { 2 } else { 1 }..];
+            let mut it = p.iter();
+            assert!(
+                body.iter().all(
+                    |w| it.any(|x| x.trim_end_matches(|c: char| !c.is_alphanumeric())
+                        == w.trim_end_matches(|c: char| !c.is_alphanumeric()))
+                ),
+                "{p:?} {q:?}"
+            );
+        }
+        assert_eq!(asked, for_document(3, "d", text, 2, None, true));
     }
 
     fn dataset(queries: &str) -> tempfile::TempDir {

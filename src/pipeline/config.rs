@@ -70,6 +70,8 @@ pub struct TrainSection {
     pub schedule: crate::train::schedule::Decay,
     pub batch_queries: Option<Spanned<usize>>,
     pub negatives: Option<Spanned<usize>>,
+    /// [train] only: "random" or "topic" batches.
+    pub batching: Option<Spanned<crate::train::data::Batching>>,
     #[serde(default = "one")]
     pub grad_accumulation: Spanned<usize>,
     #[serde(default = "default_clip")]
@@ -88,6 +90,9 @@ pub struct TrainSection {
     pub kl_student_temperature: Option<Spanned<f64>>,
     pub kl_teacher_temperature: Option<Spanned<f64>>,
     pub infonce_scale: Option<Spanned<f64>>,
+    /// InfoNCE in both directions, averaged (sentence-transformers'
+    /// `MultipleNegativesSymmetricRankingLoss`).
+    pub infonce_symmetric: Option<Spanned<bool>>,
     pub exclude_false_negatives: Option<bool>,
     /// The distilled student's `max_seq_length` (saved with it, and used by eval for
     /// it); unset: the student's own.
@@ -125,6 +130,9 @@ pub struct LossConfig {
     pub kl_teacher_temperature: f64,
     /// InfoNCE logits are dot products times this (sentence-transformers' `scale`).
     pub infonce_scale: f64,
+    /// Left out of the hash when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub infonce_symmetric: bool,
     pub exclude_false_negatives: bool,
 }
 
@@ -800,6 +808,10 @@ impl Checker<'_> {
             schedule: t.schedule,
             batch_queries: pos(&t.batch_queries, "batch_queries", batch_queries)?,
             negatives: pos(&t.negatives, "negatives", negatives)?,
+            batching: t
+                .batching
+                .as_ref()
+                .map_or(Default::default(), |b| *b.get_ref()),
             grad_accumulation: self.positive(&t.grad_accumulation, &k("grad_accumulation"))?,
             max_grad_norm: self.unit(&t.max_grad_norm, &k("max_grad_norm"), 0.0, f64::MAX)?,
             weight_decay: self.unit(&t.weight_decay, &k("weight_decay"), 0.0, 1.0)?,
@@ -827,6 +839,11 @@ impl Checker<'_> {
             (
                 t.max_seq_length.as_ref().map(|v| v.span()),
                 "max_seq_length",
+            ),
+            (t.batching.as_ref().map(|v| v.span()), "batching"),
+            (
+                t.infonce_symmetric.as_ref().map(|v| v.span()),
+                "infonce_symmetric",
             ),
         ];
         if let Some((span, key)) = student_only
@@ -873,6 +890,7 @@ impl Checker<'_> {
                 1e6,
             )?,
             infonce_scale: f(&t.infonce_scale, "infonce_scale", 20.0, 1e-6, 1e6)?,
+            infonce_symmetric: t.infonce_symmetric.as_ref().is_some_and(|v| *v.get_ref()),
             exclude_false_negatives: t.exclude_false_negatives.unwrap_or(true),
         };
         if loss.margin_mse + loss.kl + loss.infonce <= 0.0 {

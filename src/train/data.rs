@@ -5,7 +5,27 @@ use crate::data::beir::Dataset;
 use crate::data::pairs::PairTable;
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// How an epoch's queries are put into batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Batching {
+    /// A seeded shuffle, cut into batches.
+    #[default]
+    Random,
+    /// Topic-aware (in the manner of TAS, Hofstätter et al. 2021): each batch is a seed
+    /// query (in the shuffled order) and the queries sharing most candidate documents with
+    /// it, so that in-batch negatives come from the same topic ([`TrainingSet::topic_order`]).
+    Topic,
+}
+
+impl Batching {
+    /// Left out of run hashes, so that runs from before the key keep theirs.
+    pub fn is_default(&self) -> bool {
+        *self == Batching::default()
+    }
+}
 
 /// One document of a group.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,13 +158,22 @@ impl TrainingSet {
         Ok(TrainingSet { groups, stats })
     }
 
-    /// Examples of one epoch: queries in a seeded order; for each, a seeded positive and
-    /// `n` negatives (without replacement when the query has `n`, else cycling through a
-    /// seeded order of what it has). Depends only on (seed, epoch), so a resumed run
-    /// replays the same data.
-    pub fn epoch(&self, seed: u64, epoch: usize, n: usize) -> Vec<Example> {
+    /// Examples of one epoch: queries in a seeded order (put into topic batches of
+    /// `topic_batch` queries when given); for each, a seeded positive and `n` negatives
+    /// (without replacement when the query has `n`, else cycling through a seeded order of
+    /// what it has). Depends only on (seed, epoch), so a resumed run replays the same data.
+    pub fn epoch(
+        &self,
+        seed: u64,
+        epoch: usize,
+        n: usize,
+        topic_batch: Option<usize>,
+    ) -> Vec<Example> {
         let mut order: Vec<usize> = (0..self.groups.len()).collect();
         SplitMix64::for_key(seed, &format!("epoch {epoch}")).shuffle(&mut order);
+        if let Some(batch) = topic_batch {
+            order = self.topic_order(&order, batch);
+        }
         order
             .into_iter()
             .map(|q| {
@@ -166,6 +195,69 @@ impl TrainingSet {
                 }
             })
             .collect()
+    }
+}
+
+impl TrainingSet {
+    /// `order` regrouped into batches of `batch` queries: the first query of `order` not
+    /// yet placed opens a batch, which takes the unplaced queries sharing most documents
+    /// (positives and negatives, within a dataset) with it, earlier in `order` first on
+    /// ties, then the next unplaced queries of `order` if too few share any. Every query
+    /// is placed once; only the last batch may be short.
+    pub fn topic_order(&self, order: &[usize], batch: usize) -> Vec<usize> {
+        let batch = batch.max(1);
+        let n = order.len();
+        let docs = |g: usize| {
+            let g = &self.groups[g];
+            g.positives
+                .iter()
+                .chain(&g.negatives)
+                .map(move |d| (g.dataset.as_str(), d.id.as_str()))
+        };
+        let mut rank = vec![0; self.groups.len()];
+        let mut postings: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        for (r, &g) in order.iter().enumerate() {
+            rank[g] = r;
+            for d in docs(g) {
+                postings.entry(d).or_default().push(g);
+            }
+        }
+        let mut placed = vec![false; self.groups.len()];
+        let mut out = Vec::with_capacity(n);
+        let mut cursor = 0;
+        while out.len() < n {
+            while placed[order[cursor]] {
+                cursor += 1;
+            }
+            let first = order[cursor];
+            placed[first] = true;
+            let start = out.len();
+            out.push(first);
+            let mut shared: HashMap<usize, u32> = HashMap::new();
+            let mut seen = BTreeSet::new();
+            for d in docs(first).filter(|d| seen.insert(*d)) {
+                for &g in &postings[&d] {
+                    if !placed[g] {
+                        *shared.entry(g).or_default() += 1;
+                    }
+                }
+            }
+            let mut near: Vec<(u32, usize)> = shared.into_iter().map(|(g, c)| (c, g)).collect();
+            near.sort_unstable_by_key(|&(c, g)| (std::cmp::Reverse(c), rank[g]));
+            for (_, g) in near.into_iter().take(batch - 1) {
+                placed[g] = true;
+                out.push(g);
+            }
+            let mut k = cursor;
+            while out.len() - start < batch && k < n {
+                if !placed[order[k]] {
+                    placed[order[k]] = true;
+                    out.push(order[k]);
+                }
+                k += 1;
+            }
+        }
+        out
     }
 }
 
@@ -198,9 +290,9 @@ mod tests {
     #[test]
     fn epochs_are_seeded_shuffles_with_distinct_negatives() {
         let s = set(10);
-        let e0 = s.epoch(1, 0, 3);
-        assert_eq!(e0, s.epoch(1, 0, 3));
-        assert_ne!(e0, s.epoch(1, 1, 3));
+        let e0 = s.epoch(1, 0, 3, None);
+        assert_eq!(e0, s.epoch(1, 0, 3, None));
+        assert_ne!(e0, s.epoch(1, 1, 3, None));
         let mut qs: Vec<usize> = e0.iter().map(|e| e.query).collect();
         qs.sort();
         assert_eq!(qs, vec![0, 1, 2, 3]);
@@ -214,8 +306,74 @@ mod tests {
 
     #[test]
     fn short_groups_cycle_their_negatives() {
-        let e = set(2).epoch(5, 0, 5);
+        let e = set(2).epoch(5, 0, 5, None);
         assert!(e.iter().all(|x| x.negatives.len() == 5));
         assert!(e.iter().all(|x| x.negatives[2] == x.negatives[0]));
+    }
+
+    #[test]
+    fn topic_batches_gather_queries_that_share_documents() {
+        let doc = |i: usize| Doc {
+            id: format!("d{i}"),
+            text: String::new(),
+            teacher: 0.0,
+        };
+        // Queries 0..12 in three topics (q % 3) whose documents are disjoint; the same
+        // document ids in another dataset (query 12) are another topic.
+        let group = |q: usize, dataset: &str| QueryGroup {
+            dataset: dataset.into(),
+            query_id: format!("q{q}"),
+            text: String::new(),
+            positives: vec![doc(100 + q)],
+            negatives: (0..4).map(|j| doc(10 * (q % 3) + j)).collect(),
+            positive_ids: BTreeSet::new(),
+        };
+        let mut groups: Vec<QueryGroup> = (0..12).map(|q| group(q, "x")).collect();
+        groups.push(group(0, "y"));
+        let set = TrainingSet {
+            groups,
+            stats: GroupStats::default(),
+        };
+        let x = TrainingSet {
+            groups: set.groups[..12].to_vec(),
+            stats: GroupStats::default(),
+        };
+        for seed in 0..5 {
+            let order: Vec<usize> = x
+                .epoch(seed, 0, 2, Some(4))
+                .iter()
+                .map(|e| e.query)
+                .collect();
+            let mut all = order.clone();
+            all.sort();
+            assert_eq!(all, (0..12).collect::<Vec<_>>());
+            // Each batch is one topic.
+            for b in order.chunks(4) {
+                assert!(b.iter().all(|&g| g % 3 == b[0] % 3), "{order:?}");
+            }
+        }
+        // Documents are shared within a dataset only: query 12 (dataset y) shares none, so
+        // its batch is filled in order (0, 1, 2). Query 3 then gathers what is left of its
+        // topic (6, 9) and fills in with 4; query 5 takes 8 and 11, and fills in with 7.
+        let order: Vec<usize> = std::iter::once(12).chain(0..12).collect();
+        assert_eq!(
+            set.topic_order(&order, 4),
+            vec![12, 0, 1, 2, 3, 6, 9, 4, 5, 8, 11, 7, 10]
+        );
+        for seed in 0..5 {
+            let e = set.epoch(seed, 0, 2, Some(4));
+            let order: Vec<usize> = e.iter().map(|x| x.query).collect();
+            // The same (seed, epoch) replays; the random batching is the plain shuffle.
+            assert_eq!(e, set.epoch(seed, 0, 2, Some(4)));
+            let mut shuffled: Vec<usize> = (0..13).collect();
+            SplitMix64::for_key(seed, "epoch 0").shuffle(&mut shuffled);
+            assert_eq!(order[0], shuffled[0]);
+            let plain: Vec<usize> = set
+                .epoch(seed, 0, 2, None)
+                .iter()
+                .map(|x| x.query)
+                .collect();
+            assert_eq!(plain, shuffled);
+        }
     }
 }

@@ -47,6 +47,23 @@ pub fn infonce(
     logits.cross_entropy_for_logits(&t)
 }
 
+/// The `doc_to_query` direction of sentence-transformers' `MultipleNegativesRankingLoss`
+/// (with `query_to_doc`, per direction: the former `MultipleNegativesSymmetricRankingLoss`):
+/// each query's positive (row `targets[i]` of `docs`) against every query of the batch,
+/// query i being the target; `mask[i][j]` true removes query j (another query that has
+/// the same document as a positive). That is [`infonce`] with the roles swapped.
+pub fn infonce_doc_to_query(
+    queries: &Tensor,
+    docs: &Tensor,
+    targets: &[i64],
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Tensor {
+    let rows = crate::model::batching::upload(&Tensor::from_slice(targets), docs.device());
+    let own: Vec<i64> = (0..targets.len() as i64).collect();
+    infonce(&docs.index_select(0, &rows), queries, &own, mask, scale)
+}
+
 /// Listwise cross-entropy for a cross-encoder: the positive (column 0) against its
 /// group's negatives.
 pub fn listwise_ce(logits: &Tensor) -> Tensor {
@@ -86,6 +103,29 @@ mod tests {
         let s = t(&[1.0, 0.0, -1.0], 3);
         assert!(kl(&s, &s, 1.0, 1.0).double_value(&[]).abs() < 1e-6);
         assert!(kl(&s, &t(&[-1.0, 0.0, 1.0], 3), 1.0, 1.0).double_value(&[]) > 0.1);
+    }
+
+    #[test]
+    fn doc_to_query_infonce_is_infonce_of_the_transposed_batch() {
+        // One positive per query (k = 1): the document-to-query loss is InfoNCE with the
+        // roles swapped.
+        let q = t(&[1.0, 0.0, 0.6, 0.8, 0.0, 1.0], 2);
+        let d = t(&[0.8, 0.6, 0.0, 1.0, 1.0, 0.0], 2);
+        let a = infonce_doc_to_query(&q, &d, &[0, 1, 2], None, 20.0).double_value(&[]);
+        let b = infonce(&d, &q, &[0, 1, 2], None, 20.0).double_value(&[]);
+        assert!((a - b).abs() < 1e-6, "{a} {b}");
+        // With a hard negative after each positive (k = 2) the negatives take no part.
+        let d2 = t(
+            &[0.8, 0.6, 9.0, 9.0, 0.0, 1.0, 9.0, 9.0, 1.0, 0.0, 9.0, 9.0],
+            2,
+        );
+        let c = infonce_doc_to_query(&q, &d2, &[0, 2, 4], None, 20.0).double_value(&[]);
+        assert!((a - c).abs() < 1e-6, "{a} {c}");
+        // Masking query 1 for document 0 (query 1 shares that positive) lowers the loss.
+        let m = Tensor::from_slice(&[false, true, false, false, false, false, false, false, false])
+            .view([3, 3]);
+        let masked = infonce_doc_to_query(&q, &d, &[0, 1, 2], Some(&m), 20.0).double_value(&[]);
+        assert!(masked < a, "{masked} {a}");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! therefore needs only the step besides weights and moments.
 use super::checkpoint;
 use super::curve::LossCurve;
-use super::data::{Example, TrainingSet};
+use super::data::{Batching, Example, TrainingSet};
 use super::optimizer::{AdamW, AdamWConfig};
 use super::schedule::{Decay, Schedule};
 use crate::error::{Error, Result};
@@ -30,6 +30,9 @@ pub struct TrainSettings {
     pub batch_queries: usize,
     /// Negatives per query.
     pub negatives: usize,
+    /// How queries are put into batches (left out of the hash when random).
+    #[serde(skip_serializing_if = "Batching::is_default")]
+    pub batching: Batching,
     pub grad_accumulation: usize,
     pub max_grad_norm: f64,
     pub weight_decay: f64,
@@ -184,7 +187,15 @@ pub fn train(
         for &m in &micro {
             record.epoch = m as usize / per_epoch;
             if plan_epoch.as_ref().is_none_or(|(e, _)| *e != record.epoch) {
-                plan_epoch = Some((record.epoch, set.epoch(s.seed, record.epoch, s.negatives)));
+                plan_epoch = Some((
+                    record.epoch,
+                    set.epoch(
+                        s.seed,
+                        record.epoch,
+                        s.negatives,
+                        (s.batching == Batching::Topic).then_some(s.batch_queries),
+                    ),
+                ));
             }
             let examples = &plan_epoch
                 .as_ref()
