@@ -163,20 +163,11 @@ pub fn as_question(
         return window.join(" ");
     }
     let (a, b) = runs[rng.below(runs.len() as u64) as usize];
-    let rest: Vec<&str> = window[..a].iter().chain(&window[b..]).copied().collect();
-    let last = rest.len() - 1;
-    let body: Vec<&str> = rest
-        .iter()
-        .enumerate()
-        .map(|(k, w)| {
-            if k == last {
-                w.trim_end_matches(|c: char| !c.is_alphanumeric())
-            } else {
-                w
-            }
-        })
-        .collect();
-    format!("{} {}?", question_word(&window[a..b]), body.join(" "))
+    let mut rest: Vec<&str> = window[..a].iter().chain(&window[b..]).copied().collect();
+    if let Some(last) = rest.last_mut() {
+        *last = last.trim_end_matches(|c: char| !c.is_alphanumeric());
+    }
+    format!("{} {}?", question_word(&window[a..b]), rest.join(" "))
 }
 
 /// Up to `n` pseudo-queries of one document; `idf` places the windows
@@ -248,8 +239,8 @@ pub fn add_to(
     let idf = (windows == Windows::Informative)
         .then(|| Idf::new(ds.corpus.texts.iter().map(String::as_str)));
     let mut records = Vec::new();
+    let question = windows == Windows::Question;
     for (doc, text) in ds.corpus.ids.iter().zip(&ds.corpus.texts) {
-        let question = windows == Windows::Question;
         for (i, q) in for_document(seed, doc, text, n, idf.as_ref(), question)
             .into_iter()
             .enumerate()

@@ -146,17 +146,10 @@ impl Task for StudentTask<'_> {
             let mask = upload(&Tensor::from_slice(&mask).view([b, b * k]), q.device());
             let mut loss = losses::infonce(&q, &d, &targets, Some(&mask), c.infonce_scale);
             if c.infonce_symmetric {
-                // Query j is masked for query i's positive when that is also j's.
-                let mut back = vec![false; (b * b) as usize];
-                for (i, &t) in targets.iter().enumerate() {
-                    for (j, e) in examples.iter().enumerate() {
-                        back[i * b as usize + j] = i != j
-                            && self.set.groups[e.query]
-                                .positive_ids
-                                .contains(doc_ids[t as usize]);
-                    }
-                }
-                let back = upload(&Tensor::from_slice(&back).view([b, b]), q.device());
+                // Query j is masked for query i's positive when that document is one of
+                // j's positives: the forward mask's [j][targets[i]], transposed.
+                let cols = upload(&Tensor::from_slice(&targets), q.device());
+                let back = mask.index_select(1, &cols).tr();
                 let reverse =
                     losses::infonce_doc_to_query(&q, &d, &targets, Some(&back), c.infonce_scale);
                 loss = (loss + reverse) / 2.0;
