@@ -297,6 +297,41 @@ fn killed_training_resumes_to_the_same_weights() {
         .unwrap()
         .collect();
     assert_eq!(kept.len(), 2);
+
+    // The same run with the embedding layer frozen reruns train: the student's embeddings
+    // come out as the base student's, bit for bit, while its layers learn.
+    let text = std::fs::read_to_string(&reference).unwrap();
+    std::fs::write(
+        &reference,
+        text.replace("[train]\n", "[train]\nfreeze_embeddings = true\n"),
+    )
+    .unwrap();
+    run_ok(&reference, &[]);
+    let weights = |p: &Path| -> std::collections::BTreeMap<String, tch::Tensor> {
+        tch::Tensor::read_safetensors(p)
+            .unwrap()
+            .into_iter()
+            .collect()
+    };
+    let base = weights(&generated("tiny_bi_mean").join("model.safetensors"));
+    let frozen = weights(&r.join("train/student/model.safetensors"));
+    let thawed = weights(&k.join("train/student/model.safetensors"));
+    let (mut same, mut moved) = (0, 0);
+    for (name, w) in &frozen {
+        let b = base
+            .iter()
+            .find(|(n, _)| n.ends_with(name.as_str()) || name.ends_with(n.as_str()))
+            .unwrap_or_else(|| panic!("{name} is not in the base student"))
+            .1;
+        if name.split('.').any(|p| p == "embeddings") {
+            assert!(w.equal(b), "{name} moved");
+            assert!(!thawed[name].equal(b), "{name} did not move unfrozen");
+            same += 1;
+        } else if !w.equal(b) {
+            moved += 1;
+        }
+    }
+    assert!(same >= 4 && moved > 10, "{same} frozen, {moved} moved");
 }
 
 #[test]

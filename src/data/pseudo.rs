@@ -13,7 +13,7 @@
 //! where its words are rarest in the corpus (highest summed IDF), so that it names what
 //! sets its document apart, as a real question does, rather than a generic stretch such
 //! as "but one out of every six produced".
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::data::beir::Dataset;
 use crate::error::{Error, Result};
@@ -45,6 +45,26 @@ impl Windows {
     /// Left out of run hashes, so that runs from before the key keep theirs.
     pub fn is_default(&self) -> bool {
         *self == Windows::default()
+    }
+}
+
+/// Which documents get pseudo-queries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Every corpus document.
+    #[default]
+    All,
+    /// Only documents that no query of the training split judges relevant (in BEIR's
+    /// layout, those of the articles or topics that training does not reach), so that the
+    /// pseudo-queries go where real ones are missing.
+    Uncovered,
+}
+
+impl Scope {
+    /// Left out of run hashes, so that runs from before the key keep theirs.
+    pub fn is_default(&self) -> bool {
+        *self == Scope::default()
     }
 }
 
@@ -226,21 +246,39 @@ fn split_sentences(text: &str) -> Vec<&str> {
     out
 }
 
-/// Add `n` pseudo-queries per corpus document to `ds`'s queries, and to the qrels of
-/// `split` (when loaded) with their document as the one positive. A pseudo-query id that
-/// is already a query id is an error naming it.
+/// Add `n` pseudo-queries per corpus document in `scope` to `ds`'s queries, and to the
+/// qrels of `split` with their document as the one positive. A pseudo-query id that is
+/// already a query id is an error naming it. For [`Scope::Uncovered`], `split`'s qrels
+/// must be loaded; for [`Scope::All`], they get the pseudo-queries when loaded.
 pub fn add_to(
     ds: &mut Dataset,
     split: &str,
     n: usize,
     windows: Windows,
+    scope: Scope,
     seed: u64,
 ) -> Result<usize> {
     let idf = (windows == Windows::Informative)
         .then(|| Idf::new(ds.corpus.texts.iter().map(String::as_str)));
+    let covered: HashSet<&str> = match (scope, ds.qrels.get(split)) {
+        (Scope::All, _) => HashSet::new(),
+        (Scope::Uncovered, Some(qrels)) => qrels
+            .values()
+            .flat_map(|docs| docs.iter().filter(|(_, &g)| g > 0).map(|(d, _)| d.as_str()))
+            .collect(),
+        (Scope::Uncovered, None) => {
+            return Err(Error::Config {
+                path: crate::data::beir::qrels_path(&ds.dir, split),
+                message: "pseudo_scope = \"uncovered\" needs the training qrels loaded".into(),
+            })
+        }
+    };
     let mut records = Vec::new();
     let question = windows == Windows::Question;
     for (doc, text) in ds.corpus.ids.iter().zip(&ds.corpus.texts) {
+        if covered.contains(doc.as_str()) {
+            continue;
+        }
         for (i, q) in for_document(seed, doc, text, n, idf.as_ref(), question)
             .into_iter()
             .enumerate()
@@ -434,7 +472,10 @@ mod tests {
     fn pseudo_queries_join_the_training_split_with_their_document() {
         let d = dataset("{\"_id\": \"q1\", \"text\": \"why?\"}\n");
         let mut ds = Dataset::load(d.path(), &["train"], true).unwrap();
-        assert_eq!(add_to(&mut ds, "train", 3, Windows::Random, 42).unwrap(), 1);
+        assert_eq!(
+            add_to(&mut ds, "train", 3, Windows::Random, Scope::All, 42).unwrap(),
+            1
+        );
         let id = query_id("d1", 0);
         let q = ds.queries.text(&id).unwrap();
         assert!(ds.corpus.text("d1").unwrap().contains(q), "{q}");
@@ -446,12 +487,70 @@ mod tests {
             "{\"_id\": \"q1\", \"text\": \"why?\"}\n{\"_id\": \"pseudo:d1:0\", \"text\": \"x\"}\n",
         );
         let mut ds = Dataset::load(d.path(), &["train"], true).unwrap();
-        let e = add_to(&mut ds, "train", 3, Windows::Random, 42)
+        let e = add_to(&mut ds, "train", 3, Windows::Random, Scope::All, 42)
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("`pseudo:d1:0`") && e.contains("queries.jsonl"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_uncovered_scope_skips_documents_that_training_queries_judge_relevant() {
+        let d = tempfile::tempdir().unwrap();
+        let long = |id: &str| {
+            format!("{{\"_id\": \"{id}\", \"text\": \"The river bank of {id} was flooded after the long storm.\"}}\n")
+        };
+        let corpus: String = ["d1", "d2", "d3"].iter().map(|i| long(i)).collect();
+        std::fs::write(d.path().join("corpus.jsonl"), corpus).unwrap();
+        std::fs::write(
+            d.path().join("queries.jsonl"),
+            "{\"_id\": \"q1\", \"text\": \"why?\"}\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(d.path().join("qrels")).unwrap();
+        // d1 is judged relevant; d2 is judged, but not relevant (grade 0).
+        std::fs::write(d.path().join("qrels/train.tsv"), "q1\td1\t1\nq1\td2\t0\n").unwrap();
+        std::fs::write(d.path().join("qrels/test.tsv"), "q1\td3\t1\n").unwrap();
+        let load = |splits: &[&str]| Dataset::load(d.path(), splits, true).unwrap();
+        let mut all = load(&["train"]);
+        assert_eq!(
+            add_to(&mut all, "train", 1, Windows::Random, Scope::All, 7).unwrap(),
+            3
+        );
+        let mut some = load(&["train"]);
+        assert_eq!(
+            add_to(&mut some, "train", 1, Windows::Random, Scope::Uncovered, 7).unwrap(),
+            2
+        );
+        assert!(some.queries.position(&query_id("d1", 0)).is_none());
+        // The documents it keeps get the pseudo-queries of the all scope.
+        for doc in ["d2", "d3"] {
+            let id = query_id(doc, 0);
+            assert_eq!(some.queries.text(&id), all.queries.text(&id));
+            assert_eq!(some.qrels["train"][&id][doc], 1);
+        }
+        // Without the training qrels the scope cannot be decided: an error naming them.
+        let mut bare = load(&["test"]);
+        let e = add_to(&mut bare, "train", 1, Windows::Random, Scope::Uncovered, 7)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("train.tsv") && e.contains("uncovered"), "{e}");
+        // Through the pipeline's dataset, a stage that loads only the evaluation split
+        // sees the same pseudo-queries, and no training qrels.
+        let r = crate::pipeline::config::DatasetRef {
+            name: "x".into(),
+            path: d.path().to_path_buf(),
+            train_split: "train".into(),
+            eval_split: "test".into(),
+            strict: true,
+            pseudo_queries: 1,
+            pseudo_windows: Windows::Random,
+            pseudo_scope: Scope::Uncovered,
+        };
+        let eval = r.load(&["test"], 7).unwrap();
+        assert_eq!(eval.queries.len(), some.queries.len());
+        assert_eq!(eval.qrels.keys().collect::<Vec<_>>(), vec!["test"]);
     }
 }

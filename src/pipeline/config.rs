@@ -97,6 +97,9 @@ pub struct TrainSection {
     /// The distilled student's `max_seq_length` (saved with it, and used by eval for
     /// it); unset: the student's own.
     pub max_seq_length: Option<Spanned<usize>>,
+    /// Keep the student's embedding layer (word, position and type embeddings and their
+    /// LayerNorm) as it was: only the transformer layers learn.
+    pub freeze_embeddings: Option<Spanned<bool>>,
     // [teacher_train] only
     pub loss: Option<Spanned<crate::pipeline::config::TeacherLoss>>,
 }
@@ -143,6 +146,9 @@ pub struct StudentTrainConfig {
     /// Unset keeps the run's hash as it was before the key existed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_seq_length: Option<usize>,
+    /// Left out of the hash when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub freeze_embeddings: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -204,9 +210,14 @@ pub struct DatasetSection {
     /// `data::pseudo`); 0 (the default) adds none.
     #[serde(default = "default_zero")]
     pub pseudo_queries: Spanned<usize>,
-    /// Where each pseudo-query's window sits in its sentence: "random" or "informative".
+    /// Where each pseudo-query's window sits in its sentence: "random", "informative" or
+    /// "question".
     #[serde(default)]
     pub pseudo_windows: crate::data::pseudo::Windows,
+    /// Which documents get pseudo-queries: "all" or "uncovered" (those no training query
+    /// judges relevant).
+    #[serde(default)]
+    pub pseudo_scope: crate::data::pseudo::Scope,
 }
 
 /// Stage `mine`: candidates for every training query from the student's ranking.
@@ -383,6 +394,8 @@ pub struct DatasetRef {
     pub pseudo_queries: usize,
     #[serde(skip_serializing_if = "crate::data::pseudo::Windows::is_default")]
     pub pseudo_windows: crate::data::pseudo::Windows,
+    #[serde(skip_serializing_if = "crate::data::pseudo::Scope::is_default")]
+    pub pseudo_scope: crate::data::pseudo::Scope,
 }
 
 impl DatasetRef {
@@ -393,15 +406,28 @@ impl DatasetRef {
         splits: &[&str],
         seed: u64,
     ) -> crate::error::Result<crate::data::beir::Dataset> {
-        let mut ds = crate::data::beir::Dataset::load(&self.path, splits, self.strict)?;
+        // The uncovered scope reads the training qrels even where `splits` leaves them
+        // out, so that every stage sees the same pseudo-queries.
+        let borrowed = self.pseudo_queries > 0
+            && !self.pseudo_scope.is_default()
+            && !splits.contains(&self.train_split.as_str());
+        let mut all = splits.to_vec();
+        if borrowed {
+            all.push(&self.train_split);
+        }
+        let mut ds = crate::data::beir::Dataset::load(&self.path, &all, self.strict)?;
         if self.pseudo_queries > 0 {
             crate::data::pseudo::add_to(
                 &mut ds,
                 &self.train_split,
                 self.pseudo_queries,
                 self.pseudo_windows,
+                self.pseudo_scope,
                 seed,
             )?;
+        }
+        if borrowed {
+            ds.qrels.remove(&self.train_split);
         }
         Ok(ds)
     }
@@ -690,6 +716,7 @@ impl Pipeline {
                     n
                 },
                 pseudo_windows: d.pseudo_windows,
+                pseudo_scope: d.pseudo_scope,
             });
         }
 
@@ -845,6 +872,10 @@ impl Checker<'_> {
                 t.infonce_symmetric.as_ref().map(|v| v.span()),
                 "infonce_symmetric",
             ),
+            (
+                t.freeze_embeddings.as_ref().map(|v| v.span()),
+                "freeze_embeddings",
+            ),
         ];
         if let Some((span, key)) = student_only
             .into_iter()
@@ -908,6 +939,7 @@ impl Checker<'_> {
                 .as_ref()
                 .map(|v| self.positive(v, "train.max_seq_length"))
                 .transpose()?,
+            freeze_embeddings: t.freeze_embeddings.as_ref().is_some_and(|v| *v.get_ref()),
         })
     }
 }

@@ -98,6 +98,9 @@ impl Stage for Mine {
                     if !d.pseudo_windows.is_default() {
                         v["pseudo_windows"] = json!(d.pseudo_windows);
                     }
+                    if !d.pseudo_scope.is_default() {
+                        v["pseudo_scope"] = json!(d.pseudo_scope);
+                    }
                 }
                 v
             })

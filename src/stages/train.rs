@@ -160,6 +160,23 @@ impl Task for StudentTask<'_> {
     }
 }
 
+/// The variables that learn: all of them, or (`freeze_embeddings`) all but the embedding
+/// layer's, which stop requiring gradients.
+pub fn trainable(
+    vars: HashMap<String, Tensor>,
+    freeze_embeddings: bool,
+) -> BTreeMap<String, Tensor> {
+    vars.into_iter()
+        .filter_map(|(name, t)| {
+            let frozen = freeze_embeddings && name.split('.').any(|part| part == "embeddings");
+            if frozen {
+                let _ = t.set_requires_grad(false);
+            }
+            (!frozen).then_some((name, t))
+        })
+        .collect()
+}
+
 impl Stage for Train {
     fn name(&self) -> &'static str {
         "train"
@@ -223,7 +240,7 @@ impl Stage for Train {
         let (_, total) = trainer::plan(&set, &cfg.settings);
         super::write_plan(&env.partial, total as usize)?;
         let task = StudentTask::new(&model, &set, &cfg.loss)?;
-        let vars = model.vs.variables().into_iter().collect();
+        let vars = trainable(model.vs.variables(), cfg.freeze_embeddings);
         let checkpoints = env.partial.join("checkpoints");
         let curve = trainer::train(env, &task, vars, &set, &cfg.settings, &checkpoints)?;
         export_bi_encoder(&model, &env.dir.join(MODEL_DIR))?;
