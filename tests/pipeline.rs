@@ -439,6 +439,10 @@ fn train_only_keys_are_refused_in_teacher_train() {
             "`teacher_train.infonce_symmetric`: is a [train] setting",
         ),
         (
+            "[teacher_train]\npseudo_keep = 3",
+            "`teacher_train.pseudo_keep`: is a [train] setting",
+        ),
+        (
             "[teacher_train]\nfreeze_embeddings = true",
             "`teacher_train.freeze_embeddings`: is a [train] setting",
         ),

@@ -335,6 +335,45 @@ fn killed_training_resumes_to_the_same_weights() {
 }
 
 #[test]
+fn pseudo_keep_trains_on_at_most_that_many_pseudo_queries_per_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pipeline(dir.path(), "keep");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text
+        .replace(
+            "name = \"animals\"\n",
+            "name = \"animals\"\npseudo_queries = 3\n",
+        )
+        .replace(
+            "[train]\n",
+            "[train]\npseudo_keep = 1\nexclude_false_negatives = false\n",
+        );
+    std::fs::write(&path, text).unwrap();
+    run_ok(&path, &[]);
+    let run = Pipeline::load(&path).unwrap().run_dir;
+    let scores =
+        distill::data::pairs::PairTable::read(&run.join("score/teacher_scores.parquet")).unwrap();
+    let pseudo = scores
+        .query_id
+        .iter()
+        .filter(|q| q.starts_with("pseudo:"))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    #[derive(Deserialize)]
+    struct Manifest {
+        summary: serde_json::Value,
+    }
+    let m: Manifest = read_json(&run.join("train/manifest.json"));
+    let left_out = m.summary["groups"]["pseudo_left_out"].as_u64().unwrap() as usize;
+    // The stage leaves out what the selection names (its rule is checked in the unit
+    // test), some but not all of the pseudo-queries (every query keeps its negatives here,
+    // so none is dropped for lacking them).
+    let named = distill::train::data::pseudo_left_out(&scores, 1).unwrap();
+    assert_eq!(left_out, named.len(), "{}", m.summary);
+    assert!(0 < left_out && left_out < pseudo, "{left_out} of {pseudo}");
+}
+
+#[test]
 fn trained_models_load_in_sentence_transformers() {
     let dir = tempfile::tempdir().unwrap();
     let path = pipeline(dir.path(), "export");

@@ -48,6 +48,12 @@ impl Windows {
     }
 }
 
+/// The document and index of a pseudo-query id ([`query_id`]); `None` for other ids.
+pub fn parse_query_id(id: &str) -> Option<(&str, usize)> {
+    let (doc, i) = id.strip_prefix("pseudo:")?.rsplit_once(':')?;
+    Some((doc, i.parse().ok()?))
+}
+
 /// Which documents get pseudo-queries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -100,6 +100,9 @@ pub struct TrainSection {
     /// Keep the student's embedding layer (word, position and type embeddings and their
     /// LayerNorm) as it was: only the transformer layers learn.
     pub freeze_embeddings: Option<Spanned<bool>>,
+    /// Pseudo-queries kept per document: those the teacher confirms and the student finds
+    /// hardest (`train::data::pseudo_left_out`); unset keeps all.
+    pub pseudo_keep: Option<Spanned<usize>>,
     // [teacher_train] only
     pub loss: Option<Spanned<crate::pipeline::config::TeacherLoss>>,
 }
@@ -149,6 +152,8 @@ pub struct StudentTrainConfig {
     /// Left out of the hash when false.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub freeze_embeddings: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pseudo_keep: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -876,6 +881,7 @@ impl Checker<'_> {
                 t.freeze_embeddings.as_ref().map(|v| v.span()),
                 "freeze_embeddings",
             ),
+            (t.pseudo_keep.as_ref().map(|v| v.span()), "pseudo_keep"),
         ];
         if let Some((span, key)) = student_only
             .into_iter()
@@ -940,6 +946,11 @@ impl Checker<'_> {
                 .map(|v| self.positive(v, "train.max_seq_length"))
                 .transpose()?,
             freeze_embeddings: t.freeze_embeddings.as_ref().is_some_and(|v| *v.get_ref()),
+            pseudo_keep: t
+                .pseudo_keep
+                .as_ref()
+                .map(|v| self.positive(v, "train.pseudo_keep"))
+                .transpose()?,
         })
     }
 }

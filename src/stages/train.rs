@@ -16,7 +16,7 @@ use crate::pipeline::config::LossConfig;
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
-use crate::train::data::{Example, QueryGroup, TrainingSet};
+use crate::train::data::{pseudo_left_out, Example, QueryGroup, TrainingSet};
 use crate::train::losses;
 use crate::train::trainer::{self, Task};
 use serde_json::json;
@@ -232,11 +232,14 @@ impl Stage for Train {
             model.bert.set_compute_kind(Kind::BFloat16);
         }
         let table = PairTable::read(&p.run_dir.join("score").join(super::score::OUTPUT))?;
-        let set = TrainingSet::from_table(
+        let mut set = TrainingSet::from_table(
             &table,
             &load_datasets(p, true)?,
             cfg.loss.exclude_false_negatives,
         )?;
+        if let Some(keep) = cfg.pseudo_keep {
+            set = set.without(&pseudo_left_out(&table, keep)?);
+        }
         let (_, total) = trainer::plan(&set, &cfg.settings);
         super::write_plan(&env.partial, total as usize)?;
         let task = StudentTask::new(&model, &set, &cfg.loss)?;

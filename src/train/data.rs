@@ -64,6 +64,80 @@ pub struct GroupStats {
     pub queries: usize,
     pub dropped_without_negatives: usize,
     pub excluded_false_negatives: usize,
+    /// Pseudo-queries left out by `train.pseudo_keep` ([`pseudo_left_out`]).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub pseudo_left_out: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The (dataset, query id) of the pseudo-queries to leave out so that each document keeps
+/// at most `keep` of its own: of those the teacher confirms (it scores the document above
+/// every other candidate of the pseudo-query), the ones on which the student does worst
+/// (the document's rank in the student's ranking of the corpus, the largest first; on
+/// ties, the pseudo-query drawn first). Pseudo-queries that the teacher does not confirm
+/// are left out: their window does not single out their document.
+pub fn pseudo_left_out(table: &PairTable, keep: usize) -> Result<BTreeSet<(String, String)>> {
+    let teacher = table.teacher_score.as_ref().ok_or_else(|| {
+        Error::config(
+            "train.pseudo_keep",
+            "needs teacher scores (the score stage's table)",
+        )
+    })?;
+    // Per pseudo-query: its document's rank and score, the best other candidate's score.
+    #[derive(Default)]
+    struct Seen {
+        rank: Option<i32>,
+        positive: f32,
+        best_other: f32,
+    }
+    let mut seen: BTreeMap<(&str, &str), Seen> = BTreeMap::new();
+    for (i, &score) in teacher.iter().enumerate() {
+        let (ds, qid) = (table.dataset[i].as_str(), table.query_id[i].as_str());
+        let Some((doc, _)) = crate::data::pseudo::parse_query_id(qid) else {
+            continue;
+        };
+        let s = seen.entry((ds, qid)).or_insert(Seen {
+            best_other: f32::NEG_INFINITY,
+            ..Default::default()
+        });
+        if table.is_positive[i] && table.doc_id[i] == doc {
+            s.rank = Some(table.rank[i]);
+            s.positive = score;
+        } else {
+            s.best_other = s.best_other.max(score);
+        }
+    }
+    // Per (dataset, document): (rank, index, query id) of its confirmed pseudo-queries.
+    type Confirmed<'a> = Vec<(i32, usize, &'a str)>;
+    let mut by_doc: BTreeMap<(&str, &str), Confirmed> = BTreeMap::new();
+    let mut out = BTreeSet::new();
+    for ((ds, qid), s) in seen {
+        let (doc, index) = crate::data::pseudo::parse_query_id(qid).unwrap_or_default();
+        match s.rank {
+            Some(rank) if s.positive > s.best_other => {
+                by_doc
+                    .entry((ds, doc))
+                    .or_default()
+                    .push((rank, index, qid));
+            }
+            _ => {
+                out.insert((ds.to_string(), qid.to_string()));
+            }
+        }
+    }
+    for ((ds, _), mut queries) in by_doc {
+        queries.sort_by_key(|&(rank, index, _)| (std::cmp::Reverse(rank), index));
+        out.extend(
+            queries
+                .into_iter()
+                .skip(keep)
+                .map(|(_, _, qid)| (ds.to_string(), qid.to_string())),
+        );
+    }
+    Ok(out)
 }
 
 /// One training example: a query, one of its positives, `n` of its negatives.
@@ -156,6 +230,16 @@ impl TrainingSet {
         stats.dropped_without_negatives = before - groups.len();
         stats.queries = groups.len();
         Ok(TrainingSet { groups, stats })
+    }
+
+    /// Without the queries of `left_out` (dataset, query id), counted in the stats.
+    pub fn without(mut self, left_out: &BTreeSet<(String, String)>) -> Self {
+        let before = self.groups.len();
+        self.groups
+            .retain(|g| !left_out.contains(&(g.dataset.clone(), g.query_id.clone())));
+        self.stats.pseudo_left_out = before - self.groups.len();
+        self.stats.queries = self.groups.len();
+        self
     }
 
     /// Examples of one epoch: queries in a seeded order (put into topic batches of
@@ -375,5 +459,66 @@ mod tests {
                 .collect();
             assert_eq!(plain, shuffled);
         }
+    }
+
+    #[test]
+    fn pseudo_keep_takes_the_confirmed_pseudo_queries_the_student_ranks_worst() {
+        let mut t = PairTable {
+            teacher_score: Some(Vec::new()),
+            ..Default::default()
+        };
+        // (dataset, query, document, student rank, positive, teacher score)
+        let rows = [
+            // d1's windows 0..4: window 1 is not confirmed (a negative scores higher);
+            // of the others, window 3 (rank 9) and then 0 and 2 (rank 4, 0 first).
+            ("x", "pseudo:d1:0", "d1", 4, true, 2.0),
+            ("x", "pseudo:d1:0", "d9", 1, false, 1.0),
+            ("x", "pseudo:d1:1", "d1", 50, true, 1.0),
+            ("x", "pseudo:d1:1", "d9", 1, false, 1.5),
+            ("x", "pseudo:d1:2", "d1", 4, true, 3.0),
+            ("x", "pseudo:d1:2", "d9", 2, false, -1.0),
+            ("x", "pseudo:d1:3", "d1", 9, true, 0.5),
+            ("x", "pseudo:d1:3", "d9", 3, false, 0.4),
+            // A tie with the best negative is not a confirmation.
+            ("x", "pseudo:d2:0", "d2", 7, true, 1.0),
+            ("x", "pseudo:d2:0", "d1", 1, false, 1.0),
+            // The same ids in another dataset are another document; real queries stay.
+            ("y", "pseudo:d1:0", "d1", 1, true, 1.0),
+            ("y", "pseudo:d1:0", "d2", 2, false, 0.0),
+            ("x", "q1", "d1", 30, true, -5.0),
+            ("x", "q1", "d2", 1, false, 5.0),
+        ];
+        for (ds, q, d, rank, positive, score) in rows {
+            t.dataset.push(ds.into());
+            t.query_id.push(q.into());
+            t.doc_id.push(d.into());
+            t.rank.push(rank);
+            t.student_score.push(0.0);
+            t.is_positive.push(positive);
+            t.teacher_score.as_mut().unwrap().push(score);
+        }
+        let left_out = [
+            (2, vec!["pseudo:d1:1", "pseudo:d1:2", "pseudo:d2:0"]),
+            (
+                1,
+                vec!["pseudo:d1:0", "pseudo:d1:1", "pseudo:d1:2", "pseudo:d2:0"],
+            ),
+        ];
+        for (keep, ids) in left_out {
+            let want: BTreeSet<(String, String)> = ids
+                .into_iter()
+                .map(|q| ("x".to_string(), q.to_string()))
+                .collect();
+            assert_eq!(pseudo_left_out(&t, keep).unwrap(), want, "keep {keep}");
+        }
+        // Without teacher scores, an error naming the key.
+        t.teacher_score = None;
+        let e = pseudo_left_out(&t, 2).unwrap_err().to_string();
+        assert!(e.contains("train.pseudo_keep"), "{e}");
+        assert_eq!(
+            crate::data::pseudo::parse_query_id("pseudo:a:b:12"),
+            Some(("a:b", 12))
+        );
+        assert_eq!(crate::data::pseudo::parse_query_id("q1"), None);
     }
 }
