@@ -465,6 +465,35 @@ fn train_only_keys_are_refused_in_teacher_train() {
     }
 }
 
+#[test]
+fn pseudo_query_keys_without_pseudo_queries_are_refused() {
+    let f = Fixture::new();
+    let data = generated("beir_tiny");
+    // (dataset lines, [train] lines, expected error; empty: accepted)
+    let cases = [
+        (
+            "pseudo_scope = \"uncovered\"",
+            "",
+            "`dataset.pseudo_scope`: places pseudo-queries, but pseudo_queries is 0",
+        ),
+        (
+            "",
+            "pseudo_keep = 2",
+            "`train.pseudo_keep`: picks among pseudo-queries, but no [[dataset]] sets pseudo_queries",
+        ),
+        ("pseudo_queries = 3\npseudo_scope = \"uncovered\"", "pseudo_keep = 2", ""),
+    ];
+    for (i, (dataset, train, needle)) in cases.iter().enumerate() {
+        let path = f.write_full(&format!("pq{i}"), &data, dataset, "", "");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}{train}\n")).unwrap();
+        let out = distill(&["check", path.to_str().unwrap()], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), needle.is_empty(), "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
+}
+
 /// A copy of the tiny dataset with `edit` applied to one of its files.
 fn broken_dataset(
     root: &Path,

@@ -368,7 +368,7 @@ fn pseudo_keep_trains_on_at_most_that_many_pseudo_queries_per_document() {
     // The stage leaves out what the selection names (its rule is checked in the unit
     // test), some but not all of the pseudo-queries (every query keeps its negatives here,
     // so none is dropped for lacking them).
-    let named = distill::train::data::pseudo_left_out(&scores, 1).unwrap();
+    let named = distill::train::data::pseudo_left_out(&scores, &run, 1, |_, _| true).unwrap();
     assert_eq!(left_out, named.len(), "{}", m.summary);
     assert!(0 < left_out && left_out < pseudo, "{left_out} of {pseudo}");
 }

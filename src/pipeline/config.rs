@@ -221,8 +221,7 @@ pub struct DatasetSection {
     pub pseudo_windows: crate::data::pseudo::Windows,
     /// Which documents get pseudo-queries: "all" or "uncovered" (those no training query
     /// judges relevant).
-    #[serde(default)]
-    pub pseudo_scope: crate::data::pseudo::Scope,
+    pub pseudo_scope: Option<Spanned<crate::data::pseudo::Scope>>,
 }
 
 /// Stage `mine`: candidates for every training query from the student's ranking.
@@ -721,8 +720,27 @@ impl Pipeline {
                     n
                 },
                 pseudo_windows: d.pseudo_windows,
-                pseudo_scope: d.pseudo_scope,
+                pseudo_scope: match &d.pseudo_scope {
+                    Some(s) if *d.pseudo_queries.get_ref() == 0 => {
+                        return Err(c.err(
+                            s.span(),
+                            "dataset.pseudo_scope",
+                            "places pseudo-queries, but pseudo_queries is 0",
+                        ))
+                    }
+                    Some(s) => *s.get_ref(),
+                    None => Default::default(),
+                },
             });
+        }
+        if let Some(k) = &file.train.pseudo_keep {
+            if datasets.iter().all(|d| d.pseudo_queries == 0) {
+                return Err(c.err(
+                    k.span(),
+                    "train.pseudo_keep",
+                    "picks among pseudo-queries, but no [[dataset]] sets pseudo_queries",
+                ));
+            }
         }
 
         let m = &file.mine;

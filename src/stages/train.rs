@@ -16,7 +16,7 @@ use crate::pipeline::config::LossConfig;
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
-use crate::train::data::{pseudo_left_out, Example, QueryGroup, TrainingSet};
+use crate::train::data::{Example, QueryGroup, TrainingSet};
 use crate::train::losses;
 use crate::train::trainer::{self, Task};
 use serde_json::json;
@@ -161,12 +161,16 @@ impl Task for StudentTask<'_> {
 }
 
 /// The variables that learn: all of them, or (`freeze_embeddings`) all but the embedding
-/// layer's, which stop requiring gradients.
+/// layer's, which stop requiring gradients. Freezing a model without an embedding layer
+/// (no variable named `*.embeddings.*`) is an error rather than a silent no-op.
 pub fn trainable(
     vars: HashMap<String, Tensor>,
     freeze_embeddings: bool,
-) -> BTreeMap<String, Tensor> {
-    vars.into_iter()
+    model: &Path,
+) -> Result<BTreeMap<String, Tensor>> {
+    let total = vars.len();
+    let out: BTreeMap<String, Tensor> = vars
+        .into_iter()
         .filter_map(|(name, t)| {
             let frozen = freeze_embeddings && name.split('.').any(|part| part == "embeddings");
             if frozen {
@@ -174,7 +178,14 @@ pub fn trainable(
             }
             (!frozen).then_some((name, t))
         })
-        .collect()
+        .collect();
+    if freeze_embeddings && out.len() == total {
+        return Err(crate::error::Error::config(
+            model,
+            "train.freeze_embeddings: the student has no variable named *.embeddings.*",
+        ));
+    }
+    Ok(out)
 }
 
 impl Stage for Train {
@@ -231,19 +242,20 @@ impl Stage for Train {
         if env.device.is_cuda() {
             model.bert.set_compute_kind(Kind::BFloat16);
         }
-        let table = PairTable::read(&p.run_dir.join("score").join(super::score::OUTPUT))?;
+        let scores = p.run_dir.join("score").join(super::score::OUTPUT);
+        let table = PairTable::read(&scores)?;
         let mut set = TrainingSet::from_table(
             &table,
             &load_datasets(p, true)?,
             cfg.loss.exclude_false_negatives,
         )?;
         if let Some(keep) = cfg.pseudo_keep {
-            set = set.without(&pseudo_left_out(&table, keep)?);
+            set = set.keep_pseudo(&table, &scores, keep)?;
         }
         let (_, total) = trainer::plan(&set, &cfg.settings);
         super::write_plan(&env.partial, total as usize)?;
         let task = StudentTask::new(&model, &set, &cfg.loss)?;
-        let vars = trainable(model.vs.variables(), cfg.freeze_embeddings);
+        let vars = trainable(model.vs.variables(), cfg.freeze_embeddings, &p.student.path)?;
         let checkpoints = env.partial.join("checkpoints");
         let curve = trainer::train(env, &task, vars, &set, &cfg.settings, &checkpoints)?;
         export_bi_encoder(&model, &env.dir.join(MODEL_DIR))?;

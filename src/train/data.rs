@@ -74,16 +74,22 @@ fn is_zero(n: &usize) -> bool {
 }
 
 /// The (dataset, query id) of the pseudo-queries to leave out so that each document keeps
-/// at most `keep` of its own: of those the teacher confirms (it scores the document above
-/// every other candidate of the pseudo-query), the ones on which the student does worst
-/// (the document's rank in the student's ranking of the corpus, the largest first; on
-/// ties, the pseudo-query drawn first). Pseudo-queries that the teacher does not confirm
-/// are left out: their window does not single out their document.
-pub fn pseudo_left_out(table: &PairTable, keep: usize) -> Result<BTreeSet<(String, String)>> {
+/// at most `keep` of its own among the queries `among` accepts: of those the teacher
+/// confirms (it scores the document above every other candidate of the pseudo-query), the
+/// ones on which the student does worst (the document's rank in the student's ranking of
+/// the corpus, the largest first; on ties, the pseudo-query drawn first). Pseudo-queries
+/// that the teacher does not confirm are left out: their window does not single out their
+/// document. `table` (read from `source`) must have teacher scores.
+pub fn pseudo_left_out(
+    table: &PairTable,
+    source: &std::path::Path,
+    keep: usize,
+    among: impl Fn(&str, &str) -> bool,
+) -> Result<BTreeSet<(String, String)>> {
     let teacher = table.teacher_score.as_ref().ok_or_else(|| {
         Error::config(
-            "train.pseudo_keep",
-            "needs teacher scores (the score stage's table)",
+            source,
+            "has no teacher scores, which train.pseudo_keep needs",
         )
     })?;
     // Per pseudo-query: its document's rank and score, the best other candidate's score.
@@ -99,6 +105,9 @@ pub fn pseudo_left_out(table: &PairTable, keep: usize) -> Result<BTreeSet<(Strin
         let Some((doc, _)) = crate::data::pseudo::parse_query_id(qid) else {
             continue;
         };
+        if !among(ds, qid) {
+            continue;
+        }
         let s = seen.entry((ds, qid)).or_insert(Seen {
             best_other: f32::NEG_INFINITY,
             ..Default::default()
@@ -232,14 +241,27 @@ impl TrainingSet {
         Ok(TrainingSet { groups, stats })
     }
 
-    /// Without the queries of `left_out` (dataset, query id), counted in the stats.
-    pub fn without(mut self, left_out: &BTreeSet<(String, String)>) -> Self {
+    /// With at most `keep` pseudo-queries per document, picked among the set's own groups
+    /// ([`pseudo_left_out`]; `table`, read from `source`, is the one the set was built
+    /// from); those left out are counted in the stats.
+    pub fn keep_pseudo(
+        mut self,
+        table: &PairTable,
+        source: &std::path::Path,
+        keep: usize,
+    ) -> Result<Self> {
+        let present: BTreeSet<(&str, &str)> = self
+            .groups
+            .iter()
+            .map(|g| (g.dataset.as_str(), g.query_id.as_str()))
+            .collect();
+        let left_out = pseudo_left_out(table, source, keep, |ds, q| present.contains(&(ds, q)))?;
         let before = self.groups.len();
         self.groups
             .retain(|g| !left_out.contains(&(g.dataset.clone(), g.query_id.clone())));
         self.stats.pseudo_left_out = before - self.groups.len();
         self.stats.queries = self.groups.len();
-        self
+        Ok(self)
     }
 
     /// Examples of one epoch: queries in a seeded order (put into topic batches of
@@ -348,6 +370,7 @@ impl TrainingSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn set(negatives: usize) -> TrainingSet {
         let doc = |i: usize| Doc {
@@ -509,12 +532,26 @@ mod tests {
                 .into_iter()
                 .map(|q| ("x".to_string(), q.to_string()))
                 .collect();
-            assert_eq!(pseudo_left_out(&t, keep).unwrap(), want, "keep {keep}");
+            let got = pseudo_left_out(&t, Path::new("t"), keep, |_, _| true).unwrap();
+            assert_eq!(got, want, "keep {keep}");
         }
+        // Queries outside `among` (such as those dropped for want of negatives) are
+        // neither picked nor counted: without window 3, d1 keeps 0 and 2.
+        let got = pseudo_left_out(&t, Path::new("t"), 2, |_, q| q != "pseudo:d1:3").unwrap();
+        let want: BTreeSet<(String, String)> = ["pseudo:d1:1", "pseudo:d2:0"]
+            .into_iter()
+            .map(|q| ("x".to_string(), q.to_string()))
+            .collect();
+        assert_eq!(got, want);
         // Without teacher scores, an error naming the key.
         t.teacher_score = None;
-        let e = pseudo_left_out(&t, 2).unwrap_err().to_string();
-        assert!(e.contains("train.pseudo_keep"), "{e}");
+        let e = pseudo_left_out(&t, Path::new("scores.parquet"), 2, |_, _| true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("scores.parquet") && e.contains("train.pseudo_keep"),
+            "{e}"
+        );
         assert_eq!(
             crate::data::pseudo::parse_query_id("pseudo:a:b:12"),
             Some(("a:b", 12))
