@@ -474,14 +474,23 @@ fn pseudo_query_keys_without_pseudo_queries_are_refused() {
         (
             "pseudo_scope = \"uncovered\"",
             "",
-            "`dataset.pseudo_scope`: places pseudo-queries, but pseudo_queries is 0",
+            "`dataset.pseudo_scope`: shapes pseudo-queries, but pseudo_queries is 0",
+        ),
+        (
+            "pseudo_windows = \"question\"",
+            "",
+            "`dataset.pseudo_windows`: shapes pseudo-queries, but pseudo_queries is 0",
         ),
         (
             "",
             "pseudo_keep = 2",
             "`train.pseudo_keep`: picks among pseudo-queries, but no [[dataset]] sets pseudo_queries",
         ),
-        ("pseudo_queries = 3\npseudo_scope = \"uncovered\"", "pseudo_keep = 2", ""),
+        (
+            "pseudo_queries = 3\npseudo_scope = \"uncovered\"\npseudo_windows = \"question\"",
+            "pseudo_keep = 2",
+            "",
+        ),
     ];
     for (i, (dataset, train, needle)) in cases.iter().enumerate() {
         let path = f.write_full(&format!("pq{i}"), &data, dataset, "", "");

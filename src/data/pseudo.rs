@@ -252,7 +252,8 @@ fn split_sentences(text: &str) -> Vec<&str> {
     out
 }
 
-/// Add `n` pseudo-queries per corpus document in `scope` to `ds`'s queries, and to the
+/// Add up to `n` pseudo-queries per corpus document in `scope` (one per sentence of at
+/// least [`MIN_WORDS`] words, so short documents get fewer) to `ds`'s queries, and to the
 /// qrels of `split` with their document as the one positive. A pseudo-query id that is
 /// already a query id is an error naming it. For [`Scope::Uncovered`], `split`'s qrels
 /// must be loaded; for [`Scope::All`], they get the pseudo-queries when loaded.

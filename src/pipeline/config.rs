@@ -217,8 +217,7 @@ pub struct DatasetSection {
     pub pseudo_queries: Spanned<usize>,
     /// Where each pseudo-query's window sits in its sentence: "random", "informative" or
     /// "question".
-    #[serde(default)]
-    pub pseudo_windows: crate::data::pseudo::Windows,
+    pub pseudo_windows: Option<Spanned<crate::data::pseudo::Windows>>,
     /// Which documents get pseudo-queries: "all" or "uncovered" (those no training query
     /// judges relevant).
     pub pseudo_scope: Option<Spanned<crate::data::pseudo::Scope>>,
@@ -476,6 +475,25 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// A setting of how pseudo-queries are made (its default when unset), refused when
+    /// the dataset makes none (`pseudo_queries` 0).
+    fn pseudo_setting<T: Copy + Default>(
+        &self,
+        v: &Option<Spanned<T>>,
+        pseudo_queries: usize,
+        key: &str,
+    ) -> Result<T> {
+        match v {
+            Some(v) if pseudo_queries == 0 => Err(self.err(
+                v.span(),
+                key,
+                "shapes pseudo-queries, but pseudo_queries is 0",
+            )),
+            Some(v) => Ok(*v.get_ref()),
+            None => Ok(T::default()),
+        }
+    }
+
     fn err(&self, span: Range<usize>, key: &str, message: impl std::fmt::Display) -> Error {
         let line = if span.is_empty() && span.start == 0 {
             0
@@ -719,18 +737,16 @@ impl Pipeline {
                     }
                     n
                 },
-                pseudo_windows: d.pseudo_windows,
-                pseudo_scope: match &d.pseudo_scope {
-                    Some(s) if *d.pseudo_queries.get_ref() == 0 => {
-                        return Err(c.err(
-                            s.span(),
-                            "dataset.pseudo_scope",
-                            "places pseudo-queries, but pseudo_queries is 0",
-                        ))
-                    }
-                    Some(s) => *s.get_ref(),
-                    None => Default::default(),
-                },
+                pseudo_windows: c.pseudo_setting(
+                    &d.pseudo_windows,
+                    *d.pseudo_queries.get_ref(),
+                    "dataset.pseudo_windows",
+                )?,
+                pseudo_scope: c.pseudo_setting(
+                    &d.pseudo_scope,
+                    *d.pseudo_queries.get_ref(),
+                    "dataset.pseudo_scope",
+                )?,
             });
         }
         if let Some(k) = &file.train.pseudo_keep {
