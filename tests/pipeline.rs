@@ -439,6 +439,10 @@ fn train_only_keys_are_refused_in_teacher_train() {
             "`teacher_train.infonce_symmetric`: is a [train] setting",
         ),
         (
+            "[teacher_train]\neval_every = 3",
+            "`teacher_train.eval_every`: is a [train] setting",
+        ),
+        (
             "[teacher_train]\npseudo_keep = 3",
             "`teacher_train.pseudo_keep`: is a [train] setting",
         ),
@@ -466,7 +470,7 @@ fn train_only_keys_are_refused_in_teacher_train() {
 }
 
 #[test]
-fn pseudo_query_keys_without_pseudo_queries_are_refused() {
+fn train_keys_that_need_others_are_refused() {
     let f = Fixture::new();
     let data = generated("beir_tiny");
     // (dataset lines, [train] lines, expected error; empty: accepted)
@@ -485,6 +489,12 @@ fn pseudo_query_keys_without_pseudo_queries_are_refused() {
             "",
             "pseudo_keep = 2",
             "`train.pseudo_keep`: picks among pseudo-queries, but no [[dataset]] sets pseudo_queries",
+        ),
+        ("", "keep_best = true", "`train.keep_best`: needs train.eval_every"),
+        (
+            "",
+            "eval_every = 2\neval_split = \"dev\"",
+            "`train.eval_split`: ",
         ),
         (
             "pseudo_queries = 3\npseudo_scope = \"uncovered\"\npseudo_windows = \"question\"",

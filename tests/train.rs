@@ -242,6 +242,24 @@ pub(crate) fn run_ok(path: &Path, envs: &[(&str, &str)]) {
     );
 }
 
+/// The tensors of a safetensors file, by name.
+fn weights(path: &Path) -> std::collections::BTreeMap<String, Tensor> {
+    Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// The tensor of `weights` named `name`, up to a prefix (a checkpoint's names and an
+/// exported model's differ by the model's own prefix).
+fn named<'a>(weights: &'a std::collections::BTreeMap<String, Tensor>, name: &str) -> &'a Tensor {
+    weights
+        .iter()
+        .find(|(n, _)| n.ends_with(name) || name.ends_with(n.as_str()))
+        .unwrap_or_else(|| panic!("no tensor named like {name}"))
+        .1
+}
+
 fn bytes(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -307,22 +325,12 @@ fn killed_training_resumes_to_the_same_weights() {
     )
     .unwrap();
     run_ok(&reference, &[]);
-    let weights = |p: &Path| -> std::collections::BTreeMap<String, tch::Tensor> {
-        tch::Tensor::read_safetensors(p)
-            .unwrap()
-            .into_iter()
-            .collect()
-    };
     let base = weights(&generated("tiny_bi_mean").join("model.safetensors"));
     let frozen = weights(&r.join("train/student/model.safetensors"));
     let thawed = weights(&k.join("train/student/model.safetensors"));
     let (mut same, mut moved) = (0, 0);
     for (name, w) in &frozen {
-        let b = base
-            .iter()
-            .find(|(n, _)| n.ends_with(name.as_str()) || name.ends_with(n.as_str()))
-            .unwrap_or_else(|| panic!("{name} is not in the base student"))
-            .1;
+        let b = named(&base, name);
         if name.split('.').any(|p| p == "embeddings") {
             assert!(w.equal(b), "{name} moved");
             assert!(!thawed[name].equal(b), "{name} did not move unfrozen");
@@ -371,6 +379,87 @@ fn pseudo_keep_trains_on_at_most_that_many_pseudo_queries_per_document() {
     let named = distill::train::data::pseudo_left_out(&scores, &run, 1, |_, _| true).unwrap();
     assert_eq!(left_out, named.len(), "{}", m.summary);
     assert!(0 < left_out && left_out < pseudo, "{left_out} of {pseudo}");
+}
+
+#[test]
+fn in_training_eval_matches_the_eval_stage_keeps_the_best_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_eval = |name: &str| {
+        let path = pipeline(dir.path(), name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace("[train]\n", "[train]\neval_every = 3\nkeep_best = true\n");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let reference = with_eval("evaluated");
+    run_ok(&reference, &[]);
+    let r = Pipeline::load(&reference).unwrap().run_dir;
+    #[derive(Deserialize)]
+    struct Point {
+        step: u64,
+        ndcg10: Vec<(String, f64)>,
+        mean: f64,
+    }
+    #[derive(Deserialize)]
+    struct Record {
+        best_step: u64,
+        points: Vec<Point>,
+    }
+    let record: Record = read_json(&r.join("train/in_training_eval.json"));
+    let steps: Vec<u64> = record.points.iter().map(|p| p.step).collect();
+    let last = *steps.last().unwrap();
+    let mut want: Vec<u64> = (1..=last / 3).map(|i| i * 3).collect();
+    if last % 3 != 0 {
+        want.push(last);
+    }
+    assert_eq!(steps, want);
+    let best = record.points.iter().fold(
+        &record.points[0],
+        |b, p| if p.mean > b.mean { p } else { b },
+    );
+    assert_eq!(record.best_step, best.step);
+    // Here the best (step 3) is not the last (step 6), so keeping it is what is tested.
+    assert_ne!(best.step, last, "the best evaluation is the last one");
+    // The exported student is the best checkpoint's weights, kept from pruning, and the
+    // eval stage measures on it what training measured at that step.
+    let ckpt = r.join(format!("train/checkpoints/step-{:08}", best.step));
+    let kept = weights(&ckpt.join("weights.safetensors"));
+    let exported = weights(&r.join("train/student/model.safetensors"));
+    for (name, w) in &kept {
+        assert!(
+            w.equal(named(&exported, name)),
+            "{name} is not the best checkpoint's"
+        );
+    }
+    let metrics: serde_json::Value = read_json(&r.join("eval/metrics.json"));
+    let staged = metrics["animals"]["distilled"]["student"]["ndcg@10"]
+        .as_f64()
+        .unwrap();
+    let (dataset, measured) = &best.ndcg10[0];
+    assert_eq!(dataset, "animals");
+    assert!(
+        (staged - measured).abs() < 1e-6 && (best.mean - measured).abs() < 1e-12,
+        "eval stage {staged}, in training {measured}"
+    );
+    // Killed between evaluations (after the one at 3 and the checkpoint at 4), the run
+    // resumes to the same evaluations and the same student.
+    let killed = with_eval("killed");
+    let k = Pipeline::load(&killed).unwrap().run_dir;
+    let out = distill(
+        &["-q", "run", killed.to_str().unwrap()],
+        &[("DISTILL_FAULT_AT_STEP", "train:5")],
+    );
+    assert!(!out.status.success(), "the train fault did not fire");
+    run_ok(&killed, &[]);
+    for f in [
+        "train/in_training_eval.json",
+        "train/student/model.safetensors",
+    ] {
+        assert!(
+            bytes(&r.join(f)) == bytes(&k.join(f)),
+            "{f} differs after resume"
+        );
+    }
 }
 
 #[test]

@@ -103,6 +103,12 @@ pub struct TrainSection {
     /// Pseudo-queries kept per document: those the teacher confirms and the student finds
     /// hardest (`train::data::pseudo_left_out`); unset keeps all.
     pub pseudo_keep: Option<Spanned<usize>>,
+    /// In-training evaluation every this many steps (and after the last).
+    pub eval_every: Option<Spanned<usize>>,
+    /// The qrels split evaluated in training (default: each dataset's `eval_split`).
+    pub eval_split: Option<Spanned<String>>,
+    /// End with the weights of the best in-training evaluation.
+    pub keep_best: Option<Spanned<bool>>,
     // [teacher_train] only
     pub loss: Option<Spanned<crate::pipeline::config::TeacherLoss>>,
 }
@@ -154,6 +160,12 @@ pub struct StudentTrainConfig {
     pub freeze_embeddings: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pseudo_keep: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_every: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_split: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub keep_best: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -749,6 +761,22 @@ impl Pipeline {
                 )?,
             });
         }
+        let t = &file.train;
+        if t.eval_every.is_none() {
+            let needs = [
+                (t.eval_split.as_ref().map(|v| v.span()), "train.eval_split"),
+                (t.keep_best.as_ref().map(|v| v.span()), "train.keep_best"),
+            ];
+            if let Some((span, key)) = needs.into_iter().find_map(|(s, k)| s.map(|s| (s, k))) {
+                return Err(c.err(span, key, "needs train.eval_every"));
+            }
+        }
+        if let Some(split) = &t.eval_split {
+            for d in &datasets {
+                let f = crate::data::beir::qrels_path(&d.path, split.get_ref());
+                c.file_in(split.span(), "train.eval_split", f)?;
+            }
+        }
         if let Some(k) = &file.train.pseudo_keep {
             if datasets.iter().all(|d| d.pseudo_queries == 0) {
                 return Err(c.err(
@@ -916,6 +944,9 @@ impl Checker<'_> {
                 "freeze_embeddings",
             ),
             (t.pseudo_keep.as_ref().map(|v| v.span()), "pseudo_keep"),
+            (t.eval_every.as_ref().map(|v| v.span()), "eval_every"),
+            (t.eval_split.as_ref().map(|v| v.span()), "eval_split"),
+            (t.keep_best.as_ref().map(|v| v.span()), "keep_best"),
         ];
         if let Some((span, key)) = student_only
             .into_iter()
@@ -985,6 +1016,13 @@ impl Checker<'_> {
                 .as_ref()
                 .map(|v| self.positive(v, "train.pseudo_keep"))
                 .transpose()?,
+            eval_every: t
+                .eval_every
+                .as_ref()
+                .map(|v| self.positive(v, "train.eval_every"))
+                .transpose()?,
+            eval_split: t.eval_split.as_ref().map(|v| v.get_ref().clone()),
+            keep_best: t.keep_best.as_ref().is_some_and(|v| *v.get_ref()),
         })
     }
 }

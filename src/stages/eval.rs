@@ -254,6 +254,75 @@ struct Split<'a> {
     judged: &'a BTreeMap<String, Judgements>,
 }
 
+/// The judged queries of a split and their texts (a judged query missing from the
+/// queries file is an error naming it).
+fn judged_texts<'a>(
+    d: &DatasetRef,
+    ds: &'a Dataset,
+    judged: &'a BTreeMap<String, Judgements>,
+) -> Result<(Vec<&'a String>, Vec<&'a str>)> {
+    let queries: Vec<&String> = judged.keys().collect();
+    let texts = queries
+        .iter()
+        .map(|q| {
+            ds.queries.text(q).ok_or_else(|| {
+                Error::config(
+                    beir::queries_path(&d.path),
+                    format!("query `{q}` is judged but missing"),
+                )
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok((queries, texts))
+}
+
+/// The student's run: for each query, its top `eval.top_k` documents of `corpus` (the
+/// corpus's embeddings), the query itself left out as BEIR does.
+fn rank(
+    p: &Pipeline,
+    student: &BiEncoder,
+    corpus: &tch::Tensor,
+    ds: &Dataset,
+    queries: &[&String],
+    texts: &[&str],
+) -> Result<Runs> {
+    let q = student
+        .encode(texts, p.student.batch_size, &mut |_| {})?
+        .to_device(corpus.device());
+    let ranking = retrieval::top_k(&q, corpus, p.eval.top_k + 1, p.mine.corpus_chunk)?;
+    Ok(queries
+        .iter()
+        .enumerate()
+        .map(|(row, qid)| {
+            let docs = ranking.indices[row]
+                .iter()
+                .zip(&ranking.scores[row])
+                .map(|(&i, &s)| (ds.corpus.ids[i as usize].clone(), s))
+                .filter(|(doc, _)| doc != *qid)
+                .take(p.eval.top_k)
+                .collect();
+            ((*qid).clone(), docs)
+        })
+        .collect())
+}
+
+/// nDCG@10 of `student` on the judged queries of `judged` (mean over queries), as the
+/// eval stage computes it, with the corpus encoded afresh: in-training evaluation.
+pub fn student_ndcg10(
+    p: &Pipeline,
+    student: &BiEncoder,
+    d: &DatasetRef,
+    ds: &Dataset,
+    judged: &BTreeMap<String, Judgements>,
+) -> Result<f64> {
+    let corpus = student
+        .encode(&ds.corpus.texts, p.student.batch_size, &mut |_| {})?
+        .to_device(student.device());
+    let (queries, texts) = judged_texts(d, ds, judged)?;
+    let run = rank(p, student, &corpus, ds, &queries, &texts)?;
+    Ok(mean(&score_runs(&run, judged)).ndcg_10)
+}
+
 fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
     let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
     crate::data::atomic::write_bytes(to, &bytes)
@@ -280,40 +349,17 @@ impl Eval {
         let student = BiEncoder::load(path, env.device, env.kind, max_length)?;
         let fp = fingerprint::directory(path)?;
         let corpus = super::mine::corpus_embeddings(env, &student, &fp, d, ds)?;
-        let queries: Vec<&String> = judged.keys().collect();
-        let texts: Vec<&str> = queries
-            .iter()
-            .map(|q| {
-                ds.queries.text(q).ok_or_else(|| {
-                    Error::config(
-                        beir::queries_path(&d.path),
-                        format!("query `{q}` is judged but missing"),
-                    )
-                })
-            })
-            .collect::<Result<_>>()?;
-        let q = student
-            .encode(&texts, p.student.batch_size, &mut |_| {})?
-            .to_device(corpus.device());
-        let ranking = retrieval::top_k(&q, &corpus, p.eval.top_k + 1, p.mine.corpus_chunk)?;
-        let mut student_run = Runs::new();
+        let (queries, texts) = judged_texts(d, ds, judged)?;
+        let student_run = rank(p, &student, &corpus, ds, &queries, &texts)?;
         let mut pairs: Vec<(&str, &str)> = Vec::new();
         let mut owners: Vec<(&String, String)> = Vec::new();
         for (row, qid) in queries.iter().enumerate() {
-            let docs: Vec<(String, f32)> = ranking.indices[row]
-                .iter()
-                .zip(&ranking.scores[row])
-                .map(|(&i, &s)| (ds.corpus.ids[i as usize].clone(), s))
-                .filter(|(doc, _)| doc != *qid)
-                .take(p.eval.top_k)
-                .collect();
-            let mut ordered = docs.clone();
+            let mut ordered = student_run[*qid].clone();
             trec_order(&mut ordered);
             for (doc, _) in ordered.iter().take(p.eval.rerank_k) {
                 pairs.push((texts[row], ds.corpus.text(doc).unwrap_or_default()));
                 owners.push((*qid, doc.clone()));
             }
-            student_run.insert((*qid).clone(), docs);
         }
         let scores = teacher.score(&pairs, p.teacher.batch_size, &mut |_| {})?;
         let mut teacher_run = Runs::new();

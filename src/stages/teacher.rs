@@ -157,7 +157,7 @@ impl Stage for Teacher {
         };
         let vars = model.vs.variables().into_iter().collect();
         let checkpoints = env.partial.join("checkpoints");
-        let curve = trainer::train(env, &task, vars, &set, &cfg.settings, &checkpoints)?;
+        let curve = trainer::train(env, &task, vars, &set, &cfg.settings, &checkpoints, None)?;
         export_cross_encoder(&model, &env.dir.join(MODEL_DIR))?;
         super::finish_training(env, &curve, &checkpoints, MODEL_DIR, &set.stats)
     }

@@ -6,6 +6,7 @@
 //! and the loss curve.
 use super::teacher::{load_datasets, upstream_output};
 use super::{Outcome, Stage, StageEnv};
+use crate::data::beir::Dataset;
 use crate::data::pairs::PairTable;
 use crate::error::Result;
 use crate::model::batching::upload;
@@ -26,6 +27,8 @@ use tch::{Kind, Tensor};
 
 pub const MODEL_DIR: &str = "student";
 pub const WEIGHTS: &str = "student/model.safetensors";
+/// In-training evaluations (`train.eval_every`): nDCG@10 per dataset by step.
+pub const IN_TRAINING_EVAL: &str = "in_training_eval.json";
 
 pub struct Train;
 
@@ -160,6 +163,36 @@ impl Task for StudentTask<'_> {
     }
 }
 
+/// Evaluation of `model` during training on each dataset's `train.eval_split` (else its
+/// `eval_split`), with the eval stage's retrieval and nDCG@10.
+fn in_training_eval<'a>(
+    p: &'a Pipeline,
+    model: &'a BiEncoder,
+    every: u64,
+    keep_best: bool,
+) -> Result<trainer::Monitor<'a>> {
+    let mut splits = Vec::new();
+    for d in &p.datasets {
+        let split = p.train.eval_split.as_ref().unwrap_or(&d.eval_split);
+        let ds = Dataset::load(&d.path, &[split], d.strict)?;
+        let judged = ds.qrels[split].clone();
+        splits.push((d, ds, judged));
+    }
+    Ok(trainer::Monitor {
+        every,
+        keep_best,
+        evaluate: Box::new(move || {
+            splits
+                .iter()
+                .map(|(d, ds, judged)| {
+                    let v = super::eval::student_ndcg10(p, model, d, ds, judged)?;
+                    Ok((d.name.clone(), v))
+                })
+                .collect()
+        }),
+    })
+}
+
 /// The variables that learn: all of them, or (`freeze_embeddings`) all but the embedding
 /// layer's, which stop requiring gradients. Freezing a model without an embedding layer
 /// (no variable named `*.embeddings.*`) is an error rather than a silent no-op.
@@ -257,8 +290,34 @@ impl Stage for Train {
         let task = StudentTask::new(&model, &set, &cfg.loss)?;
         let vars = trainable(model.vs.variables(), cfg.freeze_embeddings, &p.student.path)?;
         let checkpoints = env.partial.join("checkpoints");
-        let curve = trainer::train(env, &task, vars, &set, &cfg.settings, &checkpoints)?;
+        let monitor = match cfg.eval_every {
+            Some(every) => Some(in_training_eval(p, &model, every as u64, cfg.keep_best)?),
+            None => None,
+        };
+        let curve = trainer::train(env, &task, vars, &set, &cfg.settings, &checkpoints, monitor)?;
         export_bi_encoder(&model, &env.dir.join(MODEL_DIR))?;
-        super::finish_training(env, &curve, &checkpoints, MODEL_DIR, &set.stats)
+        let mut outcome = super::finish_training(env, &curve, &checkpoints, MODEL_DIR, &set.stats)?;
+        if cfg.eval_every.is_some() {
+            let best = curve.best_eval();
+            let record = json!({
+                "split": cfg.eval_split,
+                "keep_best": cfg.keep_best,
+                "best_step": best.map(|b| b.step),
+                "points": curve.evals,
+            });
+            crate::data::atomic::write_json(&env.dir.join(IN_TRAINING_EVAL), &record)?;
+            if let Outcome::Complete {
+                outputs, summary, ..
+            } = &mut outcome
+            {
+                outputs.push(IN_TRAINING_EVAL.into());
+                summary["in_training_eval"] = json!({
+                    "best_step": best.map(|b| b.step),
+                    "best_ndcg@10": best.map(|b| b.mean),
+                    "last_ndcg@10": curve.evals.last().map(|e| e.mean),
+                });
+            }
+        }
+        Ok(outcome)
     }
 }

@@ -131,9 +131,21 @@ pub fn load(dir: &Path, step: u64, opt: &mut AdamW) -> Result<LossCurve> {
     Ok(state.curve)
 }
 
-/// Apply the retention policy: delete all but the last `keep_last`.
-pub fn prune(dir: &Path, keep_last: usize) -> Result<()> {
-    for step in super::retention::to_delete(&list(dir), keep_last, None) {
+/// Load only the parameters of checkpoint `step` into `opt` (the best one's, at the end
+/// of a run that keeps it).
+pub fn restore_weights(dir: &Path, step: u64, opt: &mut AdamW) -> Result<()> {
+    restore_into(
+        &folder(dir, step).join("weights.safetensors"),
+        opt.params
+            .iter_mut()
+            .map(|p| (p.name.as_str(), &mut p.param))
+            .collect(),
+    )
+}
+
+/// Apply the retention policy: delete all but the last `keep_last`, and `best`.
+pub fn prune(dir: &Path, keep_last: usize, best: Option<u64>) -> Result<()> {
+    for step in super::retention::to_delete(&list(dir), keep_last, best) {
         let f = folder(dir, step);
         std::fs::remove_dir_all(&f).map_err(|e| Error::io(&f, e))?;
     }

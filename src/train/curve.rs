@@ -17,6 +17,25 @@ pub struct LossCurve {
     pub grad_norm: Vec<f32>,
     /// Loss terms by name, aligned with `step`.
     pub terms: Vec<(String, Vec<f32>)>,
+    /// In-training evaluations, in step order (none unless asked for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evals: Vec<EvalPoint>,
+}
+
+/// One in-training evaluation: nDCG@10 per dataset after optimizer step `step`, and their
+/// mean.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalPoint {
+    pub step: u64,
+    pub ndcg10: Vec<(String, f64)>,
+    pub mean: f64,
+}
+
+impl EvalPoint {
+    pub fn new(step: u64, ndcg10: Vec<(String, f64)>) -> Self {
+        let mean = ndcg10.iter().map(|(_, v)| v).sum::<f64>() / ndcg10.len().max(1) as f64;
+        EvalPoint { step, ndcg10, mean }
+    }
 }
 
 impl LossCurve {
@@ -40,6 +59,16 @@ impl LossCurve {
                 None => self.terms.push((name.clone(), vec![*v])),
             }
         }
+    }
+
+    /// The evaluation with the highest mean (the earliest on ties).
+    pub fn best_eval(&self) -> Option<&EvalPoint> {
+        self.evals
+            .iter()
+            .fold(None, |best: Option<&EvalPoint>, e| match best {
+                Some(b) if b.mean >= e.mean => Some(b),
+                _ => Some(e),
+            })
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {

@@ -42,6 +42,20 @@ pub struct TrainSettings {
     pub seed: u64,
 }
 
+/// In-training evaluation: every `every` optimizer steps and after the last, `evaluate`
+/// gives nDCG@10 per dataset for the model as it is. The step also gets a checkpoint,
+/// whose loss curve holds the evaluation, so a resumed run replays it. With `keep_best`,
+/// the checkpoint of the best evaluation (highest mean, the earliest on ties) is kept
+/// from pruning and its weights are what the run ends with.
+pub struct Monitor<'a> {
+    pub every: u64,
+    pub keep_best: bool,
+    pub evaluate: Box<Evaluate<'a>>,
+}
+
+/// nDCG@10 per dataset (name, value) of the model as it is.
+pub type Evaluate<'a> = dyn FnMut() -> Result<Vec<(String, f64)>> + 'a;
+
 /// A model and a loss over micro-batches of examples.
 pub trait Task {
     /// Total loss of a micro-batch (differentiable) and its terms (values, for the curve).
@@ -139,6 +153,7 @@ pub fn train(
     set: &TrainingSet,
     s: &TrainSettings,
     checkpoints: &Path,
+    mut monitor: Option<Monitor>,
 ) -> Result<LossCurve> {
     if set.groups.is_empty() {
         return Err(Error::config(
@@ -217,18 +232,38 @@ pub fn train(
         if let Some(previous) = pending.replace(record) {
             previous.resolve(&mut curve, env, &stage)?;
         }
-        if opt.step % s.checkpoint_every.max(1) == 0 || opt.step == total_steps {
+        let last = opt.step == total_steps;
+        let evaluate = monitor
+            .as_ref()
+            .is_some_and(|m| opt.step % m.every.max(1) == 0 || last);
+        if opt.step % s.checkpoint_every.max(1) == 0 || last || evaluate {
             if let Some(current) = pending.take() {
                 current.resolve(&mut curve, env, &stage)?;
             }
+            if let Some(m) = monitor.as_mut().filter(|_| evaluate) {
+                let values = (m.evaluate)()?;
+                curve
+                    .evals
+                    .push(super::curve::EvalPoint::new(opt.step, values));
+            }
+            let best = curve
+                .best_eval()
+                .filter(|_| monitor.as_ref().is_some_and(|m| m.keep_best))
+                .map(|e| e.step);
             checkpoint::save(checkpoints, &opt, &curve)?;
-            checkpoint::prune(checkpoints, s.keep_checkpoints)?;
+            checkpoint::prune(checkpoints, s.keep_checkpoints, best)?;
             env.committed((opt.step - 1) as usize, total_steps as usize);
         }
         env.faults.after_step(&stage, opt.step);
     }
     if let Some(last) = pending.take() {
         last.resolve(&mut curve, env, &stage)?;
+    }
+    if let Some(best) = curve
+        .best_eval()
+        .filter(|_| monitor.as_ref().is_some_and(|m| m.keep_best))
+    {
+        checkpoint::restore_weights(checkpoints, best.step, &mut opt)?;
     }
     env.emit(Event::WorkFinished { stage });
     Ok(curve)
