@@ -765,7 +765,13 @@ impl Pipeline {
         if t.eval_every.is_none() {
             let needs = [
                 (t.eval_split.as_ref().map(|v| v.span()), "train.eval_split"),
-                (t.keep_best.as_ref().map(|v| v.span()), "train.keep_best"),
+                (
+                    t.keep_best
+                        .as_ref()
+                        .filter(|v| *v.get_ref())
+                        .map(|v| v.span()),
+                    "train.keep_best",
+                ),
             ];
             if let Some((span, key)) = needs.into_iter().find_map(|(s, k)| s.map(|s| (s, k))) {
                 return Err(c.err(span, key, "needs train.eval_every"));

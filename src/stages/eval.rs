@@ -307,16 +307,18 @@ fn rank(
 }
 
 /// nDCG@10 of `student` on the judged queries of `judged` (mean over queries), as the
-/// eval stage computes it, with the corpus encoded afresh: in-training evaluation.
+/// eval stage computes it, with the corpus (`corpus`: its tokens) encoded afresh:
+/// in-training evaluation.
 pub fn student_ndcg10(
     p: &Pipeline,
     student: &BiEncoder,
     d: &DatasetRef,
     ds: &Dataset,
     judged: &BTreeMap<String, Judgements>,
+    corpus: &[crate::model::tokenizer::Encoded],
 ) -> Result<f64> {
     let corpus = student
-        .encode(&ds.corpus.texts, p.student.batch_size, &mut |_| {})?
+        .encode_tokenized(corpus, p.student.batch_size, &mut |_| {})?
         .to_device(student.device());
     let (queries, texts) = judged_texts(d, ds, judged)?;
     let run = rank(p, student, &corpus, ds, &queries, &texts)?;

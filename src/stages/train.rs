@@ -163,20 +163,43 @@ impl Task for StudentTask<'_> {
     }
 }
 
-/// Evaluation of `model` during training on each dataset's `train.eval_split` (else its
-/// `eval_split`), with the eval stage's retrieval and nDCG@10.
+/// Per dataset, the split evaluated in training: `train.eval_split`, else the dataset's
+/// `eval_split`; none when in-training evaluation is off.
+fn eval_splits(p: &Pipeline) -> Vec<Option<&str>> {
+    p.datasets
+        .iter()
+        .map(|d| {
+            p.train
+                .eval_every
+                .map(|_| p.train.eval_split.as_deref().unwrap_or(&d.eval_split))
+        })
+        .collect()
+}
+
+/// Evaluation of `model` during training on each dataset's split of [`eval_splits`], with
+/// the eval stage's retrieval and nDCG@10 (the corpus tokenized once). Selecting the best
+/// weights on the split that eval reports is warned about.
 fn in_training_eval<'a>(
+    env: &mut StageEnv,
     p: &'a Pipeline,
     model: &'a BiEncoder,
     every: u64,
     keep_best: bool,
 ) -> Result<trainer::Monitor<'a>> {
     let mut splits = Vec::new();
-    for d in &p.datasets {
-        let split = p.train.eval_split.as_ref().unwrap_or(&d.eval_split);
+    for (d, split) in p.datasets.iter().zip(eval_splits(p)) {
+        let split = split.unwrap_or(&d.eval_split);
+        if keep_best && split == d.eval_split {
+            env.warn(format!(
+                "train.keep_best selects on `{split}`, the split eval reports for {}: \
+                 its numbers are then optimistic (name a dev split in train.eval_split)",
+                d.name
+            ));
+        }
         let ds = Dataset::load(&d.path, &[split], d.strict)?;
         let judged = ds.qrels[split].clone();
-        splits.push((d, ds, judged));
+        let corpus = model.tokenizer.encode_texts(&ds.corpus.texts)?;
+        splits.push((d, ds, judged, corpus));
     }
     Ok(trainer::Monitor {
         every,
@@ -184,8 +207,8 @@ fn in_training_eval<'a>(
         evaluate: Box::new(move || {
             splits
                 .iter()
-                .map(|(d, ds, judged)| {
-                    let v = super::eval::student_ndcg10(p, model, d, ds, judged)?;
+                .map(|(d, ds, judged, corpus)| {
+                    let v = super::eval::student_ndcg10(p, model, d, ds, judged, corpus)?;
                     Ok((d.name.clone(), v))
                 })
                 .collect()
@@ -231,11 +254,20 @@ impl Stage for Train {
     }
 
     fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
-        json!({
+        let mut c = json!({
             "train": p.train,
             "student_max_seq_length": p.student.max_length,
             "precision": super::mine::kind_name(kind),
-        })
+        });
+        // What the in-training evaluation reads besides [train] (left out when it is off).
+        if p.train.eval_every.is_some() {
+            c["in_training_eval"] = json!({
+                "splits": eval_splits(p),
+                "eval_top_k": p.eval.top_k,
+                "batch_size": p.student.batch_size,
+            });
+        }
+        c
     }
 
     fn inputs(
@@ -249,8 +281,10 @@ impl Stage for Train {
             "teacher_scores".into(),
             upstream_output(p, upstream, "score", super::score::OUTPUT)?,
         );
-        for d in &p.datasets {
-            super::mine::dataset_inputs(d, &[&d.train_split], &mut out)?;
+        for (d, split) in p.datasets.iter().zip(eval_splits(p)) {
+            let mut splits = vec![d.train_split.as_str()];
+            splits.extend(split);
+            super::mine::dataset_inputs(d, &splits, &mut out)?;
         }
         Ok(out)
     }
@@ -291,7 +325,13 @@ impl Stage for Train {
         let vars = trainable(model.vs.variables(), cfg.freeze_embeddings, &p.student.path)?;
         let checkpoints = env.partial.join("checkpoints");
         let monitor = match cfg.eval_every {
-            Some(every) => Some(in_training_eval(p, &model, every as u64, cfg.keep_best)?),
+            Some(every) => Some(in_training_eval(
+                env,
+                p,
+                &model,
+                every as u64,
+                cfg.keep_best,
+            )?),
             None => None,
         };
         let curve = trainer::train(env, &task, vars, &set, &cfg.settings, &checkpoints, monitor)?;
@@ -299,8 +339,14 @@ impl Stage for Train {
         let mut outcome = super::finish_training(env, &curve, &checkpoints, MODEL_DIR, &set.stats)?;
         if cfg.eval_every.is_some() {
             let best = curve.best_eval();
+            let splits: BTreeMap<&str, Option<&str>> = p
+                .datasets
+                .iter()
+                .map(|d| d.name.as_str())
+                .zip(eval_splits(p))
+                .collect();
             let record = json!({
-                "split": cfg.eval_split,
+                "splits": splits,
                 "keep_best": cfg.keep_best,
                 "best_step": best.map(|b| b.step),
                 "points": curve.evals,
