@@ -546,6 +546,11 @@ impl Checker<'_> {
     }
 }
 
+/// Where an optional key was set (`None`: unset).
+fn span<T>(v: &Option<Spanned<T>>) -> Option<Range<usize>> {
+    v.as_ref().map(|v| v.span())
+}
+
 fn valid_run_name(name: &str) -> bool {
     !(name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') || name == "cache")
 }
@@ -764,7 +769,7 @@ impl Pipeline {
         let t = &file.train;
         if t.eval_every.is_none() {
             let needs = [
-                (t.eval_split.as_ref().map(|v| v.span()), "train.eval_split"),
+                (span(&t.eval_split), "train.eval_split"),
                 (
                     t.keep_best
                         .as_ref()
@@ -923,36 +928,21 @@ impl Checker<'_> {
 
     fn reject_student_keys(&self, t: &TrainSection) -> Result<()> {
         let student_only = [
-            (t.margin_mse.as_ref().map(|v| v.span()), "margin_mse"),
-            (t.kl.as_ref().map(|v| v.span()), "kl"),
-            (t.infonce.as_ref().map(|v| v.span()), "infonce"),
-            (t.student_scale.as_ref().map(|v| v.span()), "student_scale"),
-            (
-                t.kl_student_temperature.as_ref().map(|v| v.span()),
-                "kl_student_temperature",
-            ),
-            (
-                t.kl_teacher_temperature.as_ref().map(|v| v.span()),
-                "kl_teacher_temperature",
-            ),
-            (t.infonce_scale.as_ref().map(|v| v.span()), "infonce_scale"),
-            (
-                t.max_seq_length.as_ref().map(|v| v.span()),
-                "max_seq_length",
-            ),
-            (t.batching.as_ref().map(|v| v.span()), "batching"),
-            (
-                t.infonce_symmetric.as_ref().map(|v| v.span()),
-                "infonce_symmetric",
-            ),
-            (
-                t.freeze_embeddings.as_ref().map(|v| v.span()),
-                "freeze_embeddings",
-            ),
-            (t.pseudo_keep.as_ref().map(|v| v.span()), "pseudo_keep"),
-            (t.eval_every.as_ref().map(|v| v.span()), "eval_every"),
-            (t.eval_split.as_ref().map(|v| v.span()), "eval_split"),
-            (t.keep_best.as_ref().map(|v| v.span()), "keep_best"),
+            (span(&t.margin_mse), "margin_mse"),
+            (span(&t.kl), "kl"),
+            (span(&t.infonce), "infonce"),
+            (span(&t.student_scale), "student_scale"),
+            (span(&t.kl_student_temperature), "kl_student_temperature"),
+            (span(&t.kl_teacher_temperature), "kl_teacher_temperature"),
+            (span(&t.infonce_scale), "infonce_scale"),
+            (span(&t.max_seq_length), "max_seq_length"),
+            (span(&t.batching), "batching"),
+            (span(&t.infonce_symmetric), "infonce_symmetric"),
+            (span(&t.freeze_embeddings), "freeze_embeddings"),
+            (span(&t.pseudo_keep), "pseudo_keep"),
+            (span(&t.eval_every), "eval_every"),
+            (span(&t.eval_split), "eval_split"),
+            (span(&t.keep_best), "keep_best"),
         ];
         if let Some((span, key)) = student_only
             .into_iter()

@@ -92,9 +92,11 @@ pub fn pseudo_left_out(
             "has no teacher scores, which train.pseudo_keep needs",
         )
     })?;
-    // Per pseudo-query: its document's rank and score, the best other candidate's score.
-    #[derive(Default)]
-    struct Seen {
+    // Per pseudo-query: its document and index, the document's rank and score, the best
+    // other candidate's score.
+    struct Seen<'a> {
+        doc: &'a str,
+        index: usize,
         rank: Option<i32>,
         positive: f32,
         best_other: f32,
@@ -102,15 +104,18 @@ pub fn pseudo_left_out(
     let mut seen: BTreeMap<(&str, &str), Seen> = BTreeMap::new();
     for (i, &score) in teacher.iter().enumerate() {
         let (ds, qid) = (table.dataset[i].as_str(), table.query_id[i].as_str());
-        let Some((doc, _)) = crate::data::pseudo::parse_query_id(qid) else {
+        let Some((doc, index)) = crate::data::pseudo::parse_query_id(qid) else {
             continue;
         };
         if !among(ds, qid) {
             continue;
         }
         let s = seen.entry((ds, qid)).or_insert(Seen {
+            doc,
+            index,
+            rank: None,
+            positive: 0.0,
             best_other: f32::NEG_INFINITY,
-            ..Default::default()
         });
         if table.is_positive[i] && table.doc_id[i] == doc {
             s.rank = Some(table.rank[i]);
@@ -124,13 +129,12 @@ pub fn pseudo_left_out(
     let mut by_doc: BTreeMap<(&str, &str), Confirmed> = BTreeMap::new();
     let mut out = BTreeSet::new();
     for ((ds, qid), s) in seen {
-        let (doc, index) = crate::data::pseudo::parse_query_id(qid).unwrap_or_default();
         match s.rank {
             Some(rank) if s.positive > s.best_other => {
                 by_doc
-                    .entry((ds, doc))
+                    .entry((ds, s.doc))
                     .or_default()
-                    .push((rank, index, qid));
+                    .push((rank, s.index, qid));
             }
             _ => {
                 out.insert((ds.to_string(), qid.to_string()));
