@@ -451,6 +451,10 @@ fn train_only_keys_are_refused_in_teacher_train() {
             "`teacher_train.freeze_embeddings`: is a [train] setting",
         ),
         (
+            "[teacher_train]\nwise_ft = 0.5",
+            "`teacher_train.wise_ft`: is a [train] setting",
+        ),
+        (
             "[teacher_train]\nbatching = \"topical\"",
             "unknown variant `topical`, expected `random` or `topic`",
         ),
@@ -491,6 +495,8 @@ fn train_keys_that_need_others_are_refused() {
             "`train.pseudo_keep`: picks among pseudo-queries, but no [[dataset]] sets pseudo_queries",
         ),
         ("", "keep_best = true", "`train.keep_best`: needs train.eval_every"),
+        ("", "wise_ft = 1.5", "`train.wise_ft`: must be between 0 and 1"),
+        ("", "wise_ft = 0.5", ""),
         (
             "",
             "eval_every = 2\neval_split = \"dev\"",

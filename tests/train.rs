@@ -340,6 +340,29 @@ fn killed_training_resumes_to_the_same_weights() {
         }
     }
     assert!(same >= 4 && moved > 10, "{same} frozen, {moved} moved");
+
+    // WiSE-FT, with the run killed at step 5 and resumed: the exported student is
+    // 0.25 x the trained weights + 0.75 x the base's (the base, not the checkpoint that
+    // the resumed run started from).
+    let text = std::fs::read_to_string(&killed).unwrap();
+    std::fs::write(
+        &killed,
+        text.replace("[train]\n", "[train]\nwise_ft = 0.25\n"),
+    )
+    .unwrap();
+    let out = distill(&["-q", "run", p], &[("DISTILL_FAULT_AT_STEP", "train:5")]);
+    assert!(!out.status.success(), "the train fault did not fire");
+    run_ok(&killed, &[]);
+    let wise = weights(&k.join("train/student/model.safetensors"));
+    assert_eq!(wise.len(), thawed.len());
+    for (name, w) in &wise {
+        let want = &thawed[name] * 0.25 + named(&base, name) * 0.75;
+        let diff = (w - &want).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "{name}: {diff} from the interpolation");
+        if !thawed[name].equal(named(&base, name)) {
+            assert!(!w.equal(&thawed[name]), "{name} was not interpolated");
+        }
+    }
 }
 
 #[test]

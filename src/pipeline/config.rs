@@ -109,6 +109,9 @@ pub struct TrainSection {
     pub eval_split: Option<Spanned<String>>,
     /// End with the weights of the best in-training evaluation.
     pub keep_best: Option<Spanned<bool>>,
+    /// WiSE-FT: the exported student is this x the trained weights + (1 - this) x the
+    /// base student's.
+    pub wise_ft: Option<Spanned<f64>>,
     // [teacher_train] only
     pub loss: Option<Spanned<crate::pipeline::config::TeacherLoss>>,
 }
@@ -166,6 +169,10 @@ pub struct StudentTrainConfig {
     pub eval_split: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub keep_best: bool,
+    /// Weight of the trained weights against the base's in the exported student
+    /// (WiSE-FT); unset: the trained weights as they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wise_ft: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -943,6 +950,7 @@ impl Checker<'_> {
             (span(&t.eval_every), "eval_every"),
             (span(&t.eval_split), "eval_split"),
             (span(&t.keep_best), "keep_best"),
+            (span(&t.wise_ft), "wise_ft"),
         ];
         if let Some((span, key)) = student_only
             .into_iter()
@@ -1019,6 +1027,11 @@ impl Checker<'_> {
                 .transpose()?,
             eval_split: t.eval_split.as_ref().map(|v| v.get_ref().clone()),
             keep_best: t.keep_best.as_ref().is_some_and(|v| *v.get_ref()),
+            wise_ft: t
+                .wise_ft
+                .as_ref()
+                .map(|v| self.unit(v, "train.wise_ft", 0.0, 1.0))
+                .transpose()?,
         })
     }
 }

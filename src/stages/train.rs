@@ -244,6 +244,22 @@ pub fn trainable(
     Ok(out)
 }
 
+/// A copy of every variable (on its device).
+fn snapshot(vars: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    let _guard = tch::no_grad_guard();
+    vars.iter().map(|(n, t)| (n.clone(), t.copy())).collect()
+}
+
+/// WiSE-FT (Wortsman et al. 2022): each variable becomes `alpha` x itself + (1 - alpha) x
+/// the same variable of `base`, in place.
+fn interpolate(vars: &HashMap<String, Tensor>, base: &HashMap<String, Tensor>, alpha: f64) {
+    let _guard = tch::no_grad_guard();
+    for (name, t) in vars {
+        let mixed = t * alpha + &base[name] * (1.0 - alpha);
+        t.shallow_clone().copy_(&mixed);
+    }
+}
+
 impl Stage for Train {
     fn name(&self) -> &'static str {
         "train"
@@ -323,6 +339,8 @@ impl Stage for Train {
         super::write_plan(&env.partial, total as usize)?;
         let task = StudentTask::new(&model, &set, &cfg.loss)?;
         let vars = trainable(model.vs.variables(), cfg.freeze_embeddings, &p.student.path)?;
+        // The base's weights, for WiSE-FT (taken before a resumed run restores a checkpoint).
+        let base = cfg.wise_ft.map(|_| snapshot(&model.vs.variables()));
         let checkpoints = env.partial.join("checkpoints");
         let monitor = match cfg.eval_every {
             Some(every) => Some(in_training_eval(
@@ -335,6 +353,9 @@ impl Stage for Train {
             None => None,
         };
         let curve = trainer::train(env, &task, vars, &set, &cfg.settings, &checkpoints, monitor)?;
+        if let (Some(alpha), Some(base)) = (cfg.wise_ft, &base) {
+            interpolate(&model.vs.variables(), base, alpha);
+        }
         export_bi_encoder(&model, &env.dir.join(MODEL_DIR))?;
         let mut outcome = super::finish_training(env, &curve, &checkpoints, MODEL_DIR, &set.stats)?;
         if cfg.eval_every.is_some() {
