@@ -490,6 +490,21 @@ fn train_keys_that_need_others_are_refused() {
             "`dataset.pseudo_windows`: shapes pseudo-queries, but pseudo_queries is 0",
         ),
         (
+            "pseudo_per_sentence = 2",
+            "",
+            "`dataset.pseudo_per_sentence`: shapes pseudo-queries, but pseudo_queries is 0",
+        ),
+        (
+            "pseudo_queries = 3\npseudo_per_sentence = 5",
+            "",
+            "`dataset.pseudo_per_sentence`: must be between 1 and 4",
+        ),
+        (
+            "pseudo_queries = 3\npseudo_per_sentence = 0",
+            "",
+            "`dataset.pseudo_per_sentence`: must be between 1 and 4",
+        ),
+        (
             "",
             "pseudo_keep = 2",
             "`train.pseudo_keep`: picks among pseudo-queries, but no [[dataset]] sets pseudo_queries",
@@ -503,7 +518,7 @@ fn train_keys_that_need_others_are_refused() {
             "`train.eval_split`: ",
         ),
         (
-            "pseudo_queries = 3\npseudo_scope = \"uncovered\"\npseudo_windows = \"question\"",
+            "pseudo_queries = 3\npseudo_scope = \"uncovered\"\npseudo_windows = \"question\"\npseudo_per_sentence = 2",
             "pseudo_keep = 2",
             "",
         ),

@@ -196,15 +196,19 @@ pub fn as_question(
     format!("{} {}?", question_word(&window[a..b]), rest.join(" "))
 }
 
-/// Up to `n` pseudo-queries of one document; `idf` places the windows
-/// ([`Windows::Informative`]), else they are drawn; `question` turns each into a cloze
-/// question ([`Windows::Question`]), from a generator of its own so that the windows are
-/// those of [`Windows::Random`].
+/// Up to `n` pseudo-queries of one document: a window from each sentence (in a seeded
+/// order), then, with `per_sentence` above 1, a second window from each sentence in the
+/// widest stretch of words its earlier windows leave (when that stretch has at least
+/// [`MIN_WORDS`] words), and so on. `idf` places the windows ([`Windows::Informative`]),
+/// else they are drawn; `question` turns each into a cloze question
+/// ([`Windows::Question`]), from a generator of its own so that the windows are those of
+/// [`Windows::Random`].
 pub fn for_document(
     seed: u64,
     doc: &str,
     text: &str,
     n: usize,
+    per_sentence: usize,
     idf: Option<&Idf>,
     question: bool,
 ) -> Vec<String> {
@@ -215,16 +219,36 @@ pub fn for_document(
         .collect();
     let mut rng = SplitMix64::for_key(seed, doc);
     rng.shuffle(&mut sentences);
-    sentences
-        .iter()
-        .take(n)
-        .enumerate()
-        .map(|(i, words)| {
-            let longest = MAX_WORDS.min(words.len());
+    // (sentence, start, length) of each window, in the order they are drawn.
+    let mut windows: Vec<(usize, usize, usize)> = Vec::new();
+    'passes: for pass in 0..per_sentence {
+        for (s, words) in sentences.iter().enumerate() {
+            if windows.len() >= n {
+                break 'passes;
+            }
+            let (from, room) = if pass == 0 {
+                (0, words.len())
+            } else {
+                let placed = windows.iter().filter(|w| w.0 == s).map(|w| (w.1, w.2));
+                match widest_gap(words.len(), placed) {
+                    Some(gap) if gap.1 >= MIN_WORDS => gap,
+                    _ => continue,
+                }
+            };
+            let longest = MAX_WORDS.min(room);
             let len = MIN_WORDS + rng.below((longest - MIN_WORDS + 1) as u64) as usize;
-            let drawn = rng.below((words.len() - len + 1) as u64) as usize;
-            let start = idf.map_or(drawn, |idf| informative_start(words, len, idf));
-            let window = &words[start..start + len];
+            let drawn = from + rng.below((room - len + 1) as u64) as usize;
+            let start = idf.map_or(drawn, |idf| {
+                from + informative_start(&words[from..from + room], len, idf)
+            });
+            windows.push((s, start, len));
+        }
+    }
+    windows
+        .into_iter()
+        .enumerate()
+        .map(|(i, (s, start, len))| {
+            let window = &sentences[s][start..start + len];
             if question {
                 let mut qrng = SplitMix64::for_key(seed, &query_id(doc, i));
                 as_question(window, start == 0, text, &mut qrng)
@@ -233,6 +257,29 @@ pub fn for_document(
             }
         })
         .collect()
+}
+
+/// (start, length) of the longest run of a `len`-word sentence's words that no window of
+/// `placed` (start, length) covers; the first of equals; `None` when all are covered.
+fn widest_gap(len: usize, placed: impl Iterator<Item = (usize, usize)>) -> Option<(usize, usize)> {
+    let mut covered = vec![false; len];
+    for (start, n) in placed {
+        covered[start..start + n].iter_mut().for_each(|c| *c = true);
+    }
+    let mut best: Option<(usize, usize)> = None;
+    let mut i = 0;
+    while i < len {
+        if covered[i] {
+            i += 1;
+            continue;
+        }
+        let j = (i..len).find(|&j| covered[j]).unwrap_or(len);
+        if best.is_none_or(|b| j - i > b.1) {
+            best = Some((i, j - i));
+        }
+        i = j;
+    }
+    best
 }
 
 /// Sentences: text up to a `.`, `!` or `?` followed by whitespace (or the end).
@@ -252,8 +299,9 @@ fn split_sentences(text: &str) -> Vec<&str> {
     out
 }
 
-/// Add up to `n` pseudo-queries per corpus document in `scope` (one per sentence of at
-/// least [`MIN_WORDS`] words, so short documents get fewer) to `ds`'s queries, and to the
+/// Add up to `n` pseudo-queries per corpus document in `scope` (`per_sentence` windows
+/// per sentence of at least [`MIN_WORDS`] words at most, so short documents get fewer;
+/// [`for_document`]) to `ds`'s queries, and to the
 /// qrels of `split` with their document as the one positive. A pseudo-query id that is
 /// already a query id is an error naming it. For [`Scope::Uncovered`], `split`'s qrels
 /// must be loaded; for [`Scope::All`], they get the pseudo-queries when loaded.
@@ -261,6 +309,7 @@ pub fn add_to(
     ds: &mut Dataset,
     split: &str,
     n: usize,
+    per_sentence: usize,
     windows: Windows,
     scope: Scope,
     seed: u64,
@@ -286,7 +335,7 @@ pub fn add_to(
         if covered.contains(doc.as_str()) {
             continue;
         }
-        for (i, q) in for_document(seed, doc, text, n, idf.as_ref(), question)
+        for (i, q) in for_document(seed, doc, text, n, per_sentence, idf.as_ref(), question)
             .into_iter()
             .enumerate()
         {
@@ -317,32 +366,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sentences_split_on_terminal_punctuation_only() {
-        let s = split_sentences("Dr. Smith met 3.5 people. Why? Because! end");
-        assert_eq!(
-            s,
-            vec!["Dr.", "Smith met 3.5 people.", "Why?", "Because!", "end"]
-        );
-    }
-
-    #[test]
-    fn windows_come_from_one_long_enough_sentence() {
-        let text =
-            "Short one. The quick brown fox jumps over the lazy dog near the river bank today. \
-                    Another fairly long sentence with more than six words in it here.";
-        let qs = for_document(7, "d1", text, 5, None, false);
-        assert_eq!(qs.len(), 2, "{qs:?}");
-        for q in &qs {
-            let n = q.split_whitespace().count();
-            assert!((MIN_WORDS..=MAX_WORDS).contains(&n), "{q}");
-            assert!(text.contains(q.as_str()), "{q}");
-        }
-        // Deterministic for a seed and a document id; another seed draws differently.
-        assert_eq!(qs, for_document(7, "d1", text, 5, None, false));
-        let other: Vec<_> = (0..8)
-            .map(|s| for_document(s, "d1", text, 1, None, false))
+    fn further_windows_per_sentence_fill_the_widest_uncovered_stretch() {
+        let text = "one two three four five six seven eight nine ten eleven twelve thirteen \
+                    fourteen fifteen sixteen seventeen eighteen nineteen twenty. \
+                    alpha beta gamma delta epsilon zeta eta. \
+                    a b c d e f g h i j k l m n o p q r s t u v w x y z aa bb cc dd.";
+        let sentences: Vec<Vec<&str>> = split_sentences(text)
+            .into_iter()
+            .map(|s| s.split_whitespace().collect())
             .collect();
-        assert!(other.iter().any(|o| o != &other[0]));
+        // Where a window sits: (sentence, start).
+        let locate = |q: &str| -> (usize, usize) {
+            let w: Vec<&str> = q.split_whitespace().collect();
+            for (s, words) in sentences.iter().enumerate() {
+                if let Some(i) =
+                    (0..=words.len().saturating_sub(w.len())).find(|&i| words[i..].starts_with(&w))
+                {
+                    return (s, i);
+                }
+            }
+            panic!("{q} is no window of the text");
+        };
+        for seed in 0..20 {
+            let one = for_document(seed, "d", text, 10, 1, None, false);
+            let three = for_document(seed, "d", text, 10, 3, None, false);
+            // The first pass is the one-per-sentence set, in the same order.
+            assert_eq!(one.len(), 3);
+            assert_eq!(three[..3], one[..]);
+            // Later windows: within their sentence, clear of its earlier windows, in the
+            // widest stretch they leave; a sentence whose stretches are all too short
+            // gets none.
+            let mut placed: Vec<Vec<(usize, usize)>> = vec![Vec::new(); 3];
+            for q in &three {
+                let n = q.split_whitespace().count();
+                assert!((MIN_WORDS..=MAX_WORDS).contains(&n), "{q}");
+                let (s, start) = locate(q);
+                if !placed[s].is_empty() {
+                    let gap = widest_gap(sentences[s].len(), placed[s].iter().copied()).unwrap();
+                    assert!(
+                        start >= gap.0 && start + n <= gap.0 + gap.1,
+                        "{q} outside {gap:?}"
+                    );
+                }
+                placed[s].push((start, n));
+            }
+            // The 7-word sentence has room for one window only; the 30-word one for at
+            // least two (a first window leaves 16 words, 8 of them on one side).
+            assert_eq!(placed[1].len(), 1);
+            assert!(placed[2].len() >= 2, "{placed:?}");
+            // `n` caps the pool, first passes first.
+            assert_eq!(for_document(seed, "d", text, 4, 3, None, false), three[..4]);
+        }
+        assert_eq!(widest_gap(10, [(2, 3), (7, 1)].into_iter()), Some((0, 2)));
+        assert_eq!(widest_gap(10, [(0, 3), (5, 1)].into_iter()), Some((6, 4)));
+        assert_eq!(widest_gap(4, [(0, 4)].into_iter()), None);
     }
 
     #[test]
@@ -369,8 +446,8 @@ mod tests {
         // Through for_document: the same sentence and length as the drawn window.
         let text = "The of and the Miami rivers near Pickawillany the of and the cat.";
         for seed in 0..20 {
-            let drawn = for_document(seed, "d", text, 1, None, false);
-            let placed = for_document(seed, "d", text, 1, Some(&idf), false);
+            let drawn = for_document(seed, "d", text, 1, 1, None, false);
+            let placed = for_document(seed, "d", text, 1, 1, Some(&idf), false);
             assert_eq!(
                 drawn[0].split_whitespace().count(),
                 placed[0].split_whitespace().count()
@@ -440,8 +517,8 @@ mod tests {
         // Through for_document: the windows of Windows::Random, each as a question.
         let text = "The Normans reached Sicily in 1061 with a few ships and men. \
                     Their leader Robert Guiscard took Palermo after a long siege.";
-        let plain = for_document(3, "d", text, 2, None, false);
-        let asked = for_document(3, "d", text, 2, None, true);
+        let plain = for_document(3, "d", text, 2, 1, None, false);
+        let asked = for_document(3, "d", text, 2, 1, None, true);
         for (p, q) in plain.iter().zip(&asked) {
             assert!(q.ends_with('?'), "{q}");
             let p: Vec<&str> = p.split_whitespace().collect();
@@ -461,7 +538,7 @@ mod tests {
                 "{p:?} {q:?}"
             );
         }
-        assert_eq!(asked, for_document(3, "d", text, 2, None, true));
+        assert_eq!(asked, for_document(3, "d", text, 2, 1, None, true));
     }
 
     fn dataset(queries: &str) -> tempfile::TempDir {
@@ -480,7 +557,7 @@ mod tests {
         let d = dataset("{\"_id\": \"q1\", \"text\": \"why?\"}\n");
         let mut ds = Dataset::load(d.path(), &["train"], true).unwrap();
         assert_eq!(
-            add_to(&mut ds, "train", 3, Windows::Random, Scope::All, 42).unwrap(),
+            add_to(&mut ds, "train", 3, 1, Windows::Random, Scope::All, 42).unwrap(),
             1
         );
         let id = query_id("d1", 0);
@@ -494,7 +571,7 @@ mod tests {
             "{\"_id\": \"q1\", \"text\": \"why?\"}\n{\"_id\": \"pseudo:d1:0\", \"text\": \"x\"}\n",
         );
         let mut ds = Dataset::load(d.path(), &["train"], true).unwrap();
-        let e = add_to(&mut ds, "train", 3, Windows::Random, Scope::All, 42)
+        let e = add_to(&mut ds, "train", 3, 1, Windows::Random, Scope::All, 42)
             .unwrap_err()
             .to_string();
         assert!(
@@ -523,12 +600,21 @@ mod tests {
         let load = |splits: &[&str]| Dataset::load(d.path(), splits, true).unwrap();
         let mut all = load(&["train"]);
         assert_eq!(
-            add_to(&mut all, "train", 1, Windows::Random, Scope::All, 7).unwrap(),
+            add_to(&mut all, "train", 1, 1, Windows::Random, Scope::All, 7).unwrap(),
             3
         );
         let mut some = load(&["train"]);
         assert_eq!(
-            add_to(&mut some, "train", 1, Windows::Random, Scope::Uncovered, 7).unwrap(),
+            add_to(
+                &mut some,
+                "train",
+                1,
+                1,
+                Windows::Random,
+                Scope::Uncovered,
+                7
+            )
+            .unwrap(),
             2
         );
         assert!(some.queries.position(&query_id("d1", 0)).is_none());
@@ -540,9 +626,17 @@ mod tests {
         }
         // Without the training qrels the scope cannot be decided: an error naming them.
         let mut bare = load(&["test"]);
-        let e = add_to(&mut bare, "train", 1, Windows::Random, Scope::Uncovered, 7)
-            .unwrap_err()
-            .to_string();
+        let e = add_to(
+            &mut bare,
+            "train",
+            1,
+            1,
+            Windows::Random,
+            Scope::Uncovered,
+            7,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("train.tsv") && e.contains("uncovered"), "{e}");
         // Through the pipeline's dataset, a stage that loads only the evaluation split
         // sees the same pseudo-queries, and no training qrels.
@@ -555,6 +649,7 @@ mod tests {
             pseudo_queries: 1,
             pseudo_windows: Windows::Random,
             pseudo_scope: Scope::Uncovered,
+            pseudo_per_sentence: 1,
         };
         let eval = r.load(&["test"], 7).unwrap();
         assert_eq!(eval.queries.len(), some.queries.len());

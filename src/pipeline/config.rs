@@ -240,6 +240,9 @@ pub struct DatasetSection {
     /// Which documents get pseudo-queries: "all" or "uncovered" (those no training query
     /// judges relevant).
     pub pseudo_scope: Option<Spanned<crate::data::pseudo::Scope>>,
+    /// Windows cut from each sentence at most (1 to 4; default 1), each in the widest
+    /// stretch of words the earlier ones leave.
+    pub pseudo_per_sentence: Option<Spanned<usize>>,
 }
 
 /// Stage `mine`: candidates for every training query from the student's ranking.
@@ -418,6 +421,13 @@ pub struct DatasetRef {
     pub pseudo_windows: crate::data::pseudo::Windows,
     #[serde(skip_serializing_if = "crate::data::pseudo::Scope::is_default")]
     pub pseudo_scope: crate::data::pseudo::Scope,
+    /// Windows per sentence at most; left out of run hashes when 1.
+    #[serde(skip_serializing_if = "is_one")]
+    pub pseudo_per_sentence: usize,
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 impl DatasetRef {
@@ -443,6 +453,7 @@ impl DatasetRef {
                 &mut ds,
                 &self.train_split,
                 self.pseudo_queries,
+                self.pseudo_per_sentence,
                 self.pseudo_windows,
                 self.pseudo_scope,
                 seed,
@@ -771,6 +782,18 @@ impl Pipeline {
                     *d.pseudo_queries.get_ref(),
                     "dataset.pseudo_scope",
                 )?,
+                pseudo_per_sentence: {
+                    let key = "dataset.pseudo_per_sentence";
+                    let n =
+                        c.pseudo_setting(&d.pseudo_per_sentence, *d.pseudo_queries.get_ref(), key)?;
+                    match &d.pseudo_per_sentence {
+                        None => 1,
+                        Some(v) if !(1..=4).contains(&n) => {
+                            return Err(c.err(v.span(), key, "must be between 1 and 4"))
+                        }
+                        Some(_) => n,
+                    }
+                },
             });
         }
         let t = &file.train;
