@@ -510,7 +510,8 @@ fn train_keys_that_need_others_are_refused() {
             "`train.pseudo_keep`: picks among pseudo-queries, but no [[dataset]] sets pseudo_queries",
         ),
         ("", "keep_best = true", "`train.keep_best`: needs train.eval_every"),
-        ("", "wise_ft = 1.5", "`train.wise_ft`: must be between 0 and 1"),
+        ("", "wise_ft = 1.5", "`train.wise_ft`: must be above 0 and at most 1"),
+        ("", "wise_ft = 0.0", "`train.wise_ft`: must be above 0 and at most 1"),
         ("", "wise_ft = 0.5", ""),
         (
             "",

@@ -402,6 +402,35 @@ fn pseudo_keep_trains_on_at_most_that_many_pseudo_queries_per_document() {
     let named = distill::train::data::pseudo_left_out(&scores, &run, 1, |_, _| true).unwrap();
     assert_eq!(left_out, named.len(), "{}", m.summary);
     assert!(0 < left_out && left_out < pseudo, "{left_out} of {pseudo}");
+
+    // `pseudo_per_sentence = 1` is the default: every stage that makes or reads the
+    // pseudo-queries stays done (report, which shows the pipeline file, reruns on any
+    // edit of it). 2 changes the pseudo-queries, so mine is stale.
+    let status = |per_sentence: usize| {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace(
+            "pseudo_queries = 3\n",
+            &format!("pseudo_queries = 3\npseudo_per_sentence = {per_sentence}\n"),
+        );
+        let edited = dir.path().join(format!("per_sentence_{per_sentence}.toml"));
+        std::fs::write(&edited, text).unwrap();
+        let out = distill(&["status", edited.to_str().unwrap()], &[]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let same = status(1);
+    for stage in ["mine", "teacher", "score", "train", "eval"] {
+        assert!(
+            same.lines()
+                .any(|l| l.trim_start().starts_with(stage) && l.ends_with("done")),
+            "{same}"
+        );
+    }
+    let two = status(2);
+    assert!(
+        two.lines().any(|l| l.trim_start().starts_with("mine")
+            && l.contains("stale (its configuration changed)")),
+        "{two}"
+    );
 }
 
 #[test]

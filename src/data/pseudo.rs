@@ -1,8 +1,8 @@
 //! Pseudo-queries cut from the corpus, for distillation on documents that the training
 //! queries do not reach (a dataset still needs its queries file and training qrels): for
-//! each document, up to `n` of its sentences (of at least
-//! [`MIN_WORDS`] words), and from each a window of 6 to 14 consecutive words, the length
-//! of a typical question. The document is the pseudo-query's labelled positive. This is
+//! each document, up to `n` windows of 6 to 14 consecutive words (the length of a typical
+//! question) from its sentences of at least [`MIN_WORDS`] words, one per sentence, then
+//! (`per_sentence` above 1) more from each sentence where the earlier ones are not. The document is the pseudo-query's labelled positive. This is
 //! the inverse cloze task of Lee et al. (2019) used as a query generator, as GPL (Wang et
 //! al. 2022) uses a T5 one: the teacher's scores over the student's candidates, not the
 //! label, carry what the student learns, and no judged query of the evaluation split is
@@ -364,6 +364,35 @@ pub fn add_to(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sentences_split_on_terminal_punctuation_only() {
+        let s = split_sentences("Dr. Smith met 3.5 people. Why? Because! end");
+        assert_eq!(
+            s,
+            vec!["Dr.", "Smith met 3.5 people.", "Why?", "Because!", "end"]
+        );
+    }
+
+    #[test]
+    fn windows_come_from_one_long_enough_sentence() {
+        let text =
+            "Short one. The quick brown fox jumps over the lazy dog near the river bank today. \
+                    Another fairly long sentence with more than six words in it here.";
+        let qs = for_document(7, "d1", text, 5, 1, None, false);
+        assert_eq!(qs.len(), 2, "{qs:?}");
+        for q in &qs {
+            let n = q.split_whitespace().count();
+            assert!((MIN_WORDS..=MAX_WORDS).contains(&n), "{q}");
+            assert!(text.contains(q.as_str()), "{q}");
+        }
+        // Deterministic for a seed and a document id; another seed draws differently.
+        assert_eq!(qs, for_document(7, "d1", text, 5, 1, None, false));
+        let other: Vec<_> = (0..8)
+            .map(|s| for_document(s, "d1", text, 1, 1, None, false))
+            .collect();
+        assert!(other.iter().any(|o| o != &other[0]));
+    }
 
     #[test]
     fn further_windows_per_sentence_fill_the_widest_uncovered_stretch() {

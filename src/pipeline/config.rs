@@ -421,13 +421,9 @@ pub struct DatasetRef {
     pub pseudo_windows: crate::data::pseudo::Windows,
     #[serde(skip_serializing_if = "crate::data::pseudo::Scope::is_default")]
     pub pseudo_scope: crate::data::pseudo::Scope,
-    /// Windows per sentence at most; left out of run hashes when 1.
-    #[serde(skip_serializing_if = "is_one")]
+    /// Windows per sentence at most (the mine stage hashes it when it is not 1, as it
+    /// hashes the other pseudo-query settings when they are not their defaults).
     pub pseudo_per_sentence: usize,
-}
-
-fn is_one(n: &usize) -> bool {
-    *n == 1
 }
 
 impl DatasetRef {
@@ -1053,7 +1049,10 @@ impl Checker<'_> {
             wise_ft: t
                 .wise_ft
                 .as_ref()
-                .map(|v| self.unit(v, "train.wise_ft", 0.0, 1.0))
+                .map(|v| match *v.get_ref() {
+                    x if x > 0.0 && x <= 1.0 => Ok(x),
+                    _ => Err(self.err(v.span(), "train.wise_ft", "must be above 0 and at most 1")),
+                })
                 .transpose()?,
         })
     }

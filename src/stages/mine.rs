@@ -101,6 +101,9 @@ impl Stage for Mine {
                     if !d.pseudo_scope.is_default() {
                         v["pseudo_scope"] = json!(d.pseudo_scope);
                     }
+                    if d.pseudo_per_sentence != 1 {
+                        v["pseudo_per_sentence"] = json!(d.pseudo_per_sentence);
+                    }
                 }
                 v
             })

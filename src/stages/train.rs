@@ -255,8 +255,8 @@ fn snapshot(vars: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
 fn interpolate(vars: &HashMap<String, Tensor>, base: &HashMap<String, Tensor>, alpha: f64) {
     let _guard = tch::no_grad_guard();
     for (name, t) in vars {
-        let mixed = t * alpha + &base[name] * (1.0 - alpha);
-        t.shallow_clone().copy_(&mixed);
+        // t + (1 - alpha) (base - t): exact where the two are equal (frozen variables).
+        let _ = t.shallow_clone().lerp_(&base[name], 1.0 - alpha);
     }
 }
 
