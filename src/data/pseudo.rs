@@ -2,12 +2,13 @@
 //! queries do not reach (a dataset still needs its queries file and training qrels): for
 //! each document, up to `n` windows of 6 to 14 consecutive words (the length of a typical
 //! question) from its sentences of at least [`MIN_WORDS`] words, one per sentence, then
-//! (`per_sentence` above 1) more from each sentence where the earlier ones are not. The document is the pseudo-query's labelled positive. This is
-//! the inverse cloze task of Lee et al. (2019) used as a query generator, as GPL (Wang et
-//! al. 2022) uses a T5 one: the teacher's scores over the student's candidates, not the
-//! label, carry what the student learns, and no judged query of the evaluation split is
-//! used. Drawn per document from the run seed and the document id, so that the set does
-//! not depend on file order.
+//! (`per_sentence` above 1) more from each sentence where the earlier ones are not. The
+//! document is the pseudo-query's labelled positive. This is the inverse cloze task of
+//! Lee et al. (2019) used as a query generator, as GPL (Wang et al. 2022) uses a T5 one:
+//! the teacher's scores over the student's candidates, not the label, carry what the
+//! student learns, and no judged query of the evaluation split is used. Drawn per
+//! document from the run seed and the document id, so that the set does not depend on
+//! file order.
 //!
 //! [`Windows::Informative`] keeps the drawn sentence and length but places the window
 //! where its words are rarest in the corpus (highest summed IDF), so that it names what

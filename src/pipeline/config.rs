@@ -778,16 +778,19 @@ impl Pipeline {
                     *d.pseudo_queries.get_ref(),
                     "dataset.pseudo_scope",
                 )?,
-                pseudo_per_sentence: {
-                    let key = "dataset.pseudo_per_sentence";
-                    let n =
-                        c.pseudo_setting(&d.pseudo_per_sentence, *d.pseudo_queries.get_ref(), key)?;
-                    match &d.pseudo_per_sentence {
-                        None => 1,
-                        Some(v) if !(1..=4).contains(&n) => {
-                            return Err(c.err(v.span(), key, "must be between 1 and 4"))
+                pseudo_per_sentence: match &d.pseudo_per_sentence {
+                    None => 1,
+                    Some(v) => {
+                        let key = "dataset.pseudo_per_sentence";
+                        let n = c.pseudo_setting(
+                            &d.pseudo_per_sentence,
+                            *d.pseudo_queries.get_ref(),
+                            key,
+                        )?;
+                        if !(1..=4).contains(&n) {
+                            return Err(c.err(v.span(), key, "must be between 1 and 4"));
                         }
-                        Some(_) => n,
+                        n
                     }
                 },
             });

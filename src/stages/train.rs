@@ -339,8 +339,11 @@ impl Stage for Train {
         super::write_plan(&env.partial, total as usize)?;
         let task = StudentTask::new(&model, &set, &cfg.loss)?;
         let vars = trainable(model.vs.variables(), cfg.freeze_embeddings, &p.student.path)?;
-        // The base's weights, for WiSE-FT (taken before a resumed run restores a checkpoint).
-        let base = cfg.wise_ft.map(|_| snapshot(&model.vs.variables()));
+        // WiSE-FT's weight and the base's weights (copied before a resumed run restores a
+        // checkpoint).
+        let wise = cfg
+            .wise_ft
+            .map(|alpha| (alpha, snapshot(&model.vs.variables())));
         let checkpoints = env.partial.join("checkpoints");
         let monitor = match cfg.eval_every {
             Some(every) => Some(in_training_eval(
@@ -353,8 +356,8 @@ impl Stage for Train {
             None => None,
         };
         let curve = trainer::train(env, &task, vars, &set, &cfg.settings, &checkpoints, monitor)?;
-        if let (Some(alpha), Some(base)) = (cfg.wise_ft, &base) {
-            interpolate(&model.vs.variables(), base, alpha);
+        if let Some((alpha, base)) = &wise {
+            interpolate(&model.vs.variables(), base, *alpha);
         }
         export_bi_encoder(&model, &env.dir.join(MODEL_DIR))?;
         let mut outcome = super::finish_training(env, &curve, &checkpoints, MODEL_DIR, &set.stats)?;
