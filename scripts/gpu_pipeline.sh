@@ -5,13 +5,9 @@
 #   .device/data.tgz           ../shared/data/{scifact,squad}
 # Usage: bash scripts/gpu_pipeline.sh PIPELINE [distill run args...]
 set -euo pipefail
+source "$(dirname "$0")/device_setup.sh"
 PIPELINE=$1; shift
 OUTDIR=${OUT:-/tmp/out}
-mkdir -p "$OUTDIR" ../shared/data models
-export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__)+"/lib")')
-tar xzf .device/data.tgz -C ../shared/data
-rm -rf models/all-MiniLM-L6-v2 && cp -r .device/minilm models/all-MiniLM-L6-v2
-gunzip -c .device/distill.gz > /tmp/distill && chmod +x /tmp/distill
 /tmp/distill --version
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 start=$(date +%s)

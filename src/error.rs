@@ -77,6 +77,14 @@ pub enum Error {
 
     #[error("invalid setting `{key}`: {message}")]
     Setting { key: String, message: String },
+
+    /// The teacher gate stopped the run before `score` (exit code 4).
+    #[error("{message}")]
+    WeakTeacher { message: String },
+
+    /// `--strict-health`: the run completed with health warnings (exit code 5).
+    #[error("{count} health warning(s) with --strict-health: {first}")]
+    Unhealthy { count: usize, first: String },
 }
 
 impl Error {

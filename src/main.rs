@@ -59,7 +59,9 @@ enum Command {
     Encode(EncodeArgs),
     #[command(verbatim_doc_comment)]
     /// Run a pipeline: every stage whose manifest does not match its configuration and
-    /// inputs, in order. Exit code 0 only if every requested stage completed.
+    /// inputs, in order. Exit code 0 only if every requested stage completed; 1 on an
+    /// error; 4 when the teacher gate stopped the run before `score`; 5 with
+    /// --strict-health when the run has health warnings.
     ///
     /// Example: distill run pipelines/nightly.toml
     ///          distill run pipelines/nightly.toml --from score
@@ -171,6 +173,10 @@ struct ReportArgs {
 
 /// Exit code of `distill report` when the newest run regressed.
 const EXIT_REGRESSION: u8 = 3;
+/// Exit code of `distill run` when the teacher gate stopped the run before `score`.
+const EXIT_WEAK_TEACHER: u8 = 4;
+/// Exit code of `distill run --strict-health` when the run has health warnings.
+const EXIT_UNHEALTHY: u8 = 5;
 
 #[derive(Args, Debug)]
 struct PipelineArg {
@@ -208,6 +214,13 @@ struct RunArgs {
     /// Score only shards j with j % N == I (I/N); run once more without --shard to merge.
     #[arg(long, value_name = "I/N")]
     shard: Option<ShardSpec>,
+    /// Go on past a teacher that fails the gate (its dev-slice rerank does not beat the
+    /// student alone by health.min_teacher_gain); the report marks the run.
+    #[arg(long)]
+    allow_weak_teacher: bool,
+    /// Exit with code 5 when the run has health warnings (for cron).
+    #[arg(long)]
+    strict_health: bool,
 }
 
 #[derive(Args, Debug)]
@@ -299,6 +312,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 force: a.force,
                 shard: a.shard,
                 verbosity: Some(verbosity),
+                allow_weak_teacher: a.allow_weak_teacher,
+                strict_health: a.strict_health,
             };
             let report = runner::run(&p, &opts).context("pipeline run failed")?;
             if verbosity > Verbosity::Quiet {
@@ -406,7 +421,11 @@ fn main() -> ExitCode {
             if verbose || std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
                 eprintln!("{}", err.backtrace());
             }
-            ExitCode::FAILURE
+            match err.downcast_ref::<distill::Error>() {
+                Some(distill::Error::WeakTeacher { .. }) => ExitCode::from(EXIT_WEAK_TEACHER),
+                Some(distill::Error::Unhealthy { .. }) => ExitCode::from(EXIT_UNHEALTHY),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

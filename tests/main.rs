@@ -7,6 +7,7 @@ mod common;
 mod demo;
 mod eval;
 mod export_roundtrip;
+mod health;
 mod parity;
 mod pipeline;
 mod report;

@@ -26,6 +26,9 @@ batch_size = 8
 path = "{teacher}"
 batch_size = 8
 
+[teacher_train]
+dev_queries = 0
+
 [[dataset]]
 name = "animals"
 path = "{data}"
@@ -113,12 +116,15 @@ fn full_run_then_unchanged_rerun_skips_everything() {
     let f = Fixture::new();
     let path = f.write("a", "", "");
     let first = run_lib(&path, &quiet());
-    assert_eq!(first.ran, vec!["mine", "score", "train", "eval", "report"]);
+    assert_eq!(
+        first.ran,
+        vec!["mine", "teacher", "score", "train", "eval", "report"]
+    );
     let second = run_lib(&path, &quiet());
     assert!(second.ran.is_empty());
     assert_eq!(
         second.skipped,
-        vec!["mine", "score", "train", "eval", "report"]
+        vec!["mine", "teacher", "score", "train", "eval", "report"]
     );
 
     let cand = output(&path, "mine", "candidates.parquet");
@@ -208,7 +214,11 @@ fn changed_score_parameter_reruns_score_only_and_mine_parameter_reruns_both() {
                 "train".to_string(),
                 "report".to_string()
             ],
-            vec!["mine".to_string(), "eval".to_string()]
+            vec![
+                "mine".to_string(),
+                "teacher".to_string(),
+                "eval".to_string()
+            ]
         )
     );
     let text = std::fs::read_to_string(&path)
@@ -320,13 +330,15 @@ fn sharded_scoring_merges_to_the_single_process_result() {
     run_lib(&reference, &quiet());
     let path = f.write("sharded", "", "");
     let p = path.to_str().unwrap();
-    run_lib(
-        &path,
-        &RunOptions {
-            only: Some("mine".into()),
-            ..quiet()
-        },
-    );
+    for stage in ["mine", "teacher"] {
+        run_lib(
+            &path,
+            &RunOptions {
+                only: Some(stage.into()),
+                ..quiet()
+            },
+        );
+    }
     for shard in ["0/3", "1/3", "2/3"] {
         let out = distill(&["-q", "run", p, "--shard", shard], &[]);
         assert!(
@@ -455,6 +467,18 @@ fn train_only_keys_are_refused_in_teacher_train() {
             "`teacher_train.wise_ft`: is a [train] setting",
         ),
         (
+            "[teacher_train]\nbaseline = \"contrastive\"",
+            "`teacher_train.baseline`: is a [train] setting",
+        ),
+        (
+            "[train]\ndev_queries = 10",
+            "`train.dev_queries`: is a [teacher_train] setting",
+        ),
+        (
+            "[teacher_train]\nloss = \"listwise+bce\"\nmin_steps = 0",
+            "",
+        ),
+        (
             "[teacher_train]\nbatching = \"topical\"",
             "unknown variant `topical`, expected `random` or `topic`",
         ),
@@ -464,8 +488,14 @@ fn train_only_keys_are_refused_in_teacher_train() {
         let path = f.write(&format!("tt{i}"), "", "");
         let text = std::fs::read_to_string(&path)
             .unwrap()
-            .replace(&teacher, &base);
-        std::fs::write(&path, format!("{text}\n{section}\n")).unwrap();
+            .replace(&teacher, &base)
+            .replace("[teacher_train]\ndev_queries = 0\n", "");
+        // A [train] case goes into the file's own [train] table.
+        let text = match section.strip_prefix("[train]\n") {
+            Some(keys) => text.replace("[train]\n", &format!("[train]\n{keys}\n")),
+            None => format!("{text}\n{section}\n"),
+        };
+        std::fs::write(&path, text).unwrap();
         let out = distill(&["check", path.to_str().unwrap()], &[]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.success(), needle.is_empty(), "{err}");
@@ -513,6 +543,22 @@ fn train_keys_that_need_others_are_refused() {
         ("", "wise_ft = 1.5", "`train.wise_ft`: must be above 0 and at most 1"),
         ("", "wise_ft = 0.0", "`train.wise_ft`: must be above 0 and at most 1"),
         ("", "wise_ft = 0.5", ""),
+        (
+            "role = \"watch\"\npseudo_queries = 3",
+            "",
+            "`dataset.pseudo_queries`: a watch dataset is never trained on",
+        ),
+        (
+            "role = \"watch\"",
+            "",
+            "every [[dataset]] is a watch dataset",
+        ),
+        (
+            "",
+            "baseline = \"contrastive\"\ninfonce = 0.0\nmargin_mse = 1.0",
+            "`train.baseline`: the contrastive baseline trains on InfoNCE alone",
+        ),
+        ("", "baseline = \"contrastive\"", ""),
         (
             "",
             "eval_every = 2\neval_split = \"dev\"",

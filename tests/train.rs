@@ -191,6 +191,8 @@ max_length = 64
 batch_size = 8
 
 [teacher_train]
+dev_queries = 0
+min_steps = 0
 epochs = 2
 lr = 1e-3
 batch_queries = 4

@@ -46,6 +46,8 @@ pub struct RunPoint {
     pub label: String,
     pub finished_unix: u64,
     metrics: Value,
+    /// The run's health warnings (its report's `health.json`; none when it has no report).
+    pub health: Vec<crate::pipeline::health::Finding>,
 }
 
 impl RunPoint {
@@ -205,11 +207,17 @@ fn load(dir: &Path) -> Result<std::result::Result<RunPoint, String>> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| dir.display().to_string());
+    let health_path = dir.join("report").join(crate::stages::report::HEALTH);
+    let health = match health_path.exists() {
+        true => read_json(&health_path)?,
+        false => Vec::new(),
+    };
     Ok(Ok(RunPoint {
         dir: dir.to_path_buf(),
         label,
         finished_unix: manifest.finished_unix,
         metrics,
+        health,
     }))
 }
 
@@ -332,8 +340,16 @@ fn tables(s: &TrendSettings, runs: &[RunPoint]) -> Vec<Table> {
         let lead = s.metrics.first().map(String::as_str).unwrap_or("ndcg@10");
         header.push(format!("base {lead}"));
         header.push(format!("distilled + teacher {lead}"));
+        header.push(format!(
+            "gain from the teacher ({lead}, vs the contrastive baseline)"
+        ));
+        let watch = runs.iter().any(|r| r.metrics[&ds]["role"] == "watch");
         let mut table = Table {
-            title: format!("{ds}: the last {} runs", runs.len() - first),
+            title: format!(
+                "{ds}{}: the last {} runs",
+                if watch { " (watch dataset)" } else { "" },
+                runs.len() - first
+            ),
             header,
             rows: Vec::new(),
             flagged: Vec::new(),
@@ -361,6 +377,11 @@ fn tables(s: &TrendSettings, runs: &[RunPoint]) -> Vec<Table> {
             }
             row.push(fmt(r.value(&ds, "base", "student", lead)));
             row.push(fmt(r.value(&ds, "distilled", "student+teacher", lead)));
+            let baseline = r.value(&ds, "baseline", "student", lead);
+            row.push(match baseline.is_finite() {
+                true => delta(r.value(&ds, "distilled", "student", lead) - baseline),
+                false => "-".into(),
+            });
             table.rows.push(row);
         }
         out.push(table);
@@ -401,6 +422,51 @@ fn render(
         for g in regressions {
             let _ = writeln!(md, "- {g}");
             let _ = writeln!(html, "<li>{}</li>", esc(&g.to_string()));
+        }
+        html.push_str("</ul>\n");
+        md.push('\n');
+    }
+    md.push_str("## Health\n\n");
+    html.push_str("<h2>Health</h2>\n");
+    let first = runs.len().saturating_sub(s.last.max(1));
+    let rows: Vec<Vec<String>> = runs[first..]
+        .iter()
+        .map(|r| {
+            let checks: Vec<&str> = r.health.iter().map(|f| f.check.as_str()).collect();
+            vec![
+                r.label.clone(),
+                r.health.len().to_string(),
+                if checks.is_empty() {
+                    "-".into()
+                } else {
+                    checks.join(", ")
+                },
+            ]
+        })
+        .collect();
+    let mut health = Table::new(
+        "Health warnings per run",
+        &["run", "warnings", "checks"],
+        rows,
+    );
+    health.flagged = runs[first..]
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.health.is_empty())
+        .map(|(i, _)| (i, 1))
+        .collect();
+    health.markdown(&mut md);
+    health.html(&mut html);
+    if !newest.health.is_empty() {
+        let _ = writeln!(md, "The newest run `{}`:\n", newest.label);
+        let _ = writeln!(
+            html,
+            "<p>The newest run <code>{}</code>:</p>\n<ul>",
+            esc(&newest.label)
+        );
+        for f in &newest.health {
+            let _ = writeln!(md, "- {}", f.message);
+            let _ = writeln!(html, "<li>{}</li>", esc(&f.message));
         }
         html.push_str("</ul>\n");
         md.push('\n');
@@ -475,6 +541,7 @@ mod tests {
             label: label.into(),
             finished_unix: t,
             metrics: json!({"d": {"distilled": {"student": {"ndcg@10": ndcg}}}}),
+            health: Vec::new(),
         }
     }
 

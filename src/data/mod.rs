@@ -1,6 +1,7 @@
 //! Data formats: text inputs (BEIR JSONL, plain lines), Parquet outputs, atomic writes.
 pub mod atomic;
 pub mod beir;
+pub mod dev;
 pub mod embeddings;
 pub mod pairs;
 pub mod pseudo;

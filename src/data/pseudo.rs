@@ -680,6 +680,7 @@ mod tests {
             pseudo_windows: Windows::Random,
             pseudo_scope: Scope::Uncovered,
             pseudo_per_sentence: 1,
+            watch: false,
         };
         let eval = r.load(&["test"], 7).unwrap();
         assert_eq!(eval.queries.len(), some.queries.len());

@@ -29,6 +29,71 @@ pub struct PipelineFile {
     /// Stage `eval`.
     #[serde(default)]
     pub eval: EvalSection,
+    /// The teacher gate and the run's health checks (thresholds; no stage hashes them).
+    #[serde(default)]
+    pub health: HealthSection,
+}
+
+/// `[health]`: the gate before `score` and the thresholds of the health checks
+/// (`pipeline::health`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    /// The teacher's rerank must beat the student alone on each dataset's dev slice by
+    /// this much nDCG@10, or the run stops before `score`.
+    #[serde(default = "default_min_teacher_gain")]
+    pub min_teacher_gain: Spanned<f64>,
+    /// Go on past a teacher that fails the gate (the report marks the run).
+    #[serde(default)]
+    pub allow_weak_teacher: bool,
+    /// Warn when the teacher separates positives from negatives worse than this (AUC of
+    /// positive vs negative teacher scores over the candidates).
+    #[serde(default = "default_min_teacher_auc")]
+    pub min_teacher_auc: Spanned<f64>,
+    /// Warn when more than this share of the negatives is flagged as false negatives.
+    #[serde(default = "default_max_flagged_share")]
+    pub max_flagged_share: Spanned<f64>,
+    /// Warn when more than this share of the training queries is dropped for want of a
+    /// negative.
+    #[serde(default = "default_max_dropped_share")]
+    pub max_dropped_share: Spanned<f64>,
+    /// Warn when a training loss falls by less than this share (mean of the last 10% of
+    /// steps against the first 10%).
+    #[serde(default = "default_min_loss_drop")]
+    pub min_loss_drop: Spanned<f64>,
+    /// Warn when the distilled student's nDCG@10 on the dev slice is not above the base
+    /// student's by at least this much.
+    #[serde(default = "default_min_dev_gain")]
+    pub min_dev_gain: Spanned<f64>,
+    /// Warn when the distilled student's nDCG@10 is not above the contrastive baseline's
+    /// (`train.baseline`) by more than this.
+    #[serde(default = "default_min_dev_gain")]
+    pub min_gain_from_teacher: Spanned<f64>,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("defaults parse"))
+    }
+}
+
+fn default_min_teacher_gain() -> Spanned<f64> {
+    spanned(0.01)
+}
+fn default_min_teacher_auc() -> Spanned<f64> {
+    spanned(0.75)
+}
+fn default_max_flagged_share() -> Spanned<f64> {
+    spanned(0.3)
+}
+fn default_max_dropped_share() -> Spanned<f64> {
+    spanned(0.1)
+}
+fn default_min_dev_gain() -> Spanned<f64> {
+    spanned(0.0)
+}
+fn default_min_loss_drop() -> Spanned<f64> {
+    spanned(0.1)
 }
 
 /// Stage `eval`: retrieval metrics of the base and distilled students, and the teacher
@@ -112,8 +177,16 @@ pub struct TrainSection {
     /// WiSE-FT: the exported student is this x the trained weights + (1 - this) x the
     /// base student's.
     pub wise_ft: Option<Spanned<f64>>,
+    /// Optimizer steps at least (more epochs when `epochs` gives fewer).
+    pub min_steps: Option<Spanned<usize>>,
+    /// [train] only: "contrastive" trains a second student (stage `baseline`) with the
+    /// same data, seed, negatives and steps and the teacher's loss terms at zero.
+    pub baseline: Option<Spanned<Baseline>>,
     // [teacher_train] only
     pub loss: Option<Spanned<crate::pipeline::config::TeacherLoss>>,
+    /// Labelled training queries per dataset held out as the teacher's dev slice (unset:
+    /// 10%, at least 50 where the split allows, at most 500; 0: none, and no gate).
+    pub dev_queries: Option<Spanned<usize>>,
 }
 
 impl Default for TrainSection {
@@ -131,6 +204,17 @@ pub enum TeacherLoss {
     Listwise,
     /// Binary cross-entropy on every pair.
     Bce,
+    /// Both, summed: the listwise term ranks, the pointwise one anchors each score.
+    #[serde(rename = "listwise+bce")]
+    ListwiseBce,
+}
+
+/// The student trained beside the distilled one to measure what the teacher adds.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Baseline {
+    /// InfoNCE alone: margin-MSE and KL at zero.
+    Contrastive,
 }
 
 /// Loss settings of the `train` stage.
@@ -173,6 +257,19 @@ pub struct StudentTrainConfig {
     /// (WiSE-FT); unset: the trained weights as they are.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wise_ft: Option<f64>,
+    /// The baseline student (stage `baseline`); not part of the distilled student's hash.
+    #[serde(skip)]
+    pub baseline: Option<Baseline>,
+}
+
+impl StudentTrainConfig {
+    /// The same recipe with the teacher's loss terms at zero: the contrastive baseline.
+    pub fn contrastive(&self) -> StudentTrainConfig {
+        let mut c = self.clone();
+        c.loss.margin_mse = 0.0;
+        c.loss.kl = 0.0;
+        c
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -243,6 +340,19 @@ pub struct DatasetSection {
     /// Windows cut from each sentence at most (1 to 4; default 1), each in the widest
     /// stretch of words the earlier ones leave.
     pub pseudo_per_sentence: Option<Spanned<usize>>,
+    /// "train" (the default) or "watch": evaluated only, never mined, scored or trained
+    /// on (needs a corpus, queries and the eval split's qrels).
+    pub role: Option<Spanned<Role>>,
+}
+
+/// What a dataset is for.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Train,
+    /// Evaluation only: a domain the night watches for forgetting.
+    Watch,
 }
 
 /// Stage `mine`: candidates for every training query from the student's ranking.
@@ -424,6 +534,9 @@ pub struct DatasetRef {
     /// Windows per sentence at most (the mine stage hashes it when it is not 1, as it
     /// hashes the other pseudo-query settings when they are not their defaults).
     pub pseudo_per_sentence: usize,
+    /// Evaluated only (`role = "watch"`): never mined, scored or trained on.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub watch: bool,
 }
 
 impl DatasetRef {
@@ -484,6 +597,17 @@ pub struct Pipeline {
     pub teacher_train: Option<TeacherTrainConfig>,
     pub train: StudentTrainConfig,
     pub eval: EvalConfig,
+    /// The teacher's dev slice (`teacher_train.dev_queries`), with a trained or a given
+    /// teacher.
+    pub dev_queries: crate::data::dev::DevQueries,
+    pub health: crate::pipeline::health::HealthConfig,
+}
+
+impl Pipeline {
+    /// The datasets that are mined, scored and trained on (not the watch datasets).
+    pub fn trained(&self) -> impl Iterator<Item = &DatasetRef> {
+        self.datasets.iter().filter(|d| !d.watch)
+    }
 }
 
 /// 1-based line of a byte offset.
@@ -675,24 +799,34 @@ impl Pipeline {
                 .transpose()?,
             batch_size: c.positive(&t.batch_size, "teacher.batch_size")?,
         };
+        let dev_queries = match file
+            .teacher_train
+            .as_ref()
+            .and_then(|t| t.dev_queries.as_ref())
+        {
+            None => crate::data::dev::DevQueries::Auto,
+            Some(v) => crate::data::dev::DevQueries::Count(*v.get_ref()),
+        };
         let teacher_train = match (&file.teacher_train, teacher_from_base) {
-            (Some(_), false) => {
+            (Some(section), false) if !section.only_dev_queries() => {
                 return Err(c.err(
                     teacher_spanned.span(),
                     "teacher_train",
-                    "is only used with `teacher.base`",
+                    "is only used with `teacher.base` (with `teacher.path`, it may hold `dev_queries` alone)",
                 ))
             }
+            (Some(_), false) => None,
             (section, true) => {
                 let section = section.clone().unwrap_or_default();
                 Some(TeacherTrainConfig {
+                    // The recipe chosen on SciFact's dev slice (RESULTS.md): a fresh head
+                    // needs a larger rate and more steps than a few hundred queries give.
                     settings: c.train_settings(
                         &section,
                         "teacher_train",
                         run.seed,
-                        3e-5,
-                        16,
-                        15,
+                        (1e-4, 16, 15),
+                        Some(1500),
                     )?,
                     loss: section
                         .loss
@@ -744,14 +878,36 @@ impl Pipeline {
                 "dataset.path",
                 crate::data::beir::queries_path(&dir),
             )?;
+            let watch = d.role.as_ref().is_some_and(|r| *r.get_ref() == Role::Watch);
+            if watch {
+                let pseudo = d
+                    .pseudo_windows
+                    .as_ref()
+                    .map(|v| v.span())
+                    .or(span(&d.pseudo_scope))
+                    .or(span(&d.pseudo_per_sentence))
+                    .or((*d.pseudo_queries.get_ref() > 0).then(|| d.pseudo_queries.span()));
+                if let Some(span) = pseudo {
+                    return Err(c.err(
+                        span,
+                        "dataset.pseudo_queries",
+                        "a watch dataset is never trained on: it takes no pseudo-queries",
+                    ));
+                }
+            }
             for (split, key) in [
                 (&d.train_split, "dataset.train_split"),
                 (&d.eval_split, "dataset.eval_split"),
             ] {
+                if watch && key == "dataset.train_split" {
+                    continue;
+                }
                 let f = crate::data::beir::qrels_path(&dir, split.get_ref());
                 c.file_in(split.span(), key, f)?;
             }
+            let watch = d.role.as_ref().is_some_and(|r| *r.get_ref() == Role::Watch);
             datasets.push(DatasetRef {
+                watch,
                 name: dname,
                 path: dir,
                 train_split: d.train_split.get_ref().clone(),
@@ -795,6 +951,13 @@ impl Pipeline {
                 },
             });
         }
+        if datasets.iter().all(|d| d.watch) {
+            return Err(c.err(
+                0..0,
+                "dataset.role",
+                "every [[dataset]] is a watch dataset: at least one must be trained on",
+            ));
+        }
         let t = &file.train;
         if t.eval_every.is_none() {
             let needs = [
@@ -812,7 +975,7 @@ impl Pipeline {
             }
         }
         if let Some(split) = &t.eval_split {
-            for d in &datasets {
+            for d in datasets.iter().filter(|d| !d.watch) {
                 let f = crate::data::beir::qrels_path(&d.path, split.get_ref());
                 c.file_in(split.span(), "train.eval_split", f)?;
             }
@@ -878,6 +1041,7 @@ impl Pipeline {
             relative_margin: margin(&sc.relative_margin, "score.relative_margin", 1.0)?,
         };
 
+        let health = c.health(&file.health)?;
         let run_dir = run.output_root.join(&name);
         Ok(Pipeline {
             file: path.to_path_buf(),
@@ -896,11 +1060,39 @@ impl Pipeline {
             teacher_train,
             train,
             eval,
+            dev_queries,
+            health,
         })
     }
 }
 
+impl TrainSection {
+    /// Whether `dev_queries` is the only key set (what `[teacher_train]` may hold with a
+    /// given teacher).
+    fn only_dev_queries(&self) -> bool {
+        let mut bare = self.clone();
+        bare.dev_queries = None;
+        let default = TrainSection::default();
+        format!("{bare:?}") == format!("{default:?}")
+    }
+}
+
 impl Checker<'_> {
+    fn health(&self, h: &HealthSection) -> Result<crate::pipeline::health::HealthConfig> {
+        let share = |v: &Spanned<f64>, key: &str| self.unit(v, &format!("health.{key}"), 0.0, 1.0);
+        let gain = |v: &Spanned<f64>, key: &str| self.unit(v, &format!("health.{key}"), -1.0, 1.0);
+        Ok(crate::pipeline::health::HealthConfig {
+            min_teacher_gain: gain(&h.min_teacher_gain, "min_teacher_gain")?,
+            allow_weak_teacher: h.allow_weak_teacher,
+            min_teacher_auc: share(&h.min_teacher_auc, "min_teacher_auc")?,
+            max_flagged_share: share(&h.max_flagged_share, "max_flagged_share")?,
+            max_dropped_share: share(&h.max_dropped_share, "max_dropped_share")?,
+            min_loss_drop: gain(&h.min_loss_drop, "min_loss_drop")?,
+            min_dev_gain: gain(&h.min_dev_gain, "min_dev_gain")?,
+            min_gain_from_teacher: gain(&h.min_gain_from_teacher, "min_gain_from_teacher")?,
+        })
+    }
+
     fn unit(&self, v: &Spanned<f64>, key: &str, lo: f64, hi: f64) -> Result<f64> {
         let x = *v.get_ref();
         if !(x >= lo && x <= hi) {
@@ -926,9 +1118,8 @@ impl Checker<'_> {
         t: &TrainSection,
         section: &str,
         seed: u64,
-        lr: f64,
-        batch_queries: usize,
-        negatives: usize,
+        (lr, batch_queries, negatives): (f64, usize, usize),
+        min_steps: Option<u64>,
     ) -> Result<crate::train::trainer::TrainSettings> {
         let k = |name: &str| format!("{section}.{name}");
         let pos = |v: &Option<Spanned<usize>>, name: &str, default: usize| {
@@ -952,6 +1143,13 @@ impl Checker<'_> {
             checkpoint_every: self.positive(&t.checkpoint_every, &k("checkpoint_every"))? as u64,
             keep_checkpoints: self.positive(&t.keep_checkpoints, &k("keep_checkpoints"))?,
             seed,
+            // 0 turns the default floor off.
+            min_steps: t
+                .min_steps
+                .as_ref()
+                .map(|v| *v.get_ref() as u64)
+                .or(min_steps)
+                .filter(|&n| n > 0),
         })
     }
 
@@ -973,6 +1171,7 @@ impl Checker<'_> {
             (span(&t.eval_split), "eval_split"),
             (span(&t.keep_best), "keep_best"),
             (span(&t.wise_ft), "wise_ft"),
+            (span(&t.baseline), "baseline"),
         ];
         if let Some((span, key)) = student_only
             .into_iter()
@@ -993,6 +1192,13 @@ impl Checker<'_> {
                 l.span(),
                 "train.loss",
                 "is a [teacher_train] setting; [train] combines margin_mse, kl and infonce",
+            ));
+        }
+        if let Some(v) = &t.dev_queries {
+            return Err(self.err(
+                v.span(),
+                "train.dev_queries",
+                "is a [teacher_train] setting (one dev slice serves the gate and both trainings)",
             ));
         }
         let f = |v: &Option<Spanned<f64>>, key: &str, default: f64, lo: f64, hi: f64| {
@@ -1021,6 +1227,15 @@ impl Checker<'_> {
             infonce_symmetric: t.infonce_symmetric.as_ref().is_some_and(|v| *v.get_ref()),
             exclude_false_negatives: t.exclude_false_negatives.unwrap_or(true),
         };
+        if let Some(b) = &t.baseline {
+            if loss.infonce <= 0.0 {
+                return Err(self.err(
+                    b.span(),
+                    "train.baseline",
+                    "the contrastive baseline trains on InfoNCE alone, but train.infonce is 0",
+                ));
+            }
+        }
         if loss.margin_mse + loss.kl + loss.infonce <= 0.0 {
             return Err(self.err(
                 0..0,
@@ -1029,7 +1244,7 @@ impl Checker<'_> {
             ));
         }
         Ok(StudentTrainConfig {
-            settings: self.train_settings(t, "train", seed, 2e-5, 32, 7)?,
+            settings: self.train_settings(t, "train", seed, (2e-5, 32, 7), None)?,
             loss,
             max_seq_length: t
                 .max_seq_length
@@ -1057,6 +1272,7 @@ impl Checker<'_> {
                     _ => Err(self.err(v.span(), "train.wise_ft", "must be above 0 and at most 1")),
                 })
                 .transpose()?,
+            baseline: t.baseline.as_ref().map(|b| *b.get_ref()),
         })
     }
 }

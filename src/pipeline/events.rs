@@ -43,6 +43,16 @@ pub enum Event {
         stage: String,
         message: String,
     },
+    /// A health check's warning (`pipeline::health`).
+    Health {
+        stage: String,
+        check: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dataset: Option<String>,
+        value: f64,
+        threshold: f64,
+        message: String,
+    },
     /// Something worth a line at normal verbosity (e.g. a result taken from the cache).
     Note {
         stage: String,
@@ -147,6 +157,9 @@ impl EventSink {
                 shard + 1
             )),
             Event::Warning { stage, message } => Some(format!("{stage}: warning: {message}")),
+            Event::Health { stage, message, .. } => {
+                Some(format!("{stage}: health warning: {message}"))
+            }
             Event::Note { stage, message } if normal => Some(format!("{stage}: {message}")),
             Event::StageFinished {
                 stage,

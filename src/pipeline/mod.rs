@@ -3,6 +3,7 @@
 pub mod config;
 pub mod events;
 pub mod fingerprint;
+pub mod health;
 pub mod lock;
 pub mod manifest;
 pub mod runner;

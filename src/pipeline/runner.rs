@@ -25,6 +25,11 @@ pub struct RunOptions {
     /// Score only this worker's part of the shards.
     pub shard: Option<ShardSpec>,
     pub verbosity: Option<Verbosity>,
+    /// Go on past a teacher that fails the gate (`--allow-weak-teacher`; or
+    /// `health.allow_weak_teacher`).
+    pub allow_weak_teacher: bool,
+    /// Health warnings fail the run (`--strict-health`).
+    pub strict_health: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +69,52 @@ pub struct RunReport {
     pub ran: Vec<String>,
     pub skipped: Vec<String>,
     pub partial: Vec<String>,
+    /// Health warnings of the stages that are done (run or skipped).
+    pub health: Vec<super::health::Finding>,
+}
+
+/// The gate before `score`: every trained dataset's dev slice must show the teacher's
+/// rerank beating the student alone by `health.min_teacher_gain`, unless overridden.
+fn gate(p: &Pipeline, teacher: &Manifest, allow: bool, events: &mut EventSink) -> Result<()> {
+    let weak = super::health::weak_teacher(&teacher.summary, p.health.min_teacher_gain);
+    if weak.is_empty() {
+        return Ok(());
+    }
+    let listed: Vec<String> = weak
+        .iter()
+        .map(|(name, s, t)| {
+            format!(
+                "{name}: teacher rerank {t:.4} vs student alone {s:.4} ({:+.4})",
+                t - s
+            )
+        })
+        .collect();
+    let numbers = listed.join("; ");
+    if allow || p.health.allow_weak_teacher {
+        events.emit(Event::Warning {
+            stage: "gate".into(),
+            message: format!(
+                "weak teacher allowed through the gate (override): {numbers}; the report marks this run"
+            ),
+        });
+        return Ok(());
+    }
+    let err = Error::WeakTeacher {
+        message: format!(
+            "teacher gate: on the dev slice the teacher's rerank does not beat the student \
+             alone by {} nDCG@10 (health.min_teacher_gain): {numbers}. Nothing was scored. \
+             Try a stronger teacher recipe (more steps: teacher_train.min_steps or epochs; \
+             pseudo-queries for the teacher: dataset.pseudo_queries; a pointwise term: \
+             teacher_train.loss = \"listwise+bce\"), another teacher.path, or go on \
+             anyway with --allow-weak-teacher (health.allow_weak_teacher).",
+            p.health.min_teacher_gain
+        ),
+    };
+    events.emit(Event::StageFailed {
+        stage: "gate".into(),
+        error: format!("{err:#}"),
+    });
+    Err(err)
 }
 
 /// A stage's identity for this pipeline: config hash, inputs, and its partial folder.
@@ -224,6 +275,17 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
             }
             continue;
         }
+        if name == "score" && selected(i) {
+            if let Some(teacher) = done.get("teacher") {
+                if let Err(e) = gate(p, teacher, opts.allow_weak_teacher, &mut events) {
+                    events.emit(Event::RunFinished {
+                        ok: false,
+                        seconds: started.elapsed().as_secs_f64(),
+                    });
+                    return Err(e);
+                }
+            }
+        }
         let r = resolve(p, stage.as_ref(), kind, &done)?;
         let forced = opts.force || first.is_some_and(|f| i >= f);
         if !selected(i) || (r.verdict.is_ok() && !forced) {
@@ -234,6 +296,7 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
                         reason: "manifest matches".into(),
                     });
                     report.skipped.push(name.into());
+                    report_health(p, name, m, &mut events, &mut report);
                 }
                 done.insert(name.into(), m.clone());
             }
@@ -257,6 +320,7 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
         ) {
             Ok(Some(m)) => {
                 report.ran.push(name.into());
+                report_health(p, name, &m, &mut events, &mut report);
                 done.insert(name.into(), m);
             }
             Ok(None) => report.partial.push(name.into()),
@@ -273,11 +337,40 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
             }
         }
     }
+    let unhealthy = opts.strict_health && !report.health.is_empty();
     events.emit(Event::RunFinished {
-        ok: true,
+        ok: !unhealthy,
         seconds: started.elapsed().as_secs_f64(),
     });
+    if unhealthy {
+        return Err(Error::Unhealthy {
+            count: report.health.len(),
+            first: report.health[0].message.clone(),
+        });
+    }
     Ok(report)
+}
+
+/// Emit (terminal line, `log.jsonl` event) and collect the health findings of a done
+/// stage.
+fn report_health(
+    p: &Pipeline,
+    stage: &str,
+    m: &Manifest,
+    events: &mut EventSink,
+    report: &mut RunReport,
+) {
+    for f in super::health::findings(stage, &m.summary, &p.health) {
+        events.emit(Event::Health {
+            stage: stage.into(),
+            check: f.check.clone(),
+            dataset: f.dataset.clone(),
+            value: f.value,
+            threshold: f.threshold,
+            message: f.message.clone(),
+        });
+        report.health.push(f);
+    }
 }
 
 /// Remove partial folders of other configurations (and, when forced, this one's too).

@@ -10,13 +10,13 @@ use super::{Outcome, Stage, StageEnv};
 use crate::data::beir::{self, Dataset};
 use crate::data::table::write_columns;
 use crate::error::{Error, Result};
-use crate::eval::metrics::{evaluate, trec_order, Judgements, Measures};
+use crate::eval::metrics::{trec_order, Judgements, Measures};
+use crate::eval::rerank::{self, Depth, Runs};
 use crate::model::{BiEncoder, CrossEncoder};
 use crate::pipeline::config::DatasetRef;
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
-use crate::retrieval;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -29,15 +29,23 @@ pub const PER_QUERY: &str = "per_query.parquet";
 
 pub struct Eval;
 
-/// The students compared: the base one and the one the `train` stage produced.
-fn students(p: &Pipeline) -> [(&'static str, PathBuf); 2] {
-    [
+/// The students compared: the base one, the one the `train` stage produced, and the
+/// contrastive baseline when the pipeline trains one.
+fn students(p: &Pipeline) -> Vec<(&'static str, PathBuf)> {
+    let mut out = vec![
         ("base", p.student.path.clone()),
         (
             "distilled",
             p.run_dir.join("train").join(super::train::MODEL_DIR),
         ),
-    ]
+    ];
+    if p.train.baseline.is_some() {
+        out.push((
+            "baseline",
+            p.run_dir.join("baseline").join(super::train::MODEL_DIR),
+        ));
+    }
+    out
 }
 
 /// One system's results on one dataset: per judged query, its measures.
@@ -63,15 +71,10 @@ fn trec_files(dataset: &str, label: &str) -> [String; 2] {
     ]
 }
 
-fn score_runs(
-    runs: &BTreeMap<String, Vec<(String, f32)>>,
-    judged: &BTreeMap<String, Judgements>,
-) -> SystemRun {
-    let per_query = runs
-        .iter()
-        .map(|(q, r)| (q.clone(), evaluate(r, &judged[q])))
-        .collect();
-    SystemRun { per_query }
+fn score_runs(runs: &Runs, judged: &BTreeMap<String, Judgements>) -> SystemRun {
+    SystemRun {
+        per_query: rerank::per_query(runs, judged),
+    }
 }
 
 fn mean(s: &SystemRun) -> Measures {
@@ -107,10 +110,9 @@ impl Stage for Eval {
     }
 
     fn upstream(&self, p: &Pipeline) -> Vec<&'static str> {
-        if p.teacher_from_base {
-            vec!["teacher", "train"]
-        } else {
-            vec!["train"]
+        match p.train.baseline {
+            Some(_) => vec!["teacher", "train", "baseline"],
+            None => vec!["teacher", "train"],
         }
     }
 
@@ -118,15 +120,23 @@ impl Stage for Eval {
         let splits: Vec<_> = p
             .datasets
             .iter()
-            .map(|d| json!([d.name, d.eval_split]))
+            .map(|d| match d.watch {
+                false => json!([d.name, d.eval_split]),
+                true => json!([d.name, d.eval_split, "watch"]),
+            })
             .collect();
-        json!({
+        let mut c = json!({
             "eval": p.eval,
             "splits": splits,
-            "precision": super::mine::kind_name(kind),
+            "precision": super::shared::kind_name(kind),
             "student_max_seq_length": p.student.max_length,
             "teacher_max_length": p.teacher.max_length,
-        })
+        });
+        // Both students on the dev slice (left out when it is off).
+        if !p.dev_queries.is_off() {
+            c["dev"] = json!({"dev_queries": p.dev_queries, "seed": p.seed});
+        }
+        c
     }
 
     fn inputs(
@@ -143,6 +153,12 @@ impl Stage for Eval {
             "distilled_student".into(),
             upstream_output(p, upstream, "train", super::train::WEIGHTS)?,
         );
+        if p.train.baseline.is_some() {
+            out.insert(
+                "baseline_student".into(),
+                upstream_output(p, upstream, "baseline", super::train::WEIGHTS)?,
+            );
+        }
         let teacher = if p.teacher_from_base {
             upstream_output(p, upstream, "teacher", super::teacher::WEIGHTS)?
         } else {
@@ -150,7 +166,11 @@ impl Stage for Eval {
         };
         out.insert("teacher".into(), teacher);
         for d in &p.datasets {
-            super::mine::dataset_inputs(d, &[&d.eval_split], &mut out)?;
+            let mut splits = vec![d.eval_split.as_str()];
+            if !d.watch && !p.dev_queries.is_off() {
+                splits.push(&d.train_split);
+            }
+            super::mine::dataset_inputs(d, &splits, &mut out)?;
         }
         Ok(out)
     }
@@ -174,10 +194,35 @@ impl Stage for Eval {
         let mut cols: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         let mut outputs = vec![METRICS.to_string(), PER_QUERY.to_string()];
         for d in &p.datasets {
-            let ds = Dataset::load(&d.path, &[&d.eval_split], d.strict)?;
+            let with_dev = !d.watch && !p.dev_queries.is_off();
+            let mut splits = vec![d.eval_split.as_str()];
+            if with_dev && d.train_split != d.eval_split {
+                splits.push(&d.train_split);
+            }
+            let ds = Dataset::load(&d.path, &splits, d.strict)?;
             let judged: BTreeMap<String, Judgements> = ds.qrels[&d.eval_split].clone();
+            let dev = match with_dev {
+                true => super::shared::dev_slice(p, d, &ds),
+                false => BTreeMap::new(),
+            };
             let mut per_dataset = serde_json::Map::new();
             per_dataset.insert("queries".into(), judged.len().into());
+            if d.watch {
+                per_dataset.insert("role".into(), "watch".into());
+            }
+            if !dev.is_empty() {
+                let mut on_dev = serde_json::Map::new();
+                on_dev.insert("queries".into(), dev.len().into());
+                for (label, path) in students(p) {
+                    let max_length = (label == "base").then_some(p.student.max_length).flatten();
+                    let student = BiEncoder::load(&path, env.device, env.kind, max_length)?;
+                    let fp = fingerprint::directory(&path)?;
+                    let (m, _) =
+                        super::shared::evaluate_slice(env, (&student, &fp), None, d, &ds, &dev)?;
+                    on_dev.insert(label.into(), super::shared::headline_measures(&m));
+                }
+                per_dataset.insert("dev".into(), serde_json::Value::Object(on_dev));
+            }
             for (label, path) in students(p) {
                 let split = Split {
                     d,
@@ -226,6 +271,13 @@ impl Stage for Eval {
                         .push(recall[q]);
                 }
             }
+            // What the teacher's loss terms add over the same recipe without them.
+            if p.train.baseline.is_some() {
+                let student = |m: &str| per_dataset[m]["student"]["ndcg@10"].as_f64();
+                if let (Some(d), Some(b)) = (student("distilled"), student("baseline")) {
+                    per_dataset.insert("gain_from_teacher".into(), json!(d - b));
+                }
+            }
             metrics.insert(d.name.clone(), serde_json::Value::Object(per_dataset));
         }
         crate::data::atomic::write_json(&env.dir.join(METRICS), &metrics)?;
@@ -243,8 +295,6 @@ impl Stage for Eval {
         })
     }
 }
-
-type Runs = BTreeMap<String, Vec<(String, f32)>>;
 
 /// One dataset's evaluation split: its reference, its loaded files and its judgements.
 #[derive(Clone, Copy)]
@@ -276,36 +326,6 @@ fn judged_texts<'a>(
     Ok((queries, texts))
 }
 
-/// The student's run: for each query, its top `eval.top_k` documents of `corpus` (the
-/// corpus's embeddings), the query itself left out as BEIR does.
-fn rank(
-    p: &Pipeline,
-    student: &BiEncoder,
-    corpus: &tch::Tensor,
-    ds: &Dataset,
-    queries: &[&String],
-    texts: &[&str],
-) -> Result<Runs> {
-    let q = student
-        .encode(texts, p.student.batch_size, &mut |_| {})?
-        .to_device(corpus.device());
-    let ranking = retrieval::top_k(&q, corpus, p.eval.top_k + 1, p.mine.corpus_chunk)?;
-    Ok(queries
-        .iter()
-        .enumerate()
-        .map(|(row, qid)| {
-            let docs = ranking.indices[row]
-                .iter()
-                .zip(&ranking.scores[row])
-                .map(|(&i, &s)| (ds.corpus.ids[i as usize].clone(), s))
-                .filter(|(doc, _)| doc != *qid)
-                .take(p.eval.top_k)
-                .collect();
-            ((*qid).clone(), docs)
-        })
-        .collect())
-}
-
 /// nDCG@10 of `student` on the judged queries of `judged` (mean over queries), as the
 /// eval stage computes it, with the corpus (`corpus`: its tokens) encoded afresh:
 /// in-training evaluation.
@@ -321,8 +341,13 @@ pub fn student_ndcg10(
         .encode_tokenized(corpus, p.student.batch_size, &mut |_| {})?
         .to_device(student.device());
     let (queries, texts) = judged_texts(d, ds, judged)?;
-    let run = rank(p, student, &corpus, ds, &queries, &texts)?;
-    Ok(mean(&score_runs(&run, judged)).ndcg_10)
+    let depth = Depth {
+        top_k: p.eval.top_k,
+        corpus_chunk: p.mine.corpus_chunk,
+        batch_size: p.student.batch_size,
+    };
+    let run = rerank::retrieve(student, &corpus, &ds.corpus, &queries, &texts, depth)?;
+    Ok(rerank::mean(&run, judged).ndcg_10)
 }
 
 fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
@@ -350,24 +375,23 @@ impl Eval {
         };
         let student = BiEncoder::load(path, env.device, env.kind, max_length)?;
         let fp = fingerprint::directory(path)?;
-        let corpus = super::mine::corpus_embeddings(env, &student, &fp, d, ds)?;
+        let corpus = super::shared::corpus_embeddings(env, &student, &fp, d, ds)?;
         let (queries, texts) = judged_texts(d, ds, judged)?;
-        let student_run = rank(p, &student, &corpus, ds, &queries, &texts)?;
-        let mut pairs: Vec<(&str, &str)> = Vec::new();
-        let mut owners: Vec<(&String, String)> = Vec::new();
-        for (row, qid) in queries.iter().enumerate() {
-            let mut ordered = student_run[*qid].clone();
-            trec_order(&mut ordered);
-            for (doc, _) in ordered.iter().take(p.eval.rerank_k) {
-                pairs.push((texts[row], ds.corpus.text(doc).unwrap_or_default()));
-                owners.push((*qid, doc.clone()));
-            }
-        }
-        let scores = teacher.score(&pairs, p.teacher.batch_size, &mut |_| {})?;
-        let mut teacher_run = Runs::new();
-        for ((qid, doc), s) in owners.into_iter().zip(scores) {
-            teacher_run.entry(qid.clone()).or_default().push((doc, s));
-        }
+        let depth = Depth {
+            top_k: p.eval.top_k,
+            corpus_chunk: p.mine.corpus_chunk,
+            batch_size: p.student.batch_size,
+        };
+        let student_run = rerank::retrieve(&student, &corpus, &ds.corpus, &queries, &texts, depth)?;
+        let teacher_run = rerank::rerank(
+            teacher,
+            &student_run,
+            &queries,
+            &texts,
+            &ds.corpus,
+            p.eval.rerank_k,
+            p.teacher.batch_size,
+        )?;
         let mut recall = BTreeMap::new();
         for qid in &queries {
             let top10 = |run: &Runs| {
@@ -385,7 +409,6 @@ impl Eval {
                     found as f64 / t.len() as f64
                 },
             );
-            teacher_run.entry((*qid).clone()).or_default();
         }
         let files = trec_files(&d.name, label);
         for (file, run, tag) in [
@@ -425,7 +448,7 @@ impl Eval {
             "corpus_chunk": p.mine.corpus_chunk,
             "student_max_seq_length": p.student.max_length,
             "teacher_max_length": p.teacher.max_length,
-            "precision": super::mine::kind_name(env.kind),
+            "precision": super::shared::kind_name(env.kind),
             "device": format!("{:?}", env.device),
             "distill_version": env!("CARGO_PKG_VERSION"),
         }));

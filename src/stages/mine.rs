@@ -5,12 +5,10 @@
 //! Output: `candidates.parquet` (positives included, so the teacher scores them too).
 use super::{Outcome, Stage, StageEnv};
 use crate::data::beir::{self, Dataset};
-use crate::data::embeddings::{read_embeddings, write_embeddings};
 use crate::data::pairs::PairTable;
-use crate::error::{Result, TorchContext};
+use crate::error::Result;
 use crate::model::BiEncoder;
 use crate::pipeline::config::{DatasetRef, Sampling};
-use crate::pipeline::events::Event;
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
@@ -24,14 +22,6 @@ use tch::{Kind, Tensor};
 pub const OUTPUT: &str = "candidates.parquet";
 
 pub struct Mine;
-
-pub fn kind_name(kind: Kind) -> &'static str {
-    if kind == Kind::BFloat16 {
-        "bf16"
-    } else {
-        "fp32"
-    }
-}
 
 /// Fingerprints of a dataset's texts (and of the given qrels splits).
 pub fn dataset_inputs(
@@ -88,8 +78,7 @@ impl Stage for Mine {
 
     fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
         let datasets: Vec<_> = p
-            .datasets
-            .iter()
+            .trained()
             .map(|d| {
                 let mut v =
                     json!({"name": d.name, "train_split": d.train_split, "strict": d.strict});
@@ -108,13 +97,19 @@ impl Stage for Mine {
                 v
             })
             .collect();
-        json!({
+        let mut c = json!({
             "mine": p.mine,
             "seed": p.seed,
-            "precision": kind_name(kind),
+            "precision": super::shared::kind_name(kind),
             "student_max_seq_length": p.student.max_length,
             "datasets": datasets,
-        })
+        });
+        // The dev slice's queries are not mined (left out of the hash when it is off, as
+        // runs made before it existed had none).
+        if !p.dev_queries.is_off() {
+            c["dev_queries"] = json!(p.dev_queries);
+        }
+        c
     }
 
     fn inputs(
@@ -124,7 +119,7 @@ impl Stage for Mine {
     ) -> Result<BTreeMap<String, String>> {
         let mut out = BTreeMap::new();
         out.insert("student".into(), fingerprint::directory(&p.student.path)?);
-        for d in &p.datasets {
+        for d in p.trained() {
             dataset_inputs(d, &[&d.train_split], &mut out)?;
         }
         Ok(out)
@@ -139,27 +134,50 @@ impl Stage for Mine {
         let student = BiEncoder::load(&p.student.path, env.device, env.kind, p.student.max_length)?;
         let student_fp = fingerprint::directory(&p.student.path)?;
         let mut loaded = Vec::new();
-        for d in &p.datasets {
+        for d in p.trained() {
             let ds = d.load(&[&d.train_split], p.seed)?;
             for line in ds.warnings.summary() {
                 env.warn(format!("{}: {line}", d.name));
             }
-            let queries = training_queries(&ds, &d.train_split);
-            loaded.push((d, ds, queries));
+            let dev = super::shared::dev_slice(p, d, &ds);
+            let mut queries = training_queries(&ds, &d.train_split);
+            let labelled = queries.len();
+            queries.retain(|(q, _)| !dev.contains_key(q));
+            if queries.is_empty() {
+                let qrels = beir::qrels_path(&d.path, &d.train_split);
+                let message = if labelled == 0 {
+                    format!(
+                        "no query of the training split has a relevant document (grade > 0): \
+                         nothing to mine or train on; point `dataset.train_split` of `{}` at \
+                         a split with labelled queries",
+                        d.name
+                    )
+                } else {
+                    format!(
+                        "every one of its {labelled} labelled queries is in the dev slice: \
+                         lower `teacher_train.dev_queries`"
+                    )
+                };
+                return Err(crate::error::Error::config(qrels, message));
+            }
+            loaded.push((d, ds, queries, dev.len()));
         }
         let chunk = p.mine.query_chunk;
-        let total: usize = loaded.iter().map(|(_, _, q)| q.len().div_ceil(chunk)).sum();
+        let total: usize = loaded
+            .iter()
+            .map(|(_, _, q, _)| q.len().div_ceil(chunk))
+            .sum();
         super::write_plan(&env.partial, total)?;
         let mut summary = serde_json::Map::new();
         let mut done = 0usize;
-        for (di, (d, ds, queries)) in loaded.iter().enumerate() {
+        for (di, (d, ds, queries, dev)) in loaded.iter().enumerate() {
             let prefix = format!("ds{di}");
             let shards = queries.len().div_ceil(chunk);
             let missing: Vec<usize> = (0..shards)
                 .filter(|&s| !env.shard_path(&prefix, s).exists())
                 .collect();
             if !missing.is_empty() {
-                let corpus = corpus_embeddings(env, &student, &student_fp, d, ds)?;
+                let corpus = super::shared::corpus_embeddings(env, &student, &student_fp, d, ds)?;
                 for s in missing {
                     let part = &queries[s * chunk..((s + 1) * chunk).min(queries.len())];
                     let table = mine_chunk(p, &student, &corpus, d, ds, part)?;
@@ -168,15 +186,15 @@ impl Stage for Mine {
                     env.committed(done - 1, total);
                 }
             }
-            let without = ds.qrels[&d.train_split].len() - queries.len();
+            let without = ds.qrels[&d.train_split].len() - queries.len() - dev;
             summary.insert(
                 d.name.clone(),
-                json!({"queries": queries.len(), "queries_without_positives": without}),
+                json!({"queries": queries.len(), "queries_without_positives": without, "dev_queries": dev}),
             );
         }
         // Assemble the shards in order.
         let mut all = PairTable::default();
-        for (di, (d, _, queries)) in loaded.iter().enumerate() {
+        for (di, (d, _, queries, _)) in loaded.iter().enumerate() {
             let mut part = PairTable::default();
             for s in 0..queries.len().div_ceil(chunk) {
                 part.extend(PairTable::read(&env.shard_path(&format!("ds{di}"), s))?);
@@ -210,68 +228,6 @@ fn count_short(t: &PairTable, n: usize) -> usize {
         }
     }
     per.values().filter(|&&c| c < n).count()
-}
-
-/// Corpus embeddings, from the shared cache when the same student (weights, length,
-/// precision) already encoded the same corpus.
-pub fn corpus_embeddings(
-    env: &mut StageEnv,
-    student: &BiEncoder,
-    student_fp: &str,
-    d: &DatasetRef,
-    ds: &Dataset,
-) -> Result<Tensor> {
-    let p = env.pipeline;
-    let key = fingerprint::json(&json!({
-        "student": student_fp,
-        "corpus": fingerprint::file(&beir::corpus_path(&d.path))?,
-        "strict": d.strict,
-        "max_seq_length": student.spec.max_seq_length,
-        "precision": kind_name(env.kind),
-    }));
-    let path = p
-        .cache_dir
-        .join("embeddings")
-        .join(format!("{key}.parquet"));
-    let dim = student.dim() as usize;
-    if path.exists() {
-        let (ids, values, got_dim) = read_embeddings(&path)?;
-        if ids == ds.corpus.ids && got_dim == dim {
-            return Tensor::f_from_slice(&values)
-                .and_then(|t| t.f_view([ids.len() as i64, dim as i64]))
-                .map(|t| t.to_device(env.device))
-                .ctx(|| format!("loading {}", path.display()));
-        }
-    }
-    let stage = env.name.to_string();
-    env.emit(Event::WorkStarted {
-        stage: stage.clone(),
-        label: format!("encode {}", d.name),
-        total: ds.corpus.len() as u64,
-    });
-    let emb = {
-        let events = &mut *env.events;
-        student.encode(&ds.corpus.texts, p.student.batch_size, &mut |n| {
-            events.emit(Event::WorkProgress {
-                stage: stage.clone(),
-                n: n as u64,
-            })
-        })?
-    };
-    env.emit(Event::WorkFinished { stage });
-    let values = Vec::<f32>::try_from(emb.flatten(0, -1)).ctx(|| "reading embeddings".into())?;
-    let meta = [
-        (
-            "distill.model",
-            student.spec.transformer_dir.display().to_string(),
-        ),
-        (
-            "distill.corpus",
-            beir::corpus_path(&d.path).display().to_string(),
-        ),
-    ];
-    write_embeddings(&path, &ds.corpus.ids, &values, dim, &meta)?;
-    Ok(emb.to_device(env.device))
 }
 
 /// Candidates for one chunk of training queries.

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod mine;
 pub mod report;
 pub mod score;
+pub mod shared;
 pub mod teacher;
 pub mod train;
 
@@ -214,11 +215,18 @@ pub fn finish_training(
             CURVE.into(),
         ],
         rows: curve.step.len() as u64,
-        summary: serde_json::json!({
-            "groups": stats,
-            "steps": curve.step.len(),
-            "final_loss": curve.loss.last(),
-        }),
+        summary: {
+            let mut summary = serde_json::json!({
+                "groups": stats,
+                "steps": curve.step.len(),
+                "final_loss": curve.loss.last(),
+            });
+            let ends = crate::pipeline::health::loss_summary(&curve.loss);
+            for (k, v) in ends.as_object().into_iter().flatten() {
+                summary[k] = v.clone();
+            }
+            summary
+        },
     })
 }
 
@@ -243,7 +251,8 @@ pub fn all() -> Vec<Box<dyn Stage>> {
         Box::new(mine::Mine),
         Box::new(teacher::Teacher),
         Box::new(score::Score),
-        Box::new(train::Train),
+        Box::new(train::Train::DISTILLED),
+        Box::new(train::Train::BASELINE),
         Box::new(eval::Eval),
         Box::new(report::Report),
     ]

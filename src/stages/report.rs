@@ -5,6 +5,7 @@
 use super::{Outcome, Stage, StageEnv};
 use crate::error::{read_json, Error, Result};
 use crate::eval::metrics::Measures;
+use crate::pipeline::health::{self, Finding};
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
 use crate::render::{delta, esc, fmt, html_head, svg_chart, Table, HTML_TAIL};
@@ -16,6 +17,8 @@ use tch::Kind;
 
 pub const HTML: &str = "report.html";
 pub const MARKDOWN: &str = "report.md";
+/// The run's health findings (`pipeline::health::Finding`), for `distill report`.
+pub const HEALTH: &str = "health.json";
 
 pub struct Report;
 
@@ -28,14 +31,49 @@ pub fn headline(run_dir: &Path) -> Option<String> {
     for (name, ds) in metrics.as_object()? {
         let g = |model: &str, sys: &str| ds[model][sys]["ndcg@10"].as_f64().unwrap_or(f64::NAN);
         let (b, d) = (g("base", "student"), g("distilled", "student"));
+        let baseline = match ds["baseline"].is_object() {
+            true => {
+                let c = g("baseline", "student");
+                format!(
+                    "; contrastive baseline {}, gain from the teacher {}",
+                    fmt(c),
+                    delta(d - c)
+                )
+            }
+            false => String::new(),
+        };
         let _ = writeln!(
             out,
-            "{name}: nDCG@10 base student {} -> distilled student {} ({}); teacher rerank {}",
+            "{name}: nDCG@10 base student {} -> distilled student {} ({}); teacher rerank {}{baseline}",
             fmt(b),
             fmt(d),
             delta(d - b),
             fmt(g("distilled", "student+teacher"))
         );
+    }
+    if let Ok(Some(m)) = Manifest::read(&run_dir.join("teacher")) {
+        for (name, v) in m.summary["dev"].as_object().into_iter().flatten() {
+            let g = |sys: &str| v[sys]["ndcg@10"].as_f64().unwrap_or(f64::NAN);
+            let _ = writeln!(
+                out,
+                "{name} dev slice ({} queries): nDCG@10 student {} -> teacher rerank {} ({})",
+                v["queries"],
+                fmt(g("student")),
+                fmt(g("teacher")),
+                delta(g("teacher") - g("student"))
+            );
+        }
+    }
+    if let Ok(findings) = read_json::<Vec<Finding>>(&run_dir.join("report").join(HEALTH)) {
+        match findings.len() {
+            0 => out.push_str("health: no warnings\n"),
+            n => {
+                let _ = writeln!(out, "health: {n} warning(s)");
+                for f in &findings {
+                    let _ = writeln!(out, "  - {}", f.message);
+                }
+            }
+        }
     }
     let html = run_dir.join("report").join(HTML);
     if html.exists() {
@@ -72,16 +110,81 @@ fn read_curve(path: &Path) -> Result<(Vec<f64>, Series)> {
     Ok((x, cols))
 }
 
+/// The dev slice's tables: the teacher's check (the student alone and the teacher's
+/// rerank, from the teacher stage) and the base against the distilled student (from eval).
+fn dev_tables(teacher: Option<&Manifest>, eval: Option<&Manifest>) -> Vec<Table> {
+    let mut out = Vec::new();
+    let g = |v: &Value, sys: &str, m: &str| v[sys][m].as_f64().unwrap_or(f64::NAN);
+    if let Some(dev) = teacher.and_then(|m| m.summary["dev"].as_object()) {
+        let rows = dev
+            .iter()
+            .map(|(name, v)| {
+                vec![
+                    name.clone(),
+                    v["queries"].to_string(),
+                    fmt(g(v, "student", "ndcg@10")),
+                    fmt(g(v, "teacher", "ndcg@10")),
+                    delta(g(v, "teacher", "ndcg@10") - g(v, "student", "ndcg@10")),
+                    fmt(g(v, "student", "mrr@10")),
+                    fmt(g(v, "teacher", "mrr@10")),
+                ]
+            })
+            .collect();
+        out.push(Table::new(
+            "Teacher check on the dev slice (held-out training queries)",
+            &[
+                "dataset",
+                "queries",
+                "student nDCG@10",
+                "teacher rerank nDCG@10",
+                "gain",
+                "student MRR@10",
+                "teacher rerank MRR@10",
+            ],
+            rows,
+        ));
+    }
+    if let Some(metrics) = eval.and_then(|m| m.summary.as_object()) {
+        let rows: Vec<Vec<String>> = metrics
+            .iter()
+            .filter(|(_, v)| v["dev"].is_object())
+            .map(|(name, v)| {
+                let dev = &v["dev"];
+                vec![
+                    name.clone(),
+                    dev["queries"].to_string(),
+                    fmt(g(dev, "base", "ndcg@10")),
+                    fmt(g(dev, "distilled", "ndcg@10")),
+                    delta(g(dev, "distilled", "ndcg@10") - g(dev, "base", "ndcg@10")),
+                ]
+            })
+            .collect();
+        if !rows.is_empty() {
+            out.push(Table::new(
+                "Students on the dev slice",
+                &[
+                    "dataset",
+                    "queries",
+                    "base nDCG@10",
+                    "distilled nDCG@10",
+                    "delta",
+                ],
+                rows,
+            ));
+        }
+    }
+    out
+}
+
 impl Stage for Report {
     fn name(&self) -> &'static str {
         "report"
     }
 
     fn upstream(&self, p: &Pipeline) -> Vec<&'static str> {
-        if p.teacher_from_base {
-            vec!["mine", "teacher", "score", "train", "eval"]
-        } else {
-            vec!["mine", "score", "train", "eval"]
+        match p.train.baseline {
+            Some(_) => vec!["mine", "teacher", "score", "train", "baseline", "eval"],
+            None => vec!["mine", "teacher", "score", "train", "eval"],
         }
     }
 
@@ -124,10 +227,17 @@ impl Stage for Report {
             })
             .collect();
         let manifest = |name: &str| manifests.iter().find(|(s, _)| *s == name).map(|(_, m)| m);
+        let findings: Vec<Finding> = manifests
+            .iter()
+            .flat_map(|(s, m)| health::findings(s, &m.summary, &p.health))
+            .collect();
+        crate::data::atomic::write_json(&env.dir.join(HEALTH), &findings)?;
+        let weak = findings.iter().any(|f| f.check == "weak_teacher");
         let metrics: Value = read_json(&p.run_dir.join("eval").join(super::eval::METRICS))?;
         let mut tables = Vec::new();
         let datasets = metrics.as_object().cloned().unwrap_or_default();
         for (name, ds) in &datasets {
+            let with_baseline = ds["baseline"].is_object();
             let rows = Measures::NAMES
                 .iter()
                 .map(|m| {
@@ -142,7 +252,7 @@ impl Stage for Report {
                     } else {
                         "-".into()
                     };
-                    vec![
+                    let mut row = vec![
                         m.to_string(),
                         fmt(b),
                         fmt(d),
@@ -150,20 +260,34 @@ impl Stage for Report {
                         fmt(bt),
                         fmt(g("distilled", "student+teacher")),
                         closed,
-                    ]
+                    ];
+                    if with_baseline {
+                        let c = g("baseline", "student");
+                        row.extend([fmt(c), delta(d - c)]);
+                    }
+                    row
                 })
                 .collect();
+            let watch = if ds["role"] == "watch" {
+                " (watch dataset: evaluated only, never trained on)"
+            } else {
+                ""
+            };
+            let mut header = vec![
+                "metric",
+                "base student",
+                "distilled student",
+                "delta",
+                "base + teacher",
+                "distilled + teacher",
+                "gap closed",
+            ];
+            if with_baseline {
+                header.extend(["contrastive baseline", "gain from the teacher"]);
+            }
             tables.push(Table::new(
-                format!("{name}: {} judged queries", ds["queries"]),
-                &[
-                    "metric",
-                    "base student",
-                    "distilled student",
-                    "delta",
-                    "base + teacher",
-                    "distilled + teacher",
-                    "gap closed",
-                ],
+                format!("{name}: {} judged queries{watch}", ds["queries"]),
+                &header,
                 rows,
             ));
         }
@@ -236,7 +360,7 @@ impl Stage for Report {
             stats,
         ));
         let mut charts = Vec::new();
-        for stage in ["teacher", "train"] {
+        for stage in ["teacher", "train", "baseline"] {
             let path = p.run_dir.join(stage).join("loss_curve.parquet");
             if path.exists() {
                 let (x, cols) = read_curve(&path)?;
@@ -258,8 +382,39 @@ impl Stage for Report {
         }
         let config = std::fs::read_to_string(&p.file).map_err(|e| Error::io(&p.file, e))?;
         let title = format!("distill report: run `{}`", p.name);
-        let mut md = format!("# {title}\n\n## Retrieval (nDCG@10 and more, test splits)\n\n");
+        let mut md = format!("# {title}\n\n## Health\n\n");
         let mut html = html_head(&title);
+        html.push_str("<h2>Health</h2>\n");
+        if weak {
+            let line = "WEAK TEACHER: this run went past the teacher gate by override \
+                        (--allow-weak-teacher or health.allow_weak_teacher); its distillation \
+                        numbers do not come from a teacher that beats the student.";
+            let _ = writeln!(md, "**{line}**\n");
+            let _ = writeln!(html, "<p><strong>{}</strong></p>", esc(line));
+        }
+        if findings.is_empty() {
+            md.push_str("No health warnings.\n\n");
+            html.push_str("<p>No health warnings.</p>\n");
+        } else {
+            html.push_str("<ul>\n");
+            for f in &findings {
+                let _ = writeln!(md, "- **{}** ({}): {}", f.check, f.stage, f.message);
+                let _ = writeln!(
+                    html,
+                    "<li><strong>{}</strong> ({}): {}</li>",
+                    esc(&f.check),
+                    esc(&f.stage),
+                    esc(&f.message)
+                );
+            }
+            html.push_str("</ul>\n");
+            md.push('\n');
+        }
+        for t in dev_tables(manifest("teacher"), manifest("eval")) {
+            t.markdown(&mut md);
+            t.html(&mut html);
+        }
+        md.push_str("## Retrieval (nDCG@10 and more, test splits)\n\n");
         html.push_str("<h2>Retrieval</h2>\n");
         for (i, t) in tables.iter().enumerate() {
             if i == datasets.len() {
@@ -286,7 +441,7 @@ impl Stage for Report {
             crate::data::atomic::write_bytes(&path, text.as_bytes())?;
         }
         Ok(Outcome::Complete {
-            outputs: vec![HTML.into(), MARKDOWN.into()],
+            outputs: vec![HTML.into(), MARKDOWN.into(), HEALTH.into()],
             rows: tables.len() as u64,
             summary: json!({"tables": tables.len(), "charts": charts.len(), "html": env.dir.join(HTML)}),
         })

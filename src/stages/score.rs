@@ -40,20 +40,16 @@ impl Stage for Score {
         "score"
     }
 
-    fn upstream(&self, p: &Pipeline) -> Vec<&'static str> {
-        if p.teacher_from_base {
-            vec!["mine", "teacher"]
-        } else {
-            vec!["mine"]
-        }
+    fn upstream(&self, _: &Pipeline) -> Vec<&'static str> {
+        vec!["mine", "teacher"]
     }
 
     fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
         json!({
             "score": p.score,
-            "precision": super::mine::kind_name(kind),
+            "precision": super::shared::kind_name(kind),
             "teacher_max_length": p.teacher.max_length,
-            "strict": p.datasets.iter().map(|d| d.strict).collect::<Vec<_>>(),
+            "strict": p.trained().map(|d| d.strict).collect::<Vec<_>>(),
         })
     }
 
@@ -63,7 +59,13 @@ impl Stage for Score {
         upstream: &BTreeMap<String, Manifest>,
     ) -> Result<BTreeMap<String, String>> {
         let mut out = BTreeMap::new();
-        out.insert("teacher".into(), fingerprint::directory(&p.teacher.path)?);
+        // The teacher that scores: the trained one's weights, or the given directory.
+        let teacher = if p.teacher_from_base {
+            super::teacher::upstream_output(p, upstream, "teacher", super::teacher::WEIGHTS)?
+        } else {
+            fingerprint::directory(&p.teacher.path)?
+        };
+        out.insert("teacher".into(), teacher);
         let mine = upstream
             .get("mine")
             .and_then(|m| m.output_fingerprint(super::mine::OUTPUT))
@@ -71,7 +73,7 @@ impl Stage for Score {
                 Error::config(candidates_path(p), "stage mine has no candidates output")
             })?;
         out.insert("candidates".into(), mine.to_string());
-        for d in &p.datasets {
+        for d in p.trained() {
             super::mine::dataset_inputs(d, &[], &mut out)?;
         }
         Ok(out)
@@ -151,8 +153,23 @@ impl Stage for Score {
                 "shards do not cover every candidate",
             ));
         }
+        if let Some(i) = teacher_scores.iter().position(|s| !s.is_finite()) {
+            return Err(Error::config(
+                teacher_dir(p),
+                format!(
+                    "the teacher scored the pair (query `{}`, document `{}`) of dataset `{}` as {}",
+                    candidates.query_id[i],
+                    candidates.doc_id[i],
+                    candidates.dataset[i],
+                    teacher_scores[i]
+                ),
+            ));
+        }
         let flags = flag_false_negatives(&candidates, &teacher_scores, &p.score);
         let summary = summarize(&candidates, &teacher_scores, &flags);
+        if p.train.loss.exclude_false_negatives {
+            every_negative_flagged(p, &summary)?;
+        }
         let mut table = candidates;
         table.teacher_score = Some(teacher_scores);
         table.is_false_negative = Some(flags);
@@ -167,8 +184,7 @@ impl Stage for Score {
 
 /// Corpus and queries of every dataset, by dataset name.
 fn load_texts(p: &Pipeline) -> Result<BTreeMap<String, Dataset>> {
-    p.datasets
-        .iter()
+    p.trained()
         .map(|d| Ok((d.name.clone(), d.load(&[], p.seed)?)))
         .collect()
 }
@@ -230,6 +246,32 @@ pub fn flag_false_negatives(t: &PairTable, scores: &[f32], cfg: &ScoreConfig) ->
         .collect()
 }
 
+/// A dataset whose every negative is flagged as a likely false negative leaves nothing to
+/// train on once the flags are excluded: an error naming the margin to change.
+fn every_negative_flagged(p: &Pipeline, summary: &serde_json::Value) -> Result<()> {
+    for (name, v) in summary.as_object().into_iter().flatten() {
+        let negatives = v["teacher_negative"]["count"].as_u64().unwrap_or(0);
+        let flagged = v["flagged_false_negatives"].as_u64().unwrap_or(0);
+        if negatives > 0 && flagged == negatives {
+            let key = if p.score.absolute_margin.is_some() {
+                "score.absolute_margin"
+            } else {
+                "score.relative_margin"
+            };
+            return Err(Error::config(
+                &p.file,
+                format!(
+                    "`{key}` flags all {negatives} negatives of dataset `{name}` as likely false \
+                     negatives, so training would have none: lower it, or check the teacher \
+                     (its positive and negative scores overlap; see the teacher stage's dev \
+                     numbers)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn summarize(t: &PairTable, scores: &[f32], flags: &[bool]) -> serde_json::Value {
     let mut per: BTreeMap<&str, [Vec<f32>; 2]> = BTreeMap::new();
     let mut flagged: BTreeMap<&str, usize> = BTreeMap::new();
@@ -255,6 +297,8 @@ fn summarize(t: &PairTable, scores: &[f32], flags: &[bool]) -> serde_json::Value
             json!({
                 "pairs": neg.len() + pos.len(),
                 "flagged_false_negatives": flagged[name],
+                "flagged_share": flagged[name] as f64 / neg.len().max(1) as f64,
+                "teacher_auc": crate::pipeline::health::auc(pos, neg),
                 "teacher_positive": stats(pos),
                 "teacher_negative": stats(neg),
             }),

@@ -2,14 +2,21 @@
 //! cross-encoder, fine-tune one: the encoder's weights with a fresh one-logit classifier,
 //! trained on the training positives against the hard negatives from `mine`, with
 //! listwise cross-entropy over (positive + n negatives) per query (or binary
-//! cross-entropy). Exports a Hugging Face cross-encoder directory (raw logits).
-use super::{Outcome, Stage, StageEnv};
+//! cross-entropy, or both). Exports a Hugging Face cross-encoder directory (raw logits).
+//!
+//! Either way (trained here, or given as `teacher.path`), the teacher is then checked on
+//! the dev slice (`data::dev`): it reranks the base student's top `eval.rerank_k` of each
+//! held-out training query, and both rankings are scored (nDCG@10, MRR@10). The numbers
+//! go into `dev_eval.json` and the manifest's summary, where the runner's gate reads them
+//! before `score`.
+use super::{shared, Outcome, Stage, StageEnv};
 use crate::data::beir::Dataset;
 use crate::data::pairs::PairTable;
 use crate::error::{Error, Result};
 use crate::model::export::export_cross_encoder;
-use crate::model::CrossEncoder;
+use crate::model::{BiEncoder, CrossEncoder};
 use crate::pipeline::config::TeacherLoss;
+use crate::pipeline::events::Event;
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
@@ -23,13 +30,14 @@ use tch::{Kind, Tensor};
 
 pub const MODEL_DIR: &str = "model";
 pub const WEIGHTS: &str = "model/model.safetensors";
+/// The dev-slice check: per dataset, the student alone and the teacher's rerank.
+pub const DEV_EVAL: &str = "dev_eval.json";
 
 pub struct Teacher;
 
 /// Corpus and queries (and `splits` qrels) of every dataset, by name.
 pub fn load_datasets(p: &Pipeline, with_train_qrels: bool) -> Result<BTreeMap<String, Dataset>> {
-    p.datasets
-        .iter()
+    p.trained()
         .map(|d| {
             let splits: Vec<&str> = if with_train_qrels {
                 vec![&d.train_split]
@@ -72,12 +80,24 @@ impl Task for TeacherTask<'_> {
             .forward_t(&batch, true)
             .select(1, 0)
             .view([-1, k]);
-        let (name, loss) = match self.loss {
-            TeacherLoss::Listwise => ("listwise_ce", losses::listwise_ce(&logits)),
-            TeacherLoss::Bce => ("bce", losses::pointwise_bce(&logits)),
+        let terms = match self.loss {
+            TeacherLoss::Listwise => vec![("listwise_ce", losses::listwise_ce(&logits))],
+            TeacherLoss::Bce => vec![("bce", losses::pointwise_bce(&logits))],
+            TeacherLoss::ListwiseBce => vec![
+                ("listwise_ce", losses::listwise_ce(&logits)),
+                ("bce", losses::pointwise_bce(&logits)),
+            ],
         };
-        let value = loss.detach();
-        Ok((loss, vec![(name.to_string(), value)]))
+        let total = terms
+            .iter()
+            .map(|(_, l)| l.shallow_clone())
+            .reduce(|a, b| a + b)
+            .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, logits.device())));
+        let values = terms
+            .into_iter()
+            .map(|(n, l)| (n.to_string(), l.detach()))
+            .collect();
+        Ok((total, values))
     }
 }
 
@@ -86,20 +106,32 @@ impl Stage for Teacher {
         "teacher"
     }
 
-    fn enabled(&self, p: &Pipeline) -> bool {
-        p.teacher_from_base
-    }
-
     fn upstream(&self, _: &Pipeline) -> Vec<&'static str> {
         vec!["mine"]
     }
 
     fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
-        json!({
-            "teacher_train": p.teacher_train,
-            "max_length": p.teacher.max_length,
-            "precision": super::mine::kind_name(kind),
-        })
+        let dev = json!({
+            "dev_queries": p.dev_queries,
+            "seed": p.seed,
+            "rerank_k": p.eval.rerank_k,
+            "student_max_seq_length": p.student.max_length,
+        });
+        if p.teacher_from_base {
+            json!({
+                "teacher_train": p.teacher_train,
+                "max_length": p.teacher.max_length,
+                "precision": super::shared::kind_name(kind),
+                "dev": dev,
+            })
+        } else {
+            json!({
+                "given": true,
+                "max_length": p.teacher.max_length,
+                "precision": super::shared::kind_name(kind),
+                "dev": dev,
+            })
+        }
     }
 
     fn inputs(
@@ -108,13 +140,18 @@ impl Stage for Teacher {
         upstream: &BTreeMap<String, Manifest>,
     ) -> Result<BTreeMap<String, String>> {
         let mut out = BTreeMap::new();
-        out.insert("base".into(), fingerprint::directory(&p.teacher.path)?);
-        out.insert(
-            "candidates".into(),
-            upstream_output(p, upstream, "mine", super::mine::OUTPUT)?,
-        );
-        for d in &p.datasets {
-            super::mine::dataset_inputs(d, &[], &mut out)?;
+        out.insert("student".into(), fingerprint::directory(&p.student.path)?);
+        if p.teacher_from_base {
+            out.insert("base".into(), fingerprint::directory(&p.teacher.path)?);
+            out.insert(
+                "candidates".into(),
+                upstream_output(p, upstream, "mine", super::mine::OUTPUT)?,
+            );
+        } else {
+            out.insert("teacher".into(), fingerprint::directory(&p.teacher.path)?);
+        }
+        for d in p.trained() {
+            super::mine::dataset_inputs(d, &[&d.train_split], &mut out)?;
         }
         Ok(out)
     }
@@ -125,6 +162,14 @@ impl Stage for Teacher {
 
     fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
         let p = env.pipeline;
+        if !p.teacher_from_base {
+            let dev = dev_eval(env, &p.teacher.path)?;
+            return Ok(Outcome::Complete {
+                outputs: vec![DEV_EVAL.into()],
+                rows: 0,
+                summary: json!({ "dev": dev }),
+            });
+        }
         let cfg = p
             .teacher_train
             .clone()
@@ -159,8 +204,70 @@ impl Stage for Teacher {
         let checkpoints = env.partial.join("checkpoints");
         let curve = trainer::train(env, &task, vars, &set, &cfg.settings, &checkpoints, None)?;
         export_cross_encoder(&model, &env.dir.join(MODEL_DIR))?;
-        super::finish_training(env, &curve, &checkpoints, MODEL_DIR, &set.stats)
+        drop(task);
+        drop(model);
+        let mut outcome = super::finish_training(env, &curve, &checkpoints, MODEL_DIR, &set.stats)?;
+        let dev = dev_eval(env, &env.dir.join(MODEL_DIR))?;
+        if let Outcome::Complete {
+            outputs, summary, ..
+        } = &mut outcome
+        {
+            outputs.push(DEV_EVAL.into());
+            summary["dev"] = dev;
+        }
+        Ok(outcome)
     }
+}
+
+/// The teacher in `teacher_dir` on each trained dataset's dev slice: the base student's
+/// top `eval.rerank_k` alone and reranked by the teacher (nDCG@10, MRR@10). Written to
+/// `dev_eval.json`; an empty object when the slice is off.
+fn dev_eval(env: &mut StageEnv, teacher_dir: &Path) -> Result<serde_json::Value> {
+    let p = env.pipeline;
+    let mut out = serde_json::Map::new();
+    if p.dev_queries.is_off() {
+        env.warn(
+            "teacher_train.dev_queries = 0: no dev slice, so the teacher gate cannot run".into(),
+        );
+    } else {
+        let teacher = CrossEncoder::load(teacher_dir, p.teacher.max_length, env.device, env.kind)?;
+        let student = BiEncoder::load(&p.student.path, env.device, env.kind, p.student.max_length)?;
+        let fp = fingerprint::directory(&p.student.path)?;
+        for d in p.trained() {
+            let ds = d.load(&[&d.train_split], p.seed)?;
+            let dev = shared::dev_slice(p, d, &ds);
+            if dev.is_empty() {
+                continue;
+            }
+            let (s, t) =
+                shared::evaluate_slice(env, (&student, &fp), Some(&teacher), d, &ds, &dev)?;
+            let t = t.unwrap_or_default();
+            let stage = env.name.to_string();
+            env.emit(Event::Note {
+                stage,
+                message: format!(
+                    "{}: dev slice of {} queries: nDCG@10 student {:.4}, teacher rerank {:.4} ({:+.4})",
+                    d.name,
+                    dev.len(),
+                    s.ndcg_10,
+                    t.ndcg_10,
+                    t.ndcg_10 - s.ndcg_10
+                ),
+            });
+            out.insert(
+                d.name.clone(),
+                json!({
+                    "queries": dev.len(),
+                    "student": shared::headline_measures(&s),
+                    "teacher": shared::headline_measures(&t),
+                    "gain": t.ndcg_10 - s.ndcg_10,
+                }),
+            );
+        }
+    }
+    let value = serde_json::Value::Object(out);
+    crate::data::atomic::write_json(&env.dir.join(DEV_EVAL), &value)?;
+    Ok(value)
 }
 
 /// The fingerprint of an upstream stage's output file.

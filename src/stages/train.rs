@@ -13,7 +13,7 @@ use crate::model::batching::upload;
 use crate::model::export::export_bi_encoder;
 use crate::model::tokenizer::{Batch, Encoded};
 use crate::model::BiEncoder;
-use crate::pipeline::config::LossConfig;
+use crate::pipeline::config::{LossConfig, StudentTrainConfig};
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
@@ -30,7 +30,24 @@ pub const WEIGHTS: &str = "student/model.safetensors";
 /// In-training evaluations (`train.eval_every`): nDCG@10 per dataset by step.
 pub const IN_TRAINING_EVAL: &str = "in_training_eval.json";
 
-pub struct Train;
+/// Stage `train` (the distilled student) or, with `baseline`, stage `baseline`: the same
+/// recipe with the teacher's loss terms at zero (`train.baseline = "contrastive"`), so
+/// that every night shows what the teacher adds.
+pub struct Train {
+    pub baseline: bool,
+}
+
+impl Train {
+    pub const DISTILLED: Train = Train { baseline: false };
+    pub const BASELINE: Train = Train { baseline: true };
+
+    fn settings(&self, p: &Pipeline) -> StudentTrainConfig {
+        match self.baseline {
+            true => p.train.contrastive(),
+            false => p.train.clone(),
+        }
+    }
+}
 
 pub struct StudentTask<'a> {
     model: &'a BiEncoder,
@@ -166,8 +183,7 @@ impl Task for StudentTask<'_> {
 /// Per dataset, the split evaluated in training: `train.eval_split`, else the dataset's
 /// `eval_split`; none when in-training evaluation is off.
 fn eval_splits(p: &Pipeline) -> Vec<Option<&str>> {
-    p.datasets
-        .iter()
+    p.trained()
         .map(|d| {
             p.train
                 .eval_every
@@ -187,7 +203,7 @@ fn in_training_eval<'a>(
     keep_best: bool,
 ) -> Result<trainer::Monitor<'a>> {
     let mut splits = Vec::new();
-    for (d, split) in p.datasets.iter().zip(eval_splits(p)) {
+    for (d, split) in p.trained().zip(eval_splits(p)) {
         let split = split.unwrap_or(&d.eval_split);
         if keep_best && split == d.eval_split {
             env.warn(format!(
@@ -262,7 +278,14 @@ fn interpolate(vars: &HashMap<String, Tensor>, base: &HashMap<String, Tensor>, a
 
 impl Stage for Train {
     fn name(&self) -> &'static str {
-        "train"
+        match self.baseline {
+            true => "baseline",
+            false => "train",
+        }
+    }
+
+    fn enabled(&self, p: &Pipeline) -> bool {
+        !self.baseline || p.train.baseline.is_some()
     }
 
     fn upstream(&self, _: &Pipeline) -> Vec<&'static str> {
@@ -271,10 +294,13 @@ impl Stage for Train {
 
     fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
         let mut c = json!({
-            "train": p.train,
+            "train": self.settings(p),
             "student_max_seq_length": p.student.max_length,
-            "precision": super::mine::kind_name(kind),
+            "precision": super::shared::kind_name(kind),
         });
+        if self.baseline {
+            c["baseline"] = json!(p.train.baseline);
+        }
         // What the in-training evaluation reads besides [train] (left out when it is off).
         if p.train.eval_every.is_some() {
             c["in_training_eval"] = json!({
@@ -297,7 +323,7 @@ impl Stage for Train {
             "teacher_scores".into(),
             upstream_output(p, upstream, "score", super::score::OUTPUT)?,
         );
-        for (d, split) in p.datasets.iter().zip(eval_splits(p)) {
+        for (d, split) in p.trained().zip(eval_splits(p)) {
             let mut splits = vec![d.train_split.as_str()];
             splits.extend(split);
             super::mine::dataset_inputs(d, &splits, &mut out)?;
@@ -311,10 +337,11 @@ impl Stage for Train {
 
     fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
         let p = env.pipeline;
-        let cfg = &p.train;
+        let cfg = &self.settings(p);
         // fp32 master weights (bf16 activations on CUDA, set below). Fresh tensors (a
-        // pooler missing from the checkpoint) are drawn from the run seed.
-        tch::manual_seed(crate::train::trainer::init_seed(p.seed, env.name));
+        // pooler missing from the checkpoint) are drawn from the run seed, the same for
+        // the baseline as for the distilled student.
+        tch::manual_seed(crate::train::trainer::init_seed(p.seed, "train"));
         let mut model = BiEncoder::load(
             &p.student.path,
             env.device,
@@ -361,11 +388,16 @@ impl Stage for Train {
         }
         export_bi_encoder(&model, &env.dir.join(MODEL_DIR))?;
         let mut outcome = super::finish_training(env, &curve, &checkpoints, MODEL_DIR, &set.stats)?;
+        if let Outcome::Complete { summary, .. } = &mut outcome {
+            let s = &set.stats;
+            let before = s.queries + s.dropped_without_negatives + s.pseudo_left_out;
+            summary["dropped_share"] =
+                json!(s.dropped_without_negatives as f64 / before.max(1) as f64);
+        }
         if cfg.eval_every.is_some() {
             let best = curve.best_eval();
             let splits: BTreeMap<&str, Option<&str>> = p
-                .datasets
-                .iter()
+                .trained()
                 .map(|d| d.name.as_str())
                 .zip(eval_splits(p))
                 .collect();

@@ -40,6 +40,22 @@ pub struct TrainSettings {
     pub checkpoint_every: u64,
     pub keep_checkpoints: usize,
     pub seed: u64,
+    /// Optimizer steps at least: more epochs are run when `epochs` would give fewer (a
+    /// small dataset's training does not collapse to a few dozen steps). Left out of the
+    /// hash when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_steps: Option<u64>,
+}
+
+impl TrainSettings {
+    /// The epochs run over `per_epoch` micro-batches: `epochs`, or more when `min_steps`
+    /// asks for more optimizer steps.
+    pub fn epochs_for(&self, per_epoch: usize) -> usize {
+        let accum = self.grad_accumulation.max(1) as u64;
+        let per_epoch_steps = (per_epoch as u64).div_ceil(accum).max(1);
+        let needed = self.min_steps.map_or(0, |m| m.div_ceil(per_epoch_steps)) as usize;
+        self.epochs.max(needed)
+    }
 }
 
 /// In-training evaluation: every `every` optimizer steps and after the last, `evaluate`
@@ -65,7 +81,7 @@ pub trait Task {
 /// Sizes of a run: micro-batches per epoch, optimizer steps in all.
 pub fn plan(set: &TrainingSet, s: &TrainSettings) -> (usize, u64) {
     let per_epoch = set.groups.len().div_ceil(s.batch_queries.max(1));
-    let micro = (per_epoch * s.epochs) as u64;
+    let micro = (per_epoch * s.epochs_for(per_epoch)) as u64;
     (per_epoch, micro.div_ceil(s.grad_accumulation.max(1) as u64))
 }
 
@@ -188,7 +204,7 @@ pub fn train(
         total: total_steps - opt.step,
     });
     let accum = s.grad_accumulation.max(1) as u64;
-    let total_micro = (per_epoch * s.epochs) as u64;
+    let total_micro = (per_epoch * s.epochs_for(per_epoch)) as u64;
     let mut plan_epoch: Option<(usize, Vec<Example>)> = None;
     // The values of a step are read back after the next step has been queued, so the
     // host never waits for the GPU to drain (except before a checkpoint).

@@ -1,0 +1,106 @@
+//! A student's ranking of a corpus and a teacher's rerank of its top documents: what the
+//! eval stage measures on the test splits and the teacher stage on the dev slice.
+use crate::data::beir::Texts;
+use crate::error::Result;
+use crate::eval::metrics::{evaluate, trec_order, Judgements, Measures};
+use crate::model::{BiEncoder, CrossEncoder};
+use crate::retrieval;
+use std::collections::BTreeMap;
+use tch::Tensor;
+
+/// Per query id, its (document id, score) list.
+pub type Runs = BTreeMap<String, Vec<(String, f32)>>;
+
+/// Sizes and batches of a retrieval.
+#[derive(Debug, Clone, Copy)]
+pub struct Depth {
+    /// Documents retrieved per query.
+    pub top_k: usize,
+    /// Corpus rows per scoring block.
+    pub corpus_chunk: usize,
+    /// Texts per student encoding batch.
+    pub batch_size: usize,
+}
+
+/// The student's run: for each query (`ids` with their `texts`), its top `top_k`
+/// documents of `corpus` (`embeddings`: the corpus's, in its order), the query itself left
+/// out as BEIR does.
+pub fn retrieve(
+    student: &BiEncoder,
+    embeddings: &Tensor,
+    corpus: &Texts,
+    ids: &[&String],
+    texts: &[&str],
+    depth: Depth,
+) -> Result<Runs> {
+    let q = student
+        .encode(texts, depth.batch_size, &mut |_| {})?
+        .to_device(embeddings.device());
+    let ranking = retrieval::top_k(&q, embeddings, depth.top_k + 1, depth.corpus_chunk)?;
+    Ok(ids
+        .iter()
+        .enumerate()
+        .map(|(row, qid)| {
+            let docs = ranking.indices[row]
+                .iter()
+                .zip(&ranking.scores[row])
+                .map(|(&i, &s)| (corpus.ids[i as usize].clone(), s))
+                .filter(|(doc, _)| doc != *qid)
+                .take(depth.top_k)
+                .collect();
+            ((*qid).clone(), docs)
+        })
+        .collect())
+}
+
+/// The teacher's run: each query's top `k` documents of `run` (in TREC order) scored by
+/// `teacher`; every query of `run` has an entry. `texts[i]` is the text of `ids[i]`.
+pub fn rerank(
+    teacher: &CrossEncoder,
+    run: &Runs,
+    ids: &[&String],
+    texts: &[&str],
+    corpus: &Texts,
+    k: usize,
+    batch_size: usize,
+) -> Result<Runs> {
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    let mut owners: Vec<(&String, String)> = Vec::new();
+    for (qid, text) in ids.iter().zip(texts) {
+        let mut ordered = run.get(*qid).cloned().unwrap_or_default();
+        trec_order(&mut ordered);
+        for (doc, _) in ordered.into_iter().take(k) {
+            pairs.push((text, corpus.text(&doc).unwrap_or_default()));
+            owners.push((*qid, doc));
+        }
+    }
+    let scores = teacher.score(&pairs, batch_size, &mut |_| {})?;
+    let mut out = Runs::new();
+    for qid in ids {
+        out.insert((*qid).clone(), Vec::new());
+    }
+    for ((qid, doc), s) in owners.into_iter().zip(scores) {
+        out.entry(qid.clone()).or_default().push((doc, s));
+    }
+    Ok(out)
+}
+
+/// Per query of `run`, its measures against `judged`.
+pub fn per_query(run: &Runs, judged: &BTreeMap<String, Judgements>) -> Vec<(String, Measures)> {
+    run.iter()
+        .map(|(q, r)| {
+            let none = Judgements::default();
+            (q.clone(), evaluate(r, judged.get(q).unwrap_or(&none)))
+        })
+        .collect()
+}
+
+/// The mean measures of `run` over its queries.
+pub fn mean(run: &Runs, judged: &BTreeMap<String, Judgements>) -> Measures {
+    Measures::mean(
+        &per_query(run, judged)
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect::<Vec<_>>(),
+    )
+}

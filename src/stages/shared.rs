@@ -1,0 +1,152 @@
+//! What several stages share without importing each other: the student's corpus
+//! embeddings (cached across runs) and the teacher's dev slice with its evaluation.
+use super::StageEnv;
+use crate::data::beir::{self, Dataset};
+use crate::data::embeddings::{read_embeddings, write_embeddings};
+use crate::error::{Result, TorchContext};
+use crate::eval::metrics::{Judgements, Measures};
+use crate::eval::rerank::{self, Depth};
+use crate::model::{BiEncoder, CrossEncoder};
+use crate::pipeline::config::DatasetRef;
+use crate::pipeline::events::Event;
+use crate::pipeline::fingerprint;
+use crate::pipeline::Pipeline;
+use serde_json::json;
+use std::collections::BTreeMap;
+use tch::{Kind, Tensor};
+
+/// "bf16" or "fp32": the precision as hashed into stage configurations.
+pub fn kind_name(kind: Kind) -> &'static str {
+    if kind == Kind::BFloat16 {
+        "bf16"
+    } else {
+        "fp32"
+    }
+}
+
+/// Corpus embeddings, from the shared cache when the same student (weights, length,
+/// precision) already encoded the same corpus.
+pub fn corpus_embeddings(
+    env: &mut StageEnv,
+    student: &BiEncoder,
+    student_fp: &str,
+    d: &DatasetRef,
+    ds: &Dataset,
+) -> Result<Tensor> {
+    let p = env.pipeline;
+    let key = fingerprint::json(&json!({
+        "student": student_fp,
+        "corpus": fingerprint::file(&beir::corpus_path(&d.path))?,
+        "strict": d.strict,
+        "max_seq_length": student.spec.max_seq_length,
+        "precision": kind_name(env.kind),
+    }));
+    let path = p
+        .cache_dir
+        .join("embeddings")
+        .join(format!("{key}.parquet"));
+    let dim = student.dim() as usize;
+    if path.exists() {
+        let (ids, values, got_dim) = read_embeddings(&path)?;
+        if ids == ds.corpus.ids && got_dim == dim {
+            return Tensor::f_from_slice(&values)
+                .and_then(|t| t.f_view([ids.len() as i64, dim as i64]))
+                .map(|t| t.to_device(env.device))
+                .ctx(|| format!("loading {}", path.display()));
+        }
+    }
+    let stage = env.name.to_string();
+    env.emit(Event::WorkStarted {
+        stage: stage.clone(),
+        label: format!("encode {}", d.name),
+        total: ds.corpus.len() as u64,
+    });
+    let emb = {
+        let events = &mut *env.events;
+        student.encode(&ds.corpus.texts, p.student.batch_size, &mut |n| {
+            events.emit(Event::WorkProgress {
+                stage: stage.clone(),
+                n: n as u64,
+            })
+        })?
+    };
+    env.emit(Event::WorkFinished { stage });
+    let values = Vec::<f32>::try_from(emb.flatten(0, -1)).ctx(|| "reading embeddings".into())?;
+    let meta = [
+        (
+            "distill.model",
+            student.spec.transformer_dir.display().to_string(),
+        ),
+        (
+            "distill.corpus",
+            beir::corpus_path(&d.path).display().to_string(),
+        ),
+    ];
+    write_embeddings(&path, &ds.corpus.ids, &values, dim, &meta)?;
+    Ok(emb.to_device(env.device))
+}
+
+/// The dev slice of a trained dataset, with its judgements: `p.dev_queries` of the
+/// labelled queries of the training split's qrels (`ds` must hold them), drawn with the
+/// run seed; empty when the slice is off.
+pub fn dev_slice(p: &Pipeline, d: &DatasetRef, ds: &Dataset) -> BTreeMap<String, Judgements> {
+    let Some(qrels) = ds.qrels.get(&d.train_split) else {
+        return BTreeMap::new();
+    };
+    let labelled: Vec<&str> = qrels
+        .iter()
+        .filter(|(_, docs)| docs.values().any(|&g| g > 0))
+        .map(|(q, _)| q.as_str())
+        .collect();
+    crate::data::dev::slice(&d.name, &labelled, p.dev_queries, p.seed)
+        .into_iter()
+        .filter_map(|q| qrels.get(&q).map(|j| (q, j.clone())))
+        .collect()
+}
+
+/// nDCG@10 and MRR@10 of a run, as the summaries record them.
+pub fn headline_measures(m: &Measures) -> serde_json::Value {
+    json!({"ndcg@10": m.ndcg_10, "mrr@10": m.mrr_10})
+}
+
+/// The student alone and (with a teacher) the teacher's rerank of the student's top
+/// `eval.rerank_k`, on the queries of `judged`: their mean measures.
+pub fn evaluate_slice(
+    env: &mut StageEnv,
+    student: (&BiEncoder, &str),
+    teacher: Option<&CrossEncoder>,
+    d: &DatasetRef,
+    ds: &Dataset,
+    judged: &BTreeMap<String, Judgements>,
+) -> Result<(Measures, Option<Measures>)> {
+    let p = env.pipeline;
+    let (model, fp) = student;
+    let embeddings = corpus_embeddings(env, model, fp, d, ds)?;
+    let ids: Vec<&String> = judged.keys().collect();
+    let texts: Vec<&str> = ids
+        .iter()
+        .map(|q| ds.queries.text(q).unwrap_or_default())
+        .collect();
+    let depth = Depth {
+        top_k: p.eval.rerank_k,
+        corpus_chunk: p.mine.corpus_chunk,
+        batch_size: p.student.batch_size,
+    };
+    let run = rerank::retrieve(model, &embeddings, &ds.corpus, &ids, &texts, depth)?;
+    let reranked = match teacher {
+        Some(t) => {
+            let r = rerank::rerank(
+                t,
+                &run,
+                &ids,
+                &texts,
+                &ds.corpus,
+                p.eval.rerank_k,
+                p.teacher.batch_size,
+            )?;
+            Some(rerank::mean(&r, judged))
+        }
+        None => None,
+    };
+    Ok((rerank::mean(&run, judged), reranked))
+}
