@@ -92,7 +92,9 @@ fn trend_over_two_and_three_runs_flags_the_regression_in_its_exit_code() {
     // Two runs, the second better: exit 0, one table, 7 charts per dataset, no flag.
     let (code, err, html) = report(&[&s(&first), &s(&second)], &out);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(structure(&out.join("trend.html")), "1 7 0");
+    // (The first table is the health warnings per run.)
+    assert_eq!(structure(&out.join("trend.html")), "2 7 0");
+    assert!(html.contains("Health warnings per run"), "no health table");
     for needle in ["<script", "src=", "href=", "<link"] {
         assert!(!html.contains(needle), "{needle} in the report");
     }
@@ -125,7 +127,7 @@ fn trend_over_two_and_three_runs_flags_the_regression_in_its_exit_code() {
         err.contains("regression: animals ndcg@10: night-3"),
         "{err}"
     );
-    assert_eq!(structure(&out.join("trend.html")), "1 7 2");
+    assert_eq!(structure(&out.join("trend.html")), "2 7 2");
     assert!(html.contains("REGRESSION"));
     let md = std::fs::read_to_string(out.join("trend.md")).unwrap();
     assert!(md.contains("(regression)**"), "{md}");

@@ -677,3 +677,88 @@ fn report_is_self_contained_html_with_every_table_and_chart() {
         assert!(md.contains(section), "{section} missing");
     }
 }
+
+#[test]
+fn the_contrastive_baseline_trains_on_infonce_alone_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_baseline = |name: &str| {
+        let path = pipeline(dir.path(), name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("[train]\n", "[train]\nbaseline = \"contrastive\"\n"),
+        )
+        .unwrap();
+        path
+    };
+    let reference = with_baseline("reference");
+    run_ok(&reference, &[]);
+    let r = Pipeline::load(&reference).unwrap().run_dir;
+
+    // Killed at step 5 of the baseline's training (between its checkpoints at 4 and 6):
+    // the distilled student is done, the baseline resumes and ends byte for byte the same.
+    let killed = with_baseline("killed");
+    let k = Pipeline::load(&killed).unwrap().run_dir;
+    let p = killed.to_str().unwrap();
+    let out = distill(
+        &["-q", "run", p],
+        &[("DISTILL_FAULT_AT_STEP", "baseline:5")],
+    );
+    assert!(!out.status.success(), "the baseline fault did not fire");
+    assert!(k.join("train/manifest.json").exists());
+    assert!(!k.join("baseline/manifest.json").exists());
+    let status = distill(&["status", p], &[]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("baseline partial (4 of"), "{status}");
+    run_ok(&killed, &[]);
+    for f in [
+        "train/student/model.safetensors",
+        "baseline/student/model.safetensors",
+    ] {
+        assert!(
+            bytes(&r.join(f)) == bytes(&k.join(f)),
+            "{f} differs after resume"
+        );
+    }
+    assert!(
+        bytes(&r.join("train/student/model.safetensors"))
+            != bytes(&r.join("baseline/student/model.safetensors")),
+        "the teacher's terms changed nothing"
+    );
+
+    // The baseline's loss is InfoNCE alone (weight 1 here): no teacher term in its curve,
+    // and its total equals the InfoNCE term at every step; the same steps as train's.
+    let script = "import sys, json, pyarrow.parquet as pq\n\
+                  print(json.dumps(pq.read_table(sys.argv[1]).to_pydict()))";
+    let curve = |stage: &str| -> serde_json::Value {
+        let out = python_stdout(script, &[&r.join(stage).join("loss_curve.parquet")]);
+        serde_json::from_str(&out).unwrap()
+    };
+    let (train, baseline) = (curve("train"), curve("baseline"));
+    assert!(train["kl"].is_array() && train["margin_mse"].is_array());
+    assert!(baseline["kl"].is_null() && baseline["margin_mse"].is_null());
+    let (loss, infonce) = (
+        baseline["loss"].as_array().unwrap(),
+        baseline["infonce"].as_array().unwrap(),
+    );
+    assert_eq!(loss.len(), train["loss"].as_array().unwrap().len());
+    for (l, i) in loss.iter().zip(infonce) {
+        let (l, i) = (l.as_f64().unwrap(), i.as_f64().unwrap());
+        assert!((l - i).abs() <= 1e-5 * l.abs().max(1.0), "{l} vs {i}");
+    }
+
+    // The gain from the teacher is in metrics.json, the report and the headline.
+    let metrics: serde_json::Value = read_json(&r.join("eval/metrics.json"));
+    let m = &metrics["animals"];
+    let gain = m["gain_from_teacher"].as_f64().unwrap();
+    let (d, b) = (
+        m["distilled"]["student"]["ndcg@10"].as_f64().unwrap(),
+        m["baseline"]["student"]["ndcg@10"].as_f64().unwrap(),
+    );
+    assert!((gain - (d - b)).abs() < 1e-12);
+    let md = std::fs::read_to_string(r.join("report/report.md")).unwrap();
+    assert!(md.contains("contrastive baseline") && md.contains("gain from the teacher"));
+    let out = distill(&["run", reference.to_str().unwrap()], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gain from the teacher"), "{err}");
+}

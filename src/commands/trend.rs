@@ -444,17 +444,11 @@ fn render(
             ]
         })
         .collect();
-    let mut health = Table::new(
+    let health = Table::new(
         "Health warnings per run",
         &["run", "warnings", "checks"],
         rows,
     );
-    health.flagged = runs[first..]
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| !r.health.is_empty())
-        .map(|(i, _)| (i, 1))
-        .collect();
     health.markdown(&mut md);
     health.html(&mut html);
     if !newest.health.is_empty() {

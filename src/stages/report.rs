@@ -115,7 +115,10 @@ fn read_curve(path: &Path) -> Result<(Vec<f64>, Series)> {
 fn dev_tables(teacher: Option<&Manifest>, eval: Option<&Manifest>) -> Vec<Table> {
     let mut out = Vec::new();
     let g = |v: &Value, sys: &str, m: &str| v[sys][m].as_f64().unwrap_or(f64::NAN);
-    if let Some(dev) = teacher.and_then(|m| m.summary["dev"].as_object()) {
+    if let Some(dev) = teacher
+        .and_then(|m| m.summary["dev"].as_object())
+        .filter(|d| !d.is_empty())
+    {
         let rows = dev
             .iter()
             .map(|(name, v)| {

@@ -204,7 +204,7 @@ impl Stage for Teacher {
         let checkpoints = env.partial.join("checkpoints");
         let curve = trainer::train(env, &task, vars, &set, &cfg.settings, &checkpoints, None)?;
         export_cross_encoder(&model, &env.dir.join(MODEL_DIR))?;
-        drop(task);
+        // The training model's memory goes before the exported teacher is loaded.
         drop(model);
         let mut outcome = super::finish_training(env, &curve, &checkpoints, MODEL_DIR, &set.stats)?;
         let dev = dev_eval(env, &env.dir.join(MODEL_DIR))?;
