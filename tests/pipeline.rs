@@ -183,6 +183,33 @@ fn full_run_then_unchanged_rerun_skips_everything() {
             .count(),
         6
     );
+
+    // 40 bytes of the candidates overwritten, size unchanged: status names the file, run
+    // redoes mine, and since the redone file is the same, no stage that reads it reruns.
+    let cand_path = p.run_dir.join("mine/candidates.parquet");
+    let good = std::fs::read(&cand_path).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    for b in &mut bad[mid..mid + 40] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&cand_path, &bad).unwrap();
+    let states = runner::status(&p).unwrap();
+    assert_eq!(
+        states[0].state,
+        StageState::Stale(
+            "output `candidates.parquet` was modified (its sha256 differs from the manifest's)"
+                .into()
+        )
+    );
+    // (report reruns: it shows the stages' times, and mine's are new.)
+    let r = run_lib(&path, &quiet());
+    assert_eq!(r.ran, vec!["mine", "report"]);
+    assert_eq!(r.skipped, vec!["teacher", "score", "train", "eval"]);
+    assert!(
+        std::fs::read(&cand_path).unwrap() == good,
+        "mine did not redo its output"
+    );
 }
 
 #[test]
@@ -696,4 +723,49 @@ fn the_shipped_nightly_pipeline_is_valid() {
     assert_eq!(p.name, "nightly");
     assert_eq!(p.mine.range_max, 50);
     assert_eq!(p.score.absolute_margin, Some(0.5));
+}
+
+#[test]
+fn a_truncated_score_shard_is_redone_and_the_stage_completes_as_uninterrupted() {
+    let f = Fixture::new();
+    let reference = f.write("ref", "", "");
+    run_lib(&reference, &quiet());
+    let path = f.write("torn", "", "");
+    let p = path.to_str().unwrap();
+    run_lib(
+        &path,
+        &RunOptions {
+            only: Some("mine".into()),
+            ..quiet()
+        },
+    );
+    let out = distill(&["-q", "run", p], &[("DISTILL_FAULT_AFTER_SHARDS", "3")]);
+    assert!(!out.status.success(), "the fault did not fire");
+    // A committed shard cut in half, as a full disk or a torn copy can leave it.
+    let score_dir = Pipeline::load(&path).unwrap().run_dir.join("score");
+    let partial = std::fs::read_dir(&score_dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|d| {
+            d.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".partial-")
+        })
+        .unwrap();
+    let shard = partial.join("scores-00001.parquet");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
+    let out = distill(&["run", p], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("scores-00001.parquet does not read back"),
+        "{err}"
+    );
+    assert_eq!(
+        output(&path, "score", "teacher_scores.parquet"),
+        output(&reference, "score", "teacher_scores.parquet"),
+        "score differs after the torn shard was redone"
+    );
 }

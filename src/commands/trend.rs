@@ -46,8 +46,9 @@ pub struct RunPoint {
     pub label: String,
     pub finished_unix: u64,
     metrics: Value,
-    /// The run's health warnings (its report's `health.json`; none when it has no report).
-    pub health: Vec<crate::pipeline::health::Finding>,
+    /// The run's health warnings (its completed report's `health.json`); None when the
+    /// run has no completed report or the file does not read.
+    pub health: Option<Vec<crate::pipeline::health::Finding>>,
 }
 
 impl RunPoint {
@@ -207,10 +208,10 @@ fn load(dir: &Path) -> Result<std::result::Result<RunPoint, String>> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| dir.display().to_string());
-    let health_path = dir.join("report").join(crate::stages::report::HEALTH);
-    let health = match health_path.exists() {
-        true => read_json(&health_path)?,
-        false => Vec::new(),
+    let report = dir.join("report");
+    let health = match Manifest::read(&report).ok().flatten() {
+        Some(_) => read_json(&report.join(crate::stages::report::HEALTH)).ok(),
+        None => None,
     };
     Ok(Ok(RunPoint {
         dir: dir.to_path_buf(),
@@ -431,17 +432,20 @@ fn render(
     let first = runs.len().saturating_sub(s.last.max(1));
     let rows: Vec<Vec<String>> = runs[first..]
         .iter()
-        .map(|r| {
-            let checks: Vec<&str> = r.health.iter().map(|f| f.check.as_str()).collect();
-            vec![
-                r.label.clone(),
-                r.health.len().to_string(),
-                if checks.is_empty() {
-                    "-".into()
-                } else {
-                    checks.join(", ")
-                },
-            ]
+        .map(|r| match &r.health {
+            Some(found) => {
+                let checks: Vec<&str> = found.iter().map(|f| f.check.as_str()).collect();
+                vec![
+                    r.label.clone(),
+                    found.len().to_string(),
+                    if checks.is_empty() {
+                        "-".into()
+                    } else {
+                        checks.join(", ")
+                    },
+                ]
+            }
+            None => vec![r.label.clone(), "?".into(), "no completed report".into()],
         })
         .collect();
     let health = Table::new(
@@ -451,14 +455,15 @@ fn render(
     );
     health.markdown(&mut md);
     health.html(&mut html);
-    if !newest.health.is_empty() {
+    let newest_health = newest.health.as_deref().unwrap_or_default();
+    if !newest_health.is_empty() {
         let _ = writeln!(md, "The newest run `{}`:\n", newest.label);
         let _ = writeln!(
             html,
             "<p>The newest run <code>{}</code>:</p>\n<ul>",
             esc(&newest.label)
         );
-        for f in &newest.health {
+        for f in newest_health {
             let _ = writeln!(md, "- {}", f.message);
             let _ = writeln!(html, "<li>{}</li>", esc(&f.message));
         }
@@ -535,7 +540,7 @@ mod tests {
             label: label.into(),
             finished_unix: t,
             metrics: json!({"d": {"distilled": {"student": {"ndcg@10": ndcg}}}}),
-            health: Vec::new(),
+            health: None,
         }
     }
 

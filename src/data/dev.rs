@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DevQueries {
-    /// 10% of the labelled training queries, at least 50 where the split allows (never
-    /// more than a quarter of it), at most 500.
+    /// 10% of the labelled training queries (rounded up), at least 50 where that is at
+    /// most a quarter of the split, at most 500, and never the whole split.
     #[default]
     Auto,
     /// Exactly this many (all but one at most); 0 turns the slice, and the gate, off.
@@ -26,7 +26,11 @@ impl DevQueries {
     /// The slice's size for a split of `n` labelled queries.
     pub fn size(&self, n: usize) -> usize {
         match *self {
-            DevQueries::Auto => n.div_ceil(10).max(50.min(n / 4)).min(500),
+            DevQueries::Auto => n
+                .div_ceil(10)
+                .max(50.min(n / 4))
+                .min(500)
+                .min(n.saturating_sub(1)),
             DevQueries::Count(k) => k.min(n.saturating_sub(1)),
         }
     }
@@ -67,6 +71,9 @@ mod tests {
         assert_eq!(auto.size(16), 4);
         assert_eq!(auto.size(7845), 500);
         assert_eq!(auto.size(0), 0);
+        // A split of one query keeps it for training.
+        assert_eq!(auto.size(1), 0);
+        assert_eq!(auto.size(2), 1);
         assert_eq!(DevQueries::Count(30).size(100), 30);
         assert_eq!(DevQueries::Count(30).size(10), 9);
         assert_eq!(DevQueries::Count(0).size(10), 0);

@@ -268,6 +268,10 @@ impl StudentTrainConfig {
         let mut c = self.clone();
         c.loss.margin_mse = 0.0;
         c.loss.kl = 0.0;
+        // Unused without those terms: left at their defaults so they do not rerun it.
+        c.loss.student_scale = 1.0;
+        c.loss.kl_student_temperature = 1.0;
+        c.loss.kl_teacher_temperature = 1.0;
         c
     }
 }

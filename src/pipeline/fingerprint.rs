@@ -28,6 +28,11 @@ pub fn file(path: &Path) -> Result<String> {
     Ok(digest)
 }
 
+/// sha256 of a file's content, read now (not memoised): what an output is checked with.
+pub fn content(path: &Path) -> Result<String> {
+    hash_file(path)
+}
+
 fn hash_file(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut h = Sha256::new();

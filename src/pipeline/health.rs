@@ -90,10 +90,12 @@ pub fn weak_teacher(teacher_summary: &Value, min_gain: f64) -> Vec<(String, f64,
         return Vec::new();
     };
     dev.iter()
+        .filter(|(_, v)| v["queries"].as_u64() != Some(0))
         .filter_map(|(name, v)| {
-            let s = num(&v["student"]["ndcg@10"])?;
-            let t = num(&v["teacher"]["ndcg@10"])?;
-            (t - s < min_gain).then(|| (name.clone(), s, t))
+            // A number that is missing (or NaN) fails: the gate never lets one through.
+            let s = num(&v["student"]["ndcg@10"]).unwrap_or(f64::NAN);
+            let t = num(&v["teacher"]["ndcg@10"]).unwrap_or(f64::NAN);
+            (t - s < min_gain || (t - s).is_nan()).then(|| (name.clone(), s, t))
         })
         .collect()
 }
@@ -122,6 +124,20 @@ pub fn findings(stage: &str, summary: &Value, cfg: &HealthConfig) -> Vec<Finding
                     "no dev slice (teacher_train.dev_queries = 0): the teacher gate cannot run"
                         .to_string(),
                 );
+            }
+            for (name, v) in summary["dev"].as_object().into_iter().flatten() {
+                if v["queries"].as_u64() == Some(0) {
+                    add(
+                        "no_dev_slice",
+                        Some(name),
+                        0.0,
+                        0.0,
+                        format!(
+                            "{name}: too few labelled training queries for a dev slice: the \
+                             teacher gate cannot check this dataset"
+                        ),
+                    );
+                }
             }
             for (name, s, t) in weak_teacher(summary, cfg.min_teacher_gain) {
                 add(
@@ -327,5 +343,9 @@ mod tests {
         }});
         assert_eq!(weak_teacher(&s, 0.01), vec![("a".to_string(), 0.5, 0.13)]);
         assert!(weak_teacher(&s, -1.0).is_empty());
+        // A missing number fails; a dataset without a slice is not gated but named.
+        let s = json!({"dev": {"a": {"student": {"ndcg@10": 0.5}}, "b": {"queries": 0}}});
+        assert_eq!(weak_teacher(&s, -1.0).len(), 1);
+        assert_eq!(checks("teacher", s), vec!["no_dev_slice", "weak_teacher"]);
     }
 }

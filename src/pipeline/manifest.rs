@@ -36,7 +36,10 @@ pub enum Staleness {
     Missing,
     ConfigChanged,
     InputChanged(String),
+    /// An output is gone or has another size.
     OutputChanged(String),
+    /// An output has its recorded size but not its recorded content (sha256).
+    OutputModified(String),
 }
 
 impl std::fmt::Display for Staleness {
@@ -46,6 +49,12 @@ impl std::fmt::Display for Staleness {
             Staleness::ConfigChanged => write!(f, "its configuration changed"),
             Staleness::InputChanged(k) => write!(f, "input `{k}` changed"),
             Staleness::OutputChanged(k) => write!(f, "output `{k}` is missing or was modified"),
+            Staleness::OutputModified(k) => {
+                write!(
+                    f,
+                    "output `{k}` was modified (its sha256 differs from the manifest's)"
+                )
+            }
         }
     }
 }
@@ -73,7 +82,8 @@ impl Manifest {
     }
 
     /// Does this manifest describe a complete run of the stage with `config_hash` and
-    /// `inputs`, whose outputs are still in place (same sizes)?
+    /// `inputs`, whose outputs are still in place: the same sizes, then the same content
+    /// (sha256, read afresh)?
     pub fn check(
         &self,
         stage_dir: &Path,
@@ -97,6 +107,13 @@ impl Manifest {
                 return Err(Staleness::OutputChanged(name.clone()));
             }
         }
+        for (name, out) in &self.outputs {
+            let same =
+                super::fingerprint::content(&stage_dir.join(name)).is_ok_and(|h| h == out.sha256);
+            if !same {
+                return Err(Staleness::OutputModified(name.clone()));
+            }
+        }
         Ok(())
     }
 
@@ -112,20 +129,14 @@ mod tests {
 
     fn manifest(dir: &Path) -> Manifest {
         std::fs::write(dir.join("out.parquet"), b"12345").unwrap();
+        let sha256 = crate::pipeline::fingerprint::file(&dir.join("out.parquet")).unwrap();
         Manifest {
             stage: "mine".into(),
             distill_version: "0".into(),
             config_hash: "c1".into(),
             config: serde_json::json!({}),
             inputs: [("student".to_string(), "s1".to_string())].into(),
-            outputs: [(
-                "out.parquet".to_string(),
-                OutputFile {
-                    sha256: "x".into(),
-                    bytes: 5,
-                },
-            )]
-            .into(),
+            outputs: [("out.parquet".to_string(), OutputFile { sha256, bytes: 5 })].into(),
             rows: 1,
             started_unix: 0,
             finished_unix: 0,
@@ -148,6 +159,12 @@ mod tests {
         assert_eq!(
             m.check(d.path(), "c1", &other),
             Err(Staleness::InputChanged("student".into()))
+        );
+        // The same size, another content.
+        std::fs::write(d.path().join("out.parquet"), b"12346").unwrap();
+        assert_eq!(
+            m.check(d.path(), "c1", &inputs),
+            Err(Staleness::OutputModified("out.parquet".into()))
         );
         std::fs::write(d.path().join("out.parquet"), b"123").unwrap();
         assert_eq!(

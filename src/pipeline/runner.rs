@@ -275,17 +275,6 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
             }
             continue;
         }
-        if name == "score" && selected(i) {
-            if let Some(teacher) = done.get("teacher") {
-                if let Err(e) = gate(p, teacher, opts.allow_weak_teacher, &mut events) {
-                    events.emit(Event::RunFinished {
-                        ok: false,
-                        seconds: started.elapsed().as_secs_f64(),
-                    });
-                    return Err(e);
-                }
-            }
-        }
         let r = resolve(p, stage.as_ref(), kind, &done)?;
         let forced = opts.force || first.is_some_and(|f| i >= f);
         if !selected(i) || (r.verdict.is_ok() && !forced) {
@@ -296,11 +285,26 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
                         reason: "manifest matches".into(),
                     });
                     report.skipped.push(name.into());
-                    report_health(p, name, m, &mut events, &mut report);
                 }
+                // Every done stage's warnings count (for --strict-health too), selected
+                // or not.
+                report_health(p, name, m, &mut events, &mut report);
                 done.insert(name.into(), m.clone());
             }
             continue;
+        }
+        // The gate stands before any scoring: a teacher that does not beat the student on
+        // the dev slice scores nothing (a score stage already done is not redone).
+        if name == "score" {
+            if let Some(teacher) = done.get("teacher") {
+                if let Err(e) = gate(p, teacher, opts.allow_weak_teacher, &mut events) {
+                    events.emit(Event::RunFinished {
+                        ok: false,
+                        seconds: started.elapsed().as_secs_f64(),
+                    });
+                    return Err(e);
+                }
+            }
         }
         let reason = match &r.verdict {
             Ok(()) => "forced".to_string(),

@@ -5,7 +5,7 @@
 //! teacher's precision); and the recall of the teacher's top 10 by the student's own top
 //! 10 says how much the reranker still adds. Outputs `metrics.json`,
 //! `per_query.parquet` and TREC run files.
-use super::teacher::upstream_output;
+use super::shared::upstream_output;
 use super::{Outcome, Stage, StageEnv};
 use crate::data::beir::{self, Dataset};
 use crate::data::table::write_columns;

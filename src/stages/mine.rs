@@ -174,7 +174,7 @@ impl Stage for Mine {
             let prefix = format!("ds{di}");
             let shards = queries.len().div_ceil(chunk);
             let missing: Vec<usize> = (0..shards)
-                .filter(|&s| !env.shard_path(&prefix, s).exists())
+                .filter(|&s| !env.usable_shard(&env.shard_path(&prefix, s), PairTable::read))
                 .collect();
             if !missing.is_empty() {
                 let corpus = super::shared::corpus_embeddings(env, &student, &student_fp, d, ds)?;

@@ -91,6 +91,26 @@ impl StageEnv<'_> {
         self.partial.join(format!("{prefix}-{index:05}.parquet"))
     }
 
+    /// Whether the shard at `path` is committed and reads back whole (`read`). A shard that
+    /// exists but does not read back (a kill or a full disk can leave one) is removed with a
+    /// warning, so that the stage redoes it instead of failing on it at every run.
+    pub fn usable_shard<T>(&mut self, path: &Path, read: impl FnOnce(&Path) -> Result<T>) -> bool {
+        if !path.exists() {
+            return false;
+        }
+        match read(path) {
+            Ok(_) => true,
+            Err(e) => {
+                self.warn(format!(
+                    "shard {} does not read back ({e}); it is removed and redone",
+                    path.display()
+                ));
+                let _ = std::fs::remove_file(path);
+                false
+            }
+        }
+    }
+
     /// Record that shard `index` of `total` was committed (and let a test fault fire).
     pub fn committed(&mut self, index: usize, total: usize) {
         let stage = self.name.to_string();

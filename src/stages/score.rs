@@ -61,7 +61,7 @@ impl Stage for Score {
         let mut out = BTreeMap::new();
         // The teacher that scores: the trained one's weights, or the given directory.
         let teacher = if p.teacher_from_base {
-            super::teacher::upstream_output(p, upstream, "teacher", super::teacher::WEIGHTS)?
+            super::shared::upstream_output(p, upstream, "teacher", super::teacher::WEIGHTS)?
         } else {
             fingerprint::directory(&p.teacher.path)?
         };
@@ -89,9 +89,10 @@ impl Stage for Score {
         let size = p.score.shard_size;
         let total = candidates.len().div_ceil(size);
         super::write_plan(&env.partial, total)?;
+        let worker = env.shard;
         let mine: Vec<usize> = (0..total)
-            .filter(|&s| env.shard.is_none_or(|sh| sh.owns(s)))
-            .filter(|&s| !env.shard_path("scores", s).exists())
+            .filter(|&s| worker.is_none_or(|sh| sh.owns(s)))
+            .filter(|&s| !env.usable_shard(&env.shard_path("scores", s), ScoreShard::read))
             .collect();
         if !mine.is_empty() {
             let teacher =

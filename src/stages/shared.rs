@@ -3,13 +3,14 @@
 use super::StageEnv;
 use crate::data::beir::{self, Dataset};
 use crate::data::embeddings::{read_embeddings, write_embeddings};
-use crate::error::{Result, TorchContext};
+use crate::error::{Error, Result, TorchContext};
 use crate::eval::metrics::{Judgements, Measures};
 use crate::eval::rerank::{self, Depth};
 use crate::model::{BiEncoder, CrossEncoder};
 use crate::pipeline::config::DatasetRef;
 use crate::pipeline::events::Event;
 use crate::pipeline::fingerprint;
+use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -149,4 +150,23 @@ pub fn evaluate_slice(
         None => None,
     };
     Ok((rerank::mean(&run, judged), reranked))
+}
+
+/// The fingerprint of an upstream stage's output file.
+pub fn upstream_output(
+    p: &Pipeline,
+    upstream: &BTreeMap<String, Manifest>,
+    stage: &str,
+    file: &str,
+) -> Result<String> {
+    upstream
+        .get(stage)
+        .and_then(|m| m.output_fingerprint(file))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Error::config(
+                p.run_dir.join(stage),
+                format!("stage {stage} has no output {file}"),
+            )
+        })
 }

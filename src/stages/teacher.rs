@@ -145,7 +145,7 @@ impl Stage for Teacher {
             out.insert("base".into(), fingerprint::directory(&p.teacher.path)?);
             out.insert(
                 "candidates".into(),
-                upstream_output(p, upstream, "mine", super::mine::OUTPUT)?,
+                shared::upstream_output(p, upstream, "mine", super::mine::OUTPUT)?,
             );
         } else {
             out.insert("teacher".into(), fingerprint::directory(&p.teacher.path)?);
@@ -206,8 +206,10 @@ impl Stage for Teacher {
         export_cross_encoder(&model, &env.dir.join(MODEL_DIR))?;
         // The training model's memory goes before the exported teacher is loaded.
         drop(model);
-        let mut outcome = super::finish_training(env, &curve, &checkpoints, MODEL_DIR, &set.stats)?;
+        // Checked before the checkpoints leave the partial folder: a kill during the check
+        // resumes from the last checkpoint, not from step 0.
         let dev = dev_eval(env, &env.dir.join(MODEL_DIR))?;
+        let mut outcome = super::finish_training(env, &curve, &checkpoints, MODEL_DIR, &set.stats)?;
         if let Outcome::Complete {
             outputs, summary, ..
         } = &mut outcome
@@ -237,6 +239,8 @@ fn dev_eval(env: &mut StageEnv, teacher_dir: &Path) -> Result<serde_json::Value>
             let ds = d.load(&[&d.train_split], p.seed)?;
             let dev = shared::dev_slice(p, d, &ds);
             if dev.is_empty() {
+                // Too few labelled queries for a slice: recorded, so the health check names it.
+                out.insert(d.name.clone(), json!({"queries": 0}));
                 continue;
             }
             let (s, t) =
@@ -268,23 +272,4 @@ fn dev_eval(env: &mut StageEnv, teacher_dir: &Path) -> Result<serde_json::Value>
     let value = serde_json::Value::Object(out);
     crate::data::atomic::write_json(&env.dir.join(DEV_EVAL), &value)?;
     Ok(value)
-}
-
-/// The fingerprint of an upstream stage's output file.
-pub fn upstream_output(
-    p: &Pipeline,
-    upstream: &BTreeMap<String, Manifest>,
-    stage: &str,
-    file: &str,
-) -> Result<String> {
-    upstream
-        .get(stage)
-        .and_then(|m| m.output_fingerprint(file))
-        .map(str::to_string)
-        .ok_or_else(|| {
-            Error::config(
-                p.run_dir.join(stage),
-                format!("stage {stage} has no output {file}"),
-            )
-        })
 }

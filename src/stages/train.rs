@@ -4,7 +4,8 @@
 //! products of the student's embeddings, which for a model with a Normalize module
 //! (all-MiniLM-L6-v2) are cosine similarities. Exports a sentence-transformers directory
 //! and the loss curve.
-use super::teacher::{load_datasets, upstream_output};
+use super::shared::upstream_output;
+use super::teacher::load_datasets;
 use super::{Outcome, Stage, StageEnv};
 use crate::data::beir::Dataset;
 use crate::data::pairs::PairTable;

@@ -51,9 +51,13 @@ impl TrainSettings {
     /// The epochs run over `per_epoch` micro-batches: `epochs`, or more when `min_steps`
     /// asks for more optimizer steps.
     pub fn epochs_for(&self, per_epoch: usize) -> usize {
+        // Steps are ceil(per_epoch x epochs / accum): enough epochs for min_steps x accum
+        // micro-batches.
         let accum = self.grad_accumulation.max(1) as u64;
-        let per_epoch_steps = (per_epoch as u64).div_ceil(accum).max(1);
-        let needed = self.min_steps.map_or(0, |m| m.div_ceil(per_epoch_steps)) as usize;
+        let needed = self
+            .min_steps
+            .map_or(0, |m| (m * accum).div_ceil((per_epoch as u64).max(1)))
+            as usize;
         self.epochs.max(needed)
     }
 }
