@@ -82,8 +82,9 @@ enum Command {
     /// regressions highlighted, and exit code 3 when the newest run's distilled student
     /// dropped more than --threshold below the reference on a checked metric.
     ///
-    /// A folder that is not a run directory is read as a folder of runs; runs whose eval
-    /// stage has not completed are listed and skipped. Writes trend.html and trend.md.
+    /// A folder that is not a run directory is read as a folder of runs; folders that are
+    /// neither, and runs whose eval stage has not completed, are listed and skipped.
+    /// Writes trend.html and trend.md.
     ///
     /// Example: distill report checkpoints/nightly-* --threshold 0.005
     ///          distill report checkpoints --metrics ndcg@10,recall@100 --against best

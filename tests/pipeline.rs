@@ -769,3 +769,49 @@ fn a_truncated_score_shard_is_redone_and_the_stage_completes_as_uninterrupted() 
         "score differs after the torn shard was redone"
     );
 }
+
+#[test]
+fn a_corrupted_embedding_cache_entry_is_recomputed_with_a_warning() {
+    let f = Fixture::new();
+    let path = f.write("cache", "", "");
+    let p = path.to_str().unwrap();
+    let out = distill(&["-q", "run", p, "--only", "mine"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pipeline = Pipeline::load(&path).unwrap();
+    let cache = pipeline.cache_dir.join("embeddings");
+    let entry = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|e| e.extension().is_some_and(|x| x == "parquet"))
+        .unwrap();
+    let good = std::fs::read(&entry).unwrap();
+    // The same size, other bytes: a new night's mine must not use it.
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    for b in &mut bad[mid..mid + 40] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&entry, &bad).unwrap();
+    let out = distill(&["run", p, "--only", "mine", "--name", "night-2"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("does not match its recorded sha256"), "{err}");
+    assert!(
+        std::fs::read(&entry).unwrap() == good,
+        "the entry was not recomputed"
+    );
+    let first = PairTable::read(&pipeline.run_dir.join("mine/candidates.parquet")).unwrap();
+    let second = PairTable::read(
+        &pipeline
+            .run_dir
+            .parent()
+            .unwrap()
+            .join("night-2/mine/candidates.parquet"),
+    )
+    .unwrap();
+    assert_eq!(first, second);
+}

@@ -119,10 +119,18 @@ fn trend_over_two_and_three_runs_flags_the_regression_in_its_exit_code() {
     )));
 
     // Three runs through a quoted glob, given out of order: the newest dropped by 0.03
-    // from the one before, beyond the default threshold -> exit code 3, cells flagged.
+    // from the one before, beyond the default threshold -> exit code 3, cells flagged. A
+    // stray folder the glob also matches (only a log) is skipped with a warning.
+    let stray = root.join("night-stray");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::write(stray.join("log.jsonl"), "{}\n").unwrap();
     let glob = format!("{}/night-*", root.display());
     let (code, err, html) = report(&[&glob], &out);
     assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("warning: skipped") && err.contains("night-stray"),
+        "{err}"
+    );
     assert!(
         err.contains("regression: animals ndcg@10: night-3"),
         "{err}"

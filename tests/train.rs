@@ -761,4 +761,21 @@ fn the_contrastive_baseline_trains_on_infonce_alone_and_resumes_exactly() {
     let out = distill(&["run", reference.to_str().unwrap()], &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("gain from the teacher"), "{err}");
+
+    // Model directories are tracked whole: a deleted tokenizer or pooling file makes its
+    // stage stale, named; the rerun puts it back and what reads the weights is kept.
+    std::fs::remove_file(r.join("teacher/model/tokenizer.json")).unwrap();
+    std::fs::remove_file(r.join("train/student/modules.json")).unwrap();
+    let out = distill(&["status", reference.to_str().unwrap()], &[]);
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.contains("teacher  stale (output `model/tokenizer.json` is missing"),
+        "{status}"
+    );
+    let out = distill(&["run", reference.to_str().unwrap()], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(r.join("teacher/model/tokenizer.json").exists());
+    assert!(r.join("train/student/modules.json").exists());
+    assert!(err.contains("score: skipped"), "{err}");
 }

@@ -152,9 +152,13 @@ fn glob(path: &Path) -> Result<Option<Vec<PathBuf>>> {
     Ok(Some(found))
 }
 
+/// A directory left out of the trend, and why.
+type Skipped = (PathBuf, String);
+
 /// The run directories named: patterns are expanded, and a folder that is not a run is
-/// taken as a folder of runs.
-fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// taken as a folder of runs. A folder that is neither (one holding only a `log.jsonl`, a
+/// stray output folder) is skipped with its reason, not an error.
+fn expand(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<Skipped>)> {
     let mut named = Vec::new();
     for p in paths {
         match glob(p)? {
@@ -163,6 +167,7 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     for p in &named {
         if !p.is_dir() {
             return Err(Error::config(
@@ -180,16 +185,17 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             .filter(|c| c.is_dir() && is_run(c))
             .collect();
         if children.is_empty() {
-            return Err(Error::config(
-                p,
-                "neither a run directory (no eval/, mine/ or train/) nor a folder of them",
+            skipped.push((
+                p.clone(),
+                "neither a run directory (no eval/, mine/ or train/) nor a folder of them".into(),
             ));
+            continue;
         }
         children.sort();
         out.extend(children);
     }
     out.dedup();
-    Ok(out)
+    Ok((out, skipped))
 }
 
 fn load(dir: &Path) -> Result<std::result::Result<RunPoint, String>> {
@@ -295,17 +301,24 @@ pub fn run(s: &TrendSettings) -> Result<TrendOutcome> {
         }
     }
     let mut runs = Vec::new();
-    let mut skipped = Vec::new();
-    for dir in expand(&s.runs)? {
+    let (dirs, mut skipped) = expand(&s.runs)?;
+    for dir in dirs {
         match load(&dir)? {
             Ok(r) => runs.push(r),
             Err(why) => skipped.push((dir, why)),
         }
     }
     if runs.is_empty() {
+        let why: Vec<String> = skipped
+            .iter()
+            .map(|(d, why)| format!("{}: {why}", d.display()))
+            .collect();
         return Err(Error::Setting {
             key: "RUN_DIR".into(),
-            message: "no run with a completed eval stage among the directories given".into(),
+            message: format!(
+                "no run with a completed eval stage among the directories given ({})",
+                why.join("; ")
+            ),
         });
     }
     runs.sort_by(|a, b| (a.finished_unix, &a.label).cmp(&(b.finished_unix, &b.label)));

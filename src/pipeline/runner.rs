@@ -241,9 +241,15 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
         Some(s) => format!("run.shard-{}-of-{}.lock", s.index, s.count),
         None => "run.lock".to_string(),
     };
-    let _lock = RunLock::acquire(&p.run_dir, &lock_name)?;
+    let lock = RunLock::acquire(&p.run_dir, &lock_name)?;
     let verbosity = opts.verbosity.unwrap_or(Verbosity::Normal);
     let mut events = EventSink::new(Some(&p.run_dir.join("log.jsonl")), verbosity)?;
+    if let Some(line) = &lock.took_over {
+        events.emit(Event::Warning {
+            stage: "run".into(),
+            message: line.clone(),
+        });
+    }
     let mut faults = FaultInjector::from_env();
     let names: Vec<String> = (0..stages.len())
         .filter(|&i| selected(i) && stages[i].enabled(p))

@@ -456,7 +456,12 @@ impl Eval {
         let result = cache.join("result.json");
         let files = trec_files(&d.name, "base");
         let names = ["student.trec", "teacher.trec"];
-        if result.exists() {
+        let entries = [result.clone(), cache.join(names[0]), cache.join(names[1])];
+        let hit = result.exists()
+            && entries
+                .iter()
+                .all(|f| super::shared::cache_entry_ok(env, f));
+        if hit {
             let hit: SystemEval = crate::error::read_json(&result)?;
             for (file, name) in files.iter().zip(names) {
                 copy_atomic(&cache.join(name), &env.dir.join(file))?;
@@ -476,9 +481,11 @@ impl Eval {
         std::fs::create_dir_all(&cache).map_err(|e| Error::io(&cache, e))?;
         for (file, name) in files.iter().zip(names) {
             copy_atomic(&env.dir.join(file), &cache.join(name))?;
+            super::shared::record_cache_entry(&cache.join(name))?;
         }
-        // Written last: a cache entry without result.json is never read.
+        // Written last: a cache entry without result.json (and its record) is never read.
         crate::data::atomic::write_json(&result, &fresh)?;
+        super::shared::record_cache_entry(&result)?;
         Ok(fresh)
     }
 }

@@ -228,12 +228,12 @@ pub fn finish_training(
     const CURVE: &str = "loss_curve.parquet";
     curve.write(&env.dir.join(CURVE))?;
     crate::train::checkpoint::publish(checkpoints, &env.dir.join("checkpoints"))?;
+    // Every file of the exported model (weights, configs, tokenizer, pooling): a missing
+    // or changed one makes the stage stale.
+    let mut outputs = model_files(&env.dir, model_dir)?;
+    outputs.push(CURVE.into());
     Ok(Outcome::Complete {
-        outputs: vec![
-            format!("{model_dir}/model.safetensors"),
-            format!("{model_dir}/config.json"),
-            CURVE.into(),
-        ],
+        outputs,
         rows: curve.step.len() as u64,
         summary: {
             let mut summary = serde_json::json!({
@@ -248,6 +248,25 @@ pub fn finish_training(
             summary
         },
     })
+}
+
+/// The files under `root/dir`, as paths relative to `root` (sorted).
+fn model_files(root: &Path, dir: &str) -> Result<Vec<String>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+        for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let path = entry.map_err(|e| Error::io(dir, e))?.path();
+            if path.is_dir() {
+                walk(root, &path, out)?;
+            } else if let Ok(rel) = path.strip_prefix(root) {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(root, &root.join(dir), &mut out)?;
+    out.sort();
+    Ok(out)
 }
 
 /// Number of `.parquet` files in a folder (committed shards).

@@ -25,8 +25,40 @@ pub fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
+/// Whether a cache entry's file still has the content recorded beside it
+/// (`<file>.sha256`, written after the file). An entry without the record, or whose file
+/// changed, is not trusted: the caller recomputes it, with a warning.
+pub fn cache_entry_ok(env: &mut StageEnv, path: &std::path::Path) -> bool {
+    if !path.exists() {
+        return false;
+    }
+    let record = sha256_record(path);
+    let want = std::fs::read_to_string(&record).unwrap_or_default();
+    let ok = fingerprint::content(path).is_ok_and(|h| h == want.trim());
+    if !ok {
+        env.warn(format!(
+            "cache entry {} does not match its recorded sha256 ({}); it is recomputed",
+            path.display(),
+            record.display()
+        ));
+    }
+    ok
+}
+
+/// Record a cache entry's content (after the entry itself is in place).
+pub fn record_cache_entry(path: &std::path::Path) -> Result<()> {
+    let h = fingerprint::content(path)?;
+    crate::data::atomic::write_bytes(&sha256_record(path), h.as_bytes())
+}
+
+fn sha256_record(path: &std::path::Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".sha256");
+    path.with_file_name(name)
+}
+
 /// Corpus embeddings, from the shared cache when the same student (weights, length,
-/// precision) already encoded the same corpus.
+/// precision) already encoded the same corpus (and the entry's content is as recorded).
 pub fn corpus_embeddings(
     env: &mut StageEnv,
     student: &BiEncoder,
@@ -47,7 +79,7 @@ pub fn corpus_embeddings(
         .join("embeddings")
         .join(format!("{key}.parquet"));
     let dim = student.dim() as usize;
-    if path.exists() {
+    if cache_entry_ok(env, &path) {
         let (ids, values, got_dim) = read_embeddings(&path)?;
         if ids == ds.corpus.ids && got_dim == dim {
             return Tensor::f_from_slice(&values)
@@ -84,6 +116,7 @@ pub fn corpus_embeddings(
         ),
     ];
     write_embeddings(&path, &ds.corpus.ids, &values, dim, &meta)?;
+    record_cache_entry(&path)?;
     Ok(emb.to_device(env.device))
 }
 
