@@ -3,6 +3,7 @@
 //! exact resume after a kill, and exported models that sentence-transformers loads.
 use crate::common::distill_output as distill;
 use crate::common::*;
+use distill::data::pairs::PairTable;
 use distill::pipeline::Pipeline;
 use distill::train::losses;
 use distill::train::optimizer::{AdamW, AdamWConfig};
@@ -778,4 +779,97 @@ fn the_contrastive_baseline_trains_on_infonce_alone_and_resumes_exactly() {
     assert!(r.join("teacher/model/tokenizer.json").exists());
     assert!(r.join("train/student/modules.json").exists());
     assert!(err.contains("score: skipped"), "{err}");
+}
+
+#[test]
+fn fold_teachers_score_the_queries_they_never_saw_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_folds = |name: &str| {
+        let path = pipeline(dir.path(), name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace("[teacher_train]\n", "[teacher_train]\nfolds = 2\n");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let reference = with_folds("reference");
+    run_ok(&reference, &[]);
+    let p = Pipeline::load(&reference).unwrap();
+    let r = p.run_dir.clone();
+
+    // Each fold teacher trained on the queries outside its fold, and the summary says so.
+    let manifest: serde_json::Value = read_json(&r.join("teacher/manifest.json"));
+    let folds = manifest["summary"]["folds"].as_array().unwrap();
+    assert_eq!(folds.len(), 2);
+    let cand = PairTable::read(&r.join("mine/candidates.parquet")).unwrap();
+    let queries: std::collections::BTreeSet<(String, String)> = (0..cand.len())
+        .map(|i| (cand.dataset[i].clone(), cand.query_id[i].clone()))
+        .collect();
+    let fold = |ds: &str, q: &str| distill::data::dev::fold_of(p.seed, ds, q, 2);
+    for (k, f) in folds.iter().enumerate() {
+        let outside = queries.iter().filter(|(d, q)| fold(d, q) != k).count();
+        assert_eq!(f["queries"], outside, "fold {k}");
+        assert!(outside > 0 && outside < queries.len());
+    }
+    let files = manifest["outputs"].to_string();
+    assert!(files.contains("fold-0/model.safetensors") && files.contains("fold-1/tokenizer.json"));
+
+    // Every pair was scored by its query's fold teacher, not by the stage's teacher.
+    let scored = PairTable::read(&r.join("score/teacher_scores.parquet")).unwrap();
+    let got = scored.teacher_score.as_ref().unwrap();
+    let ds = distill::data::beir::Dataset::load(&generated("beir_tiny"), &[], true).unwrap();
+    let pair = |i: usize| {
+        (
+            ds.queries.text(&scored.query_id[i]).unwrap().to_string(),
+            ds.corpus.text(&scored.doc_id[i]).unwrap().to_string(),
+        )
+    };
+    let load = |d: &str| {
+        distill::model::CrossEncoder::load(
+            &r.join("teacher").join(d),
+            Some(64),
+            tch::Device::Cpu,
+            tch::Kind::Float,
+        )
+        .unwrap()
+    };
+    let (main, teachers) = (load("model"), [load("fold-0"), load("fold-1")]);
+    let mut differs = false;
+    for i in 0..scored.len() {
+        let k = fold(&scored.dataset[i], &scored.query_id[i]);
+        let pairs = [pair(i)];
+        let want = teachers[k].score(&pairs, 8, &mut |_| {}).unwrap()[0];
+        assert!(
+            (got[i] - want).abs() < 1e-4,
+            "row {i}: {} vs {want}",
+            got[i]
+        );
+        differs |= (main.score(&pairs, 8, &mut |_| {}).unwrap()[0] - want).abs() > 1e-3;
+    }
+    assert!(differs, "the fold teachers score like the stage's teacher");
+
+    // Killed in the stage's teacher, the run resumes to the same fold teachers and scores.
+    let killed = with_folds("killed");
+    let k = Pipeline::load(&killed).unwrap().run_dir;
+    let out = distill(
+        &["-q", "run", killed.to_str().unwrap()],
+        &[("DISTILL_FAULT_AT_STEP", "teacher:4")],
+    );
+    assert!(!out.status.success(), "the teacher fault did not fire");
+    run_ok(&killed, &[]);
+    for f in [
+        "teacher/fold-0/model.safetensors",
+        "teacher/fold-1/model.safetensors",
+        "score/teacher_scores.parquet",
+    ] {
+        assert!(
+            bytes(&r.join(f)) == bytes(&k.join(f)),
+            "{f} differs after resume"
+        );
+    }
+
+    // A fold teacher changed by hand makes the teacher stage stale, and score after it.
+    std::fs::remove_file(r.join("teacher/fold-1/config.json")).unwrap();
+    let out = distill(&["status", reference.to_str().unwrap()], &[]);
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(status.contains("fold-1/config.json"), "{status}");
 }

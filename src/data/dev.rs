@@ -57,9 +57,40 @@ pub fn slice(dataset: &str, queries: &[&str], setting: DevQueries, seed: u64) ->
     ids.into_iter().take(k).map(str::to_string).collect()
 }
 
+/// The fold (of `folds`) a training query belongs to for cross-fitted teacher scores
+/// (`teacher_train.folds`): seeded, and a function of the dataset and the query id alone,
+/// so every stage that asks agrees.
+pub fn fold_of(seed: u64, dataset: &str, query_id: &str, folds: usize) -> usize {
+    if folds <= 1 {
+        return 0;
+    }
+    let mut rng = SplitMix64::for_key(seed, &format!("fold\u{0}{dataset}\u{0}{query_id}"));
+    (rng.next_u64() % folds as u64) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folds_are_seeded_balanced_and_stable() {
+        let f = |seed, q: &str| fold_of(seed, "x", q, 2);
+        let counts = (0..1000).fold([0usize; 2], |mut c, i| {
+            c[f(7, &format!("q{i}"))] += 1;
+            c
+        });
+        // Roughly half each (a binomial(1000, 0.5) is within 80 of 500 almost surely).
+        assert!(counts[0].abs_diff(500) < 80, "{counts:?}");
+        assert_eq!(f(7, "q1"), f(7, "q1"));
+        // Another seed or dataset draws other folds for some queries.
+        assert!((0..50).any(|i| f(7, &format!("q{i}")) != f(8, &format!("q{i}"))));
+        assert!((0..50).any(|i| {
+            let q = format!("q{i}");
+            fold_of(7, "x", &q, 2) != fold_of(7, "y", &q, 2)
+        }));
+        assert!((0..100).all(|i| fold_of(7, "x", &format!("q{i}"), 3) < 3));
+        assert_eq!(fold_of(7, "x", "q1", 1), 0);
+    }
 
     #[test]
     fn sizes_follow_the_rule() {

@@ -187,6 +187,12 @@ pub struct TrainSection {
     /// Labelled training queries per dataset held out as the teacher's dev slice (unset:
     /// 10%, at least 50 where the split allows, at most 500; 0: none, and no gate).
     pub dev_queries: Option<Spanned<usize>>,
+    /// Cross-fitted scores: this many fold teachers, each trained without one fold of the
+    /// training queries, score that fold (1: the one teacher scores everything).
+    pub folds: Option<Spanned<usize>>,
+    /// Whether the teacher trains on the pseudo-queries too (unset: yes). Without them,
+    /// its scores on their candidate lists are judgements of queries it never saw.
+    pub with_pseudo_queries: Option<Spanned<bool>>,
 }
 
 impl Default for TrainSection {
@@ -280,6 +286,19 @@ impl StudentTrainConfig {
 pub struct TeacherTrainConfig {
     pub settings: crate::train::trainer::TrainSettings,
     pub loss: TeacherLoss,
+    /// Fold teachers for cross-fitted scores (`crate::data::dev::fold_of`); 1: none.
+    #[serde(skip_serializing_if = "is_one")]
+    pub folds: usize,
+    #[serde(skip_serializing_if = "is_true")]
+    pub with_pseudo_queries: bool,
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 #[derive(Debug, Deserialize)]
@@ -837,6 +856,21 @@ impl Pipeline {
                         .as_ref()
                         .map(|l| *l.get_ref())
                         .unwrap_or_default(),
+                    folds: match &section.folds {
+                        None => 1,
+                        Some(v) if (1..=10).contains(v.get_ref()) => *v.get_ref(),
+                        Some(v) => {
+                            return Err(c.err(
+                                v.span(),
+                                "teacher_train.folds",
+                                "must be between 1 (no fold teachers) and 10",
+                            ))
+                        }
+                    },
+                    with_pseudo_queries: section
+                        .with_pseudo_queries
+                        .as_ref()
+                        .is_none_or(|v| *v.get_ref()),
                 })
             }
             (None, false) => None,
@@ -1204,6 +1238,13 @@ impl Checker<'_> {
                 "train.dev_queries",
                 "is a [teacher_train] setting (one dev slice serves the gate and both trainings)",
             ));
+        }
+        if let Some(span) = span(&t.folds).or(span(&t.with_pseudo_queries)) {
+            let key = match t.folds.is_some() {
+                true => "train.folds",
+                false => "train.with_pseudo_queries",
+            };
+            return Err(self.err(span, key, "is a [teacher_train] setting"));
         }
         let f = |v: &Option<Spanned<f64>>, key: &str, default: f64, lo: f64, hi: f64| {
             self.opt_f64(v, &format!("train.{key}"), default, lo, hi)

@@ -251,7 +251,7 @@ pub fn finish_training(
 }
 
 /// The files under `root/dir`, as paths relative to `root` (sorted).
-fn model_files(root: &Path, dir: &str) -> Result<Vec<String>> {
+pub fn model_files(root: &Path, dir: &str) -> Result<Vec<String>> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
         for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
             let path = entry.map_err(|e| Error::io(dir, e))?.path();

@@ -22,6 +22,16 @@ pub const OUTPUT: &str = "teacher_scores.parquet";
 
 pub struct Score;
 
+/// The fold teachers that score instead of the stage's teacher (`teacher_train.folds`):
+/// fold k's folder, in fold order; empty without folds.
+fn fold_teacher_dirs(p: &Pipeline) -> Vec<std::path::PathBuf> {
+    let folds = p.teacher_train.as_ref().map_or(1, |t| t.folds);
+    (0..folds)
+        .filter(|_| folds > 1)
+        .map(|k| p.run_dir.join("teacher").join(super::teacher::fold_dir(k)))
+        .collect()
+}
+
 /// The teacher that scores: the one the `teacher` stage trained, or the one given.
 pub fn teacher_dir(p: &Pipeline) -> std::path::PathBuf {
     if p.teacher_from_base {
@@ -66,6 +76,11 @@ impl Stage for Score {
             fingerprint::directory(&p.teacher.path)?
         };
         out.insert("teacher".into(), teacher);
+        for k in 0..fold_teacher_dirs(p).len() {
+            let weights = format!("{}/model.safetensors", super::teacher::fold_dir(k));
+            let fp = super::shared::upstream_output(p, upstream, "teacher", &weights)?;
+            out.insert(format!("teacher fold {k}"), fp);
+        }
         let mine = upstream
             .get("mine")
             .and_then(|m| m.output_fingerprint(super::mine::OUTPUT))
@@ -95,8 +110,24 @@ impl Stage for Score {
             .filter(|&s| !env.usable_shard(&env.shard_path("scores", s), ScoreShard::read))
             .collect();
         if !mine.is_empty() {
-            let teacher =
-                CrossEncoder::load(&teacher_dir(p), p.teacher.max_length, env.device, env.kind)?;
+            // Cross-fitted: each query's pairs go to the fold teacher that never saw it.
+            let fold_dirs = fold_teacher_dirs(p);
+            let teachers = match fold_dirs.is_empty() {
+                true => vec![teacher_dir(p)],
+                false => fold_dirs,
+            }
+            .iter()
+            .map(|dir| CrossEncoder::load(dir, p.teacher.max_length, env.device, env.kind))
+            .collect::<Result<Vec<_>>>()?;
+            let fold = |i: usize| {
+                let folds = teachers.len();
+                crate::data::dev::fold_of(
+                    p.seed,
+                    &candidates.dataset[i],
+                    &candidates.query_id[i],
+                    folds,
+                )
+            };
             let datasets = load_texts(p)?;
             let stage = env.name.to_string();
             let pairs_todo: usize = mine
@@ -110,19 +141,24 @@ impl Stage for Score {
             });
             for s in mine {
                 let rows = s * size..((s + 1) * size).min(candidates.len());
-                let pairs = rows
-                    .clone()
-                    .map(|i| pair_texts(&datasets, &candidates, i))
-                    .collect::<Result<Vec<_>>>()?;
-                let scores = {
+                let mut scores = vec![0f32; rows.len()];
+                for (k, teacher) in teachers.iter().enumerate() {
+                    let in_fold: Vec<usize> = rows.clone().filter(|&i| fold(i) == k).collect();
+                    let pairs = in_fold
+                        .iter()
+                        .map(|&i| pair_texts(&datasets, &candidates, i))
+                        .collect::<Result<Vec<_>>>()?;
                     let events = &mut *env.events;
-                    teacher.score(&pairs, p.teacher.batch_size, &mut |n| {
+                    let got = teacher.score(&pairs, p.teacher.batch_size, &mut |n| {
                         events.emit(Event::WorkProgress {
                             stage: stage.clone(),
                             n: n as u64,
                         })
-                    })?
-                };
+                    })?;
+                    for (&i, s) in in_fold.iter().zip(got) {
+                        scores[i - rows.start] = s;
+                    }
+                }
                 ScoreShard {
                     start: rows.start as u64,
                     scores,

@@ -174,51 +174,104 @@ impl Stage for Teacher {
             .teacher_train
             .clone()
             .ok_or_else(|| Error::config(&p.file, "the teacher stage needs teacher.base"))?;
-        // Fresh tensors (a new classifier, a missing pooler) are drawn from the run seed.
-        tch::manual_seed(crate::train::trainer::init_seed(p.seed, env.name));
-        let mut model = CrossEncoder::from_encoder(
-            &p.teacher.path,
-            p.teacher.max_length,
-            env.device,
-            Kind::Float,
-        )?;
-        // Mixed precision on CUDA: bf16 activations over fp32 master weights.
-        if env.device.is_cuda() {
-            model.bert.set_compute_kind(Kind::BFloat16);
-        }
-        env.warn(format!(
-            "initialised fresh from {}: {}",
-            p.teacher.path.display(),
-            model.import.initialised.join(", ")
-        ));
         let table = PairTable::read(&p.run_dir.join("mine").join(super::mine::OUTPUT))?;
-        let set = TrainingSet::from_table(&table, &load_datasets(p, false)?, false)?;
-        let (_, total) = trainer::plan(&set, &cfg.settings);
+        let with_pseudo = cfg.with_pseudo_queries;
+        let set = TrainingSet::from_table(&table, &load_datasets(p, false)?, false)?
+            .retain(|_, q| with_pseudo || crate::data::pseudo::parse_query_id(q).is_none());
+        // Fold k's teacher trains on every query outside fold k (pseudo-queries included,
+        // when the teacher has them): it scores fold k, which it never saw.
+        let fold_sets: Vec<TrainingSet> = (0..cfg.folds)
+            .filter(|_| cfg.folds > 1)
+            .map(|k| {
+                set.clone()
+                    .retain(|ds, q| crate::data::dev::fold_of(p.seed, ds, q, cfg.folds) != k)
+            })
+            .collect();
+        let total: u64 = std::iter::once(&set)
+            .chain(&fold_sets)
+            .map(|s| trainer::plan(s, &cfg.settings).1)
+            .sum();
         super::write_plan(&env.partial, total as usize)?;
-        let task = TeacherTask {
-            model: &model,
-            set: &set,
-            loss: cfg.loss,
-        };
-        let vars = model.vs.variables().into_iter().collect();
         let checkpoints = env.partial.join("checkpoints");
-        let curve = trainer::train(env, &task, vars, &set, &cfg.settings, &checkpoints, None)?;
-        export_cross_encoder(&model, &env.dir.join(MODEL_DIR))?;
-        // The training model's memory goes before the exported teacher is loaded.
-        drop(model);
+        let stage = env.name;
+        let curve = train_one(env, &cfg, &set, stage, &checkpoints, MODEL_DIR)?;
         // Checked before the checkpoints leave the partial folder: a kill during the check
         // resumes from the last checkpoint, not from step 0.
         let dev = dev_eval(env, &env.dir.join(MODEL_DIR))?;
+        let mut folds = Vec::new();
+        for (k, fold_set) in fold_sets.iter().enumerate() {
+            let name = format!("{stage} fold {k}");
+            let dir = fold_dir(k);
+            let ckpt = env.partial.join(format!("checkpoints-{dir}"));
+            let c = train_one(env, &cfg, fold_set, &name, &ckpt, &dir)?;
+            folds.push(json!({
+                "fold": k,
+                "queries": fold_set.stats.queries,
+                "steps": c.step.len(),
+                "final_loss": c.loss.last(),
+            }));
+        }
         let mut outcome = super::finish_training(env, &curve, &checkpoints, MODEL_DIR, &set.stats)?;
         if let Outcome::Complete {
             outputs, summary, ..
         } = &mut outcome
         {
+            for k in 0..fold_sets.len() {
+                outputs.extend(super::model_files(&env.dir, &fold_dir(k))?);
+            }
             outputs.push(DEV_EVAL.into());
             summary["dev"] = dev;
+            if !folds.is_empty() {
+                summary["folds"] = folds.into();
+            }
         }
         Ok(outcome)
     }
+}
+
+/// The folder of fold `k`'s teacher (`teacher_train.folds`), beside `model`.
+pub fn fold_dir(k: usize) -> String {
+    format!("fold-{k}")
+}
+
+/// One cross-encoder fine-tuned from the base on `set` (the stage's teacher, or a fold
+/// teacher), its fresh tensors drawn from (run seed, `name`), exported to `out` in the
+/// stage's folder; resumes from `checkpoints`.
+fn train_one(
+    env: &mut StageEnv,
+    cfg: &crate::pipeline::config::TeacherTrainConfig,
+    set: &TrainingSet,
+    name: &str,
+    checkpoints: &Path,
+    out: &str,
+) -> Result<crate::train::curve::LossCurve> {
+    let p = env.pipeline;
+    // Fresh tensors (a new classifier, a missing pooler) are drawn from the run seed.
+    tch::manual_seed(crate::train::trainer::init_seed(p.seed, name));
+    let mut model = CrossEncoder::from_encoder(
+        &p.teacher.path,
+        p.teacher.max_length,
+        env.device,
+        Kind::Float,
+    )?;
+    // Mixed precision on CUDA: bf16 activations over fp32 master weights.
+    if env.device.is_cuda() {
+        model.bert.set_compute_kind(Kind::BFloat16);
+    }
+    env.warn(format!(
+        "{name}: initialised fresh from {}: {}",
+        p.teacher.path.display(),
+        model.import.initialised.join(", ")
+    ));
+    let task = TeacherTask {
+        model: &model,
+        set,
+        loss: cfg.loss,
+    };
+    let vars = model.vs.variables().into_iter().collect();
+    let curve = trainer::train(env, &task, vars, set, &cfg.settings, checkpoints, None)?;
+    export_cross_encoder(&model, &env.dir.join(out))?;
+    Ok(curve)
 }
 
 /// The teacher in `teacher_dir` on each trained dataset's dev slice: the base student's

@@ -245,6 +245,14 @@ impl TrainingSet {
         Ok(TrainingSet { groups, stats })
     }
 
+    /// Only the groups for which `keep(dataset, query id)` holds (the teacher's fold and
+    /// pseudo-query choices); the stats count the queries kept.
+    pub fn retain(mut self, keep: impl Fn(&str, &str) -> bool) -> Self {
+        self.groups.retain(|g| keep(&g.dataset, &g.query_id));
+        self.stats.queries = self.groups.len();
+        self
+    }
+
     /// With at most `keep` pseudo-queries per document, picked among the set's own groups
     /// ([`pseudo_left_out`]; `table`, read from `source`, is the one the set was built
     /// from); those left out are counted in the stats.
