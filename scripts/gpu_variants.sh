@@ -9,27 +9,19 @@
 set -euo pipefail
 source "$(dirname "$0")/device_setup.sh"
 run_one() {
-  local name; name=$(python3 -c "import tomllib;print(tomllib.load(open('$1','rb'))['run']['name'])")
   local start; start=$(date +%s)
-  /tmp/distill run "$1" --allow-weak-teacher > "$OUT/$name.log" 2>&1 && rc=0 || rc=$?
-  echo "rc $rc wall $(( $(date +%s) - start ))" >> "$OUT/$name.log"
+  local log; log="$OUT/$(basename "$1" .toml).log"
+  /tmp/distill run "$1" --allow-weak-teacher > "$log" 2>&1 && rc=0 || rc=$?
+  echo "rc $rc wall $(( $(date +%s) - start ))" >> "$log"
 }
-pending=()
-for PIPELINE in "$@"; do
-  run_one "$PIPELINE" &
-  pending+=($!)
-  if (( ${#pending[@]} >= 2 )); then wait "${pending[0]}"; pending=("${pending[@]:1}"); fi
-  sleep 2
-done
-wait
-python3 - "$@" <<'PY' | tee "$OUT/variants.txt"
+rows() {
+python3 - "$@" <<'PY'
 import json, sys, tomllib, os
-print("| pipeline | wall | dataset | dev q | base | distilled | baseline | gain from teacher | teacher rerank |")
-print("|---|---|---|---|---|---|---|---|---|")
 for path in sys.argv[1:]:
     c = tomllib.load(open(path, "rb"))["run"]
     run = c.get("output_root", "checkpoints") + "/" + c["name"]
-    wall = open(f"{os.environ['OUT']}/{c['name']}.log").read().strip().splitlines()[-1]
+    stem = os.path.basename(path).removesuffix(".toml")
+    wall = open(f"{os.environ['OUT']}/{stem}.log").read().strip().splitlines()[-1]
     try:
         m = json.load(open(run + "/eval/metrics.json"))
         t = json.load(open(run + "/teacher/manifest.json"))["summary"]["dev"]
@@ -41,18 +33,19 @@ for path in sys.argv[1:]:
         tr = t.get(ds, {}).get("teacher", {}).get("ndcg@10", float("nan"))
         print(f"| {path} | {wall} | {ds} | {d.get('queries')} | {g('base'):.4f} | {g('distilled'):.4f} "
               f"| {g('baseline'):.4f} | {g('distilled') - g('baseline'):+.4f} | {tr:.4f} |")
-for path in sys.argv[1:]:
-    c = tomllib.load(open(path, "rb"))["run"]
-    run = c.get("output_root", "checkpoints") + "/" + c["name"]
     for stage in ["mine", "teacher", "score", "train", "baseline", "eval"]:
         p = f"{run}/{stage}/manifest.json"
         if os.path.exists(p):
             s = json.load(open(p))
-            summary = {k: v for k, v in s["summary"].items() if k != "dev"}
-            print(f"{c['name']} {stage:8s} {s['seconds']:7.1f} s  {json.dumps(summary)[:300]}")
+            print(f"{stem} {stage:8s} {s['seconds']:7.1f} s  steps {s['summary'].get('steps', '-')}", file=sys.stderr)
 PY
-# The run folders' metrics (test numbers included) come back for the record, unread here.
+}
+echo "| pipeline | wall | dataset | dev q | base | distilled | baseline | gain from teacher | teacher rerank |" | tee "$OUT/variants.txt"
+echo "|---|---|---|---|---|---|---|---|---|" | tee -a "$OUT/variants.txt"
 for PIPELINE in "$@"; do
+  run_one "$PIPELINE"
+  rows "$PIPELINE" | tee -a "$OUT/variants.txt"
+  # The run's metrics (test numbers included) come back for the record, unread here.
   name=$(python3 -c "import tomllib;print(tomllib.load(open('$PIPELINE','rb'))['run']['name'])")
-  cp "checkpoints/$name/eval/metrics.json" "$OUT/$name.metrics.json" 2>/dev/null || true
+  cp "checkpoints/$name/eval/metrics.json" "$OUT/$(basename "$PIPELINE" .toml).metrics.json" 2>/dev/null || true
 done
