@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Whole-pipeline variants compared on the dev slice only, on the device machine from
 # carried files (as scripts/gpu_pipeline.sh): .device/distill.gz, .device/minilm/,
-# .device/data.tgz. Each pipeline runs fresh under its own run name, two at a time.
+# .device/data.tgz.
 # Usage: bash scripts/gpu_variants.sh PIPELINE...
 # Prints per pipeline and dataset the dev slice's nDCG@10 of the base, distilled and
 # baseline students (held-out training queries: never the test split) and the teacher's
