@@ -224,10 +224,12 @@ negatives = 3
 grad_accumulation = 2
 checkpoint_every = 2
 keep_checkpoints = 2
+checkpoints_after_success = "all"
 kl = 0.5
 schedule = "cosine"
 "#,
-        out = dir.join("out").display(),
+        // One output root (and so one cache) per run: the kill tests must train.
+        out = dir.join(format!("out-{name}")).display(),
         student = g("tiny_bi_mean"),
         data = g("beir_tiny"),
     );
@@ -313,11 +315,13 @@ fn killed_training_resumes_to_the_same_weights() {
     for column in ["'margin_mse'", "'kl'", "'infonce'", "'lr'", "'grad_norm'"] {
         assert!(c.contains(column), "{column} missing from the loss curve");
     }
-    // Retention: the last 2 checkpoints are kept.
+    // Retention: the last 2 checkpoints are kept while training; after success the
+    // teacher's are removed (the default) and the student's kept whole ("all").
     let kept: Vec<_> = std::fs::read_dir(k.join("train/checkpoints"))
         .unwrap()
         .collect();
     assert_eq!(kept.len(), 2);
+    assert!(!k.join("teacher/checkpoints").exists());
 
     // The same run with the embedding layer frozen reruns train: the student's embeddings
     // come out as the base student's, bit for bit, while its layers learn.
@@ -872,4 +876,84 @@ fn fold_teachers_score_the_queries_they_never_saw_and_resume_exactly() {
     let out = distill(&["status", reference.to_str().unwrap()], &[]);
     let status = String::from_utf8_lossy(&out.stdout);
     assert!(status.contains("fold-1/config.json"), "{status}");
+}
+
+#[test]
+fn an_unchanged_night_reuses_the_teacher_and_a_changed_cache_entry_is_retrained() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two nights in one output root (so one cache), the second keeping no checkpoints
+    // while training and the last one's weights after.
+    let night = |name: &str, train_keys: &str| {
+        let path = pipeline(dir.path(), name);
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(&format!("out-{name}"), "out")
+            .replace("[train]\n", &format!("[train]\n{train_keys}\n"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let first = night("first", "");
+    run_ok(&first, &[]);
+    let second = night(
+        "second",
+        "keep_checkpoints = 0\ncheckpoints_after_success = \"last\"",
+    )
+    .to_str()
+    .unwrap()
+    .to_string();
+    // The keys above replace the ones the helper wrote.
+    let text = std::fs::read_to_string(&second).unwrap().replace(
+        "keep_checkpoints = 2\ncheckpoints_after_success = \"all\"\n",
+        "",
+    );
+    std::fs::write(&second, text).unwrap();
+    let out = distill(&["run", &second], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("reused from"), "{err}");
+    let (a, b) = (
+        Pipeline::load(&first).unwrap().run_dir,
+        Pipeline::load(Path::new(&second)).unwrap().run_dir,
+    );
+    let weights = "teacher/model/model.safetensors";
+    assert!(bytes(&a.join(weights)) == bytes(&b.join(weights)));
+    let manifest: serde_json::Value = read_json(&b.join("teacher/manifest.json"));
+    assert_eq!(manifest["summary"]["cached"], true);
+    assert!(manifest["summary"]["steps"].as_u64().unwrap() > 0);
+    // keep_checkpoints = 0 and "last": one checkpoint, weights and state only.
+    let kept: Vec<String> = std::fs::read_dir(b.join("train/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let mut files: Vec<String> = std::fs::read_dir(b.join("train/checkpoints").join(&kept[0]))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["state.json", "weights.safetensors"]);
+
+    // A cache entry changed on disk (same size) is not trusted: the teacher trains again,
+    // with a warning, to the same weights.
+    let cache = dir.path().join("out/cache/teacher");
+    let entry = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let cached = entry
+        .join("files")
+        .join(weights.trim_start_matches("teacher/"));
+    let mut data = std::fs::read(&cached).unwrap();
+    let n = data.len();
+    data[n - 8..].copy_from_slice(b"\x00\x01\x02\x03\x04\x05\x06\x07");
+    std::fs::write(&cached, data).unwrap();
+    let third = night("third", "");
+    let out = distill(&["run", third.to_str().unwrap()], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("does not match its recorded sha256"), "{err}");
+    assert!(!err.contains("reused from"), "{err}");
+    let c = Pipeline::load(&third).unwrap().run_dir;
+    assert!(bytes(&a.join(weights)) == bytes(&c.join(weights)));
 }

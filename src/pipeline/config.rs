@@ -147,6 +147,9 @@ pub struct TrainSection {
     pub checkpoint_every: Spanned<usize>,
     #[serde(default = "default_keep")]
     pub keep_checkpoints: Spanned<usize>,
+    /// What is left of the resume checkpoints once the stage has succeeded.
+    #[serde(default)]
+    pub checkpoints_after_success: crate::train::checkpoint::AfterSuccess,
     // [train] only
     pub margin_mse: Option<Spanned<f64>>,
     pub kl: Option<Spanned<f64>>,
@@ -1179,7 +1182,9 @@ impl Checker<'_> {
             max_grad_norm: self.unit(&t.max_grad_norm, &k("max_grad_norm"), 0.0, f64::MAX)?,
             weight_decay: self.unit(&t.weight_decay, &k("weight_decay"), 0.0, 1.0)?,
             checkpoint_every: self.positive(&t.checkpoint_every, &k("checkpoint_every"))? as u64,
-            keep_checkpoints: self.positive(&t.keep_checkpoints, &k("keep_checkpoints"))?,
+            // 0 keeps only the newest while training (resuming needs one).
+            keep_checkpoints: *t.keep_checkpoints.get_ref(),
+            after_success: t.checkpoints_after_success,
             seed,
             // 0 turns the default floor off.
             min_steps: t

@@ -69,6 +69,11 @@ pub struct StageEnv<'a> {
     pub dir: PathBuf,
     /// Folder of committed shards for this configuration and these inputs.
     pub partial: PathBuf,
+    /// sha256 of the stage's config hash and input fingerprints (what names its partial
+    /// folder, and keys the caches of whole stage results).
+    pub identity: String,
+    /// `--force` (or `--from`) asked for this stage: cached whole results are not reused.
+    pub forced: bool,
     pub device: Device,
     pub kind: Kind,
     pub shard: Option<ShardSpec>,
@@ -221,13 +226,13 @@ pub fn training_progress(partial: &Path) -> Option<(usize, usize)> {
 pub fn finish_training(
     env: &StageEnv,
     curve: &crate::train::curve::LossCurve,
-    checkpoints: &Path,
+    (checkpoints, after): (&Path, crate::train::checkpoint::AfterSuccess),
     model_dir: &str,
     stats: &crate::train::data::GroupStats,
 ) -> Result<Outcome> {
     const CURVE: &str = "loss_curve.parquet";
     curve.write(&env.dir.join(CURVE))?;
-    crate::train::checkpoint::publish(checkpoints, &env.dir.join("checkpoints"))?;
+    crate::train::checkpoint::publish(checkpoints, &env.dir.join("checkpoints"), after)?;
     // Every file of the exported model (weights, configs, tokenizer, pooling): a missing
     // or changed one makes the stage stale.
     let mut outputs = model_files(&env.dir, model_dir)?;

@@ -203,3 +203,114 @@ pub fn upstream_output(
             )
         })
 }
+
+/// A whole stage result kept across runs (the trained teacher): the stage's outputs and
+/// summary under `cache/<stage>/<key>/`, keyed by the stage's identity (configuration and
+/// input fingerprints), the device and distill's version, so an unchanged night reuses it.
+pub struct StageCache {
+    dir: std::path::PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CachedOutcome {
+    /// Output path (relative to the stage folder) -> sha256.
+    outputs: BTreeMap<String, String>,
+    rows: u64,
+    summary: serde_json::Value,
+}
+
+const ENTRY: &str = "entry.json";
+
+impl StageCache {
+    pub fn new(env: &StageEnv) -> Self {
+        let key = fingerprint::json(&json!({
+            "identity": env.identity,
+            "device": format!("{:?}", env.device),
+            "distill_version": env!("CARGO_PKG_VERSION"),
+        }));
+        StageCache {
+            dir: env.pipeline.cache_dir.join(env.name).join(key),
+        }
+    }
+
+    /// The cached result, copied into the stage folder, when the entry is whole and every
+    /// file has its recorded content; `None` (with a warning when an entry was there but
+    /// did not verify) otherwise.
+    pub fn restore(&self, env: &mut StageEnv) -> Result<Option<super::Outcome>> {
+        let entry = self.dir.join(ENTRY);
+        if env.forced || !cache_entry_ok(env, &entry) {
+            return Ok(None);
+        }
+        let cached: CachedOutcome = crate::error::read_json(&entry)?;
+        let files = |rel: &String| self.dir.join("files").join(rel);
+        if let Some((rel, _)) = cached
+            .outputs
+            .iter()
+            .find(|(rel, want)| fingerprint::content(&files(rel)).ok().as_ref() != Some(want))
+        {
+            env.warn(format!(
+                "cache entry {} does not match its recorded sha256; the stage runs",
+                files(rel).display()
+            ));
+            return Ok(None);
+        }
+        for rel in cached.outputs.keys() {
+            let dest = env.dir.join(rel);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            let tmp = crate::data::atomic::temp_path(&dest);
+            std::fs::copy(files(rel), &tmp).map_err(|e| Error::io(&tmp, e))?;
+            std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+        }
+        let stage = env.name.to_string();
+        env.emit(Event::Note {
+            stage,
+            message: format!(
+                "inputs and settings unchanged: reused from {}",
+                self.dir.display()
+            ),
+        });
+        let mut summary = cached.summary;
+        summary["cached"] = true.into();
+        Ok(Some(super::Outcome::Complete {
+            outputs: cached.outputs.into_keys().collect(),
+            rows: cached.rows,
+            summary,
+        }))
+    }
+
+    /// Keep a completed result (its files copied, then the entry and its sha256 record).
+    pub fn store(&self, env: &StageEnv, outcome: &super::Outcome) -> Result<()> {
+        let super::Outcome::Complete {
+            outputs,
+            rows,
+            summary,
+        } = outcome
+        else {
+            return Ok(());
+        };
+        let tmp = crate::data::atomic::temp_path(&self.dir);
+        let _ = std::fs::remove_dir_all(&tmp);
+        let mut hashes = BTreeMap::new();
+        for rel in outputs {
+            let dest = tmp.join("files").join(rel);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            std::fs::copy(env.dir.join(rel), &dest).map_err(|e| Error::io(&dest, e))?;
+            hashes.insert(rel.clone(), fingerprint::content(&dest)?);
+        }
+        let entry = CachedOutcome {
+            outputs: hashes,
+            rows: *rows,
+            summary: summary.clone(),
+        };
+        crate::data::atomic::write_json(&tmp.join(ENTRY), &entry)?;
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        }
+        std::fs::rename(&tmp, &self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        record_cache_entry(&self.dir.join(ENTRY))
+    }
+}

@@ -174,6 +174,12 @@ impl Stage for Teacher {
             .teacher_train
             .clone()
             .ok_or_else(|| Error::config(&p.file, "the teacher stage needs teacher.base"))?;
+        // An unchanged night (same settings, base, student and candidates) reuses the
+        // teacher trained before, from the run root's cache.
+        let cache = shared::StageCache::new(env);
+        if let Some(outcome) = cache.restore(env)? {
+            return Ok(outcome);
+        }
         let table = PairTable::read(&p.run_dir.join("mine").join(super::mine::OUTPUT))?;
         let with_pseudo = cfg.with_pseudo_queries;
         let set = TrainingSet::from_table(&table, &load_datasets(p, false)?, false)?
@@ -211,7 +217,13 @@ impl Stage for Teacher {
                 "final_loss": c.loss.last(),
             }));
         }
-        let mut outcome = super::finish_training(env, &curve, &checkpoints, MODEL_DIR, &set.stats)?;
+        let mut outcome = super::finish_training(
+            env,
+            &curve,
+            (&checkpoints, cfg.settings.after_success),
+            MODEL_DIR,
+            &set.stats,
+        )?;
         if let Outcome::Complete {
             outputs, summary, ..
         } = &mut outcome
@@ -225,6 +237,7 @@ impl Stage for Teacher {
                 summary["folds"] = folds.into();
             }
         }
+        cache.store(env, &outcome)?;
         Ok(outcome)
     }
 }

@@ -388,7 +388,13 @@ impl Stage for Train {
             interpolate(&model.vs.variables(), base, *alpha);
         }
         export_bi_encoder(&model, &env.dir.join(MODEL_DIR))?;
-        let mut outcome = super::finish_training(env, &curve, &checkpoints, MODEL_DIR, &set.stats)?;
+        let mut outcome = super::finish_training(
+            env,
+            &curve,
+            (&checkpoints, cfg.settings.after_success),
+            MODEL_DIR,
+            &set.stats,
+        )?;
         if let Outcome::Complete { summary, .. } = &mut outcome {
             let s = &set.stats;
             let before = s.queries + s.dropped_without_negatives + s.pseudo_left_out;

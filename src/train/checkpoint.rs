@@ -152,11 +152,111 @@ pub fn prune(dir: &Path, keep_last: usize, best: Option<u64>) -> Result<()> {
     Ok(())
 }
 
-/// Move the checkpoints of a finished run out of its partial folder (which the runner
-/// removes) to `dest`, replacing what an earlier run left there.
-pub fn publish(from: &Path, dest: &Path) -> Result<()> {
+/// What is left of a training stage's resume checkpoints once it has succeeded
+/// (`checkpoints_after_success`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterSuccess {
+    /// None: the exported model is the stage's result.
+    #[default]
+    Remove,
+    /// The newest checkpoint's weights (and its state), without the optimizer moments.
+    Last,
+    /// Every checkpoint the retention policy kept, moments included.
+    All,
+}
+
+/// Settle the checkpoints of a finished run (in its partial folder, which the runner then
+/// removes) at `dest` as `policy` says, replacing what an earlier run left there.
+pub fn publish(from: &Path, dest: &Path, policy: AfterSuccess) -> Result<()> {
     if dest.exists() {
         std::fs::remove_dir_all(dest).map_err(|e| Error::io(dest, e))?;
     }
+    match policy {
+        AfterSuccess::Remove => return Ok(()),
+        AfterSuccess::All => {}
+        AfterSuccess::Last => {
+            let steps = list(from);
+            for &step in steps.iter().rev().skip(1) {
+                let f = folder(from, step);
+                std::fs::remove_dir_all(&f).map_err(|e| Error::io(&f, e))?;
+            }
+            if let Some(&last) = steps.last() {
+                for moments in ["exp_avg.safetensors", "exp_avg_sq.safetensors"] {
+                    let f = folder(from, last).join(moments);
+                    std::fs::remove_file(&f).map_err(|e| Error::io(&f, e))?;
+                }
+            }
+        }
+    }
     std::fs::rename(from, dest).map_err(|e| Error::io(dest, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checkpoint folders as `save` leaves them, with placeholder files.
+    fn fake(dir: &Path, steps: &[u64]) {
+        for &s in steps {
+            let f = folder(dir, s);
+            std::fs::create_dir_all(&f).unwrap();
+            for name in [
+                "weights.safetensors",
+                "exp_avg.safetensors",
+                "exp_avg_sq.safetensors",
+                "state.json",
+            ] {
+                std::fs::write(f.join(name), name).unwrap();
+            }
+        }
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for step in list(dir) {
+            for e in std::fs::read_dir(folder(dir, step)).unwrap() {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                out.push(format!("{step}/{name}"));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn publish_follows_the_policy_and_replaces_an_old_folder() {
+        let d = tempfile::tempdir().unwrap();
+        for (policy, want) in [
+            (AfterSuccess::Remove, None),
+            (
+                AfterSuccess::Last,
+                Some(vec!["6/state.json", "6/weights.safetensors"]),
+            ),
+            (
+                AfterSuccess::All,
+                Some(vec![
+                    "4/exp_avg.safetensors",
+                    "4/exp_avg_sq.safetensors",
+                    "4/state.json",
+                    "4/weights.safetensors",
+                    "6/exp_avg.safetensors",
+                    "6/exp_avg_sq.safetensors",
+                    "6/state.json",
+                    "6/weights.safetensors",
+                ]),
+            ),
+        ] {
+            let (from, dest) = (d.path().join("partial"), d.path().join("published"));
+            fake(&from, &[4, 6]);
+            fake(&dest, &[1]);
+            publish(&from, &dest, policy).unwrap();
+            match want {
+                None => assert!(!dest.exists(), "{policy:?}"),
+                Some(want) => assert_eq!(files(&dest), want, "{policy:?}"),
+            }
+            let _ = std::fs::remove_dir_all(&from);
+            let _ = std::fs::remove_dir_all(&dest);
+        }
+    }
 }

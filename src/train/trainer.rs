@@ -39,6 +39,10 @@ pub struct TrainSettings {
     /// Optimizer steps between checkpoints (a checkpoint is also written at the end).
     pub checkpoint_every: u64,
     pub keep_checkpoints: usize,
+    /// What is left of the checkpoints once the stage has succeeded (not in the hash: it
+    /// changes no output).
+    #[serde(skip)]
+    pub after_success: super::checkpoint::AfterSuccess,
     pub seed: u64,
     /// Optimizer steps at least: more epochs are run when `epochs` would give fewer (a
     /// small dataset's training does not collapse to a few dozen steps). Left out of the
