@@ -288,6 +288,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check(a) => {
             let p = a.load()?;
+            for w in distill::pipeline::preflight::check(&p)? {
+                eprintln!("warning: {}", w.message);
+            }
             if verbosity > Verbosity::Quiet {
                 println!(
                     "{}: ok (run `{}` in {}, {} dataset(s))",
@@ -408,6 +411,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The error and its causes on one line, each cause once: a cause whose text an outer
+/// message already contains (thiserror messages that embed their source) is not repeated.
+fn causes_once(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = cli.verbose;
@@ -418,7 +438,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", causes_once(&err));
             if verbose || std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
                 eprintln!("{}", err.backtrace());
             }

@@ -116,3 +116,57 @@ fn version_names_libtorch_and_cuda() {
     assert!(text.contains("libtorch 2.11.0"), "{text}");
     assert!(text.contains("CUDA"), "{text}");
 }
+
+#[test]
+fn errors_print_each_cause_once_and_numbers_readably() {
+    let dir = tempfile::tempdir().unwrap();
+    // A truncated weights file: the safetensors reader's message (which names the file)
+    // appears once, not once per level of the cause chain.
+    let model = dir.path().join("model");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(generated("tiny_bi_mean"))
+        .arg(&model)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let weights = model.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() - 100]).unwrap();
+    let input = dir.path().join("c.jsonl");
+    write_corpus(&input);
+    let out = distill()
+        .env_remove("RUST_BACKTRACE")
+        .args(["encode", "--model"])
+        .arg(&model)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.path().join("o.parquet"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.matches("MetadataIncompleteBuffer").count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // A setting without an upper bound says so instead of printing f64::MAX.
+    let text = std::fs::read_to_string(repo().join("pipelines/demo.toml"))
+        .unwrap()
+        .replace("[train]\n", "[train]\nkl = -1.0\n")
+        .replace("\"models/", &format!("\"{}/models/", repo().display()))
+        .replace("\"data/", &format!("\"{}/data/", repo().display()));
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = distill().arg("check").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("train.kl") && err.contains("at least 0"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("17976931348623157"),
+        "f64::MAX printed: {err}"
+    );
+}

@@ -695,10 +695,23 @@ fn bad_input_is_an_error_with_file_and_line_or_a_counted_warning() {
     let out = distill(&["run", path.to_str().unwrap()], &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
+    // The rows are named: on the terminal, and every one in log.jsonl.
     assert!(
-        err.contains("animals: 2 qrels naming an unknown query or document skipped"),
+        err.contains("animals: 2 qrels rows naming an unknown query or document skipped"),
         "{err}"
     );
+    assert!(
+        err.contains("train.tsv:") && err.contains("query `q01`, document `nope`"),
+        "{err}"
+    );
+    let log =
+        std::fs::read_to_string(Pipeline::load(&path).unwrap().run_dir.join("log.jsonl")).unwrap();
+    assert!(log.contains("\"event\":\"detail\"") && log.contains("query `q99`"));
+    // `distill check` reads the same contents and says the same.
+    let out = distill(&["check", path.to_str().unwrap()], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("query `q99`, document `d01`"), "{err}");
 }
 
 #[test]
@@ -814,4 +827,121 @@ fn a_corrupted_embedding_cache_entry_is_recomputed_with_a_warning() {
     )
     .unwrap();
     assert_eq!(first, second);
+}
+
+/// A copy of the generated model `name` in `root`, with `edit` applied to one of its files.
+fn broken_model(
+    root: &Path,
+    name: &str,
+    file: &str,
+    edit: impl FnOnce(Vec<u8>) -> Vec<u8>,
+) -> PathBuf {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let dest = to.join(e.file_name());
+            if e.path().is_dir() {
+                copy(&e.path(), &dest);
+            } else {
+                std::fs::copy(e.path(), dest).unwrap();
+            }
+        }
+    }
+    let dst = root.join(format!("model-{name}-{}", file.replace('/', "_")));
+    copy(&generated(name), &dst);
+    let bytes = std::fs::read(dst.join(file)).unwrap();
+    std::fs::write(dst.join(file), edit(bytes)).unwrap();
+    dst
+}
+
+#[test]
+fn check_reads_contents_and_rejects_each_bad_case_naming_file_and_key() {
+    let f = Fixture::new();
+    let root = f.dir.path();
+    let truncated = broken_model(root, "tiny_bi_mean", "model.safetensors", |mut b| {
+        b.truncate(b.len() - 100);
+        b
+    });
+    let xlmr = broken_model(root, "ce_sigmoid", "config.json", |b| {
+        String::from_utf8(b)
+            .unwrap()
+            .replace(
+                "\"model_type\": \"bert\"",
+                "\"model_type\": \"xlm-roberta\"",
+            )
+            .into_bytes()
+    });
+    let no_train = broken_dataset(root, 50, "qrels/train.tsv", |_| {
+        b"query-id\tcorpus-id\tscore\n".to_vec()
+    });
+    let no_eval = broken_dataset(root, 51, "qrels/test.tsv", |_| {
+        b"query-id\tcorpus-id\tscore\nnobody\tnothing\t1\n".to_vec()
+    });
+    let tiny = generated("tiny_bi_mean").display().to_string();
+    let teacher = generated("ce_sigmoid").display().to_string();
+    let cases: Vec<(&str, PathBuf, String, String, Vec<&str>)> = vec![
+        (
+            "truncated student weights",
+            generated("beir_tiny"),
+            String::new(),
+            tiny.clone() + "=>" + &truncated.display().to_string(),
+            vec!["student.path", "model.safetensors"],
+        ),
+        (
+            "an xlm-roberta teacher",
+            generated("beir_tiny"),
+            String::new(),
+            teacher.clone() + "=>" + &xlmr.display().to_string(),
+            vec!["teacher.path", "config.json", "xlm-roberta"],
+        ),
+        (
+            "a bi-encoder as the teacher",
+            generated("beir_tiny"),
+            String::new(),
+            teacher.clone() + "=>" + &tiny,
+            vec!["teacher.path", "not a cross-encoder", "teacher.base"],
+        ),
+        (
+            "an empty training split",
+            no_train,
+            String::new(),
+            String::new(),
+            vec!["qrels/train.tsv", "dataset.train_split"],
+        ),
+        (
+            "an evaluation split judging no known query",
+            no_eval,
+            "strict = false".into(),
+            String::new(),
+            vec!["qrels/test.tsv", "dataset.eval_split"],
+        ),
+    ];
+    for (i, (what, data, dataset, swap, needles)) in cases.into_iter().enumerate() {
+        let path = f.write_full(&format!("check{i}"), &data, &dataset, "", "");
+        if let Some((from, to)) = swap.split_once("=>") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let (from, to) = (format!("\"{from}\""), format!("\"{to}\""));
+            // The student's path comes first in the file, the teacher's after it.
+            let text = match needles[0] {
+                "student.path" => text.replacen(&from, &to, 1),
+                _ => {
+                    let at = text.rfind(&from).unwrap();
+                    format!("{}{to}{}", &text[..at], &text[at + from.len()..])
+                }
+            };
+            std::fs::write(&path, text).unwrap();
+        }
+        let out = distill(&["check", path.to_str().unwrap()], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{what}: `{n}` missing from: {err}");
+        }
+        // `run` stops at the same check, before any stage wrote anything.
+        let out = distill(&["-q", "run", path.to_str().unwrap()], &[]);
+        assert_eq!(out.status.code(), Some(1), "{what}");
+        let run_dir = Pipeline::load(&path).unwrap().run_dir;
+        assert!(!run_dir.join("mine").exists(), "{what}: mine ran");
+    }
 }

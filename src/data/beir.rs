@@ -56,8 +56,8 @@ pub type Qrels = BTreeMap<String, BTreeMap<String, i64>>;
 pub struct LoadWarnings {
     pub corpus: Skipped,
     pub queries: Skipped,
-    /// `(line, query id, doc id)` of qrels naming an unknown query or document.
-    pub unknown_qrels: Vec<(usize, String, String)>,
+    /// `(qrels file, line, query id, doc id)` of qrels naming an unknown query or document.
+    pub unknown_qrels: Vec<(String, usize, String, String)>,
 }
 
 impl LoadWarnings {
@@ -131,7 +131,12 @@ impl Dataset {
         for split in splits {
             let path = qrels_path(dir, split);
             let (q, unknown) = read_qrels(&path, &queries, &corpus, strict)?;
-            warnings.unknown_qrels.extend(unknown);
+            let file = format!("qrels/{split}.tsv");
+            warnings.unknown_qrels.extend(
+                unknown
+                    .into_iter()
+                    .map(|(line, q, d)| (file.clone(), line, q, d)),
+            );
             qrels.insert(split.to_string(), q);
         }
         Ok(Dataset {

@@ -711,6 +711,15 @@ impl Checker<'_> {
 }
 
 /// Where an optional key was set (`None`: unset).
+/// "must be between lo and hi", or "at least lo" where there is no upper bound (f64::MAX
+/// would print as 309 digits).
+fn range_message(lo: f64, hi: f64) -> String {
+    match hi >= f64::MAX {
+        true => format!("must be a number at least {lo}"),
+        false => format!("must be between {lo} and {hi}"),
+    }
+}
+
 fn span<T>(v: &Option<Spanned<T>>) -> Option<Range<usize>> {
     v.as_ref().map(|v| v.span())
 }
@@ -1137,7 +1146,7 @@ impl Checker<'_> {
     fn unit(&self, v: &Spanned<f64>, key: &str, lo: f64, hi: f64) -> Result<f64> {
         let x = *v.get_ref();
         if !(x >= lo && x <= hi) {
-            return Err(self.err(v.span(), key, format!("must be between {lo} and {hi}")));
+            return Err(self.err(v.span(), key, range_message(lo, hi)));
         }
         Ok(x)
     }

@@ -53,6 +53,11 @@ pub enum Event {
         threshold: f64,
         message: String,
     },
+    /// Every item a warning counted (the skipped qrels rows): logged, not printed.
+    Detail {
+        stage: String,
+        items: Vec<String>,
+    },
     /// Something worth a line at normal verbosity (e.g. a result taken from the cache).
     Note {
         stage: String,

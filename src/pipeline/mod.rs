@@ -6,6 +6,7 @@ pub mod fingerprint;
 pub mod health;
 pub mod lock;
 pub mod manifest;
+pub mod preflight;
 pub mod runner;
 
 pub use config::Pipeline;

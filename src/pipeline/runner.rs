@@ -238,6 +238,8 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
         (None, None) => true,
     };
     let (device, kind) = kind_of(p)?;
+    // The contents behind the file (datasets, models) are read before anything is written.
+    let checked = super::preflight::check(p)?;
     std::fs::create_dir_all(&p.run_dir).map_err(|e| Error::io(&p.run_dir, e))?;
     let lock_name = match opts.shard {
         Some(s) => format!("run.shard-{}-of-{}.lock", s.index, s.count),
@@ -261,6 +263,18 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
         run: p.name.clone(),
         stages: names,
     });
+    for w in checked {
+        events.emit(Event::Warning {
+            stage: "check".into(),
+            message: w.message,
+        });
+        if !w.items.is_empty() {
+            events.emit(Event::Detail {
+                stage: "check".into(),
+                items: w.items,
+            });
+        }
+    }
     let started = Instant::now();
     let mut done: BTreeMap<String, Manifest> = BTreeMap::new();
     let mut report = RunReport::default();

@@ -135,10 +135,8 @@ impl Stage for Mine {
         let student_fp = fingerprint::directory(&p.student.path)?;
         let mut loaded = Vec::new();
         for d in p.trained() {
+            // What a non-strict load skipped was reported by the preflight check.
             let ds = d.load(&[&d.train_split], p.seed)?;
-            for line in ds.warnings.summary() {
-                env.warn(format!("{}: {line}", d.name));
-            }
             let dev = super::shared::dev_slice(p, d, &ds);
             let mut queries = training_queries(&ds, &d.train_split);
             let labelled = queries.len();
