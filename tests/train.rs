@@ -838,15 +838,11 @@ fn fold_teachers_score_the_queries_they_never_saw_and_resume_exactly() {
     };
     let (main, teachers) = (load("model"), [load("fold-0"), load("fold-1")]);
     let mut differs = false;
-    for i in 0..scored.len() {
+    for (i, &g) in got.iter().enumerate() {
         let k = fold(&scored.dataset[i], &scored.query_id[i]);
         let pairs = [pair(i)];
         let want = teachers[k].score(&pairs, 8, &mut |_| {}).unwrap()[0];
-        assert!(
-            (got[i] - want).abs() < 1e-4,
-            "row {i}: {} vs {want}",
-            got[i]
-        );
+        assert!((g - want).abs() < 1e-4, "row {i}: {g} vs {want}");
         differs |= (main.score(&pairs, 8, &mut |_| {}).unwrap()[0] - want).abs() > 1e-3;
     }
     assert!(differs, "the fold teachers score like the stage's teacher");

@@ -271,8 +271,12 @@ fn train_one(
     if env.device.is_cuda() {
         model.bert.set_compute_kind(Kind::BFloat16);
     }
+    let who = match name == env.name {
+        true => String::new(),
+        false => format!("{name}: "),
+    };
     env.warn(format!(
-        "{name}: initialised fresh from {}: {}",
+        "{who}initialised fresh from {}: {}",
         p.teacher.path.display(),
         model.import.initialised.join(", ")
     ));
