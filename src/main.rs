@@ -273,7 +273,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_seq_length: a.max_seq_length,
                 verbosity,
             };
-            let summary = encode::run(&settings).context("encode failed")?;
+            let summary = encode::run(&settings);
+            for notice in distill::model::bert::take_notices() {
+                eprintln!("warning: {notice}");
+            }
+            let summary = summary.context("encode failed")?;
             if verbosity > Verbosity::Quiet {
                 eprintln!(
                     "encoded {} texts ({} tokens, dim {}) in {:.2} s: {:.1} texts/s -> {}",

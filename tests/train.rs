@@ -315,6 +315,21 @@ fn killed_training_resumes_to_the_same_weights() {
     for column in ["'margin_mse'", "'kl'", "'infonce'", "'lr'", "'grad_norm'"] {
         assert!(c.contains(column), "{column} missing from the loss curve");
     }
+    // Every optimizer step is a typed event in log.jsonl, with its loss and terms.
+    let log = std::fs::read_to_string(r.join("log.jsonl")).unwrap();
+    let steps: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "train_step" && v["stage"] == "train")
+        .collect();
+    let manifest: serde_json::Value = read_json(&r.join("train/manifest.json"));
+    assert_eq!(
+        steps.len() as u64,
+        manifest["summary"]["steps"].as_u64().unwrap()
+    );
+    assert!(steps
+        .iter()
+        .all(|v| v["loss"].is_f64() && v["terms"]["kl"].is_f64()));
     // Retention: the last 2 checkpoints are kept while training; after success the
     // teacher's are removed (the default) and the student's kept whole ("all").
     let kept: Vec<_> = std::fs::read_dir(k.join("train/checkpoints"))

@@ -53,6 +53,23 @@ pub enum Event {
         threshold: f64,
         message: String,
     },
+    /// One optimizer step of a training stage (logged, not printed): the loss per step in
+    /// `log.jsonl`, beside `loss_curve.parquet`.
+    TrainStep {
+        stage: String,
+        step: u64,
+        epoch: u64,
+        lr: f64,
+        loss: f32,
+        grad_norm: f32,
+        terms: std::collections::BTreeMap<String, f32>,
+    },
+    /// An in-training evaluation (logged): nDCG@10 per dataset.
+    TrainEval {
+        stage: String,
+        step: u64,
+        ndcg10: std::collections::BTreeMap<String, f64>,
+    },
     /// Every item a warning counted (the skipped qrels rows): logged, not printed.
     Detail {
         stage: String,

@@ -458,7 +458,11 @@ fn run_stage(
         events,
         faults,
     };
-    let outcome = stage.run(&mut env)?;
+    let outcome = stage.run(&mut env);
+    for notice in crate::model::bert::take_notices() {
+        env.warn(notice);
+    }
+    let outcome = outcome?;
     let (outputs, rows, summary) = match outcome {
         Outcome::Partial { done, total } => {
             env.emit(Event::StagePartial {

@@ -128,6 +128,60 @@ impl StageEnv<'_> {
     }
 }
 
+/// A stage hosts the training loop: its events become the stage's log lines, progress
+/// bar and shard records.
+impl crate::train::trainer::Host for StageEnv<'_> {
+    fn event(&mut self, event: crate::train::trainer::TrainEvent) {
+        use crate::train::trainer::TrainEvent as T;
+        let stage = self.name.to_string();
+        match event {
+            T::Resumed { step, total } => self.warn(format!(
+                "resuming from the checkpoint at step {step} of {total}"
+            )),
+            T::Started { remaining, .. } => self.emit(Event::WorkStarted {
+                label: format!("{stage} steps"),
+                stage,
+                total: remaining,
+            }),
+            T::Step {
+                step,
+                epoch,
+                lr,
+                loss,
+                grad_norm,
+                terms,
+            } => {
+                self.emit(Event::WorkProgress {
+                    stage: stage.clone(),
+                    n: 1,
+                });
+                self.emit(Event::TrainStep {
+                    stage,
+                    step,
+                    epoch,
+                    lr,
+                    loss,
+                    grad_norm,
+                    terms: terms.into_iter().collect(),
+                });
+            }
+            T::Evaluated { step, values } => self.emit(Event::TrainEval {
+                stage,
+                step,
+                ndcg10: values.into_iter().collect(),
+            }),
+            T::CheckpointWritten { step, total } => {
+                self.committed((step - 1) as usize, total as usize)
+            }
+            T::Finished => self.emit(Event::WorkFinished { stage }),
+        }
+    }
+
+    fn after_step(&mut self, step: u64) {
+        self.faults.after_step(self.name, step);
+    }
+}
+
 /// Fault injection for the crash-recovery tests: with `DISTILL_FAULT_AFTER_SHARDS=N` the
 /// process aborts (as if killed with SIGKILL) right after its N-th committed shard; with
 /// `DISTILL_FAULT_AT_STEP=N` (or `STAGE:N`), right after training step N of any (that)

@@ -12,8 +12,6 @@ use super::data::{Batching, Example, TrainingSet};
 use super::optimizer::{AdamW, AdamWConfig};
 use super::schedule::{Decay, Schedule};
 use crate::error::{Error, Result};
-use crate::pipeline::events::Event;
-use crate::stages::StageEnv;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -80,6 +78,50 @@ pub struct Monitor<'a> {
 /// nDCG@10 per dataset (name, value) of the model as it is.
 pub type Evaluate<'a> = dyn FnMut() -> Result<Vec<(String, f64)>> + 'a;
 
+/// What the training loop reports. The loop knows nothing of stages or logs: its caller
+/// (a stage, a benchmark) decides where each event goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainEvent {
+    /// Resumed from the checkpoint at `step` (of `total` optimizer steps).
+    Resumed {
+        step: u64,
+        total: u64,
+    },
+    /// The loop starts with `remaining` of `total` steps to run.
+    Started {
+        remaining: u64,
+        total: u64,
+    },
+    /// One optimizer step: its loss (the sum over micro-batches), named terms, learning
+    /// rate and gradient norm (before clipping).
+    Step {
+        step: u64,
+        epoch: u64,
+        lr: f64,
+        loss: f32,
+        grad_norm: f32,
+        terms: Vec<(String, f32)>,
+    },
+    /// In-training evaluation at `step`: nDCG@10 per dataset.
+    Evaluated {
+        step: u64,
+        values: Vec<(String, f64)>,
+    },
+    /// A checkpoint of `step` (of `total`) is written.
+    CheckpointWritten {
+        step: u64,
+        total: u64,
+    },
+    Finished,
+}
+
+/// The training loop's caller: where its events go, and a hook after every optimizer
+/// step (the tests' fault injection).
+pub trait Host {
+    fn event(&mut self, event: TrainEvent);
+    fn after_step(&mut self, _step: u64) {}
+}
+
 /// A model and a loss over micro-batches of examples.
 pub trait Task {
     /// Total loss of a micro-batch (differentiable) and its terms (values, for the curve).
@@ -117,7 +159,7 @@ struct PendingStep {
 
 impl PendingStep {
     /// Read the step's values back in one copy, add them to the curve, report progress.
-    fn resolve(self, curve: &mut LossCurve, env: &mut StageEnv, stage: &str) -> Result<()> {
+    fn resolve(self, curve: &mut LossCurve, host: &mut dyn Host) -> Result<()> {
         let n = self.losses.len();
         let mut scalars: Vec<Tensor> = self.losses.iter().map(|t| t.to_kind(Kind::Float)).collect();
         scalars.extend(
@@ -160,9 +202,13 @@ impl PendingStep {
             grad_norm,
             &terms,
         );
-        env.emit(Event::WorkProgress {
-            stage: stage.to_string(),
-            n: 1,
+        host.event(TrainEvent::Step {
+            step: self.step,
+            epoch: self.epoch as u64,
+            lr: self.lr,
+            loss: loss_sum as f32,
+            grad_norm,
+            terms,
         });
         Ok(())
     }
@@ -171,7 +217,7 @@ impl PendingStep {
 /// Train `vars` (named trainable tensors of the task's model) on `set`. Checkpoints go to
 /// `checkpoints`; an existing checkpoint there is resumed from.
 pub fn train(
-    env: &mut StageEnv,
+    host: &mut dyn Host,
     task: &dyn Task,
     vars: BTreeMap<String, Tensor>,
     set: &TrainingSet,
@@ -201,15 +247,14 @@ pub fn train(
     let mut curve = LossCurve::default();
     if let Some(&last) = checkpoint::list(checkpoints).last() {
         curve = checkpoint::load(checkpoints, last, &mut opt)?;
-        env.warn(format!(
-            "resuming from the checkpoint at step {last} of {total_steps}"
-        ));
+        host.event(TrainEvent::Resumed {
+            step: last,
+            total: total_steps,
+        });
     }
-    let stage = env.name.to_string();
-    env.emit(Event::WorkStarted {
-        stage: stage.clone(),
-        label: format!("{stage} steps"),
-        total: total_steps - opt.step,
+    host.event(TrainEvent::Started {
+        remaining: total_steps - opt.step,
+        total: total_steps,
     });
     let accum = s.grad_accumulation.max(1) as u64;
     let total_micro = (per_epoch * s.epochs_for(per_epoch)) as u64;
@@ -254,7 +299,7 @@ pub fn train(
         opt.step(record.lr)?;
         record.step = opt.step;
         if let Some(previous) = pending.replace(record) {
-            previous.resolve(&mut curve, env, &stage)?;
+            previous.resolve(&mut curve, host)?;
         }
         let last = opt.step == total_steps;
         let evaluate = monitor
@@ -262,10 +307,14 @@ pub fn train(
             .is_some_and(|m| opt.step % m.every.max(1) == 0 || last);
         if opt.step % s.checkpoint_every.max(1) == 0 || last || evaluate {
             if let Some(current) = pending.take() {
-                current.resolve(&mut curve, env, &stage)?;
+                current.resolve(&mut curve, host)?;
             }
             if let Some(m) = monitor.as_mut().filter(|_| evaluate) {
                 let values = (m.evaluate)()?;
+                host.event(TrainEvent::Evaluated {
+                    step: opt.step,
+                    values: values.clone(),
+                });
                 curve
                     .evals
                     .push(super::curve::EvalPoint::new(opt.step, values));
@@ -276,12 +325,15 @@ pub fn train(
                 .map(|e| e.step);
             checkpoint::save(checkpoints, &opt, &curve)?;
             checkpoint::prune(checkpoints, s.keep_checkpoints, best)?;
-            env.committed((opt.step - 1) as usize, total_steps as usize);
+            host.event(TrainEvent::CheckpointWritten {
+                step: opt.step,
+                total: total_steps,
+            });
         }
-        env.faults.after_step(&stage, opt.step);
+        host.after_step(opt.step);
     }
     if let Some(last) = pending.take() {
-        last.resolve(&mut curve, env, &stage)?;
+        last.resolve(&mut curve, host)?;
     }
     if let Some(best) = curve
         .best_eval()
@@ -289,6 +341,6 @@ pub fn train(
     {
         checkpoint::restore_weights(checkpoints, best.step, &mut opt)?;
     }
-    env.emit(Event::WorkFinished { stage });
+    host.event(TrainEvent::Finished);
     Ok(curve)
 }

@@ -95,12 +95,28 @@ impl Norm {
             Ok(y) => Some(y),
             Err(e) => {
                 if FUSED.swap(false, Ordering::Relaxed) {
-                    eprintln!("warning: fused add + LayerNorm turned off, aten runs instead: {e}");
+                    if let Ok(mut n) = NOTICES.lock() {
+                        n.push(format!(
+                            "fused add + LayerNorm turned off, aten runs instead: {e}"
+                        ));
+                    }
                 }
                 None
             }
         }
     }
+}
+
+/// Kernel fallbacks decided during a forward pass, for the caller to report (library code
+/// does not print): see [`take_notices`].
+static NOTICES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The kernel fallbacks noticed since the last call (each is reported once).
+pub fn take_notices() -> Vec<String> {
+    NOTICES
+        .lock()
+        .map(|mut n| std::mem::take(&mut *n))
+        .unwrap_or_default()
 }
 
 static PACKED: AtomicBool = AtomicBool::new(true);
