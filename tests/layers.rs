@@ -98,6 +98,28 @@ fn no_module_uses_a_layer_above_its_own() {
     assert!(violations.is_empty(), "{}", violations.join("\n"));
 }
 
+/// The stages: each file wires its inputs to its outputs; what two of them share lives in
+/// `stages::shared` and `stages::paths`.
+const STAGES: [&str; 6] = ["mine", "teacher", "score", "train", "eval", "report"];
+
+#[test]
+fn no_stage_imports_another() {
+    let mut found = Vec::new();
+    for stage in STAGES {
+        let file = repo().join("src/stages").join(format!("{stage}.rs"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        for other in STAGES.iter().filter(|&&o| o != stage) {
+            for form in [format!("super::{other}::"), format!("stages::{other}::")] {
+                if code.contains(&form) {
+                    found.push(format!("src/stages/{stage}.rs uses {form}"));
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
 #[test]
 fn the_rule_sees_a_violation() {
     // The checker itself: a training file naming a stage is caught.

@@ -203,10 +203,10 @@ fn load(dir: &Path) -> Result<std::result::Result<RunPoint, String>> {
     let Some(manifest) = Manifest::read(&eval)? else {
         return Ok(Err("its eval stage has not completed".into()));
     };
-    let metrics: Value = read_json(&eval.join(crate::stages::eval::METRICS))?;
+    let metrics: Value = read_json(&eval.join(crate::stages::paths::eval::METRICS))?;
     if !metrics.is_object() {
         return Err(Error::config(
-            eval.join(crate::stages::eval::METRICS),
+            eval.join(crate::stages::paths::eval::METRICS),
             "expected an object of datasets",
         ));
     }
@@ -216,7 +216,7 @@ fn load(dir: &Path) -> Result<std::result::Result<RunPoint, String>> {
         .unwrap_or_else(|| dir.display().to_string());
     let report = dir.join("report");
     let health = match Manifest::read(&report).ok().flatten() {
-        Some(_) => read_json(&report.join(crate::stages::report::HEALTH)).ok(),
+        Some(_) => read_json(&report.join(crate::stages::paths::report::HEALTH)).ok(),
         None => None,
     };
     Ok(Ok(RunPoint {

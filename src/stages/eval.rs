@@ -5,9 +5,11 @@
 //! teacher's precision); and the recall of the teacher's top 10 by the student's own top
 //! 10 says how much the reranker still adds. Outputs `metrics.json`,
 //! `per_query.parquet` and TREC run files.
+use super::paths::eval::{METRICS, PER_QUERY};
+use super::paths::StageId;
 use super::shared::upstream_output;
 use super::{Outcome, Stage, StageEnv};
-use crate::data::beir::{self, Dataset};
+use crate::data::beir::Dataset;
 use crate::data::table::write_columns;
 use crate::error::{Error, Result};
 use crate::eval::metrics::{trec_order, Judgements, Measures};
@@ -24,9 +26,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::Kind;
 
-pub const METRICS: &str = "metrics.json";
-pub const PER_QUERY: &str = "per_query.parquet";
-
 pub struct Eval;
 
 /// The students compared: the base one, the one the `train` stage produced, and the
@@ -36,13 +35,17 @@ fn students(p: &Pipeline) -> Vec<(&'static str, PathBuf)> {
         ("base", p.student.path.clone()),
         (
             "distilled",
-            p.run_dir.join("train").join(super::train::MODEL_DIR),
+            p.run_dir
+                .join(StageId::Train.name())
+                .join(super::paths::train::MODEL_DIR),
         ),
     ];
     if p.train.baseline.is_some() {
         out.push((
             "baseline",
-            p.run_dir.join("baseline").join(super::train::MODEL_DIR),
+            p.run_dir
+                .join("baseline")
+                .join(super::paths::train::MODEL_DIR),
         ));
     }
     out
@@ -106,13 +109,17 @@ fn write_trec(path: &Path, run: &BTreeMap<String, Vec<(String, f32)>>, tag: &str
 
 impl Stage for Eval {
     fn name(&self) -> &'static str {
-        "eval"
+        StageId::Eval.name()
     }
 
     fn upstream(&self, p: &Pipeline) -> Vec<&'static str> {
         match p.train.baseline {
-            Some(_) => vec!["teacher", "train", "baseline"],
-            None => vec!["teacher", "train"],
+            Some(_) => vec![
+                StageId::Teacher.name(),
+                StageId::Train.name(),
+                StageId::Baseline.name(),
+            ],
+            None => vec![StageId::Teacher.name(), StageId::Train.name()],
         }
     }
 
@@ -151,16 +158,31 @@ impl Stage for Eval {
         );
         out.insert(
             "distilled_student".into(),
-            upstream_output(p, upstream, "train", super::train::WEIGHTS)?,
+            upstream_output(
+                p,
+                upstream,
+                StageId::Train.name(),
+                super::paths::train::WEIGHTS,
+            )?,
         );
         if p.train.baseline.is_some() {
             out.insert(
                 "baseline_student".into(),
-                upstream_output(p, upstream, "baseline", super::train::WEIGHTS)?,
+                upstream_output(
+                    p,
+                    upstream,
+                    StageId::Baseline.name(),
+                    super::paths::train::WEIGHTS,
+                )?,
             );
         }
         let teacher = if p.teacher_from_base {
-            upstream_output(p, upstream, "teacher", super::teacher::WEIGHTS)?
+            upstream_output(
+                p,
+                upstream,
+                StageId::Teacher.name(),
+                super::paths::teacher::WEIGHTS,
+            )?
         } else {
             fingerprint::directory(&p.teacher.path)?
         };
@@ -170,7 +192,7 @@ impl Stage for Eval {
             if !d.watch && !p.dev_queries.is_off() {
                 splits.push(&d.train_split);
             }
-            super::mine::dataset_inputs(d, &splits, &mut out)?;
+            super::shared::dataset_inputs(d, &splits, &mut out)?;
         }
         Ok(out)
     }
@@ -184,7 +206,7 @@ impl Stage for Eval {
         let runs_dir = env.dir.join("runs");
         std::fs::create_dir_all(&runs_dir).map_err(|e| Error::io(&runs_dir, e))?;
         let teacher = CrossEncoder::load(
-            &super::score::teacher_dir(p),
+            &super::paths::teacher_dir(p),
             p.teacher.max_length,
             env.device,
             env.kind,
@@ -304,52 +326,6 @@ struct Split<'a> {
     judged: &'a BTreeMap<String, Judgements>,
 }
 
-/// The judged queries of a split and their texts (a judged query missing from the
-/// queries file is an error naming it).
-fn judged_texts<'a>(
-    d: &DatasetRef,
-    ds: &'a Dataset,
-    judged: &'a BTreeMap<String, Judgements>,
-) -> Result<(Vec<&'a String>, Vec<&'a str>)> {
-    let queries: Vec<&String> = judged.keys().collect();
-    let texts = queries
-        .iter()
-        .map(|q| {
-            ds.queries.text(q).ok_or_else(|| {
-                Error::config(
-                    beir::queries_path(&d.path),
-                    format!("query `{q}` is judged but missing"),
-                )
-            })
-        })
-        .collect::<Result<_>>()?;
-    Ok((queries, texts))
-}
-
-/// nDCG@10 of `student` on the judged queries of `judged` (mean over queries), as the
-/// eval stage computes it, with the corpus (`corpus`: its tokens) encoded afresh:
-/// in-training evaluation.
-pub fn student_ndcg10(
-    p: &Pipeline,
-    student: &BiEncoder,
-    d: &DatasetRef,
-    ds: &Dataset,
-    judged: &BTreeMap<String, Judgements>,
-    corpus: &[crate::model::tokenizer::Encoded],
-) -> Result<f64> {
-    let corpus = student
-        .encode_tokenized(corpus, p.student.batch_size, &mut |_| {})?
-        .to_device(student.device());
-    let (queries, texts) = judged_texts(d, ds, judged)?;
-    let depth = Depth {
-        top_k: p.eval.top_k,
-        corpus_chunk: p.mine.corpus_chunk,
-        batch_size: p.student.batch_size,
-    };
-    let run = rerank::retrieve(student, &corpus, &ds.corpus, &queries, &texts, depth)?;
-    Ok(rerank::mean(&run, judged).ndcg_10)
-}
-
 fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
     let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
     crate::data::atomic::write_bytes(to, &bytes)
@@ -376,7 +352,7 @@ impl Eval {
         let student = BiEncoder::load(path, env.device, env.kind, max_length)?;
         let fp = fingerprint::directory(path)?;
         let corpus = super::shared::corpus_embeddings(env, &student, &fp, d, ds)?;
-        let (queries, texts) = judged_texts(d, ds, judged)?;
+        let (queries, texts) = super::shared::judged_texts(d, ds, judged)?;
         let depth = Depth {
             top_k: p.eval.top_k,
             corpus_chunk: p.mine.corpus_chunk,
@@ -437,10 +413,10 @@ impl Eval {
         let d = split.d;
         let p = env.pipeline;
         let mut data = BTreeMap::new();
-        super::mine::dataset_inputs(d, &[&d.eval_split], &mut data)?;
+        super::shared::dataset_inputs(d, &[&d.eval_split], &mut data)?;
         let key = fingerprint::json(&json!({
             "student": fingerprint::directory(path)?,
-            "teacher": fingerprint::directory(&super::score::teacher_dir(p))?,
+            "teacher": fingerprint::directory(&super::paths::teacher_dir(p))?,
             "data": data,
             "split": d.eval_split,
             "strict": d.strict,

@@ -3,6 +3,8 @@
 //! product, and select candidates as sentence-transformers' `mine_hard_negatives` does:
 //! a rank range, labelled positives excluded, `top` or seeded `random` sampling.
 //! Output: `candidates.parquet` (positives included, so the teacher scores them too).
+use super::paths::mine::OUTPUT;
+use super::paths::StageId;
 use super::{Outcome, Stage, StageEnv};
 use crate::data::beir::{self, Dataset};
 use crate::data::pairs::PairTable;
@@ -19,32 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-pub const OUTPUT: &str = "candidates.parquet";
-
 pub struct Mine;
-
-/// Fingerprints of a dataset's texts (and of the given qrels splits).
-pub fn dataset_inputs(
-    d: &DatasetRef,
-    splits: &[&str],
-    out: &mut BTreeMap<String, String>,
-) -> Result<()> {
-    out.insert(
-        format!("{}/corpus", d.name),
-        fingerprint::file(&beir::corpus_path(&d.path))?,
-    );
-    out.insert(
-        format!("{}/queries", d.name),
-        fingerprint::file(&beir::queries_path(&d.path))?,
-    );
-    for split in splits {
-        out.insert(
-            format!("{}/qrels/{split}", d.name),
-            fingerprint::file(&beir::qrels_path(&d.path, split))?,
-        );
-    }
-    Ok(())
-}
 
 /// Training queries of a dataset: ids with at least one positive (grade > 0), sorted,
 /// with their positives (sorted).
@@ -69,7 +46,7 @@ fn training_queries(ds: &Dataset, split: &str) -> Vec<(String, Vec<String>)> {
 
 impl Stage for Mine {
     fn name(&self) -> &'static str {
-        "mine"
+        StageId::Mine.name()
     }
 
     fn upstream(&self, _: &Pipeline) -> Vec<&'static str> {
@@ -120,7 +97,7 @@ impl Stage for Mine {
         let mut out = BTreeMap::new();
         out.insert("student".into(), fingerprint::directory(&p.student.path)?);
         for d in p.trained() {
-            dataset_inputs(d, &[&d.train_split], &mut out)?;
+            super::shared::dataset_inputs(d, &[&d.train_split], &mut out)?;
         }
         Ok(out)
     }

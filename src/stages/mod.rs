@@ -5,6 +5,7 @@
 //! most the shard in flight and a changed run never reuses foreign shards.
 pub mod eval;
 pub mod mine;
+pub mod paths;
 pub mod report;
 pub mod score;
 pub mod shared;

@@ -2,6 +2,8 @@
 //! scripts, nothing fetched) and the same content as Markdown: base student vs distilled
 //! student vs teacher rerank per dataset and metric with deltas, the loss curves, mining
 //! and scoring statistics, time and throughput per stage, and the pipeline file.
+use super::paths::report::{HEALTH, HTML, MARKDOWN};
+use super::paths::StageId;
 use super::{Outcome, Stage, StageEnv};
 use crate::error::{read_json, Error, Result};
 use crate::eval::metrics::Measures;
@@ -15,18 +17,18 @@ use std::fmt::Write as _;
 use std::path::Path;
 use tch::Kind;
 
-pub const HTML: &str = "report.html";
-pub const MARKDOWN: &str = "report.md";
-/// The run's health findings (`pipeline::health::Finding`), for `distill report`.
-pub const HEALTH: &str = "health.json";
-
 pub struct Report;
 
 /// One line per dataset with the headline numbers of a run (nDCG@10 of the base student,
 /// the distilled student and the teacher's rerank of the distilled student's top list),
 /// and the report's path; None when the run has no evaluation yet.
 pub fn headline(run_dir: &Path) -> Option<String> {
-    let metrics: Value = read_json(&run_dir.join("eval").join(super::eval::METRICS)).ok()?;
+    let metrics: Value = read_json(
+        &run_dir
+            .join(StageId::Eval.name())
+            .join(super::paths::eval::METRICS),
+    )
+    .ok()?;
     let mut out = String::new();
     for (name, ds) in metrics.as_object()? {
         let g = |model: &str, sys: &str| ds[model][sys]["ndcg@10"].as_f64().unwrap_or(f64::NAN);
@@ -51,7 +53,7 @@ pub fn headline(run_dir: &Path) -> Option<String> {
             fmt(g("distilled", "student+teacher"))
         );
     }
-    if let Ok(Some(m)) = Manifest::read(&run_dir.join("teacher")) {
+    if let Ok(Some(m)) = Manifest::read(&run_dir.join(StageId::Teacher.name())) {
         for (name, v) in m.summary["dev"].as_object().into_iter().flatten() {
             let g = |sys: &str| v[sys]["ndcg@10"].as_f64().unwrap_or(f64::NAN);
             let _ = writeln!(
@@ -64,7 +66,9 @@ pub fn headline(run_dir: &Path) -> Option<String> {
             );
         }
     }
-    if let Ok(findings) = read_json::<Vec<Finding>>(&run_dir.join("report").join(HEALTH)) {
+    if let Ok(findings) =
+        read_json::<Vec<Finding>>(&run_dir.join(StageId::Report.name()).join(HEALTH))
+    {
         match findings.len() {
             0 => out.push_str("health: no warnings\n"),
             n => {
@@ -75,7 +79,7 @@ pub fn headline(run_dir: &Path) -> Option<String> {
             }
         }
     }
-    let html = run_dir.join("report").join(HTML);
+    let html = run_dir.join(StageId::Report.name()).join(HTML);
     if html.exists() {
         let _ = writeln!(out, "report: {}", html.display());
     }
@@ -181,13 +185,26 @@ fn dev_tables(teacher: Option<&Manifest>, eval: Option<&Manifest>) -> Vec<Table>
 
 impl Stage for Report {
     fn name(&self) -> &'static str {
-        "report"
+        StageId::Report.name()
     }
 
     fn upstream(&self, p: &Pipeline) -> Vec<&'static str> {
         match p.train.baseline {
-            Some(_) => vec!["mine", "teacher", "score", "train", "baseline", "eval"],
-            None => vec!["mine", "teacher", "score", "train", "eval"],
+            Some(_) => vec![
+                StageId::Mine.name(),
+                StageId::Teacher.name(),
+                StageId::Score.name(),
+                StageId::Train.name(),
+                StageId::Baseline.name(),
+                StageId::Eval.name(),
+            ],
+            None => vec![
+                StageId::Mine.name(),
+                StageId::Teacher.name(),
+                StageId::Score.name(),
+                StageId::Train.name(),
+                StageId::Eval.name(),
+            ],
         }
     }
 
@@ -236,7 +253,11 @@ impl Stage for Report {
             .collect();
         crate::data::atomic::write_json(&env.dir.join(HEALTH), &findings)?;
         let weak = findings.iter().any(|f| f.check == "weak_teacher");
-        let metrics: Value = read_json(&p.run_dir.join("eval").join(super::eval::METRICS))?;
+        let metrics: Value = read_json(
+            &p.run_dir
+                .join(StageId::Eval.name())
+                .join(super::paths::eval::METRICS),
+        )?;
         let mut tables = Vec::new();
         let datasets = metrics.as_object().cloned().unwrap_or_default();
         for (name, ds) in &datasets {
@@ -316,7 +337,7 @@ impl Stage for Report {
             stage_rows,
         ));
         let mut stats = Vec::new();
-        if let Some(m) = manifest("mine") {
+        if let Some(m) = manifest(StageId::Mine.name()) {
             for (ds, v) in m.summary.as_object().into_iter().flatten() {
                 stats.push(vec![
                     ds.clone(),
@@ -328,7 +349,7 @@ impl Stage for Report {
                 ]);
             }
         }
-        if let Some(m) = manifest("score") {
+        if let Some(m) = manifest(StageId::Score.name()) {
             for (ds, v) in m
                 .summary
                 .as_object()
@@ -363,7 +384,7 @@ impl Stage for Report {
             stats,
         ));
         let mut charts = Vec::new();
-        for stage in ["teacher", "train", "baseline"] {
+        for stage in [StageId::Teacher, StageId::Train, StageId::Baseline].map(StageId::name) {
             let path = p.run_dir.join(stage).join("loss_curve.parquet");
             if path.exists() {
                 let (x, cols) = read_curve(&path)?;
@@ -413,7 +434,10 @@ impl Stage for Report {
             html.push_str("</ul>\n");
             md.push('\n');
         }
-        for t in dev_tables(manifest("teacher"), manifest("eval")) {
+        for t in dev_tables(
+            manifest(StageId::Teacher.name()),
+            manifest(StageId::Eval.name()),
+        ) {
             t.markdown(&mut md);
             t.html(&mut html);
         }

@@ -3,6 +3,8 @@
 //! processes); when every shard exists they are assembled into `teacher_scores.parquet`,
 //! with likely false negatives flagged (sentence-transformers' `mine_hard_negatives`
 //! margins), rows kept.
+use super::paths::score::OUTPUT;
+use super::paths::StageId;
 use super::{Outcome, Stage, StageEnv};
 use crate::data::beir::Dataset;
 use crate::data::pairs::{PairTable, ScoreShard};
@@ -18,8 +20,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tch::Kind;
 
-pub const OUTPUT: &str = "teacher_scores.parquet";
-
 pub struct Score;
 
 /// The fold teachers that score instead of the stage's teacher (`teacher_train.folds`):
@@ -28,30 +28,27 @@ fn fold_teacher_dirs(p: &Pipeline) -> Vec<std::path::PathBuf> {
     let folds = p.teacher_train.as_ref().map_or(1, |t| t.folds);
     (0..folds)
         .filter(|_| folds > 1)
-        .map(|k| p.run_dir.join("teacher").join(super::teacher::fold_dir(k)))
+        .map(|k| {
+            p.run_dir
+                .join(StageId::Teacher.name())
+                .join(super::paths::teacher::fold_dir(k))
+        })
         .collect()
 }
 
-/// The teacher that scores: the one the `teacher` stage trained, or the one given.
-pub fn teacher_dir(p: &Pipeline) -> std::path::PathBuf {
-    if p.teacher_from_base {
-        p.run_dir.join("teacher").join(super::teacher::MODEL_DIR)
-    } else {
-        p.teacher.path.clone()
-    }
-}
-
 fn candidates_path(p: &Pipeline) -> std::path::PathBuf {
-    p.run_dir.join("mine").join(super::mine::OUTPUT)
+    p.run_dir
+        .join(StageId::Mine.name())
+        .join(super::paths::mine::OUTPUT)
 }
 
 impl Stage for Score {
     fn name(&self) -> &'static str {
-        "score"
+        StageId::Score.name()
     }
 
     fn upstream(&self, _: &Pipeline) -> Vec<&'static str> {
-        vec!["mine", "teacher"]
+        vec![StageId::Mine.name(), StageId::Teacher.name()]
     }
 
     fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
@@ -71,25 +68,31 @@ impl Stage for Score {
         let mut out = BTreeMap::new();
         // The teacher that scores: the trained one's weights, or the given directory.
         let teacher = if p.teacher_from_base {
-            super::shared::upstream_output(p, upstream, "teacher", super::teacher::WEIGHTS)?
+            super::shared::upstream_output(
+                p,
+                upstream,
+                StageId::Teacher.name(),
+                super::paths::teacher::WEIGHTS,
+            )?
         } else {
             fingerprint::directory(&p.teacher.path)?
         };
         out.insert("teacher".into(), teacher);
         for k in 0..fold_teacher_dirs(p).len() {
-            let weights = format!("{}/model.safetensors", super::teacher::fold_dir(k));
-            let fp = super::shared::upstream_output(p, upstream, "teacher", &weights)?;
+            let weights = format!("{}/model.safetensors", super::paths::teacher::fold_dir(k));
+            let fp =
+                super::shared::upstream_output(p, upstream, StageId::Teacher.name(), &weights)?;
             out.insert(format!("teacher fold {k}"), fp);
         }
         let mine = upstream
-            .get("mine")
-            .and_then(|m| m.output_fingerprint(super::mine::OUTPUT))
+            .get(StageId::Mine.name())
+            .and_then(|m| m.output_fingerprint(super::paths::mine::OUTPUT))
             .ok_or_else(|| {
                 Error::config(candidates_path(p), "stage mine has no candidates output")
             })?;
         out.insert("candidates".into(), mine.to_string());
         for d in p.trained() {
-            super::mine::dataset_inputs(d, &[], &mut out)?;
+            super::shared::dataset_inputs(d, &[], &mut out)?;
         }
         Ok(out)
     }
@@ -113,7 +116,7 @@ impl Stage for Score {
             // Cross-fitted: each query's pairs go to the fold teacher that never saw it.
             let fold_dirs = fold_teacher_dirs(p);
             let teachers = match fold_dirs.is_empty() {
-                true => vec![teacher_dir(p)],
+                true => vec![super::paths::teacher_dir(p)],
                 false => fold_dirs,
             }
             .iter()
@@ -192,7 +195,7 @@ impl Stage for Score {
         }
         if let Some(i) = teacher_scores.iter().position(|s| !s.is_finite()) {
             return Err(Error::config(
-                teacher_dir(p),
+                super::paths::teacher_dir(p),
                 format!(
                     "the teacher scored the pair (query `{}`, document `{}`) of dataset `{}` as {}",
                     candidates.query_id[i],

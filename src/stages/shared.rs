@@ -314,3 +314,86 @@ impl StageCache {
         record_cache_entry(&self.dir.join(ENTRY))
     }
 }
+
+/// Fingerprints of a dataset's texts (and of the given qrels splits).
+pub fn dataset_inputs(
+    d: &DatasetRef,
+    splits: &[&str],
+    out: &mut BTreeMap<String, String>,
+) -> Result<()> {
+    out.insert(
+        format!("{}/corpus", d.name),
+        fingerprint::file(&beir::corpus_path(&d.path))?,
+    );
+    out.insert(
+        format!("{}/queries", d.name),
+        fingerprint::file(&beir::queries_path(&d.path))?,
+    );
+    for split in splits {
+        out.insert(
+            format!("{}/qrels/{split}", d.name),
+            fingerprint::file(&beir::qrels_path(&d.path, split))?,
+        );
+    }
+    Ok(())
+}
+
+/// Corpus and queries (and `splits` qrels) of every dataset, by name.
+pub fn load_datasets(p: &Pipeline, with_train_qrels: bool) -> Result<BTreeMap<String, Dataset>> {
+    p.trained()
+        .map(|d| {
+            let splits: Vec<&str> = if with_train_qrels {
+                vec![&d.train_split]
+            } else {
+                vec![]
+            };
+            Ok((d.name.clone(), d.load(&splits, p.seed)?))
+        })
+        .collect()
+}
+
+/// nDCG@10 of `student` on the judged queries of `judged` (mean over queries), as the
+/// eval stage computes it, with the corpus (`corpus`: its tokens) encoded afresh:
+/// in-training evaluation.
+pub fn student_ndcg10(
+    p: &Pipeline,
+    student: &BiEncoder,
+    d: &DatasetRef,
+    ds: &Dataset,
+    judged: &BTreeMap<String, Judgements>,
+    corpus: &[crate::model::tokenizer::Encoded],
+) -> Result<f64> {
+    let corpus = student
+        .encode_tokenized(corpus, p.student.batch_size, &mut |_| {})?
+        .to_device(student.device());
+    let (queries, texts) = judged_texts(d, ds, judged)?;
+    let depth = Depth {
+        top_k: p.eval.top_k,
+        corpus_chunk: p.mine.corpus_chunk,
+        batch_size: p.student.batch_size,
+    };
+    let run = rerank::retrieve(student, &corpus, &ds.corpus, &queries, &texts, depth)?;
+    Ok(rerank::mean(&run, judged).ndcg_10)
+}
+
+/// The judged queries of a split and their texts (a judged query missing from the
+/// queries file is an error naming it).
+pub fn judged_texts<'a>(
+    d: &DatasetRef,
+    ds: &'a Dataset,
+    judged: &'a BTreeMap<String, Judgements>,
+) -> Result<(Vec<&'a String>, Vec<&'a str>)> {
+    let queries: Vec<&String> = judged.keys().collect();
+    let texts = queries
+        .iter()
+        .map(|q| {
+            ds.queries.text(q).ok_or_else(|| {
+                Error::config(
+                    beir::queries_path(&d.path),
+                    format!("query `{q}` is judged but missing"),
+                )
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok((queries, texts))
+}

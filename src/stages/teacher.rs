@@ -9,8 +9,9 @@
 //! held-out training query, and both rankings are scored (nDCG@10, MRR@10). The numbers
 //! go into `dev_eval.json` and the manifest's summary, where the runner's gate reads them
 //! before `score`.
+use super::paths::teacher::{DEV_EVAL, MODEL_DIR};
+use super::paths::StageId;
 use super::{shared, Outcome, Stage, StageEnv};
-use crate::data::beir::Dataset;
 use crate::data::pairs::PairTable;
 use crate::error::{Error, Result};
 use crate::model::export::export_cross_encoder;
@@ -28,26 +29,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-pub const MODEL_DIR: &str = "model";
-pub const WEIGHTS: &str = "model/model.safetensors";
-/// The dev-slice check: per dataset, the student alone and the teacher's rerank.
-pub const DEV_EVAL: &str = "dev_eval.json";
-
 pub struct Teacher;
-
-/// Corpus and queries (and `splits` qrels) of every dataset, by name.
-pub fn load_datasets(p: &Pipeline, with_train_qrels: bool) -> Result<BTreeMap<String, Dataset>> {
-    p.trained()
-        .map(|d| {
-            let splits: Vec<&str> = if with_train_qrels {
-                vec![&d.train_split]
-            } else {
-                vec![]
-            };
-            Ok((d.name.clone(), d.load(&splits, p.seed)?))
-        })
-        .collect()
-}
 
 struct TeacherTask<'a> {
     model: &'a CrossEncoder,
@@ -103,11 +85,11 @@ impl Task for TeacherTask<'_> {
 
 impl Stage for Teacher {
     fn name(&self) -> &'static str {
-        "teacher"
+        StageId::Teacher.name()
     }
 
     fn upstream(&self, _: &Pipeline) -> Vec<&'static str> {
-        vec!["mine"]
+        vec![StageId::Mine.name()]
     }
 
     fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
@@ -145,13 +127,18 @@ impl Stage for Teacher {
             out.insert("base".into(), fingerprint::directory(&p.teacher.path)?);
             out.insert(
                 "candidates".into(),
-                shared::upstream_output(p, upstream, "mine", super::mine::OUTPUT)?,
+                shared::upstream_output(
+                    p,
+                    upstream,
+                    StageId::Mine.name(),
+                    super::paths::mine::OUTPUT,
+                )?,
             );
         } else {
             out.insert("teacher".into(), fingerprint::directory(&p.teacher.path)?);
         }
         for d in p.trained() {
-            super::mine::dataset_inputs(d, &[&d.train_split], &mut out)?;
+            shared::dataset_inputs(d, &[&d.train_split], &mut out)?;
         }
         Ok(out)
     }
@@ -180,9 +167,13 @@ impl Stage for Teacher {
         if let Some(outcome) = cache.restore(env)? {
             return Ok(outcome);
         }
-        let table = PairTable::read(&p.run_dir.join("mine").join(super::mine::OUTPUT))?;
+        let table = PairTable::read(
+            &p.run_dir
+                .join(StageId::Mine.name())
+                .join(super::paths::mine::OUTPUT),
+        )?;
         let with_pseudo = cfg.with_pseudo_queries;
-        let set = TrainingSet::from_table(&table, &load_datasets(p, false)?, false)?
+        let set = TrainingSet::from_table(&table, &shared::load_datasets(p, false)?, false)?
             .retain(|_, q| with_pseudo || crate::data::pseudo::parse_query_id(q).is_none());
         // Fold k's teacher trains on every query outside fold k (pseudo-queries included,
         // when the teacher has them): it scores fold k, which it never saw.
@@ -207,7 +198,7 @@ impl Stage for Teacher {
         let mut folds = Vec::new();
         for (k, fold_set) in fold_sets.iter().enumerate() {
             let name = format!("{stage} fold {k}");
-            let dir = fold_dir(k);
+            let dir = super::paths::teacher::fold_dir(k);
             let ckpt = env.partial.join(format!("checkpoints-{dir}"));
             let c = train_one(env, &cfg, fold_set, &name, &ckpt, &dir)?;
             folds.push(json!({
@@ -229,7 +220,10 @@ impl Stage for Teacher {
         } = &mut outcome
         {
             for k in 0..fold_sets.len() {
-                outputs.extend(super::model_files(&env.dir, &fold_dir(k))?);
+                outputs.extend(super::model_files(
+                    &env.dir,
+                    &super::paths::teacher::fold_dir(k),
+                )?);
             }
             outputs.push(DEV_EVAL.into());
             summary["dev"] = dev;
@@ -240,11 +234,6 @@ impl Stage for Teacher {
         cache.store(env, &outcome)?;
         Ok(outcome)
     }
-}
-
-/// The folder of fold `k`'s teacher (`teacher_train.folds`), beside `model`.
-pub fn fold_dir(k: usize) -> String {
-    format!("fold-{k}")
 }
 
 /// One cross-encoder fine-tuned from the base on `set` (the stage's teacher, or a fold

@@ -4,8 +4,10 @@
 //! products of the student's embeddings, which for a model with a Normalize module
 //! (all-MiniLM-L6-v2) are cosine similarities. Exports a sentence-transformers directory
 //! and the loss curve.
+use super::paths::train::{IN_TRAINING_EVAL, MODEL_DIR};
+use super::paths::StageId;
+use super::shared::load_datasets;
 use super::shared::upstream_output;
-use super::teacher::load_datasets;
 use super::{Outcome, Stage, StageEnv};
 use crate::data::beir::Dataset;
 use crate::data::pairs::PairTable;
@@ -25,11 +27,6 @@ use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use tch::{Kind, Tensor};
-
-pub const MODEL_DIR: &str = "student";
-pub const WEIGHTS: &str = "student/model.safetensors";
-/// In-training evaluations (`train.eval_every`): nDCG@10 per dataset by step.
-pub const IN_TRAINING_EVAL: &str = "in_training_eval.json";
 
 /// Stage `train` (the distilled student) or, with `baseline`, stage `baseline`: the same
 /// recipe with the teacher's loss terms at zero (`train.baseline = "contrastive"`), so
@@ -225,7 +222,7 @@ fn in_training_eval<'a>(
             splits
                 .iter()
                 .map(|(d, ds, judged, corpus)| {
-                    let v = super::eval::student_ndcg10(p, model, d, ds, judged, corpus)?;
+                    let v = super::shared::student_ndcg10(p, model, d, ds, judged, corpus)?;
                     Ok((d.name.clone(), v))
                 })
                 .collect()
@@ -280,8 +277,8 @@ fn interpolate(vars: &HashMap<String, Tensor>, base: &HashMap<String, Tensor>, a
 impl Stage for Train {
     fn name(&self) -> &'static str {
         match self.baseline {
-            true => "baseline",
-            false => "train",
+            true => StageId::Baseline.name(),
+            false => StageId::Train.name(),
         }
     }
 
@@ -290,7 +287,7 @@ impl Stage for Train {
     }
 
     fn upstream(&self, _: &Pipeline) -> Vec<&'static str> {
-        vec!["score"]
+        vec![StageId::Score.name()]
     }
 
     fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
@@ -322,12 +319,17 @@ impl Stage for Train {
         out.insert("student".into(), fingerprint::directory(&p.student.path)?);
         out.insert(
             "teacher_scores".into(),
-            upstream_output(p, upstream, "score", super::score::OUTPUT)?,
+            upstream_output(
+                p,
+                upstream,
+                StageId::Score.name(),
+                super::paths::score::OUTPUT,
+            )?,
         );
         for (d, split) in p.trained().zip(eval_splits(p)) {
             let mut splits = vec![d.train_split.as_str()];
             splits.extend(split);
-            super::mine::dataset_inputs(d, &splits, &mut out)?;
+            super::shared::dataset_inputs(d, &splits, &mut out)?;
         }
         Ok(out)
     }
@@ -353,7 +355,10 @@ impl Stage for Train {
         if env.device.is_cuda() {
             model.bert.set_compute_kind(Kind::BFloat16);
         }
-        let scores = p.run_dir.join("score").join(super::score::OUTPUT);
+        let scores = p
+            .run_dir
+            .join(StageId::Score.name())
+            .join(super::paths::score::OUTPUT);
         let table = PairTable::read(&scores)?;
         let mut set = TrainingSet::from_table(
             &table,
