@@ -54,6 +54,22 @@ pub enum Error {
     #[error("{}: unsupported: {message}", path.display())]
     Unsupported { path: PathBuf, message: String },
 
+    /// Training data that cannot be used: the dataset (when one is to blame) and what is
+    /// wrong with it.
+    #[error("training data{}: {message}", dataset.as_ref().map(|d| format!(" of dataset `{d}`")).unwrap_or_default())]
+    TrainingData {
+        dataset: Option<String>,
+        message: String,
+    },
+
+    /// A stage's input from an earlier stage is not recorded in that stage's manifest.
+    #[error("{}: stage `{stage}` has no output `{file}` (rerun it: distill run --from {stage})", dir.display())]
+    MissingUpstream {
+        dir: PathBuf,
+        stage: String,
+        file: String,
+    },
+
     #[error("{context}: {source}")]
     Torch {
         context: String,

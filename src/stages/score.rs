@@ -84,13 +84,13 @@ impl Stage for Score {
                 super::shared::upstream_output(p, upstream, StageId::Teacher.name(), &weights)?;
             out.insert(format!("teacher fold {k}"), fp);
         }
-        let mine = upstream
-            .get(StageId::Mine.name())
-            .and_then(|m| m.output_fingerprint(super::paths::mine::OUTPUT))
-            .ok_or_else(|| {
-                Error::config(candidates_path(p), "stage mine has no candidates output")
-            })?;
-        out.insert("candidates".into(), mine.to_string());
+        let mine = super::shared::upstream_output(
+            p,
+            upstream,
+            StageId::Mine.name(),
+            super::paths::mine::OUTPUT,
+        )?;
+        out.insert("candidates".into(), mine);
         for d in p.trained() {
             super::shared::dataset_inputs(d, &[], &mut out)?;
         }

@@ -196,11 +196,10 @@ pub fn upstream_output(
         .get(stage)
         .and_then(|m| m.output_fingerprint(file))
         .map(str::to_string)
-        .ok_or_else(|| {
-            Error::config(
-                p.run_dir.join(stage),
-                format!("stage {stage} has no output {file}"),
-            )
+        .ok_or_else(|| Error::MissingUpstream {
+            dir: p.run_dir.join(stage),
+            stage: stage.into(),
+            file: file.into(),
         })
 }
 

@@ -181,11 +181,9 @@ impl TrainingSet {
         let mut stats = GroupStats::default();
         for i in 0..table.len() {
             let (ds_name, qid, did) = (&table.dataset[i], &table.query_id[i], &table.doc_id[i]);
-            let ds = datasets.get(ds_name).ok_or_else(|| {
-                Error::config(
-                    ds_name,
-                    "dataset of the training table is not in the pipeline",
-                )
+            let ds = datasets.get(ds_name).ok_or_else(|| Error::TrainingData {
+                dataset: Some(ds_name.clone()),
+                message: "named by the training table, but not in the pipeline".into(),
             })?;
             let missing = |what: &str, id: &str| {
                 Error::config(

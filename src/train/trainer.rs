@@ -226,10 +226,10 @@ pub fn train(
     mut monitor: Option<Monitor>,
 ) -> Result<LossCurve> {
     if set.groups.is_empty() {
-        return Err(Error::config(
-            checkpoints,
-            "no training query has both a positive and a negative",
-        ));
+        return Err(Error::TrainingData {
+            dataset: None,
+            message: "no training query has both a positive and a negative".into(),
+        });
     }
     std::fs::create_dir_all(checkpoints).map_err(|e| Error::io(checkpoints, e))?;
     let (per_epoch, total_steps) = plan(set, s);
