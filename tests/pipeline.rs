@@ -945,3 +945,51 @@ fn check_reads_contents_and_rejects_each_bad_case_naming_file_and_key() {
         assert!(!run_dir.join("mine").exists(), "{what}: mine ran");
     }
 }
+
+/// Each stage's configuration hash for the shipped pipelines, against
+/// `tests/fixtures/stage_hashes.json`. A change there reruns that stage in every existing
+/// run folder, so it must be deliberate: regenerate the file with
+/// `DISTILL_BLESS=1 cargo test --release --test integration stage_hashes` and say so.
+/// (The report stage hashes the pipeline file's text, comments included: left out.)
+#[test]
+fn stage_hashes_of_the_shipped_pipelines_are_unchanged() {
+    let files = [
+        "pipelines/demo.toml",
+        "pipelines/scifact.toml",
+        "pipelines/scifact-squad.toml",
+    ];
+    let mut got = serde_json::Map::new();
+    // Tests run in the repository root, against which the files' relative paths resolve.
+    for file in files {
+        let p = Pipeline::load(&repo().join(file)).unwrap();
+        let mut stages = serde_json::Map::new();
+        for stage in distill::stages::all() {
+            if stage.name() == "report" || !stage.enabled(&p) {
+                continue;
+            }
+            let config = stage.config(&p, tch::Kind::Float);
+            stages.insert(
+                stage.name().into(),
+                distill::pipeline::fingerprint::json(&config).into(),
+            );
+        }
+        got.insert(file.into(), stages.into());
+    }
+    let got = serde_json::Value::Object(got);
+    let golden = repo().join("tests/fixtures/stage_hashes.json");
+    if std::env::var_os("DISTILL_BLESS").is_some() {
+        std::fs::write(&golden, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+    }
+    let want: serde_json::Value = read_json(&golden);
+    for file in files {
+        for (stage, hash) in got[file].as_object().unwrap() {
+            assert_eq!(
+                &want[file][stage],
+                hash,
+                "{file}: the configuration hash of stage `{stage}` changed (existing runs \
+                 would rerun it); if that is meant, regenerate {} with DISTILL_BLESS=1",
+                golden.display()
+            );
+        }
+    }
+}
