@@ -4,7 +4,7 @@ pub mod commands;
 pub mod data;
 pub mod device;
 pub mod error;
-pub mod eval;
+pub mod ranking;
 pub mod model;
 pub mod pipeline;
 pub mod progress;
@@ -13,7 +13,7 @@ pub mod retrieval;
 pub mod rng;
 pub mod stages;
 pub mod torch_extras;
-pub mod train;
+pub mod training;
 
 pub use error::{Error, Result};
 

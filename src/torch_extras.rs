@@ -445,7 +445,7 @@ mod tests {
     fn fused_adamw_matches_our_per_tensor_update() {
         // Same start, same gradient, two steps: the fused kernel (on the CPU here) and
         // the per-tensor update of train::optimizer agree.
-        use crate::train::optimizer::{AdamW, AdamWConfig};
+        use crate::training::optimizer::{AdamW, AdamWConfig};
         let start = [0.5f32, -1.0, 2.0];
         let grad = [0.1f32, -0.3, 0.7];
         let p = Tensor::from_slice(&start).set_requires_grad(true);

@@ -1,6 +1,6 @@
 //! Metrics against pytrec_eval, query by query.
 use crate::common::*;
-use distill::eval::metrics::{evaluate, Judgements, Measures};
+use distill::ranking::metrics::{evaluate, Judgements, Measures};
 use std::collections::BTreeMap;
 
 #[derive(serde::Deserialize)]

@@ -10,7 +10,7 @@ fn layer(path: &[&str]) -> Option<u8> {
         ["error" | "rng" | "device" | "progress" | "render" | "torch_extras", ..] => 0,
         ["data", ..] => 1,
         ["model" | "retrieval", ..] => 2,
-        ["eval" | "train", ..] => 3,
+        ["ranking" | "training", ..] => 3,
         // Settings and run records: what stages read and write.
         // (`pipeline::Pipeline` is the configuration's type, re-exported.)
         ["pipeline", "config" | "events" | "fingerprint" | "manifest" | "health" | "Pipeline", ..] => {
@@ -129,7 +129,7 @@ fn the_rule_sees_a_violation() {
         vec!["train".into(), "data".into()],
     ];
     assert_eq!(found, want);
-    let train = layer(&["train", "trainer"]).unwrap();
+    let train = layer(&["training", "trainer"]).unwrap();
     assert!(layer(&["stages"]).unwrap() > train);
     assert!(layer(&["pipeline", "runner"]).unwrap() > layer(&["stages", "eval"]).unwrap());
 }

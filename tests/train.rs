@@ -5,9 +5,9 @@ use crate::common::distill_output as distill;
 use crate::common::*;
 use distill::data::pairs::PairTable;
 use distill::pipeline::Pipeline;
-use distill::train::losses;
-use distill::train::optimizer::{AdamW, AdamWConfig};
-use distill::train::schedule::{Decay, Schedule};
+use distill::training::losses;
+use distill::training::optimizer::{AdamW, AdamWConfig};
+use distill::training::schedule::{Decay, Schedule};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
@@ -421,7 +421,7 @@ fn pseudo_keep_trains_on_at_most_that_many_pseudo_queries_per_document() {
     // The stage leaves out what the selection names (its rule is checked in the unit
     // test), some but not all of the pseudo-queries (every query keeps its negatives here,
     // so none is dropped for lacking them).
-    let named = distill::train::data::pseudo_left_out(&scores, &run, 1, |_, _| true).unwrap();
+    let named = distill::training::groups::pseudo_left_out(&scores, &run, 1, |_, _| true).unwrap();
     assert_eq!(left_out, named.len(), "{}", m.summary);
     assert!(0 < left_out && left_out < pseudo, "{left_out} of {pseudo}");
 
@@ -592,7 +592,7 @@ fn eval_reports_metrics_that_pytrec_eval_recomputes_from_its_run_files() {
     let ds = &metrics["animals"];
     for model in ["base", "distilled"] {
         for system in ["student", "student+teacher", "gap"] {
-            for m in distill::eval::metrics::Measures::NAMES {
+            for m in distill::ranking::metrics::Measures::NAMES {
                 assert!(
                     ds[model][system][m].is_number(),
                     "{model} {system} {m} missing"

@@ -5,7 +5,7 @@
 //! the threshold (against the run before) highlighted; and a verdict on the newest run,
 //! which the binary turns into its exit code for cron jobs.
 use crate::error::{read_json, Error, Result};
-use crate::eval::metrics::Measures;
+use crate::ranking::metrics::Measures;
 use crate::pipeline::manifest::Manifest;
 use crate::render::{delta, esc, fmt, html_head, svg_chart, utc, Table, HTML_TAIL};
 use serde_json::Value;

@@ -1,8 +1,8 @@
 //! The student: a sentence-transformers bi-encoder (Transformer -> Pooling -> Normalize).
 use crate::error::{read_json, Error, Result};
 use crate::model::bert::BertModel;
-use crate::model::checkpoint::{self, ImportReport, Layout};
-use crate::model::config::{
+use crate::model::weights::{self, ImportReport, Layout};
+use crate::model::hf_config::{
     BertConfig, ModuleEntry, PoolingConfig, SentenceBertConfig, TokenizerConfig,
 };
 use crate::model::pooling::{l2_normalize, Pooling};
@@ -125,9 +125,9 @@ impl BiEncoder {
         let tokenizer = TextTokenizer::load(&spec.transformer_dir, spec.max_seq_length)?;
         let mut vs = nn::VarStore::new(device);
         let mut bert = BertModel::new(vs.root(), &spec.config);
-        let file = checkpoint::weights_file(&spec.transformer_dir)?;
+        let file = weights::weights_file(&spec.transformer_dir)?;
         // The pooler is not used by a bi-encoder; checkpoints saved without it still load.
-        let import = checkpoint::import(&mut vs, &file, Layout::Encoder, &["pooler."])?;
+        let import = weights::import(&mut vs, &file, Layout::Encoder, &["pooler."])?;
         if kind == Kind::BFloat16 {
             vs.bfloat16();
             bert.set_compute_kind(Kind::BFloat16);

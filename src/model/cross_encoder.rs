@@ -3,8 +3,8 @@
 use crate::error::{read_json, Error, Result};
 use crate::model::bert::BertModel;
 use crate::model::bi_encoder::BiEncoderSpec;
-use crate::model::checkpoint::{self, ImportReport, Layout};
-use crate::model::config::{BertConfig, TokenizerConfig};
+use crate::model::weights::{self, ImportReport, Layout};
+use crate::model::hf_config::{BertConfig, TokenizerConfig};
 use crate::model::tokenizer::{map_sorted_batches, Batch, Encoded, TextTokenizer};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
@@ -142,8 +142,8 @@ impl CrossEncoder {
         let activation = Activation::from_config(dir, &config)?;
         let (mut vs, bert, classifier, tokenizer) =
             Self::build(dir, config.clone(), max_length, device)?;
-        let file = checkpoint::weights_file(dir)?;
-        let import = checkpoint::import(&mut vs, &file, Layout::SequenceClassification, &[])?;
+        let file = weights::weights_file(dir)?;
+        let import = weights::import(&mut vs, &file, Layout::SequenceClassification, &[])?;
         Ok(Self::finish(
             vs, bert, classifier, config, activation, tokenizer, import, dir, kind,
         ))
@@ -167,8 +167,8 @@ impl CrossEncoder {
         let max_length = max_length.or(Some(spec.max_seq_length));
         let (mut vs, bert, classifier, tokenizer) =
             Self::build(&spec.transformer_dir, config.clone(), max_length, device)?;
-        let file = checkpoint::weights_file(&spec.transformer_dir)?;
-        let import = checkpoint::import(
+        let file = weights::weights_file(&spec.transformer_dir)?;
+        let import = weights::import(
             &mut vs,
             &file,
             Layout::SequenceClassification,

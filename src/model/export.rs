@@ -2,8 +2,8 @@
 //! a `SentenceTransformer` for the student, a `CrossEncoder` for the teacher.
 use crate::error::{read_json, Error, Result};
 use crate::model::bi_encoder::BiEncoder;
-use crate::model::checkpoint;
-use crate::model::config::BertConfig;
+use crate::model::weights;
+use crate::model::hf_config::BertConfig;
 use crate::model::cross_encoder::CrossEncoder;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -63,7 +63,7 @@ pub fn export_bi_encoder(model: &BiEncoder, dir: &Path) -> Result<()> {
         &dir.join("config.json"),
         &model_config(&spec.config, "BertModel"),
     )?;
-    checkpoint::export(&model.vs, &dir.join("model.safetensors"))?;
+    weights::export(&model.vs, &dir.join("model.safetensors"))?;
     copy_tokenizer(&spec.transformer_dir, dir, spec.max_seq_length)?;
     write_json(
         &dir.join("sentence_bert_config.json"),
@@ -118,6 +118,6 @@ pub fn export_cross_encoder(model: &CrossEncoder, dir: &Path) -> Result<()> {
         "version": EXPORTER,
     }));
     write_json(&dir.join("config.json"), &config)?;
-    checkpoint::export(&model.vs, &dir.join("model.safetensors"))?;
+    weights::export(&model.vs, &dir.join("model.safetensors"))?;
     copy_tokenizer(&model.source_dir, dir, model.tokenizer.max_length())
 }

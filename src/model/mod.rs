@@ -3,8 +3,8 @@
 pub mod batching;
 pub mod bert;
 pub mod bi_encoder;
-pub mod checkpoint;
-pub mod config;
+pub mod weights;
+pub mod hf_config;
 pub mod cross_encoder;
 pub mod export;
 pub mod pooling;

@@ -1,6 +1,6 @@
 //! sentence-transformers pooling: token states -> one vector per input.
 use crate::error::{Error, Result};
-use crate::model::config::PoolingConfig;
+use crate::model::hf_config::PoolingConfig;
 use std::path::Path;
 use tch::{Kind, Tensor};
 

@@ -2,7 +2,7 @@
 //! tokenizer rebuilt from `vocab.txt` + `tokenizer_config.json`), with our own
 //! truncation and no padding; batches are padded to their longest member.
 use crate::error::{Error, Result};
-use crate::model::config::TokenizerConfig;
+use crate::model::hf_config::TokenizerConfig;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};

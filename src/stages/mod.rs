@@ -131,9 +131,9 @@ impl StageEnv<'_> {
 
 /// A stage hosts the training loop: its events become the stage's log lines, progress
 /// bar and shard records.
-impl crate::train::trainer::Host for StageEnv<'_> {
-    fn event(&mut self, event: crate::train::trainer::TrainEvent) {
-        use crate::train::trainer::TrainEvent as T;
+impl crate::training::trainer::Host for StageEnv<'_> {
+    fn event(&mut self, event: crate::training::trainer::TrainEvent) {
+        use crate::training::trainer::TrainEvent as T;
         let stage = self.name.to_string();
         match event {
             T::Resumed { step, total } => self.warn(format!(
@@ -269,7 +269,7 @@ pub fn read_plan(partial: &Path) -> Option<usize> {
 /// Progress of a training stage: the step of its newest checkpoint, of the planned steps.
 pub fn training_progress(partial: &Path) -> Option<(usize, usize)> {
     read_plan(partial).map(|total| {
-        let done = crate::train::checkpoint::list(&partial.join("checkpoints"))
+        let done = crate::training::checkpoint::list(&partial.join("checkpoints"))
             .last()
             .copied();
         (done.unwrap_or(0) as usize, total)
@@ -280,14 +280,14 @@ pub fn training_progress(partial: &Path) -> Option<(usize, usize)> {
 /// curve, move the checkpoints out of the partial folder, and list the outputs.
 pub fn finish_training(
     env: &StageEnv,
-    curve: &crate::train::curve::LossCurve,
-    (checkpoints, after): (&Path, crate::train::checkpoint::AfterSuccess),
+    curve: &crate::training::curve::LossCurve,
+    (checkpoints, after): (&Path, crate::training::checkpoint::AfterSuccess),
     model_dir: &str,
-    stats: &crate::train::data::GroupStats,
+    stats: &crate::training::groups::GroupStats,
 ) -> Result<Outcome> {
     const CURVE: &str = "loss_curve.parquet";
     curve.write(&env.dir.join(CURVE))?;
-    crate::train::checkpoint::publish(checkpoints, &env.dir.join("checkpoints"), after)?;
+    crate::training::checkpoint::publish(checkpoints, &env.dir.join("checkpoints"), after)?;
     // Every file of the exported model (weights, configs, tokenizer, pooling): a missing
     // or changed one makes the stage stale.
     let mut outputs = model_files(&env.dir, model_dir)?;

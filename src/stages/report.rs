@@ -6,7 +6,7 @@ use super::paths::report::{HEALTH, HTML, MARKDOWN};
 use super::paths::StageId;
 use super::{Outcome, Stage, StageEnv};
 use crate::error::{read_json, Error, Result};
-use crate::eval::metrics::Measures;
+use crate::ranking::metrics::Measures;
 use crate::pipeline::health::{self, Finding};
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;

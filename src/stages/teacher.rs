@@ -21,9 +21,9 @@ use crate::pipeline::events::Event;
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
-use crate::train::data::{Example, TrainingSet};
-use crate::train::losses;
-use crate::train::trainer::{self, Task};
+use crate::training::groups::{Example, TrainingSet};
+use crate::training::losses;
+use crate::training::trainer::{self, Task};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -246,10 +246,10 @@ fn train_one(
     name: &str,
     checkpoints: &Path,
     out: &str,
-) -> Result<crate::train::curve::LossCurve> {
+) -> Result<crate::training::curve::LossCurve> {
     let p = env.pipeline;
     // Fresh tensors (a new classifier, a missing pooler) are drawn from the run seed.
-    tch::manual_seed(crate::train::trainer::init_seed(p.seed, name));
+    tch::manual_seed(crate::training::trainer::init_seed(p.seed, name));
     let mut model = CrossEncoder::from_encoder(
         &p.teacher.path,
         p.teacher.max_length,

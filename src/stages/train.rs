@@ -20,9 +20,9 @@ use crate::pipeline::config::{LossConfig, StudentTrainConfig};
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
-use crate::train::data::{Example, QueryGroup, TrainingSet};
-use crate::train::losses;
-use crate::train::trainer::{self, Task};
+use crate::training::groups::{Example, QueryGroup, TrainingSet};
+use crate::training::losses;
+use crate::training::trainer::{self, Task};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -344,7 +344,7 @@ impl Stage for Train {
         // fp32 master weights (bf16 activations on CUDA, set below). Fresh tensors (a
         // pooler missing from the checkpoint) are drawn from the run seed, the same for
         // the baseline as for the distilled student.
-        tch::manual_seed(crate::train::trainer::init_seed(p.seed, "train"));
+        tch::manual_seed(crate::training::trainer::init_seed(p.seed, "train"));
         let mut model = BiEncoder::load(
             &p.student.path,
             env.device,

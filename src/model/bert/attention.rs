@@ -1,5 +1,5 @@
 //! BERT self-attention through libtorch's `scaled_dot_product_attention`.
-use crate::model::config::BertConfig;
+use crate::model::hf_config::BertConfig;
 use crate::model::tokenizer::Packing;
 use tch::{nn, Tensor};
 

@@ -1,5 +1,5 @@
 //! BERT input embeddings: word + token type + absolute position, then LayerNorm and dropout.
-use crate::model::config::BertConfig;
+use crate::model::hf_config::BertConfig;
 use tch::{nn, nn::Module, Kind, Tensor};
 
 /// Hugging Face keys: `embeddings.{word,position,token_type}_embeddings.weight`,

@@ -1,6 +1,6 @@
 //! One BERT transformer layer: attention, then the GELU feed-forward block.
 use super::attention::{Attend, BertAttention};
-use crate::model::config::BertConfig;
+use crate::model::hf_config::BertConfig;
 use tch::{nn, Tensor};
 
 /// Hugging Face keys under `encoder.layer.N.`: `attention.*`, `intermediate.dense.*`,

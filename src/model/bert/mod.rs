@@ -4,7 +4,7 @@ mod attention;
 mod embeddings;
 mod layer;
 
-use crate::model::config::BertConfig;
+use crate::model::hf_config::BertConfig;
 use crate::model::tokenizer::Batch;
 use attention::Attend;
 use embeddings::BertEmbeddings;

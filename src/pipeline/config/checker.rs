@@ -160,13 +160,13 @@ impl Checker<'_> {
         seed: u64,
         (lr, batch_queries, negatives): (f64, usize, usize),
         min_steps: Option<u64>,
-    ) -> Result<crate::train::trainer::TrainSettings> {
+    ) -> Result<crate::training::trainer::TrainSettings> {
         let k = |name: &str| format!("{section}.{name}");
         let pos = |v: &Option<Spanned<usize>>, name: &str, default: usize| {
             v.as_ref()
                 .map_or(Ok(default), |v| self.positive(v, &k(name)))
         };
-        Ok(crate::train::trainer::TrainSettings {
+        Ok(crate::training::trainer::TrainSettings {
             epochs: self.positive(&t.epochs, &k("epochs"))?,
             lr: self.opt_f64(&t.lr, &k("lr"), lr, 1e-12, 1.0)?,
             warmup_ratio: self.unit(&t.warmup_ratio, &k("warmup_ratio"), 0.0, 1.0)?,

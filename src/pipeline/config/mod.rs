@@ -37,7 +37,7 @@ pub struct LossConfig {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StudentTrainConfig {
-    pub settings: crate::train::trainer::TrainSettings,
+    pub settings: crate::training::trainer::TrainSettings,
     pub loss: LossConfig,
     /// Unset keeps the run's hash as it was before the key existed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -78,7 +78,7 @@ impl StudentTrainConfig {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TeacherTrainConfig {
-    pub settings: crate::train::trainer::TrainSettings,
+    pub settings: crate::training::trainer::TrainSettings,
     pub loss: TeacherLoss,
     /// Fold teachers for cross-fitted scores (`crate::data::dev::fold_of`); 1: none.
     #[serde(skip_serializing_if = "is_one")]

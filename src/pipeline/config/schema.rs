@@ -122,11 +122,11 @@ pub struct TrainSection {
     #[serde(default = "default_warmup")]
     pub warmup_ratio: Spanned<f64>,
     #[serde(default)]
-    pub schedule: crate::train::schedule::Decay,
+    pub schedule: crate::training::schedule::Decay,
     pub batch_queries: Option<Spanned<usize>>,
     pub negatives: Option<Spanned<usize>>,
     /// [train] only: "random" or "topic" batches.
-    pub batching: Option<Spanned<crate::train::data::Batching>>,
+    pub batching: Option<Spanned<crate::training::groups::Batching>>,
     #[serde(default = "one")]
     pub grad_accumulation: Spanned<usize>,
     #[serde(default = "default_clip")]
@@ -139,7 +139,7 @@ pub struct TrainSection {
     pub keep_checkpoints: Spanned<usize>,
     /// What is left of the resume checkpoints once the stage has succeeded.
     #[serde(default)]
-    pub checkpoints_after_success: crate::train::checkpoint::AfterSuccess,
+    pub checkpoints_after_success: crate::training::checkpoint::AfterSuccess,
     // [train] only
     pub margin_mse: Option<Spanned<f64>>,
     pub kl: Option<Spanned<f64>>,

@@ -8,7 +8,7 @@
 //! therefore needs only the step besides weights and moments.
 use super::checkpoint;
 use super::curve::LossCurve;
-use super::data::{Batching, Example, TrainingSet};
+use super::groups::{Batching, Example, TrainingSet};
 use super::optimizer::{AdamW, AdamWConfig};
 use super::schedule::{Decay, Schedule};
 use crate::error::{Error, Result};

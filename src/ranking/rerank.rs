@@ -2,7 +2,7 @@
 //! eval stage measures on the test splits and the teacher stage on the dev slice.
 use crate::data::beir::Texts;
 use crate::error::Result;
-use crate::eval::metrics::{evaluate, trec_order, Judgements, Measures};
+use crate::ranking::metrics::{evaluate, trec_order, Judgements, Measures};
 use crate::model::{BiEncoder, CrossEncoder};
 use crate::retrieval;
 use std::collections::BTreeMap;
