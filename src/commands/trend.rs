@@ -5,8 +5,8 @@
 //! the threshold (against the run before) highlighted; and a verdict on the newest run,
 //! which the binary turns into its exit code for cron jobs.
 use crate::error::{read_json, Error, Result};
-use crate::ranking::metrics::Measures;
 use crate::pipeline::manifest::Manifest;
+use crate::ranking::metrics::Measures;
 use crate::render::{delta, esc, fmt, html_head, svg_chart, utc, Table, HTML_TAIL};
 use serde_json::Value;
 use std::fmt::Write as _;

@@ -1,12 +1,12 @@
 //! The student: a sentence-transformers bi-encoder (Transformer -> Pooling -> Normalize).
 use crate::error::{read_json, Error, Result};
 use crate::model::bert::BertModel;
-use crate::model::weights::{self, ImportReport, Layout};
 use crate::model::hf_config::{
     BertConfig, ModuleEntry, PoolingConfig, SentenceBertConfig, TokenizerConfig,
 };
 use crate::model::pooling::{l2_normalize, Pooling};
 use crate::model::tokenizer::{map_sorted_batches, Batch, Encoded, TextTokenizer};
+use crate::model::weights::{self, ImportReport, Layout};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 

@@ -3,9 +3,9 @@
 use crate::error::{read_json, Error, Result};
 use crate::model::bert::BertModel;
 use crate::model::bi_encoder::BiEncoderSpec;
-use crate::model::weights::{self, ImportReport, Layout};
 use crate::model::hf_config::{BertConfig, TokenizerConfig};
 use crate::model::tokenizer::{map_sorted_batches, Batch, Encoded, TextTokenizer};
+use crate::model::weights::{self, ImportReport, Layout};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 

@@ -2,9 +2,9 @@
 //! a `SentenceTransformer` for the student, a `CrossEncoder` for the teacher.
 use crate::error::{read_json, Error, Result};
 use crate::model::bi_encoder::BiEncoder;
-use crate::model::weights;
-use crate::model::hf_config::BertConfig;
 use crate::model::cross_encoder::CrossEncoder;
+use crate::model::hf_config::BertConfig;
+use crate::model::weights;
 use serde_json::{json, Value};
 use std::path::Path;
 

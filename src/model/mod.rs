@@ -3,12 +3,12 @@
 pub mod batching;
 pub mod bert;
 pub mod bi_encoder;
-pub mod weights;
-pub mod hf_config;
 pub mod cross_encoder;
 pub mod export;
+pub mod hf_config;
 pub mod pooling;
 pub mod tokenizer;
+pub mod weights;
 
 pub use bi_encoder::BiEncoder;
 pub use cross_encoder::{Activation, CrossEncoder};

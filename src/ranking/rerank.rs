@@ -2,8 +2,8 @@
 //! eval stage measures on the test splits and the teacher stage on the dev slice.
 use crate::data::beir::Texts;
 use crate::error::Result;
-use crate::ranking::metrics::{evaluate, trec_order, Judgements, Measures};
 use crate::model::{BiEncoder, CrossEncoder};
+use crate::ranking::metrics::{evaluate, trec_order, Judgements, Measures};
 use crate::retrieval;
 use std::collections::BTreeMap;
 use tch::Tensor;
