@@ -64,7 +64,9 @@ fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
         let p = e.unwrap().path();
         if p.is_dir() {
             walk(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
+        } else if p.extension().is_some_and(|x| x == "rs")
+            && !p.to_string_lossy().ends_with("_tests.rs")
+        {
             out.push(p);
         }
     }
