@@ -210,7 +210,8 @@ fn a_watch_dataset_is_evaluated_and_never_mined_scored_or_trained_on() {
 #[test]
 fn degenerate_inputs_fail_at_the_stage_that_sees_them() {
     let dir = tempfile::tempdir().unwrap();
-    // An empty training split: mine fails naming the qrels file and the key.
+    // An empty training split: the check before any stage fails, naming the qrels file
+    // and the key; nothing was mined.
     let empty = without_train_split(dir.path(), "empty-train");
     let tiny = generated("beir_tiny");
     std::fs::write(
@@ -226,7 +227,8 @@ fn degenerate_inputs_fail_at_the_stage_that_sees_them() {
         err.contains("train.tsv") && err.contains("dataset.train_split"),
         "{err}"
     );
-    assert!(err.contains("mine: failed"), "{err}");
+    assert!(!err.contains("mine: failed"), "{err}");
+    assert!(!dir.path().join("out/empty/mine").exists());
 
     // A margin that flags every negative: score fails naming the key.
     let path = pipeline(
