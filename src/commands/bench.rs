@@ -23,7 +23,6 @@ use crate::stages::train::StudentTask;
 use crate::torch_extras::{peak_memory, reset_peak_memory};
 use crate::training::groups::{Doc, Example, QueryGroup, TrainingSet};
 use crate::training::optimizer::{AdamW, AdamWConfig};
-use crate::training::trainer::Task;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -439,11 +438,8 @@ fn run_train(s: &BenchSettings, shapes: &Shapes, rng: &mut SplitMix64) -> Result
                 negatives: (0..shapes.docs_per_query - 1).collect(),
             })
             .collect();
-        opt.zero_grad();
-        let (loss, _) = task.loss(&examples)?;
-        loss.backward();
-        let _ = opt.clip_grad_norm(1.0);
-        opt.step(2e-5)?;
+        // The training loop's own step (one micro-batch, clipping at 1, lr 2e-5).
+        crate::training::trainer::optimizer_step(&task, &mut opt, &[examples], 1.0, 2e-5)?;
         step += 1;
         Ok((shapes.queries as u64, flops[i].0, flops[i].1))
     })

@@ -144,9 +144,35 @@ fn step_seed(seed: u64, step: u64) -> i64 {
     (crate::rng::SplitMix64::for_key(seed, &format!("step {step}")).next_u64() >> 1) as i64
 }
 
+/// One optimizer step: each micro-batch's loss, divided by their number, back-propagated;
+/// the gradients clipped to `max_grad_norm` (global norm); AdamW stepped at `lr`. The
+/// training loop's step, and `distill bench`'s W3. The loss values stay on the device.
+pub fn optimizer_step(
+    task: &dyn Task,
+    opt: &mut AdamW,
+    batches: &[Vec<Example>],
+    max_grad_norm: f64,
+    lr: f64,
+) -> Result<PendingStep> {
+    opt.zero_grad();
+    let mut record = PendingStep::default();
+    for batch in batches {
+        let (loss, terms) = task.loss(batch)?;
+        let scaled = loss / batches.len() as f64;
+        record.losses.push(scaled.detach());
+        scaled.backward();
+        record.terms.push(terms);
+    }
+    record.grad_norm = Some(opt.clip_grad_norm(max_grad_norm));
+    record.lr = lr;
+    opt.step(lr)?;
+    record.step = opt.step;
+    Ok(record)
+}
+
 /// One optimizer step whose loss values are still on the device.
 #[derive(Default)]
-struct PendingStep {
+pub struct PendingStep {
     step: u64,
     epoch: usize,
     lr: f64,
@@ -265,17 +291,17 @@ pub fn train(
     while opt.step < total_steps {
         let step = opt.step;
         tch::manual_seed(step_seed(s.seed, step));
-        opt.zero_grad();
         let micro: Vec<u64> = (step * accum..((step + 1) * accum).min(total_micro)).collect();
-        let mut record = PendingStep::default();
+        let mut epoch = 0;
+        let mut batches: Vec<Vec<Example>> = Vec::with_capacity(micro.len());
         for &m in &micro {
-            record.epoch = m as usize / per_epoch;
-            if plan_epoch.as_ref().is_none_or(|(e, _)| *e != record.epoch) {
+            epoch = m as usize / per_epoch;
+            if plan_epoch.as_ref().is_none_or(|(e, _)| *e != epoch) {
                 plan_epoch = Some((
-                    record.epoch,
+                    epoch,
                     set.epoch(
                         s.seed,
-                        record.epoch,
+                        epoch,
                         s.negatives,
                         (s.batching == Batching::Topic).then_some(s.batch_queries),
                     ),
@@ -286,18 +312,12 @@ pub fn train(
                 .map(|p| &p.1)
                 .unwrap_or_else(|| unreachable!())[..];
             let idx = m as usize % per_epoch;
-            let batch =
-                &examples[idx * s.batch_queries..((idx + 1) * s.batch_queries).min(examples.len())];
-            let (loss, terms) = task.loss(batch)?;
-            let scaled = loss / micro.len() as f64;
-            record.losses.push(scaled.detach());
-            scaled.backward();
-            record.terms.push(terms);
+            let end = ((idx + 1) * s.batch_queries).min(examples.len());
+            batches.push(examples[idx * s.batch_queries..end].to_vec());
         }
-        record.grad_norm = Some(opt.clip_grad_norm(s.max_grad_norm));
-        record.lr = schedule.lr(step);
-        opt.step(record.lr)?;
-        record.step = opt.step;
+        let mut record =
+            optimizer_step(task, &mut opt, &batches, s.max_grad_norm, schedule.lr(step))?;
+        record.epoch = epoch;
         if let Some(previous) = pending.replace(record) {
             previous.resolve(&mut curve, host)?;
         }
