@@ -19,9 +19,9 @@ use crate::model::tokenizer::Encoded;
 use crate::model::{BiEncoder, CrossEncoder};
 use crate::pipeline::config::LossConfig;
 use crate::rng::SplitMix64;
-use crate::stages::train::StudentTask;
 use crate::torch_extras::{peak_memory, reset_peak_memory};
 use crate::training::groups::{Doc, Example, QueryGroup, TrainingSet};
+use crate::training::objectives::StudentObjective;
 use crate::training::optimizer::{AdamW, AdamWConfig};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -376,28 +376,32 @@ fn run_train(s: &BenchSettings, shapes: &Shapes, rng: &mut SplitMix64) -> Result
     };
     let steps = 4;
     let mut groups = Vec::new();
+    let mut texts = Vec::new();
     for g in 0..shapes.queries * steps {
         let mut doc = |i: usize| Doc {
             id: format!("d{g}-{i}"),
-            text: String::new(),
+            text: 0,
             teacher: 0.0,
         };
         let mut positives = vec![doc(0)];
         let mut negatives: Vec<Doc> = (1..shapes.docs_per_query).map(&mut doc).collect();
         for d in positives.iter_mut().chain(negatives.iter_mut()) {
-            d.text = text(rng, shapes.doc_len);
+            texts.push(text(rng, shapes.doc_len));
+            d.text = texts.len() - 1;
             d.teacher = (rng.next_u64() % 1000) as f32 / 100.0 - 5.0;
         }
+        texts.push(text(rng, shapes.query_len));
         groups.push(QueryGroup {
             dataset: "bench".into(),
             query_id: format!("q{g}"),
-            text: text(rng, shapes.query_len),
+            text: texts.len() - 1,
             positive_ids: [positives[0].id.clone()].into(),
             positives,
             negatives,
         });
     }
     let set = TrainingSet {
+        texts,
         groups,
         stats: Default::default(),
     };
@@ -412,7 +416,7 @@ fn run_train(s: &BenchSettings, shapes: &Shapes, rng: &mut SplitMix64) -> Result
         infonce_symmetric: false,
         exclude_false_negatives: false,
     };
-    let task = StudentTask::new(&model, &set, &loss)?;
+    let task = StudentObjective::new(&model, &set, &loss)?;
     let mut opt = AdamW::new(
         model.vs.variables().into_iter().collect(),
         AdamWConfig::default(),
@@ -421,7 +425,11 @@ fn run_train(s: &BenchSettings, shapes: &Shapes, rng: &mut SplitMix64) -> Result
         .groups
         .chunks(shapes.queries)
         .map(|chunk| {
-            let texts: Vec<&str> = chunk.iter().flat_map(QueryGroup::texts).collect();
+            let texts: Vec<&str> = chunk
+                .iter()
+                .flat_map(QueryGroup::texts)
+                .map(|t| set.texts[t].as_str())
+                .collect();
             model
                 .tokenizer
                 .encode_texts(&texts)

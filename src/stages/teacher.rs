@@ -16,72 +16,19 @@ use crate::data::pairs::PairTable;
 use crate::error::{Error, Result};
 use crate::model::export::export_cross_encoder;
 use crate::model::{BiEncoder, CrossEncoder};
-use crate::pipeline::config::TeacherLoss;
 use crate::pipeline::events::Event;
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
-use crate::training::groups::{Example, TrainingSet};
-use crate::training::losses;
-use crate::training::trainer::{self, Task};
+use crate::training::groups::TrainingSet;
+use crate::training::objectives::TeacherObjective;
+use crate::training::trainer;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
-use tch::{Kind, Tensor};
+use tch::Kind;
 
 pub struct Teacher;
-
-struct TeacherTask<'a> {
-    model: &'a CrossEncoder,
-    set: &'a TrainingSet,
-    loss: TeacherLoss,
-}
-
-impl Task for TeacherTask<'_> {
-    fn loss(&self, examples: &[Example]) -> Result<(Tensor, Vec<(String, Tensor)>)> {
-        let k = 1 + examples.first().map_or(0, |e| e.negatives.len()) as i64;
-        let mut pairs: Vec<(&str, &str)> = Vec::new();
-        for e in examples {
-            let g = &self.set.groups[e.query];
-            pairs.push((&g.text, &g.positives[e.positive].text));
-            pairs.extend(
-                e.negatives
-                    .iter()
-                    .map(|&n| (g.text.as_str(), g.negatives[n].text.as_str())),
-            );
-        }
-        let encoded = self.model.tokenizer.encode_pairs(&pairs)?;
-        let items: Vec<_> = encoded.iter().collect();
-        let batch = crate::model::tokenizer::Batch::new(
-            &items,
-            self.model.tokenizer.pad_id(),
-            self.model.device(),
-        );
-        let logits = self
-            .model
-            .forward_t(&batch, true)
-            .select(1, 0)
-            .view([-1, k]);
-        let terms = match self.loss {
-            TeacherLoss::Listwise => vec![("listwise_ce", losses::listwise_ce(&logits))],
-            TeacherLoss::Bce => vec![("bce", losses::pointwise_bce(&logits))],
-            TeacherLoss::ListwiseBce => vec![
-                ("listwise_ce", losses::listwise_ce(&logits)),
-                ("bce", losses::pointwise_bce(&logits)),
-            ],
-        };
-        let total = terms
-            .iter()
-            .map(|(_, l)| l.shallow_clone())
-            .reduce(|a, b| a + b)
-            .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, logits.device())));
-        let values = terms
-            .into_iter()
-            .map(|(n, l)| (n.to_string(), l.detach()))
-            .collect();
-        Ok((total, values))
-    }
-}
 
 impl Stage for Teacher {
     fn name(&self) -> &'static str {
@@ -269,7 +216,7 @@ fn train_one(
         p.teacher.path.display(),
         model.import.initialised.join(", ")
     ));
-    let task = TeacherTask {
+    let task = TeacherObjective {
         model: &model,
         set,
         loss: cfg.loss,

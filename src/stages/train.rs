@@ -12,19 +12,17 @@ use super::{Outcome, Stage, StageEnv};
 use crate::data::beir::Dataset;
 use crate::data::pairs::PairTable;
 use crate::error::Result;
-use crate::model::batching::upload;
 use crate::model::export::export_bi_encoder;
-use crate::model::tokenizer::{Batch, Encoded};
 use crate::model::BiEncoder;
-use crate::pipeline::config::{LossConfig, StudentTrainConfig};
+use crate::pipeline::config::StudentTrainConfig;
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
-use crate::training::groups::{Example, QueryGroup, TrainingSet};
-use crate::training::losses;
-use crate::training::trainer::{self, Task};
+use crate::training::groups::TrainingSet;
+use crate::training::objectives::StudentObjective;
+use crate::training::trainer;
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
@@ -44,137 +42,6 @@ impl Train {
             true => p.train.contrastive(),
             false => p.train.clone(),
         }
-    }
-}
-
-pub struct StudentTask<'a> {
-    model: &'a BiEncoder,
-    set: &'a TrainingSet,
-    loss: &'a LossConfig,
-    /// Every query and document text of the set, tokenized once (epochs reuse them).
-    tokens: HashMap<&'a str, Encoded>,
-}
-
-impl<'a> StudentTask<'a> {
-    pub fn new(model: &'a BiEncoder, set: &'a TrainingSet, loss: &'a LossConfig) -> Result<Self> {
-        let texts: Vec<&'a str> = set
-            .groups
-            .iter()
-            .flat_map(QueryGroup::texts)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let encoded = model.tokenizer.encode_texts(&texts)?;
-        Ok(StudentTask {
-            model,
-            set,
-            loss,
-            tokens: texts.into_iter().zip(encoded).collect(),
-        })
-    }
-
-    fn embed(&self, texts: &[&str]) -> Result<Tensor> {
-        let items: Vec<&Encoded> = texts
-            .iter()
-            .map(|t| {
-                self.tokens.get(t).ok_or_else(|| {
-                    crate::error::Error::config(
-                        "training set",
-                        format!("text not tokenized: {t:.40}"),
-                    )
-                })
-            })
-            .collect::<Result<_>>()?;
-        let batch = Batch::new(&items, self.model.tokenizer.pad_id(), self.model.device());
-        Ok(self.model.forward_t(&batch, true))
-    }
-}
-
-impl Task for StudentTask<'_> {
-    fn loss(&self, examples: &[Example]) -> Result<(Tensor, Vec<(String, Tensor)>)> {
-        let b = examples.len() as i64;
-        let k = 1 + examples.first().map_or(0, |e| e.negatives.len()) as i64;
-        let mut queries = Vec::new();
-        let mut docs = Vec::new();
-        let mut doc_ids = Vec::new();
-        let mut teacher = Vec::new();
-        for e in examples {
-            let g = &self.set.groups[e.query];
-            queries.push(g.text.as_str());
-            let group_docs = std::iter::once(&g.positives[e.positive])
-                .chain(e.negatives.iter().map(|&n| &g.negatives[n]));
-            for d in group_docs {
-                docs.push(d.text.as_str());
-                doc_ids.push(d.id.as_str());
-                teacher.push(d.teacher);
-            }
-        }
-        // Packed batches have no padding, so queries and documents share one forward
-        // (one cast of the weights, half the launches); padded, they run apart.
-        let (q, d) = if self.model.bert.packs_on(self.model.device()) {
-            let all = self.embed(&[&queries[..], &docs[..]].concat())?;
-            (all.narrow(0, 0, b), all.narrow(0, b, docs.len() as i64))
-        } else {
-            (self.embed(&queries)?, self.embed(&docs)?)
-        };
-        let (q, d) = (q.to_kind(Kind::Float), d.to_kind(Kind::Float));
-        let dim = q.size()[1];
-        let student = (q.unsqueeze(1) * d.view([b, k, dim])).sum_dim_intlist(
-            [2].as_slice(),
-            false,
-            Kind::Float,
-        );
-        let teacher = upload(&Tensor::from_slice(&teacher).view([b, k]), q.device());
-        let c = self.loss;
-        let mut total = Tensor::zeros([], (Kind::Float, q.device()));
-        let mut terms = Vec::new();
-        let mut add = |name: &str, weight: f64, loss: Tensor| {
-            terms.push((name.to_string(), loss.detach()));
-            total = &total + loss * weight;
-        };
-        let scaled = &student * c.student_scale;
-        if c.margin_mse > 0.0 {
-            add(
-                "margin_mse",
-                c.margin_mse,
-                losses::margin_mse(&scaled, &teacher),
-            );
-        }
-        if c.kl > 0.0 {
-            add(
-                "kl",
-                c.kl,
-                losses::kl(
-                    &scaled,
-                    &teacher,
-                    c.kl_student_temperature,
-                    c.kl_teacher_temperature,
-                ),
-            );
-        }
-        if c.infonce > 0.0 {
-            let targets: Vec<i64> = (0..b).map(|i| i * k).collect();
-            let mut mask = vec![false; (b * b * k) as usize];
-            for (i, e) in examples.iter().enumerate() {
-                let positives = &self.set.groups[e.query].positive_ids;
-                for (j, id) in doc_ids.iter().enumerate() {
-                    mask[i * doc_ids.len() + j] = j as i64 != targets[i] && positives.contains(*id);
-                }
-            }
-            let mask = upload(&Tensor::from_slice(&mask).view([b, b * k]), q.device());
-            let mut loss = losses::infonce(&q, &d, &targets, Some(&mask), c.infonce_scale);
-            if c.infonce_symmetric {
-                // Query j is masked for query i's positive when that document is one of
-                // j's positives: the forward mask's [j][targets[i]], transposed.
-                let cols = upload(&Tensor::from_slice(&targets), q.device());
-                let back = mask.index_select(1, &cols).tr();
-                let reverse =
-                    losses::infonce_doc_to_query(&q, &d, &targets, Some(&back), c.infonce_scale);
-                loss = (loss + reverse) / 2.0;
-            }
-            add("infonce", c.infonce, loss);
-        }
-        Ok((total, terms))
     }
 }
 
@@ -370,7 +237,7 @@ impl Stage for Train {
         }
         let (_, total) = trainer::plan(&set, &cfg.settings);
         super::write_plan(&env.partial, total as usize)?;
-        let task = StudentTask::new(&model, &set, &cfg.loss)?;
+        let task = StudentObjective::new(&model, &set, &cfg.loss)?;
         let vars = trainable(model.vs.variables(), cfg.freeze_embeddings, &p.student.path)?;
         // WiSE-FT's weight and the base's weights (copied before a resumed run restores a
         // checkpoint).

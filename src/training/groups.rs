@@ -27,11 +27,14 @@ impl Batching {
     }
 }
 
+/// Index of a text in [`TrainingSet::texts`].
+pub type TextId = usize;
+
 /// One document of a group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Doc {
     pub id: String,
-    pub text: String,
+    pub text: TextId,
     /// Teacher score (0 when the table has none).
     pub teacher: f32,
 }
@@ -40,7 +43,7 @@ pub struct Doc {
 pub struct QueryGroup {
     pub dataset: String,
     pub query_id: String,
-    pub text: String,
+    pub text: TextId,
     pub positives: Vec<Doc>,
     pub negatives: Vec<Doc>,
     /// Ids of every labelled positive of the query (for in-batch masking).
@@ -49,13 +52,9 @@ pub struct QueryGroup {
 
 impl QueryGroup {
     /// The query's text, then every positive's and negative's.
-    pub fn texts(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.text.as_str()).chain(
-            self.positives
-                .iter()
-                .chain(&self.negatives)
-                .map(|d| d.text.as_str()),
-        )
+    pub fn texts(&self) -> impl Iterator<Item = TextId> + '_ {
+        std::iter::once(self.text)
+            .chain(self.positives.iter().chain(&self.negatives).map(|d| d.text))
     }
 }
 
@@ -161,8 +160,11 @@ pub struct Example {
     pub negatives: Vec<usize>,
 }
 
-#[derive(Debug, Clone)]
+/// The groups of a training run and their texts, each loaded once and referred to by
+/// index (a document in several groups is one text).
+#[derive(Debug, Clone, Default)]
 pub struct TrainingSet {
+    pub texts: Vec<String>,
     pub groups: Vec<QueryGroup>,
     pub stats: GroupStats,
 }
@@ -179,6 +181,9 @@ impl TrainingSet {
         let mut groups: Vec<QueryGroup> = Vec::new();
         let mut index: BTreeMap<(String, String), usize> = BTreeMap::new();
         let mut stats = GroupStats::default();
+        // Texts by (dataset, document id): each document's text is copied once.
+        let mut texts: Vec<String> = Vec::new();
+        let mut doc_text: HashMap<(&str, &str), TextId> = HashMap::new();
         for i in 0..table.len() {
             let (ds_name, qid, did) = (&table.dataset[i], &table.query_id[i], &table.doc_id[i]);
             let ds = datasets.get(ds_name).ok_or_else(|| Error::TrainingData {
@@ -196,6 +201,7 @@ impl TrainingSet {
                 Some(&g) => g,
                 None => {
                     let text = ds.queries.text(qid).ok_or_else(|| missing("query", qid))?;
+                    texts.push(text.to_string());
                     let positive_ids =
                         ds.qrels
                             .values()
@@ -206,7 +212,7 @@ impl TrainingSet {
                     groups.push(QueryGroup {
                         dataset: ds_name.clone(),
                         query_id: qid.clone(),
-                        text: text.to_string(),
+                        text: texts.len() - 1,
                         positives: Vec::new(),
                         negatives: Vec::new(),
                         positive_ids: positive_ids.collect(),
@@ -215,13 +221,21 @@ impl TrainingSet {
                     groups.len() - 1
                 }
             };
+            let text = match doc_text.get(&(ds_name.as_str(), did.as_str())) {
+                Some(&t) => t,
+                None => {
+                    let text = ds
+                        .corpus
+                        .text(did)
+                        .ok_or_else(|| missing("document", did))?;
+                    texts.push(text.to_string());
+                    doc_text.insert((ds_name, did), texts.len() - 1);
+                    texts.len() - 1
+                }
+            };
             let doc = Doc {
                 id: did.clone(),
-                text: ds
-                    .corpus
-                    .text(did)
-                    .ok_or_else(|| missing("document", did))?
-                    .to_string(),
+                text,
                 teacher: table.teacher_score.as_ref().map_or(0.0, |t| t[i]),
             };
             let group = &mut groups[g];
@@ -240,7 +254,11 @@ impl TrainingSet {
         groups.retain(|g| !g.negatives.is_empty() && !g.positives.is_empty());
         stats.dropped_without_negatives = before - groups.len();
         stats.queries = groups.len();
-        Ok(TrainingSet { groups, stats })
+        Ok(TrainingSet {
+            texts,
+            groups,
+            stats,
+        })
     }
 
     /// Only the groups for which `keep(dataset, query id)` holds (the teacher's fold and
@@ -385,14 +403,14 @@ mod tests {
     fn set(negatives: usize) -> TrainingSet {
         let doc = |i: usize| Doc {
             id: format!("d{i}"),
-            text: String::new(),
+            text: 0,
             teacher: 0.0,
         };
         let groups = (0..4)
             .map(|q| QueryGroup {
                 dataset: "x".into(),
                 query_id: format!("q{q}"),
-                text: String::new(),
+                text: 0,
                 positives: vec![doc(100), doc(101)],
                 negatives: (0..negatives).map(doc).collect(),
                 positive_ids: BTreeSet::new(),
@@ -400,7 +418,7 @@ mod tests {
             .collect();
         TrainingSet {
             groups,
-            stats: GroupStats::default(),
+            ..Default::default()
         }
     }
 
@@ -432,7 +450,7 @@ mod tests {
     fn topic_batches_gather_queries_that_share_documents() {
         let doc = |i: usize| Doc {
             id: format!("d{i}"),
-            text: String::new(),
+            text: 0,
             teacher: 0.0,
         };
         // Queries 0..12 in three topics (q % 3) whose documents are disjoint; the same
@@ -440,7 +458,7 @@ mod tests {
         let group = |q: usize, dataset: &str| QueryGroup {
             dataset: dataset.into(),
             query_id: format!("q{q}"),
-            text: String::new(),
+            text: 0,
             positives: vec![doc(100 + q)],
             negatives: (0..4).map(|j| doc(10 * (q % 3) + j)).collect(),
             positive_ids: BTreeSet::new(),
@@ -449,11 +467,11 @@ mod tests {
         groups.push(group(0, "y"));
         let set = TrainingSet {
             groups,
-            stats: GroupStats::default(),
+            ..Default::default()
         };
         let x = TrainingSet {
             groups: set.groups[..12].to_vec(),
-            stats: GroupStats::default(),
+            ..Default::default()
         };
         for seed in 0..5 {
             let order: Vec<usize> = x

@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod curve;
 pub mod groups;
 pub mod losses;
+pub mod objectives;
 pub mod optimizer;
 pub mod retention;
 pub mod schedule;

@@ -9,30 +9,13 @@ use std::path::PathBuf;
 mod checker;
 mod resolve;
 mod schema;
+pub use crate::training::objectives::{LossConfig, TeacherLoss};
 pub use schema::*;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct EvalConfig {
     pub top_k: usize,
     pub rerank_k: usize,
-}
-
-/// Loss settings of the `train` stage.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct LossConfig {
-    pub margin_mse: f64,
-    pub kl: f64,
-    pub infonce: f64,
-    /// Student scores (dot products) are multiplied by this for margin-MSE and KL.
-    pub student_scale: f64,
-    pub kl_student_temperature: f64,
-    pub kl_teacher_temperature: f64,
-    /// InfoNCE logits are dot products times this (sentence-transformers' `scale`).
-    pub infonce_scale: f64,
-    /// Left out of the hash when false.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub infonce_symmetric: bool,
-    pub exclude_false_negatives: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

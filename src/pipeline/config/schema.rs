@@ -194,20 +194,6 @@ impl Default for TrainSection {
     }
 }
 
-/// Loss of the `teacher` stage.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum TeacherLoss {
-    /// Cross-entropy of the positive against its group's negatives.
-    #[default]
-    Listwise,
-    /// Binary cross-entropy on every pair.
-    Bce,
-    /// Both, summed: the listwise term ranks, the pointwise one anchors each score.
-    #[serde(rename = "listwise+bce")]
-    ListwiseBce,
-}
-
 /// The student trained beside the distilled one to measure what the teacher adds.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

@@ -1,0 +1,238 @@
+//! The objectives of the two trained models over a micro-batch of [`Example`]s: the
+//! student's (margin-MSE, KL and InfoNCE over its dot products against the teacher's
+//! scores) and the teacher's (listwise and/or pointwise cross-entropy over its logits).
+//! The student's texts are tokenized once, when the objective is built, and looked up by
+//! [`TextId`]; the teacher's (query, document) pairs are tokenized per batch, as a pair's
+//! truncation depends on both of its texts.
+use super::groups::{Example, TextId, TrainingSet};
+use super::losses;
+use super::trainer::Task;
+use crate::error::Result;
+use crate::model::batching::upload;
+use crate::model::tokenizer::{Batch, Encoded};
+use crate::model::{BiEncoder, CrossEncoder};
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// Loss settings of the student (`[train]`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LossConfig {
+    pub margin_mse: f64,
+    pub kl: f64,
+    pub infonce: f64,
+    /// Student scores (dot products) are multiplied by this for margin-MSE and KL.
+    pub student_scale: f64,
+    pub kl_student_temperature: f64,
+    pub kl_teacher_temperature: f64,
+    /// InfoNCE logits are dot products times this (sentence-transformers' `scale`).
+    pub infonce_scale: f64,
+    /// Left out of the hash when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub infonce_symmetric: bool,
+    pub exclude_false_negatives: bool,
+}
+
+/// Loss of the teacher (`[teacher_train]`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherLoss {
+    /// Cross-entropy of the positive against its group's negatives.
+    #[default]
+    Listwise,
+    /// Binary cross-entropy on every pair.
+    Bce,
+    /// Both, summed: the listwise term ranks, the pointwise one anchors each score.
+    #[serde(rename = "listwise+bce")]
+    ListwiseBce,
+}
+
+/// A loss and its terms' values (detached), as [`Task::loss`] returns them.
+type Terms = (Tensor, Vec<(String, Tensor)>);
+
+/// The student's objective: a bi-encoder's dot products against the teacher's scores.
+pub struct StudentObjective<'a> {
+    model: &'a BiEncoder,
+    set: &'a TrainingSet,
+    loss: &'a LossConfig,
+    /// `set.texts`, tokenized once (epochs reuse them), by [`TextId`].
+    tokens: Vec<Encoded>,
+}
+
+impl<'a> StudentObjective<'a> {
+    pub fn new(model: &'a BiEncoder, set: &'a TrainingSet, loss: &'a LossConfig) -> Result<Self> {
+        let texts: Vec<&str> = set.texts.iter().map(String::as_str).collect();
+        let tokens = model.tokenizer.encode_texts(&texts)?;
+        Ok(StudentObjective {
+            model,
+            set,
+            loss,
+            tokens,
+        })
+    }
+
+    fn embed(&self, texts: &[TextId]) -> Tensor {
+        let items: Vec<&Encoded> = texts.iter().map(|&t| &self.tokens[t]).collect();
+        let batch = Batch::new(&items, self.model.tokenizer.pad_id(), self.model.device());
+        self.model.forward_t(&batch, true)
+    }
+}
+
+impl Task for StudentObjective<'_> {
+    fn loss(&self, examples: &[Example]) -> Result<Terms> {
+        let b = examples.len() as i64;
+        let mut queries = Vec::new();
+        let mut docs = Vec::new();
+        let mut doc_ids = Vec::new();
+        let mut teacher = Vec::new();
+        for e in examples {
+            let g = &self.set.groups[e.query];
+            queries.push(g.text);
+            let group_docs = std::iter::once(&g.positives[e.positive])
+                .chain(e.negatives.iter().map(|&n| &g.negatives[n]));
+            for d in group_docs {
+                docs.push(d.text);
+                doc_ids.push(d.id.as_str());
+                teacher.push(d.teacher);
+            }
+        }
+        // Packed batches have no padding, so queries and documents share one forward
+        // (one cast of the weights, half the launches); padded, they run apart.
+        let (q, d) = if self.model.bert.packs_on(self.model.device()) {
+            let all = self.embed(&[&queries[..], &docs[..]].concat());
+            (all.narrow(0, 0, b), all.narrow(0, b, docs.len() as i64))
+        } else {
+            (self.embed(&queries), self.embed(&docs))
+        };
+        // In-batch masking: document j is no negative of query i when it is one of i's
+        // labelled positives (other than i's own target).
+        let k = docs.len() / examples.len().max(1);
+        let mut mask = vec![false; examples.len() * docs.len()];
+        for (i, e) in examples.iter().enumerate() {
+            let positives = &self.set.groups[e.query].positive_ids;
+            for (j, id) in doc_ids.iter().enumerate() {
+                mask[i * docs.len() + j] = j != i * k && positives.contains(*id);
+            }
+        }
+        Ok(student_loss(&q, &d, &teacher, &mask, self.loss))
+    }
+}
+
+/// The student's loss over `b` queries `q` `[b, dim]` and their `k` documents each `d`
+/// `[b * k, dim]` (positive first), with the teacher's scores `teacher` (`b * k`, row
+/// major) and `masked` (`b x b * k`, row major) the in-batch documents that are no
+/// negative of a query: margin-MSE and KL over the scaled dot products against the
+/// teacher's scores, InfoNCE over the query's row of every document in the batch.
+pub fn student_loss(
+    q: &Tensor,
+    d: &Tensor,
+    teacher: &[f32],
+    masked: &[bool],
+    c: &LossConfig,
+) -> Terms {
+    let b = q.size()[0];
+    let k = d.size()[0] / b.max(1);
+    let (q, d) = (q.to_kind(Kind::Float), d.to_kind(Kind::Float));
+    let dim = q.size()[1];
+    let student =
+        (q.unsqueeze(1) * d.view([b, k, dim])).sum_dim_intlist([2].as_slice(), false, Kind::Float);
+    let teacher = upload(&Tensor::from_slice(teacher).view([b, k]), q.device());
+    let mut total = Tensor::zeros([], (Kind::Float, q.device()));
+    let mut terms = Vec::new();
+    let mut add = |name: &str, weight: f64, loss: Tensor| {
+        terms.push((name.to_string(), loss.detach()));
+        total = &total + loss * weight;
+    };
+    let scaled = &student * c.student_scale;
+    if c.margin_mse > 0.0 {
+        add(
+            "margin_mse",
+            c.margin_mse,
+            losses::margin_mse(&scaled, &teacher),
+        );
+    }
+    if c.kl > 0.0 {
+        let kl = losses::kl(
+            &scaled,
+            &teacher,
+            c.kl_student_temperature,
+            c.kl_teacher_temperature,
+        );
+        add("kl", c.kl, kl);
+    }
+    if c.infonce > 0.0 {
+        let targets: Vec<i64> = (0..b).map(|i| i * k).collect();
+        let mask = upload(&Tensor::from_slice(masked).view([b, b * k]), q.device());
+        let mut loss = losses::infonce(&q, &d, &targets, Some(&mask), c.infonce_scale);
+        if c.infonce_symmetric {
+            // Query j is masked for query i's positive when that document is one of
+            // j's positives: the forward mask's [j][targets[i]], transposed.
+            let cols = upload(&Tensor::from_slice(&targets), q.device());
+            let back = mask.index_select(1, &cols).tr();
+            let reverse =
+                losses::infonce_doc_to_query(&q, &d, &targets, Some(&back), c.infonce_scale);
+            loss = (loss + reverse) / 2.0;
+        }
+        add("infonce", c.infonce, loss);
+    }
+    (total, terms)
+}
+
+/// The teacher's objective: a cross-encoder's logits over each query's positive and
+/// negatives.
+pub struct TeacherObjective<'a> {
+    pub model: &'a CrossEncoder,
+    pub set: &'a TrainingSet,
+    pub loss: TeacherLoss,
+}
+
+impl Task for TeacherObjective<'_> {
+    fn loss(&self, examples: &[Example]) -> Result<Terms> {
+        let k = 1 + examples.first().map_or(0, |e| e.negatives.len()) as i64;
+        let text = |t: TextId| self.set.texts[t].as_str();
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        for e in examples {
+            let g = &self.set.groups[e.query];
+            pairs.push((text(g.text), text(g.positives[e.positive].text)));
+            pairs.extend(
+                e.negatives
+                    .iter()
+                    .map(|&n| (text(g.text), text(g.negatives[n].text))),
+            );
+        }
+        let encoded = self.model.tokenizer.encode_pairs(&pairs)?;
+        let items: Vec<_> = encoded.iter().collect();
+        let batch = Batch::new(&items, self.model.tokenizer.pad_id(), self.model.device());
+        let logits = self
+            .model
+            .forward_t(&batch, true)
+            .select(1, 0)
+            .view([-1, k]);
+        Ok(teacher_loss(&logits, self.loss))
+    }
+}
+
+/// The teacher's loss over `logits` `[queries, 1 + negatives]` (positive first).
+pub fn teacher_loss(logits: &Tensor, loss: TeacherLoss) -> Terms {
+    let terms = match loss {
+        TeacherLoss::Listwise => vec![("listwise_ce", losses::listwise_ce(logits))],
+        TeacherLoss::Bce => vec![("bce", losses::pointwise_bce(logits))],
+        TeacherLoss::ListwiseBce => vec![
+            ("listwise_ce", losses::listwise_ce(logits)),
+            ("bce", losses::pointwise_bce(logits)),
+        ],
+    };
+    let total = terms
+        .iter()
+        .map(|(_, l)| l.shallow_clone())
+        .reduce(|a, b| a + b)
+        .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, logits.device())));
+    let values = terms
+        .into_iter()
+        .map(|(n, l)| (n.to_string(), l.detach()))
+        .collect();
+    (total, values)
+}
+
+#[cfg(test)]
+#[path = "objectives_tests.rs"]
+mod tests;
