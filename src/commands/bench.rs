@@ -17,6 +17,7 @@
 use crate::error::{Error, Result};
 use crate::model::tokenizer::Encoded;
 use crate::model::{BiEncoder, CrossEncoder};
+use crate::pipeline::config::defaults as D;
 use crate::pipeline::config::LossConfig;
 use crate::rng::SplitMix64;
 use crate::torch_extras::{peak_memory, reset_peak_memory};
@@ -405,21 +406,26 @@ fn run_train(s: &BenchSettings, shapes: &Shapes, rng: &mut SplitMix64) -> Result
         groups,
         stats: Default::default(),
     };
+    // The pipeline's default loss (margin-MSE + InfoNCE); the synthetic groups have no
+    // flagged negatives to exclude.
     let loss = LossConfig {
-        margin_mse: 1.0,
-        kl: 0.0,
-        infonce: 1.0,
-        student_scale: 1.0,
-        kl_student_temperature: 1.0,
-        kl_teacher_temperature: 1.0,
-        infonce_scale: 20.0,
-        infonce_symmetric: false,
+        margin_mse: D::TRAIN_MARGIN_MSE,
+        kl: D::TRAIN_KL,
+        infonce: D::TRAIN_INFONCE,
+        student_scale: D::TRAIN_STUDENT_SCALE,
+        kl_student_temperature: D::TRAIN_KL_STUDENT_TEMPERATURE,
+        kl_teacher_temperature: D::TRAIN_KL_TEACHER_TEMPERATURE,
+        infonce_scale: D::TRAIN_INFONCE_SCALE,
+        infonce_symmetric: D::TRAIN_INFONCE_SYMMETRIC,
         exclude_false_negatives: false,
     };
     let task = StudentObjective::new(&model, &set, &loss)?;
     let mut opt = AdamW::new(
         model.vs.variables().into_iter().collect(),
-        AdamWConfig::default(),
+        AdamWConfig {
+            weight_decay: D::TRAIN_WEIGHT_DECAY,
+            ..AdamWConfig::default()
+        },
     );
     let flops: Vec<(u64, f64)> = set
         .groups
@@ -446,8 +452,10 @@ fn run_train(s: &BenchSettings, shapes: &Shapes, rng: &mut SplitMix64) -> Result
                 negatives: (0..shapes.docs_per_query - 1).collect(),
             })
             .collect();
-        // The training loop's own step (one micro-batch, clipping at 1, lr 2e-5).
-        crate::training::trainer::optimizer_step(&task, &mut opt, &[examples], 1.0, 2e-5)?;
+        // The training loop's own step (one micro-batch, the default clipping and peak
+        // learning rate).
+        let (clip, lr) = (D::TRAIN_MAX_GRAD_NORM, D::TRAIN_LR);
+        crate::training::trainer::optimizer_step(&task, &mut opt, &[examples], clip, lr)?;
         step += 1;
         Ok((shapes.queries as u64, flops[i].0, flops[i].1))
     })

@@ -1,5 +1,6 @@
 //! The checker behind [`super::Pipeline`]'s resolution: typed reads of each key against
 //! its bounds, with errors that name the file, the line and the key.
+use super::defaults as D;
 use super::*;
 use crate::error::{Error, Result};
 use std::ops::Range;
@@ -254,27 +255,50 @@ impl Checker<'_> {
             self.opt_f64(v, &format!("train.{key}"), default, lo, hi)
         };
         let loss = LossConfig {
-            margin_mse: f(&t.margin_mse, "margin_mse", 1.0, 0.0, f64::MAX)?,
-            kl: f(&t.kl, "kl", 0.0, 0.0, f64::MAX)?,
-            infonce: f(&t.infonce, "infonce", 1.0, 0.0, f64::MAX)?,
-            student_scale: f(&t.student_scale, "student_scale", 1.0, 1e-6, 1e6)?,
+            margin_mse: f(
+                &t.margin_mse,
+                "margin_mse",
+                D::TRAIN_MARGIN_MSE,
+                0.0,
+                f64::MAX,
+            )?,
+            kl: f(&t.kl, "kl", D::TRAIN_KL, 0.0, f64::MAX)?,
+            infonce: f(&t.infonce, "infonce", D::TRAIN_INFONCE, 0.0, f64::MAX)?,
+            student_scale: f(
+                &t.student_scale,
+                "student_scale",
+                D::TRAIN_STUDENT_SCALE,
+                1e-6,
+                1e6,
+            )?,
             kl_student_temperature: f(
                 &t.kl_student_temperature,
                 "kl_student_temperature",
-                1.0,
+                D::TRAIN_KL_STUDENT_TEMPERATURE,
                 1e-6,
                 1e6,
             )?,
             kl_teacher_temperature: f(
                 &t.kl_teacher_temperature,
                 "kl_teacher_temperature",
-                1.0,
+                D::TRAIN_KL_TEACHER_TEMPERATURE,
                 1e-6,
                 1e6,
             )?,
-            infonce_scale: f(&t.infonce_scale, "infonce_scale", 20.0, 1e-6, 1e6)?,
-            infonce_symmetric: t.infonce_symmetric.as_ref().is_some_and(|v| *v.get_ref()),
-            exclude_false_negatives: t.exclude_false_negatives.unwrap_or(true),
+            infonce_scale: f(
+                &t.infonce_scale,
+                "infonce_scale",
+                D::TRAIN_INFONCE_SCALE,
+                1e-6,
+                1e6,
+            )?,
+            infonce_symmetric: t
+                .infonce_symmetric
+                .as_ref()
+                .map_or(D::TRAIN_INFONCE_SYMMETRIC, |v| *v.get_ref()),
+            exclude_false_negatives: t
+                .exclude_false_negatives
+                .unwrap_or(D::TRAIN_EXCLUDE_FALSE_NEGATIVES),
         };
         if let Some(b) = &t.baseline {
             if loss.infonce <= 0.0 {
@@ -293,14 +317,23 @@ impl Checker<'_> {
             ));
         }
         Ok(StudentTrainConfig {
-            settings: self.train_settings(t, "train", seed, (2e-5, 32, 7), None)?,
+            settings: self.train_settings(
+                t,
+                "train",
+                seed,
+                (D::TRAIN_LR, D::TRAIN_BATCH_QUERIES, D::TRAIN_NEGATIVES),
+                None,
+            )?,
             loss,
             max_seq_length: t
                 .max_seq_length
                 .as_ref()
                 .map(|v| self.positive(v, "train.max_seq_length"))
                 .transpose()?,
-            freeze_embeddings: t.freeze_embeddings.as_ref().is_some_and(|v| *v.get_ref()),
+            freeze_embeddings: t
+                .freeze_embeddings
+                .as_ref()
+                .map_or(D::TRAIN_FREEZE_EMBEDDINGS, |v| *v.get_ref()),
             pseudo_keep: t
                 .pseudo_keep
                 .as_ref()
@@ -312,7 +345,10 @@ impl Checker<'_> {
                 .map(|v| self.positive(v, "train.eval_every"))
                 .transpose()?,
             eval_split: t.eval_split.as_ref().map(|v| v.get_ref().clone()),
-            keep_best: t.keep_best.as_ref().is_some_and(|v| *v.get_ref()),
+            keep_best: t
+                .keep_best
+                .as_ref()
+                .map_or(D::TRAIN_KEEP_BEST, |v| *v.get_ref()),
             wise_ft: t
                 .wise_ft
                 .as_ref()

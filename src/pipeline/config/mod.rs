@@ -7,6 +7,7 @@ use serde::Serialize;
 use std::path::PathBuf;
 
 mod checker;
+pub mod defaults;
 mod resolve;
 mod schema;
 pub use crate::training::objectives::{LossConfig, TeacherLoss};

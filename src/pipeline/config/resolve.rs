@@ -1,5 +1,6 @@
 //! From the file as written to [`Pipeline`]: every key resolved against its default and
 //! checked (the checker names the file, the line and the key of what is wrong).
+use super::defaults as D;
 use super::*;
 use crate::device::{DeviceSpec, Precision};
 use crate::error::{Error, Result};
@@ -134,14 +135,16 @@ impl Pipeline {
             (section, true) => {
                 let section = section.clone().unwrap_or_default();
                 Some(TeacherTrainConfig {
-                    // The recipe chosen on SciFact's dev slice (RESULTS.md): a fresh head
-                    // needs a larger rate and more steps than a few hundred queries give.
                     settings: c.train_settings(
                         &section,
                         "teacher_train",
                         run.seed,
-                        (1e-4, 16, 15),
-                        Some(1500),
+                        (
+                            D::TEACHER_TRAIN_LR,
+                            D::TEACHER_TRAIN_BATCH_QUERIES,
+                            D::TEACHER_TRAIN_NEGATIVES,
+                        ),
+                        Some(D::TEACHER_TRAIN_MIN_STEPS),
                     )?,
                     loss: section
                         .loss
@@ -149,7 +152,7 @@ impl Pipeline {
                         .map(|l| *l.get_ref())
                         .unwrap_or_default(),
                     folds: match &section.folds {
-                        None => 1,
+                        None => D::TEACHER_TRAIN_FOLDS,
                         Some(v) if (1..=10).contains(v.get_ref()) => *v.get_ref(),
                         Some(v) => {
                             return Err(c.err(
@@ -162,7 +165,7 @@ impl Pipeline {
                     with_pseudo_queries: section
                         .with_pseudo_queries
                         .as_ref()
-                        .is_none_or(|v| *v.get_ref()),
+                        .map_or(D::TEACHER_TRAIN_WITH_PSEUDO_QUERIES, |v| *v.get_ref()),
                 })
             }
             (None, false) => None,
@@ -265,7 +268,7 @@ impl Pipeline {
                     "dataset.pseudo_scope",
                 )?,
                 pseudo_per_sentence: match &d.pseudo_per_sentence {
-                    None => 1,
+                    None => D::DATASET_PSEUDO_PER_SENTENCE,
                     Some(v) => {
                         let key = "dataset.pseudo_per_sentence";
                         let n = c.pseudo_setting(

@@ -1,5 +1,6 @@
 //! The pipeline file as written: one struct per section, strict (`deny_unknown_fields`),
 //! with serde defaults; `resolve` turns it into the settings the stages read.
+use super::defaults as D;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use toml::Spanned;
@@ -40,7 +41,7 @@ pub struct HealthSection {
     #[serde(default = "default_min_teacher_gain")]
     pub min_teacher_gain: Spanned<f64>,
     /// Go on past a teacher that fails the gate (the report marks the run).
-    #[serde(default)]
+    #[serde(default = "default_allow_weak_teacher")]
     pub allow_weak_teacher: bool,
     /// Warn when the teacher separates positives from negatives worse than this (AUC of
     /// positive vs negative teacher scores over the candidates).
@@ -63,7 +64,7 @@ pub struct HealthSection {
     pub min_dev_gain: Spanned<f64>,
     /// Warn when the distilled student's nDCG@10 is not above the contrastive baseline's
     /// (`train.baseline`) by more than this.
-    #[serde(default = "default_min_dev_gain")]
+    #[serde(default = "default_min_gain_from_teacher")]
     pub min_gain_from_teacher: Spanned<f64>,
 }
 
@@ -74,22 +75,28 @@ impl Default for HealthSection {
 }
 
 fn default_min_teacher_gain() -> Spanned<f64> {
-    spanned(0.01)
+    spanned(D::HEALTH_MIN_TEACHER_GAIN)
 }
 fn default_min_teacher_auc() -> Spanned<f64> {
-    spanned(0.75)
+    spanned(D::HEALTH_MIN_TEACHER_AUC)
 }
 fn default_max_flagged_share() -> Spanned<f64> {
-    spanned(0.3)
+    spanned(D::HEALTH_MAX_FLAGGED_SHARE)
 }
 fn default_max_dropped_share() -> Spanned<f64> {
-    spanned(0.1)
+    spanned(D::HEALTH_MAX_DROPPED_SHARE)
 }
 fn default_min_dev_gain() -> Spanned<f64> {
-    spanned(0.0)
+    spanned(D::HEALTH_MIN_DEV_GAIN)
+}
+fn default_min_gain_from_teacher() -> Spanned<f64> {
+    spanned(D::HEALTH_MIN_GAIN_FROM_TEACHER)
+}
+fn default_allow_weak_teacher() -> bool {
+    D::HEALTH_ALLOW_WEAK_TEACHER
 }
 fn default_min_loss_drop() -> Spanned<f64> {
-    spanned(0.1)
+    spanned(D::HEALTH_MIN_LOSS_DROP)
 }
 
 /// Stage `eval`: retrieval metrics of the base and distilled students, and the teacher
@@ -101,7 +108,7 @@ pub struct EvalSection {
     #[serde(default = "default_eval_top_k")]
     pub top_k: Spanned<usize>,
     /// Documents of the student's ranking the teacher reranks.
-    #[serde(default = "default_top_k")]
+    #[serde(default = "default_rerank_k")]
     pub rerank_k: Spanned<usize>,
 }
 
@@ -116,7 +123,7 @@ impl Default for EvalSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSection {
-    #[serde(default = "one")]
+    #[serde(default = "default_epochs")]
     pub epochs: Spanned<usize>,
     pub lr: Option<Spanned<f64>>,
     #[serde(default = "default_warmup")]
@@ -127,7 +134,7 @@ pub struct TrainSection {
     pub negatives: Option<Spanned<usize>>,
     /// [train] only: "random" or "topic" batches.
     pub batching: Option<Spanned<crate::training::groups::Batching>>,
-    #[serde(default = "one")]
+    #[serde(default = "default_grad_accumulation")]
     pub grad_accumulation: Spanned<usize>,
     #[serde(default = "default_clip")]
     pub max_grad_norm: Spanned<f64>,
@@ -211,9 +218,9 @@ pub struct RunSection {
     pub output_root: PathBuf,
     #[serde(default = "default_seed")]
     pub seed: u64,
-    #[serde(default = "default_auto")]
+    #[serde(default = "default_device")]
     pub device: Spanned<String>,
-    #[serde(default = "default_auto")]
+    #[serde(default = "default_precision")]
     pub precision: Spanned<String>,
 }
 
@@ -249,11 +256,11 @@ pub struct DatasetSection {
     pub eval_split: Spanned<String>,
     /// Duplicate ids, empty texts and qrels naming unknown ids are errors (true) or
     /// skipped with a warning and counts (false).
-    #[serde(default = "default_true")]
+    #[serde(default = "default_strict")]
     pub strict: bool,
     /// Pseudo-queries cut from each corpus document and added to the training split (see
     /// `data::pseudo`); 0 (the default) adds none.
-    #[serde(default = "default_zero")]
+    #[serde(default = "default_pseudo_queries")]
     pub pseudo_queries: Spanned<usize>,
     /// Where each pseudo-query's window sits in its sentence: "random", "informative" or
     /// "question".
@@ -284,10 +291,10 @@ pub enum Role {
 #[serde(deny_unknown_fields)]
 pub struct MineSection {
     /// Documents retrieved per query (exact inner product), at most 1000.
-    #[serde(default = "default_top_k")]
+    #[serde(default = "default_mine_top_k")]
     pub top_k: Spanned<usize>,
     /// Ranks (0-based) before this one are skipped.
-    #[serde(default = "default_zero")]
+    #[serde(default = "default_range_min")]
     pub range_min: Spanned<usize>,
     /// Ranks from this one on are not used (defaults to `top_k`).
     pub range_max: Option<Spanned<usize>>,
@@ -298,7 +305,7 @@ pub struct MineSection {
     #[serde(default)]
     pub sampling: Sampling,
     /// Leave labelled positives out of the negatives.
-    #[serde(default = "default_true")]
+    #[serde(default = "default_exclude_positives")]
     pub exclude_positives: bool,
     /// Queries per committed shard (and per retrieval chunk).
     #[serde(default = "default_query_chunk")]
@@ -342,70 +349,85 @@ impl Default for ScoreSection {
     }
 }
 
-fn one() -> Spanned<usize> {
-    spanned(1)
+fn default_epochs() -> Spanned<usize> {
+    spanned(D::TRAIN_EPOCHS)
+}
+fn default_grad_accumulation() -> Spanned<usize> {
+    spanned(D::TRAIN_GRAD_ACCUMULATION)
 }
 fn default_warmup() -> Spanned<f64> {
-    spanned(0.1)
+    spanned(D::TRAIN_WARMUP_RATIO)
 }
 fn default_clip() -> Spanned<f64> {
-    spanned(1.0)
+    spanned(D::TRAIN_MAX_GRAD_NORM)
 }
 fn default_weight_decay() -> Spanned<f64> {
-    spanned(0.01)
+    spanned(D::TRAIN_WEIGHT_DECAY)
 }
 fn default_checkpoint_every() -> Spanned<usize> {
-    spanned(500)
+    spanned(D::TRAIN_CHECKPOINT_EVERY)
 }
 fn default_keep() -> Spanned<usize> {
-    spanned(2)
+    spanned(D::TRAIN_KEEP_CHECKPOINTS)
 }
 
 fn default_output_root() -> PathBuf {
-    PathBuf::from("checkpoints")
+    PathBuf::from(D::RUN_OUTPUT_ROOT)
 }
 fn default_seed() -> u64 {
-    42
+    D::RUN_SEED
 }
-fn default_auto() -> Spanned<String> {
-    Spanned::new(0..0, "auto".to_string())
+fn default_device() -> Spanned<String> {
+    spanned(D::RUN_DEVICE.to_string())
+}
+fn default_precision() -> Spanned<String> {
+    spanned(D::RUN_PRECISION.to_string())
 }
 fn spanned<T>(v: T) -> Spanned<T> {
     Spanned::new(0..0, v)
 }
 fn default_encode_batch() -> Spanned<usize> {
-    spanned(128)
+    spanned(D::STUDENT_BATCH_SIZE)
 }
 fn default_score_batch() -> Spanned<usize> {
-    spanned(64)
+    spanned(D::TEACHER_BATCH_SIZE)
 }
 fn default_train_split() -> Spanned<String> {
-    spanned("train".into())
+    spanned(D::DATASET_TRAIN_SPLIT.into())
 }
 fn default_eval_split() -> Spanned<String> {
-    spanned("test".into())
+    spanned(D::DATASET_EVAL_SPLIT.into())
 }
-fn default_true() -> bool {
-    true
+fn default_strict() -> bool {
+    D::DATASET_STRICT
 }
-fn default_zero() -> Spanned<usize> {
-    spanned(0)
+fn default_exclude_positives() -> bool {
+    D::MINE_EXCLUDE_POSITIVES
+}
+fn default_pseudo_queries() -> Spanned<usize> {
+    spanned(D::DATASET_PSEUDO_QUERIES)
+}
+fn default_range_min() -> Spanned<usize> {
+    spanned(D::MINE_RANGE_MIN)
 }
 fn default_eval_top_k() -> Spanned<usize> {
-    spanned(1000)
+    spanned(D::EVAL_TOP_K)
 }
-fn default_top_k() -> Spanned<usize> {
-    spanned(100)
+fn default_mine_top_k() -> Spanned<usize> {
+    spanned(D::MINE_TOP_K)
+}
+fn default_rerank_k() -> Spanned<usize> {
+    spanned(D::EVAL_RERANK_K)
 }
 fn default_negatives() -> Spanned<usize> {
-    spanned(15)
+    spanned(D::MINE_NUM_NEGATIVES)
 }
 fn default_query_chunk() -> Spanned<usize> {
-    spanned(1024)
+    spanned(D::MINE_QUERY_CHUNK)
 }
 fn default_corpus_chunk() -> Spanned<usize> {
-    spanned(65536)
+    spanned(D::MINE_CORPUS_CHUNK)
 }
 fn default_shard_size() -> Spanned<usize> {
-    spanned(8192)
+    spanned(D::SCORE_SHARD_SIZE)
 }
