@@ -3,6 +3,18 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The C++ side of `src/ffi/` (see `src/ffi/mod.rs`), and the headers they share.
+const FFI_SOURCES: [&str; 7] = [
+    "src/ffi/memory.cpp",
+    "src/ffi/optim.cpp",
+    "src/ffi/attention.cpp",
+    "src/ffi/profiler.cpp",
+    "src/ffi/autograd.cpp",
+    "src/ffi/nvrtc.cpp",
+    "src/ffi/layer_norm.cpp",
+];
+const FFI_HEADERS: [&str; 2] = ["src/ffi/common.h", "src/ffi/nvrtc.h"];
+
 fn libtorch_lib_dir() -> Option<PathBuf> {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_LIB");
@@ -51,7 +63,7 @@ fn torch_version() -> String {
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo::rustc-check-cfg=cfg(distill_torch_extras)");
+    println!("cargo::rustc-check-cfg=cfg(distill_ffi)");
     println!(
         "cargo:rustc-env=DISTILL_LIBTORCH_VERSION={}",
         torch_version()
@@ -61,22 +73,28 @@ fn main() {
         return;
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    // libtorch functions tch does not expose (src/torch_extras.cpp), against libtorch's
-    // own headers.
-    println!("cargo:rerun-if-changed=src/torch_extras.cpp");
+    // libtorch functions tch does not expose (src/ffi/*.cpp, one file per concern), against
+    // libtorch's own headers.
+    for header in FFI_HEADERS {
+        println!("cargo:rerun-if-changed={header}");
+    }
     let include = lib.with_file_name("include");
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .std("c++17")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .include(&include)
-        .warnings(false)
-        .file("src/torch_extras.cpp")
-        .compile("distill_torch_extras");
+        .warnings(false);
+    for source in FFI_SOURCES {
+        println!("cargo:rerun-if-changed={source}");
+        build.file(source);
+    }
+    build.compile("distill_ffi");
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
-    println!("cargo:rustc-cfg=distill_torch_extras");
+    println!("cargo:rustc-cfg=distill_ffi");
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");

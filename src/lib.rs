@@ -4,6 +4,7 @@ pub mod commands;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod ffi;
 pub mod model;
 pub mod pipeline;
 pub mod progress;
@@ -12,7 +13,6 @@ pub mod render;
 pub mod retrieval;
 pub mod rng;
 pub mod stages;
-pub mod torch_extras;
 pub mod training;
 
 pub use error::{Error, Result};

@@ -15,12 +15,13 @@
 //! speed); W2's classifier head is fresh. "Useful" FLOPs count the matmuls of the real,
 //! unpadded tokens only, with the formula of `bench_torch.py`.
 use crate::error::{Error, Result};
+use crate::ffi::memory::{peak_memory, reset_peak_memory};
+use crate::model::bert::Kernels;
 use crate::model::tokenizer::Encoded;
 use crate::model::{BiEncoder, CrossEncoder};
 use crate::pipeline::config::defaults as D;
 use crate::pipeline::config::LossConfig;
 use crate::rng::SplitMix64;
-use crate::torch_extras::{peak_memory, reset_peak_memory};
 use crate::training::groups::{Doc, Example, QueryGroup, TrainingSet};
 use crate::training::objectives::StudentObjective;
 use crate::training::optimizer::{AdamW, AdamWConfig};
@@ -79,6 +80,16 @@ pub struct BenchSettings {
     pub packed: bool,
     /// The fused add + LayerNorm kernel for inference on CUDA (the default), or aten's.
     pub fused: bool,
+}
+
+impl BenchSettings {
+    /// The kernels the models run, as `packed` and `fused` choose them.
+    fn kernels(&self) -> Kernels {
+        Kernels {
+            packed_attention: self.packed,
+            fused_add_norm: self.fused,
+        }
+    }
 }
 
 /// One implementation on one workload.
@@ -207,12 +218,12 @@ fn timed(
     let seconds = start.elapsed().as_secs_f64();
     let peak_mem_bytes = peak_memory(s.device).unwrap_or(0);
     if let Some(dir) = &s.profile {
-        crate::torch_extras::profiler_start(s.device.is_cuda())?;
+        crate::ffi::profiler::profiler_start(s.device.is_cuda())?;
         for _ in 0..3 {
             unit()?;
         }
         sync(s.device);
-        crate::torch_extras::profiler_stop(&dir.join(format!("{}-distill.json", w.name())))?;
+        crate::ffi::profiler::profiler_stop(&dir.join(format!("{}-distill.json", w.name())))?;
     }
     Ok(Measurement {
         workload: w.name().into(),
@@ -247,12 +258,14 @@ fn run_distill(s: &BenchSettings, w: Workload) -> Result<Measurement> {
     };
     match w {
         Workload::W1 => {
-            let model = BiEncoder::load(&s.model, s.device, kind, Some(512))?;
+            let mut model = BiEncoder::load(&s.model, s.device, kind, Some(512))?;
             let inputs = random_inputs(&mut rng, shapes.batch * shapes.batches, shapes.len, false);
             let (tokens, flops) = flops_of(&inputs, 1.0);
-            let check = path_differences(s, &inputs[..shapes.batch], |e| {
+            let check = path_differences(s, &inputs[..shapes.batch], |kernels, e| {
+                model.set_kernels(kernels);
                 model.encode_tokenized(e, shapes.batch, &mut |_| {})
             })?;
+            model.set_kernels(s.kernels());
             let mut m = timed(s, w, 1, || {
                 let _ = model.encode_tokenized(&inputs, shapes.batch, &mut |_| {})?;
                 Ok((inputs.len() as u64, tokens, flops))
@@ -261,16 +274,18 @@ fn run_distill(s: &BenchSettings, w: Workload) -> Result<Measurement> {
             Ok(m)
         }
         Workload::W2 => {
-            let model = CrossEncoder::from_encoder(&s.model, Some(512), s.device, kind)?;
+            let mut model = CrossEncoder::from_encoder(&s.model, Some(512), s.device, kind)?;
             let inputs = random_inputs(&mut rng, shapes.batch * shapes.batches, shapes.len, true);
             let (tokens, flops) = flops_of(&inputs, 1.0);
-            let check = path_differences(s, &inputs[..shapes.batch], |e| {
+            let check = path_differences(s, &inputs[..shapes.batch], |kernels, e| {
+                model.set_kernels(kernels);
                 Ok(Tensor::from_slice(&model.logits_tokenized(
                     e,
                     shapes.batch,
                     &mut |_| {},
                 )?))
             })?;
+            model.set_kernels(s.kernels());
             let mut m = timed(s, w, 1, || {
                 model.logits_tokenized(&inputs, shapes.batch, &mut |_| {})?;
                 Ok((inputs.len() as u64, tokens, flops))
@@ -301,23 +316,24 @@ fn run_distill(s: &BenchSettings, w: Workload) -> Result<Measurement> {
 
 /// On CUDA, the largest differences from the product path's outputs on `inputs` (notes for
 /// the table): packed against padded attention (both with aten's add + LayerNorm), and
-/// the fused add + LayerNorm kernel against aten's (both packed); empty elsewhere.
+/// the fused add + LayerNorm kernel against aten's (both packed); empty elsewhere. `run`
+/// sets the kernels on its model and runs it; the caller sets its own choice back after.
 fn path_differences(
     s: &BenchSettings,
     inputs: &[Encoded],
-    run: impl Fn(&[Encoded]) -> Result<Tensor>,
+    mut run: impl FnMut(Kernels, &[Encoded]) -> Result<Tensor>,
 ) -> Result<String> {
     if !s.device.is_cuda() {
         return Ok(String::new());
     }
-    let with = |packed: bool, fused: bool| {
-        crate::model::bert::set_packed_attention(packed);
-        crate::model::bert::set_fused_kernels(fused);
-        run(inputs)
+    let mut with = |packed_attention: bool, fused_add_norm: bool| {
+        let kernels = Kernels {
+            packed_attention,
+            fused_add_norm,
+        };
+        run(kernels, inputs)
     };
     let (padded, packed, fused) = (with(false, false), with(true, false), with(true, true));
-    crate::model::bert::set_packed_attention(s.packed);
-    crate::model::bert::set_fused_kernels(s.fused);
     let (padded, packed, fused) = (padded?, packed?, fused?);
     let max_diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
     Ok(format!(
@@ -339,7 +355,7 @@ fn fused_kernel_check(device: Device) -> String {
         Tensor::randn([8192, 384], bf16),
     );
     let (w, b) = (Tensor::randn([384], bf16), Tensor::randn([384], bf16));
-    let fused = match crate::torch_extras::add_layer_norm(&x, &r, &w, &b, 1e-12) {
+    let fused = match crate::ffi::layer_norm::add_layer_norm(&x, &r, &w, &b, 1e-12) {
         Ok(t) => t.to_kind(Kind::Float),
         Err(e) => return format!("; fused kernel not available: {e}"),
     };
@@ -357,6 +373,7 @@ fn fused_kernel_check(device: Device) -> String {
 /// W3: the `train` stage's student step on synthetic groups of whole-word texts.
 fn run_train(s: &BenchSettings, shapes: &Shapes, rng: &mut SplitMix64) -> Result<Measurement> {
     let mut model = BiEncoder::load(&s.model, s.device, Kind::Float, Some(512))?;
+    model.set_kernels(s.kernels());
     if s.device.is_cuda() {
         model.bert.set_compute_kind(Kind::BFloat16);
     }
@@ -502,8 +519,6 @@ fn run_torch(s: &BenchSettings, python: &PathBuf, w: Workload) -> Result<Measure
 /// Run every workload with distill, then with PyTorch (when a Python is given); each
 /// measurement is passed to `report` as soon as it exists.
 pub fn run(s: &BenchSettings, report: &mut dyn FnMut(&Measurement)) -> Result<Vec<Measurement>> {
-    crate::model::bert::set_packed_attention(s.packed);
-    crate::model::bert::set_fused_kernels(s.fused);
     let mut all = Vec::new();
     for &w in &s.workloads {
         let m = run_distill(s, w)?;

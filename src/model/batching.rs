@@ -8,7 +8,7 @@ use tch::{Device, Tensor};
 pub fn upload(host: &Tensor, device: Device) -> Tensor {
     match device {
         Device::Cuda(n) => {
-            crate::torch_extras::pinned_upload(host, n).unwrap_or_else(|_| host.to_device(device))
+            crate::ffi::memory::pinned_upload(host, n).unwrap_or_else(|_| host.to_device(device))
         }
         _ => host.to_device(device),
     }

@@ -1,6 +1,6 @@
 //! The student: a sentence-transformers bi-encoder (Transformer -> Pooling -> Normalize).
 use crate::error::{read_json, Error, Result};
-use crate::model::bert::BertModel;
+use crate::model::bert::{BertModel, Kernels};
 use crate::model::hf_config::{
     BertConfig, ModuleEntry, PoolingConfig, SentenceBertConfig, TokenizerConfig,
 };
@@ -143,6 +143,11 @@ impl BiEncoder {
 
     pub fn device(&self) -> Device {
         self.vs.device()
+    }
+
+    /// Choose the encoder's kernels (see [`Kernels`]; both on by default).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.bert.set_kernels(kernels);
     }
 
     /// Embedding width.

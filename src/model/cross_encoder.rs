@@ -1,7 +1,7 @@
 //! The teacher: a BERT cross-encoder (`BertForSequenceClassification`, one logit) that
 //! reads a (query, passage) pair and scores it.
 use crate::error::{read_json, Error, Result};
-use crate::model::bert::BertModel;
+use crate::model::bert::{BertModel, Kernels};
 use crate::model::bi_encoder::BiEncoderSpec;
 use crate::model::hf_config::{BertConfig, TokenizerConfig};
 use crate::model::tokenizer::{map_sorted_batches, Batch, Encoded, TextTokenizer};
@@ -221,6 +221,11 @@ impl CrossEncoder {
 
     pub fn device(&self) -> Device {
         self.vs.device()
+    }
+
+    /// Choose the encoder's kernels (see [`Kernels`]; both on by default).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.bert.set_kernels(kernels);
     }
 
     /// Differentiable forward: raw logits `[batch, num_labels]` in fp32.

@@ -77,7 +77,7 @@ impl AdamW {
     /// multi-tensor kernels, as `torch.optim.AdamW(fused=True)` does; on the CPU they run
     /// per tensor (the path the parity tests hold to torch.optim.AdamW within 1e-6).
     fn fused(&self) -> bool {
-        crate::torch_extras::available()
+        crate::ffi::available()
             && self
                 .params
                 .first()
@@ -96,7 +96,7 @@ impl AdamW {
         if self.fused() {
             let grads = self.grads();
             let refs: Vec<&Tensor> = grads.iter().collect();
-            if crate::torch_extras::zero_grads(&refs).is_ok() {
+            if crate::ffi::optim::zero_grads(&refs).is_ok() {
                 return;
             }
         }
@@ -119,7 +119,7 @@ impl AdamW {
         }
         if self.fused() {
             let refs: Vec<&Tensor> = grads.iter().collect();
-            if let Ok(norm) = crate::torch_extras::clip_grad_norm(&refs, max_norm) {
+            if let Ok(norm) = crate::ffi::optim::clip_grad_norm(&refs, max_norm) {
                 return norm;
             }
         }
@@ -198,7 +198,7 @@ impl AdamW {
             let v: Vec<&Tensor> = group.iter().map(|(p, _)| &p.exp_avg_sq).collect();
             let steps = vec![&step; group.len()];
             let wd = if decay { c.weight_decay } else { 0.0 };
-            crate::torch_extras::fused_adamw(
+            crate::ffi::optim::fused_adamw(
                 &params,
                 &grads,
                 &m,

@@ -1,6 +1,7 @@
 //! BERT self-attention through libtorch's `scaled_dot_product_attention`.
 use crate::model::hf_config::BertConfig;
 use crate::model::tokenizer::Packing;
+use std::sync::atomic::AtomicBool;
 use tch::{nn, Tensor};
 
 /// Hugging Face keys: `attention.self.{query,key,value}.{weight,bias}`,
@@ -38,8 +39,15 @@ impl BertAttention {
     }
 
     /// `hidden`: `[batch, seq, hidden]` (padded) or `[tokens, hidden]` (packed). Returns
-    /// the same shape.
-    pub fn forward_t(&self, hidden: &Tensor, attend: &Attend, train: bool) -> Tensor {
+    /// the same shape. `fused`: the model's fused add + LayerNorm switch (see
+    /// `Norm::add_forward`).
+    pub fn forward_t(
+        &self,
+        hidden: &Tensor,
+        attend: &Attend,
+        fused: &AtomicBool,
+        train: bool,
+    ) -> Tensor {
         let dropout = if train { self.attention_dropout } else { 0.0 };
         let context = match attend {
             Attend::Padded(mask) => {
@@ -74,7 +82,7 @@ impl BertAttention {
                 let qkv = hidden
                     .linear(&w, b.as_ref())
                     .view([t, 3, self.heads, self.head_dim]);
-                crate::torch_extras::varlen_attention(
+                crate::ffi::attention::varlen_attention(
                     &qkv.select(1, 0),
                     &qkv.select(1, 1),
                     &qkv.select(1, 2),
@@ -87,7 +95,7 @@ impl BertAttention {
             }
         };
         let out = super::linear(&self.output, &context).dropout(self.hidden_dropout, train);
-        self.layer_norm.add_forward(&out, hidden)
+        self.layer_norm.add_forward(&out, hidden, fused)
     }
 }
 

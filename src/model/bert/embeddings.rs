@@ -1,5 +1,6 @@
 //! BERT input embeddings: word + token type + absolute position, then LayerNorm and dropout.
 use crate::model::hf_config::BertConfig;
+use std::sync::atomic::AtomicBool;
 use tch::{nn, nn::Module, Kind, Tensor};
 
 /// Hugging Face keys: `embeddings.{word,position,token_type}_embeddings.weight`,
@@ -29,11 +30,13 @@ impl BertEmbeddings {
 
     /// `input_ids`, `token_type_ids`: `[batch, seq]` int64 -> `[batch, seq, hidden]`; or,
     /// with `positions`, packed `[tokens]` ids, segments and positions -> `[tokens, hidden]`.
+    /// `fused`: the model's fused add + LayerNorm switch (see `Norm::add_forward`).
     pub fn forward_t(
         &self,
         input_ids: &Tensor,
         token_type_ids: &Tensor,
         positions: Option<&Tensor>,
+        fused: &AtomicBool,
         train: bool,
     ) -> Tensor {
         let positions = match positions {
@@ -47,7 +50,7 @@ impl BertEmbeddings {
         let x = self.word_embeddings.forward(input_ids)
             + self.token_type_embeddings.forward(token_type_ids);
         self.layer_norm
-            .add_forward(&x, &self.position_embeddings.forward(&positions))
+            .add_forward(&x, &self.position_embeddings.forward(&positions), fused)
             .dropout(self.dropout, train)
     }
 }

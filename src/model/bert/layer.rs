@@ -1,6 +1,7 @@
 //! One BERT transformer layer: attention, then the GELU feed-forward block.
 use super::attention::{Attend, BertAttention};
 use crate::model::hf_config::BertConfig;
+use std::sync::atomic::AtomicBool;
 use tch::{nn, Tensor};
 
 /// Hugging Face keys under `encoder.layer.N.`: `attention.*`, `intermediate.dense.*`,
@@ -40,9 +41,16 @@ impl BertLayer {
         }
     }
 
-    /// `[batch, seq, hidden]` -> `[batch, seq, hidden]`, or packed `[tokens, hidden]`.
-    pub fn forward_t(&self, hidden: &Tensor, attend: &Attend, train: bool) -> Tensor {
-        let attended = self.attention.forward_t(hidden, attend, train);
+    /// `[batch, seq, hidden]` -> `[batch, seq, hidden]`, or packed `[tokens, hidden]`;
+    /// `fused`: the model's fused add + LayerNorm switch (see `Norm::add_forward`).
+    pub fn forward_t(
+        &self,
+        hidden: &Tensor,
+        attend: &Attend,
+        fused: &AtomicBool,
+        train: bool,
+    ) -> Tensor {
+        let attended = self.attention.forward_t(hidden, attend, fused, train);
         let x = super::linear(&self.intermediate, &attended);
         let x = match self.activation {
             Activation::Gelu => x.gelu("none"),
@@ -50,6 +58,6 @@ impl BertLayer {
             Activation::Relu => x.relu(),
         };
         let x = super::linear(&self.output, &x).dropout(self.hidden_dropout, train);
-        self.layer_norm.add_forward(&x, &attended)
+        self.layer_norm.add_forward(&x, &attended, fused)
     }
 }

@@ -38,12 +38,25 @@ pub(crate) fn layer_norm(p: nn::Path, config: &BertConfig) -> Norm {
     }
 }
 
-static FUSED: AtomicBool = AtomicBool::new(true);
+/// The kernels a model runs where it has a choice; both on by default. Off, it runs what
+/// transformers runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kernels {
+    /// CUDA batches packed, with variable-length flash attention; off, padded through
+    /// `scaled_dot_product_attention`.
+    pub packed_attention: bool,
+    /// The fused add + LayerNorm kernel for inference on CUDA in bf16/fp16; off, aten's add
+    /// and layer_norm kernels.
+    pub fused_add_norm: bool,
+}
 
-/// Turn the fused add + LayerNorm kernel (inference on CUDA in bf16/fp16) on or off for
-/// every model; off, aten's add and layer_norm kernels run, as transformers does.
-pub fn set_fused_kernels(on: bool) {
-    FUSED.store(on, Ordering::Relaxed);
+impl Default for Kernels {
+    fn default() -> Self {
+        Kernels {
+            packed_attention: true,
+            fused_add_norm: true,
+        }
+    }
 }
 
 impl Norm {
@@ -54,27 +67,27 @@ impl Norm {
         self.ln.forward(&x.to_kind(wk)).to_kind(x.kind())
     }
 
-    /// `LayerNorm(x + residual)`, the post-LN residual of BERT. In inference on CUDA with
-    /// bf16/fp16 weights it runs as one kernel (`torch_extras::add_layer_norm`: the
-    /// rounding of aten's two kernels in one pass over memory); everywhere else, and
-    /// whenever autograd records, or for shapes the kernel does not cover (a broadcast
-    /// residual, a width that is not a multiple of 64), as `forward(x + residual)`. Should
-    /// the kernel fail to load, compile or launch, it is turned off for the process with
-    /// one warning, and aten runs.
-    pub fn add_forward(&self, x: &Tensor, residual: &Tensor) -> Tensor {
-        if let Some(y) = self.fused(x, residual) {
+    /// `LayerNorm(x + residual)`, the post-LN residual of BERT. While `fused` is on (the
+    /// model's [`Kernels::fused_add_norm`]), in inference on CUDA with bf16/fp16 weights it
+    /// runs as one kernel (`ffi::layer_norm::add_layer_norm`: the rounding of aten's two
+    /// kernels in one pass over memory); everywhere else, and whenever autograd records,
+    /// or for shapes the kernel does not cover (a broadcast residual, a width that is not a
+    /// multiple of 64), as `forward(x + residual)`. Should the kernel fail to load, compile
+    /// or launch, `fused` is turned off (for the model) with one notice, and aten runs.
+    pub fn add_forward(&self, x: &Tensor, residual: &Tensor, fused: &AtomicBool) -> Tensor {
+        if let Some(y) = self.fused(x, residual, fused) {
             return y;
         }
         self.forward(&(x + residual))
     }
 
-    fn fused(&self, x: &Tensor, residual: &Tensor) -> Option<Tensor> {
+    fn fused(&self, x: &Tensor, residual: &Tensor, on: &AtomicBool) -> Option<Tensor> {
         let (w, b) = (self.ln.ws.as_ref()?, self.ln.bs.as_ref()?);
         let kind = x.kind();
         let width = x.size().last().copied().unwrap_or(0);
         // What the kernel covers; anything else (a broadcast residual, as the padded
         // path's position embeddings, another width) takes aten for this call only.
-        let eligible = FUSED.load(Ordering::Relaxed)
+        let eligible = on.load(Ordering::Relaxed)
             && x.device().is_cuda()
             && matches!(kind, Kind::BFloat16 | Kind::Half)
             && width > 0
@@ -86,15 +99,15 @@ impl Norm {
                 .all(|t| t.kind() == kind && t.device() == x.device())
             && w.numel() == width as usize
             && b.numel() == width as usize
-            && !(crate::torch_extras::grad_enabled()
+            && !(crate::ffi::autograd::grad_enabled()
                 && [x, residual, w, b].iter().any(|t| t.requires_grad()));
         if !eligible {
             return None;
         }
-        match crate::torch_extras::add_layer_norm(x, residual, w, b, self.eps) {
+        match crate::ffi::layer_norm::add_layer_norm(x, residual, w, b, self.eps) {
             Ok(y) => Some(y),
             Err(e) => {
-                if FUSED.swap(false, Ordering::Relaxed) {
+                if on.swap(false, Ordering::Relaxed) {
                     if let Ok(mut n) = NOTICES.lock() {
                         n.push(format!(
                             "fused add + LayerNorm turned off, aten runs instead: {e}"
@@ -119,8 +132,6 @@ pub fn take_notices() -> Vec<String> {
         .unwrap_or_default()
 }
 
-static PACKED: AtomicBool = AtomicBool::new(true);
-
 /// Whether variable-length flash attention runs on this device (the shim is built in and
 /// the GPU has the kernels: Ampere or newer), probed once with a tiny call.
 fn varlen_works(device: tch::Device) -> bool {
@@ -129,15 +140,8 @@ fn varlen_works(device: tch::Device) -> bool {
         let _guard = tch::no_grad_guard();
         let x = Tensor::zeros([2, 1, 8], (Kind::BFloat16, device));
         let cu = Tensor::from_slice(&[0i32, 2]).to_device(device);
-        crate::torch_extras::varlen_attention(&x, &x, &x, &cu, 2, 0.0).is_ok()
+        crate::ffi::attention::varlen_attention(&x, &x, &x, &cu, 2, 0.0).is_ok()
     })
-}
-
-/// Turn the packed CUDA path (variable-length flash attention) on or off for every model;
-/// off, CUDA batches run padded through `scaled_dot_product_attention`, as transformers
-/// does.
-pub fn set_packed_attention(on: bool) {
-    PACKED.store(on, Ordering::Relaxed);
 }
 
 #[derive(Debug)]
@@ -149,6 +153,11 @@ pub struct BertModel {
     /// weights is mixed-precision training, as autocast would do it.
     compute: Kind,
     head_dim: i64,
+    /// The kernels chosen for this model.
+    kernels: Kernels,
+    /// Whether the fused add + LayerNorm kernel runs: `kernels.fused_add_norm`, until the
+    /// kernel first fails (then off, see [`Norm::add_forward`]).
+    fused_add_norm: AtomicBool,
 }
 
 impl BertModel {
@@ -164,7 +173,16 @@ impl BertModel {
             pooler: nn::linear(&p / "pooler" / "dense", h, h, Default::default()),
             compute: Kind::Float,
             head_dim: config.head_dim(),
+            kernels: Kernels::default(),
+            fused_add_norm: AtomicBool::new(Kernels::default().fused_add_norm),
         }
+    }
+
+    /// Choose the kernels this model runs (both on by default); setting them turns the
+    /// fused add + LayerNorm kernel back on after a failure, if chosen.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
+        *self.fused_add_norm.get_mut() = kernels.fused_add_norm;
     }
 
     /// Run the encoder with activations in `kind` (e.g. bf16 over fp32 master weights).
@@ -177,8 +195,8 @@ impl BertModel {
     }
 
     /// Whether batches run packed (no padding, variable-length flash attention): on
-    /// CUDA in bf16/fp16 with the shim built in, unless turned off with
-    /// [`set_packed_attention`].
+    /// CUDA in bf16/fp16 with the C++ side built in, unless turned off with
+    /// [`Kernels::packed_attention`].
     fn packs(&self, batch: &Batch) -> bool {
         batch.packing.is_some() && self.packs_on(batch.input_ids.device())
     }
@@ -189,7 +207,7 @@ impl BertModel {
             && matches!(self.compute, Kind::BFloat16 | Kind::Half)
             && self.head_dim % 8 == 0
             && self.head_dim <= 256
-            && PACKED.load(Ordering::Relaxed)
+            && self.kernels.packed_attention
             && varlen_works(device)
     }
 
@@ -205,11 +223,12 @@ impl BertModel {
                     &gather(&batch.input_ids),
                     &gather(&batch.token_type_ids),
                     Some(&p.positions),
+                    &self.fused_add_norm,
                     train,
                 )
                 .to_kind(self.compute);
             for layer in &self.layers {
-                hidden = layer.forward_t(&hidden, &Attend::Packed(p), train);
+                hidden = layer.forward_t(&hidden, &Attend::Packed(p), &self.fused_add_norm, train);
             }
             let (b, l) = batch.input_ids.size2().unwrap_or((0, 0));
             let h = hidden.size()[1];
@@ -220,10 +239,21 @@ impl BertModel {
         let mask = (!batch.unpadded).then(|| batch.attention_mask.gt(0).unsqueeze(1).unsqueeze(1));
         let mut hidden = self
             .embeddings
-            .forward_t(&batch.input_ids, &batch.token_type_ids, None, train)
+            .forward_t(
+                &batch.input_ids,
+                &batch.token_type_ids,
+                None,
+                &self.fused_add_norm,
+                train,
+            )
             .to_kind(self.compute);
         for layer in &self.layers {
-            hidden = layer.forward_t(&hidden, &Attend::Padded(mask.as_ref()), train);
+            hidden = layer.forward_t(
+                &hidden,
+                &Attend::Padded(mask.as_ref()),
+                &self.fused_add_norm,
+                train,
+            );
         }
         hidden
     }

@@ -1,0 +1,194 @@
+//! The multi-tensor ("foreach" / fused) optimizer kernels (`optim.cpp`) that
+//! `torch.optim.AdamW(fused=True)` and `clip_grad_norm_(foreach=True)` use: one launch for
+//! all parameters instead of one per parameter and operation.
+use crate::error::{Error, Result};
+use tch::Tensor;
+
+#[cfg(distill_ffi)]
+mod sys {
+    use super::super::TensorHandle;
+    use std::os::raw::c_char;
+    extern "C" {
+        pub fn distill_fused_adamw(
+            params: *const *const TensorHandle,
+            grads: *const *const TensorHandle,
+            exp_avgs: *const *const TensorHandle,
+            exp_avg_sqs: *const *const TensorHandle,
+            steps: *const *const TensorHandle,
+            n: usize,
+            lr: f64,
+            beta1: f64,
+            beta2: f64,
+            weight_decay: f64,
+            eps: f64,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> i32;
+        pub fn distill_clip_grad_norm(
+            grads: *const *const TensorHandle,
+            n: usize,
+            max_norm: f64,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> *mut TensorHandle;
+        pub fn distill_zero_grads(
+            grads: *const *const TensorHandle,
+            n: usize,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> i32;
+    }
+}
+
+/// One fused AdamW update of `params` (all on one device, fp32), as
+/// `torch.optim.AdamW(fused=True)`; `steps` hold the step number after this update.
+#[allow(clippy::too_many_arguments)]
+pub fn fused_adamw(
+    params: &[&Tensor],
+    grads: &[&Tensor],
+    exp_avgs: &[&Tensor],
+    exp_avg_sqs: &[&Tensor],
+    steps: &[&Tensor],
+    lr: f64,
+    (beta1, beta2, weight_decay, eps): (f64, f64, f64, f64),
+) -> Result<()> {
+    let n = params.len();
+    let same = [grads.len(), exp_avgs.len(), exp_avg_sqs.len(), steps.len()];
+    if same.iter().any(|&m| m != n) {
+        return Err(Error::torch(
+            "fused AdamW",
+            tch::TchError::Shape("tensor lists of different lengths".into()),
+        ));
+    }
+    #[cfg(distill_ffi)]
+    {
+        use super::handles;
+        let (p, g, m, v, s) = (
+            handles(params),
+            handles(grads),
+            handles(exp_avgs),
+            handles(exp_avg_sqs),
+            handles(steps),
+        );
+        super::status("fused AdamW", |err, len| {
+            // SAFETY: the handles point to live tensors for the duration of the call; the
+            // function catches C++ exceptions.
+            unsafe {
+                sys::distill_fused_adamw(
+                    p.as_ptr(),
+                    g.as_ptr(),
+                    m.as_ptr(),
+                    v.as_ptr(),
+                    s.as_ptr(),
+                    n,
+                    lr,
+                    beta1,
+                    beta2,
+                    weight_decay,
+                    eps,
+                    err,
+                    len,
+                )
+            }
+        })
+    }
+    #[cfg(not(distill_ffi))]
+    {
+        let _ = (lr, beta1, beta2, weight_decay, eps);
+        Err(super::unavailable("fused AdamW"))
+    }
+}
+
+/// Global L2 norm of `grads` (fp32, a 0-dim tensor on their device) and, with
+/// `max_norm` > 0, the gradients scaled in place by `min(1, max_norm / (norm + 1e-6))`,
+/// with the multi-tensor kernels and without waiting for the device.
+pub fn clip_grad_norm(grads: &[&Tensor], max_norm: f64) -> Result<Tensor> {
+    #[cfg(distill_ffi)]
+    {
+        let g = super::handles(grads);
+        super::owned_tensor("gradient clipping", |err, len| {
+            // SAFETY: as in fused_adamw.
+            unsafe { sys::distill_clip_grad_norm(g.as_ptr(), g.len(), max_norm, err, len) }
+        })
+    }
+    #[cfg(not(distill_ffi))]
+    {
+        let _ = (grads, max_norm);
+        Err(super::unavailable("gradient clipping"))
+    }
+}
+
+/// Zero `grads` in place with one multi-tensor launch.
+pub fn zero_grads(grads: &[&Tensor]) -> Result<()> {
+    #[cfg(distill_ffi)]
+    {
+        let g = super::handles(grads);
+        super::status("zeroing gradients", |err, len| {
+            // SAFETY: as in fused_adamw.
+            unsafe { sys::distill_zero_grads(g.as_ptr(), g.len(), err, len) }
+        })
+    }
+    #[cfg(not(distill_ffi))]
+    {
+        let _ = grads;
+        Err(super::unavailable("zeroing gradients"))
+    }
+}
+
+#[cfg(all(test, distill_ffi))]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    #[test]
+    fn foreach_clip_matches_the_per_tensor_norm() {
+        let a = Tensor::from_slice(&[3.0f32, 0.0]);
+        let b = Tensor::from_slice(&[0.0f32, 4.0]);
+        let norm = clip_grad_norm(&[&a, &b], 1.0).unwrap().double_value(&[]);
+        assert!((norm - 5.0).abs() < 1e-6);
+        let a = Vec::<f32>::try_from(&a).unwrap();
+        assert!((a[0] - 0.6).abs() < 1e-5);
+        zero_grads(&[&b]).unwrap();
+        assert_eq!(b.abs().sum(Kind::Float).double_value(&[]), 0.0);
+    }
+
+    #[test]
+    fn fused_adamw_matches_our_per_tensor_update() {
+        // Same start, same gradient, two steps: the fused kernel (on the CPU here) and
+        // the per-tensor update of train::optimizer agree.
+        use crate::training::optimizer::{AdamW, AdamWConfig};
+        let start = [0.5f32, -1.0, 2.0];
+        let grad = [0.1f32, -0.3, 0.7];
+        let p = Tensor::from_slice(&start).set_requires_grad(true);
+        let mut opt = AdamW::new(
+            [("w".to_string(), p.shallow_clone())].into(),
+            AdamWConfig::default(),
+        );
+        let q = Tensor::from_slice(&start);
+        let (m, v) = (q.zeros_like(), q.zeros_like());
+        for step in 1..=2 {
+            (&p * Tensor::from_slice(&grad)).sum(Kind::Float).backward();
+            opt.step(1e-2).unwrap();
+            opt.zero_grad();
+            let g = Tensor::from_slice(&grad);
+            let s = Tensor::from(step as f32);
+            fused_adamw(
+                &[&q],
+                &[&g],
+                &[&m],
+                &[&v],
+                &[&s],
+                1e-2,
+                (0.9, 0.999, 0.01, 1e-8),
+            )
+            .unwrap();
+        }
+        let (a, b) = (
+            Vec::<f32>::try_from(&p.detach()).unwrap(),
+            Vec::<f32>::try_from(&q).unwrap(),
+        );
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-6, "{a:?} vs {b:?}");
+        }
+    }
+}
