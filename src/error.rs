@@ -23,6 +23,15 @@ pub enum Error {
     #[error("{}: {message}", path.display())]
     Config { path: PathBuf, message: String },
 
+    /// A model directory that cannot be loaded as the model it should be (missing files,
+    /// an unsupported architecture or pooling, variables a setting needs).
+    #[error("model {}: {message}", dir.display())]
+    Model { dir: PathBuf, message: String },
+
+    /// A stage's output (a shard, a table) that does not read back as it was written.
+    #[error("{}: {message} (remove it, or rerun the stage with --force)", path.display())]
+    Output { path: PathBuf, message: String },
+
     #[error("{}:{line}: {message}", path.display())]
     Input {
         path: PathBuf,
@@ -113,6 +122,20 @@ impl Error {
 
     pub fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::Config {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn model(dir: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Model {
+            dir: dir.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn output(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Output {
             path: path.into(),
             message: message.into(),
         }

@@ -186,7 +186,7 @@ impl ScoreShard {
         }
         let start = rows.first().copied().unwrap_or(0);
         if rows.iter().enumerate().any(|(i, &r)| r != start + i as u64) {
-            return Err(Error::config(path, "shard rows are not contiguous"));
+            return Err(Error::output(path, "shard rows are not contiguous"));
         }
         Ok(ScoreShard { start, scores })
     }

@@ -80,7 +80,7 @@ impl BertConfig {
     }
 
     fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |m: String| Err(Error::config(path, m));
+        let bad = |m: String| Err(Error::model(path, m));
         if !matches!(self.model_type.as_str(), "bert" | "") {
             return bad(format!(
                 "model_type `{}` is not supported (BERT-family encoders only)",

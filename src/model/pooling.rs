@@ -51,7 +51,7 @@ impl Pooling {
         ];
         let modes: Vec<_> = flags.iter().filter(|f| f.0).map(|f| f.1).collect();
         if modes.is_empty() {
-            return Err(Error::config(path, "no pooling mode is enabled"));
+            return Err(Error::model(path, "no pooling mode is enabled"));
         }
         Ok(Pooling::new(modes))
     }
@@ -72,11 +72,11 @@ impl Pooling {
                     path: path.to_path_buf(),
                     message: format!("pooling mode `{m}` is not implemented"),
                 }),
-                _ => Err(Error::config(path, format!("invalid pooling_mode {v}"))),
+                _ => Err(Error::model(path, format!("invalid pooling_mode {v}"))),
             })
             .collect::<Result<Vec<_>>>()?;
         if modes.is_empty() {
-            return Err(Error::config(path, "pooling_mode is empty"));
+            return Err(Error::model(path, "pooling_mode is empty"));
         }
         Ok(Pooling::new(modes))
     }

@@ -209,7 +209,7 @@ impl TextTokenizer {
         } else {
             let vocab = dir.join("vocab.txt");
             if !vocab.exists() {
-                return Err(Error::config(
+                return Err(Error::model(
                     dir,
                     "no tokenizer.json or vocab.txt in the model directory",
                 ));

@@ -59,7 +59,7 @@ pub fn weights_file(dir: &Path) -> Result<PathBuf> {
         .map(|f| dir.join(f))
         .find(|p| p.exists())
         .ok_or_else(|| {
-            Error::config(
+            Error::model(
                 dir,
                 "no model.safetensors or pytorch_model.bin in the model directory",
             )

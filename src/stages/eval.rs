@@ -107,6 +107,26 @@ fn write_trec(path: &Path, run: &BTreeMap<String, Vec<(String, f32)>>, tag: &str
     })
 }
 
+/// What changes eval's outputs: the fields of its configuration hash.
+#[derive(serde::Serialize)]
+struct EvalHash<'a> {
+    eval: &'a crate::pipeline::config::EvalConfig,
+    /// Per dataset: name, split, and `watch` for a watch dataset.
+    splits: Vec<Vec<&'a str>>,
+    precision: &'static str,
+    student_max_seq_length: Option<usize>,
+    teacher_max_length: Option<usize>,
+    /// Both students on the dev slice (left out when it is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dev: Option<EvalDevHash>,
+}
+
+#[derive(serde::Serialize)]
+struct EvalDevHash {
+    dev_queries: crate::data::dev::DevQueries,
+    seed: u64,
+}
+
 impl Stage for Eval {
     fn name(&self) -> &'static str {
         StageId::Eval.name()
@@ -124,26 +144,26 @@ impl Stage for Eval {
     }
 
     fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
-        let splits: Vec<_> = p
+        let splits = p
             .datasets
             .iter()
-            .map(|d| match d.watch {
-                false => json!([d.name, d.eval_split]),
-                true => json!([d.name, d.eval_split, "watch"]),
+            .map(|d| {
+                let mut split = vec![d.name.as_str(), d.eval_split.as_str()];
+                split.extend(d.watch.then_some("watch"));
+                split
             })
             .collect();
-        let mut c = json!({
-            "eval": p.eval,
-            "splits": splits,
-            "precision": super::shared::kind_name(kind),
-            "student_max_seq_length": p.student.max_length,
-            "teacher_max_length": p.teacher.max_length,
-        });
-        // Both students on the dev slice (left out when it is off).
-        if !p.dev_queries.is_off() {
-            c["dev"] = json!({"dev_queries": p.dev_queries, "seed": p.seed});
-        }
-        c
+        super::shared::hashed(&EvalHash {
+            eval: &p.eval,
+            splits,
+            precision: super::shared::kind_name(kind),
+            student_max_seq_length: p.student.max_length,
+            teacher_max_length: p.teacher.max_length,
+            dev: (!p.dev_queries.is_off()).then_some(EvalDevHash {
+                dev_queries: p.dev_queries,
+                seed: p.seed,
+            }),
+        })
     }
 
     fn inputs(

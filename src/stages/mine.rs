@@ -44,6 +44,38 @@ fn training_queries(ds: &Dataset, split: &str) -> Vec<(String, Vec<String>)> {
         .unwrap_or_default()
 }
 
+/// What changes mine's output: the fields of its configuration hash.
+#[derive(serde::Serialize)]
+struct MineHash<'a> {
+    mine: &'a crate::pipeline::config::MineConfig,
+    seed: u64,
+    precision: &'static str,
+    student_max_seq_length: Option<usize>,
+    datasets: Vec<MinedDataset<'a>>,
+    /// The dev slice's queries are not mined (left out when the slice is off, as runs
+    /// made before it existed had none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dev_queries: Option<crate::data::dev::DevQueries>,
+}
+
+/// A mined dataset in mine's hash: the pseudo-query settings only when it has
+/// pseudo-queries, each only when not its default (runs made before a key existed keep
+/// their hashes).
+#[derive(serde::Serialize)]
+struct MinedDataset<'a> {
+    name: &'a str,
+    train_split: &'a str,
+    strict: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pseudo_queries: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pseudo_windows: Option<crate::data::pseudo::Windows>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pseudo_scope: Option<crate::data::pseudo::Scope>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pseudo_per_sentence: Option<usize>,
+}
+
 impl Stage for Mine {
     fn name(&self) -> &'static str {
         StageId::Mine.name()
@@ -54,39 +86,32 @@ impl Stage for Mine {
     }
 
     fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
-        let datasets: Vec<_> = p
+        let datasets = p
             .trained()
             .map(|d| {
-                let mut v =
-                    json!({"name": d.name, "train_split": d.train_split, "strict": d.strict});
-                if d.pseudo_queries > 0 {
-                    v["pseudo_queries"] = json!(d.pseudo_queries);
-                    if !d.pseudo_windows.is_default() {
-                        v["pseudo_windows"] = json!(d.pseudo_windows);
-                    }
-                    if !d.pseudo_scope.is_default() {
-                        v["pseudo_scope"] = json!(d.pseudo_scope);
-                    }
-                    if d.pseudo_per_sentence != 1 {
-                        v["pseudo_per_sentence"] = json!(d.pseudo_per_sentence);
-                    }
+                let pseudo = d.pseudo_queries > 0;
+                MinedDataset {
+                    name: &d.name,
+                    train_split: &d.train_split,
+                    strict: d.strict,
+                    pseudo_queries: pseudo.then_some(d.pseudo_queries),
+                    pseudo_windows: (pseudo && !d.pseudo_windows.is_default())
+                        .then_some(d.pseudo_windows),
+                    pseudo_scope: (pseudo && !d.pseudo_scope.is_default())
+                        .then_some(d.pseudo_scope),
+                    pseudo_per_sentence: (pseudo && d.pseudo_per_sentence != 1)
+                        .then_some(d.pseudo_per_sentence),
                 }
-                v
             })
             .collect();
-        let mut c = json!({
-            "mine": p.mine,
-            "seed": p.seed,
-            "precision": super::shared::kind_name(kind),
-            "student_max_seq_length": p.student.max_length,
-            "datasets": datasets,
-        });
-        // The dev slice's queries are not mined (left out of the hash when it is off, as
-        // runs made before it existed had none).
-        if !p.dev_queries.is_off() {
-            c["dev_queries"] = json!(p.dev_queries);
-        }
-        c
+        super::shared::hashed(&MineHash {
+            mine: &p.mine,
+            seed: p.seed,
+            precision: super::shared::kind_name(kind),
+            student_max_seq_length: p.student.max_length,
+            datasets,
+            dev_queries: (!p.dev_queries.is_off()).then_some(p.dev_queries),
+        })
     }
 
     fn inputs(

@@ -209,7 +209,13 @@ impl Stage for Report {
     }
 
     fn config(&self, p: &Pipeline, _: Kind) -> Value {
-        json!({"pipeline_file": std::fs::read_to_string(&p.file).unwrap_or_default()})
+        // The whole file, comments included: the report shows it.
+        #[derive(serde::Serialize)]
+        struct ReportHash {
+            pipeline_file: String,
+        }
+        let pipeline_file = std::fs::read_to_string(&p.file).unwrap_or_default();
+        super::shared::hashed(&ReportHash { pipeline_file })
     }
 
     fn inputs(

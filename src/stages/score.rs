@@ -42,6 +42,16 @@ fn candidates_path(p: &Pipeline) -> std::path::PathBuf {
         .join(super::paths::mine::OUTPUT)
 }
 
+/// What changes score's output: the fields of its configuration hash.
+#[derive(serde::Serialize)]
+struct ScoreHash<'a> {
+    score: &'a crate::pipeline::config::ScoreConfig,
+    precision: &'static str,
+    teacher_max_length: Option<usize>,
+    /// Per trained dataset, whether it loads strictly (which rows exist).
+    strict: Vec<bool>,
+}
+
 impl Stage for Score {
     fn name(&self) -> &'static str {
         StageId::Score.name()
@@ -52,11 +62,11 @@ impl Stage for Score {
     }
 
     fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
-        json!({
-            "score": p.score,
-            "precision": super::shared::kind_name(kind),
-            "teacher_max_length": p.teacher.max_length,
-            "strict": p.trained().map(|d| d.strict).collect::<Vec<_>>(),
+        super::shared::hashed(&ScoreHash {
+            score: &p.score,
+            precision: super::shared::kind_name(kind),
+            teacher_max_length: p.teacher.max_length,
+            strict: p.trained().map(|d| d.strict).collect(),
         })
     }
 
@@ -180,7 +190,7 @@ impl Stage for Score {
         for s in 0..total {
             let shard = ScoreShard::read(&env.shard_path("scores", s))?;
             if shard.start as usize != teacher_scores.len() {
-                return Err(Error::config(
+                return Err(Error::output(
                     env.shard_path("scores", s),
                     "shard does not start where the previous one ended",
                 ));
@@ -188,7 +198,7 @@ impl Stage for Score {
             teacher_scores.extend(shard.scores);
         }
         if teacher_scores.len() != candidates.len() {
-            return Err(Error::config(
+            return Err(Error::output(
                 &env.partial,
                 "shards do not cover every candidate",
             ));
@@ -234,13 +244,9 @@ fn pair_texts(
     t: &PairTable,
     i: usize,
 ) -> Result<(String, String)> {
-    let missing = |what: &str, id: &str| {
-        Error::config(
-            &t.dataset[i],
-            format!(
-                "{what} `{id}` of the candidates is not in the dataset (did the dataset change?)"
-            ),
-        )
+    let missing = |what: &str, id: &str| Error::TrainingData {
+        dataset: Some(t.dataset[i].clone()),
+        message: format!("{what} `{id}` of the candidates is not in it (did the dataset change?)"),
     };
     let ds = datasets
         .get(&t.dataset[i])

@@ -396,3 +396,10 @@ pub fn judged_texts<'a>(
         .collect::<Result<_>>()?;
     Ok((queries, texts))
 }
+
+/// A stage's configuration hash input as JSON, from the explicit struct of the fields
+/// that change the stage's output (`Stage::config`).
+pub fn hashed(fields: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(fields)
+        .unwrap_or_else(|e| unreachable!("hash fields serialise to JSON: {e}"))
+}

@@ -30,6 +30,28 @@ use tch::Kind;
 
 pub struct Teacher;
 
+/// What changes the teacher stage's outputs: the fields of its configuration hash. A
+/// trained teacher hashes its recipe, a given one `given: true`.
+#[derive(serde::Serialize)]
+struct TeacherHash<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    teacher_train: Option<&'a Option<crate::pipeline::config::TeacherTrainConfig>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    given: Option<bool>,
+    max_length: Option<usize>,
+    precision: &'static str,
+    dev: DevHash,
+}
+
+/// The dev-slice evaluation's settings.
+#[derive(serde::Serialize)]
+struct DevHash {
+    dev_queries: crate::data::dev::DevQueries,
+    seed: u64,
+    rerank_k: usize,
+    student_max_seq_length: Option<usize>,
+}
+
 impl Stage for Teacher {
     fn name(&self) -> &'static str {
         StageId::Teacher.name()
@@ -40,27 +62,19 @@ impl Stage for Teacher {
     }
 
     fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
-        let dev = json!({
-            "dev_queries": p.dev_queries,
-            "seed": p.seed,
-            "rerank_k": p.eval.rerank_k,
-            "student_max_seq_length": p.student.max_length,
-        });
-        if p.teacher_from_base {
-            json!({
-                "teacher_train": p.teacher_train,
-                "max_length": p.teacher.max_length,
-                "precision": super::shared::kind_name(kind),
-                "dev": dev,
-            })
-        } else {
-            json!({
-                "given": true,
-                "max_length": p.teacher.max_length,
-                "precision": super::shared::kind_name(kind),
-                "dev": dev,
-            })
-        }
+        let trained = p.teacher_from_base;
+        shared::hashed(&TeacherHash {
+            teacher_train: trained.then_some(&p.teacher_train),
+            given: (!trained).then_some(true),
+            max_length: p.teacher.max_length,
+            precision: shared::kind_name(kind),
+            dev: DevHash {
+                dev_queries: p.dev_queries,
+                seed: p.seed,
+                rerank_k: p.eval.rerank_k,
+                student_max_seq_length: p.student.max_length,
+            },
+        })
     }
 
     fn inputs(

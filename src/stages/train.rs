@@ -117,7 +117,7 @@ pub fn trainable(
         })
         .collect();
     if freeze_embeddings && out.len() == total {
-        return Err(crate::error::Error::config(
+        return Err(crate::error::Error::model(
             model,
             "train.freeze_embeddings: the student has no variable named *.embeddings.*",
         ));
@@ -141,6 +141,27 @@ fn interpolate(vars: &HashMap<String, Tensor>, base: &HashMap<String, Tensor>, a
     }
 }
 
+/// What changes a trained student: the fields of its configuration hash.
+#[derive(serde::Serialize)]
+struct TrainHash<'a> {
+    train: StudentTrainConfig,
+    student_max_seq_length: Option<usize>,
+    precision: &'static str,
+    /// Stage `baseline` only: which baseline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline: Option<Option<crate::pipeline::config::Baseline>>,
+    /// What the in-training evaluation reads besides `[train]` (left out when it is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    in_training_eval: Option<InTrainingEvalHash<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct InTrainingEvalHash<'a> {
+    splits: Vec<Option<&'a str>>,
+    eval_top_k: usize,
+    batch_size: usize,
+}
+
 impl Stage for Train {
     fn name(&self) -> &'static str {
         match self.baseline {
@@ -158,23 +179,17 @@ impl Stage for Train {
     }
 
     fn config(&self, p: &Pipeline, kind: Kind) -> serde_json::Value {
-        let mut c = json!({
-            "train": self.settings(p),
-            "student_max_seq_length": p.student.max_length,
-            "precision": super::shared::kind_name(kind),
-        });
-        if self.baseline {
-            c["baseline"] = json!(p.train.baseline);
-        }
-        // What the in-training evaluation reads besides [train] (left out when it is off).
-        if p.train.eval_every.is_some() {
-            c["in_training_eval"] = json!({
-                "splits": eval_splits(p),
-                "eval_top_k": p.eval.top_k,
-                "batch_size": p.student.batch_size,
-            });
-        }
-        c
+        super::shared::hashed(&TrainHash {
+            train: self.settings(p),
+            student_max_seq_length: p.student.max_length,
+            precision: super::shared::kind_name(kind),
+            baseline: self.baseline.then_some(p.train.baseline),
+            in_training_eval: p.train.eval_every.map(|_| InTrainingEvalHash {
+                splits: eval_splits(p),
+                eval_top_k: p.eval.top_k,
+                batch_size: p.student.batch_size,
+            }),
+        })
     }
 
     fn inputs(

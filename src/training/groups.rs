@@ -190,11 +190,12 @@ impl TrainingSet {
                 dataset: Some(ds_name.clone()),
                 message: "named by the training table, but not in the pipeline".into(),
             })?;
-            let missing = |what: &str, id: &str| {
-                Error::config(
-                    &ds.dir,
-                    format!("{what} `{id}` of the training table is not in the dataset"),
-                )
+            let missing = |what: &str, id: &str| Error::TrainingData {
+                dataset: Some(ds_name.clone()),
+                message: format!(
+                    "{what} `{id}` of the training table is not in {}",
+                    ds.dir.display()
+                ),
             };
             let key = (ds_name.clone(), qid.clone());
             let g = match index.get(&key) {
