@@ -250,6 +250,11 @@ struct EncodeArgs {
     /// Override the model's max_seq_length (tokens, special tokens included).
     #[arg(long)]
     max_seq_length: Option<usize>,
+    /// Put the model's prompt of this name (config_sentence_transformers.json) in front
+    /// of every text, as sentence-transformers' `encode(prompt_name=...)`; unset: the
+    /// model's default prompt, if it names one.
+    #[arg(long)]
+    prompt_name: Option<String>,
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -271,6 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 precision: a.precision,
                 batch_size: a.batch_size,
                 max_seq_length: a.max_seq_length,
+                prompt_name: a.prompt_name,
                 verbosity,
             };
             let summary = encode::run(&settings);

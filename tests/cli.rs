@@ -58,7 +58,11 @@ fn encode_writes_parquet_that_pyarrow_reads() {
     );
     let model = BiEncoder::load(&student, Device::Cpu, Kind::Float, None).unwrap();
     let texts: Vec<&str> = expected.iter().map(|e| e.1.as_str()).collect();
-    let want = rows(&model.encode(&texts, 16, &mut |_| {}).unwrap());
+    let want = rows(
+        &model
+            .encode(distill::model::Side::Document, &texts, 16, &mut |_| {})
+            .unwrap(),
+    );
     let got: Vec<Vec<f32>> = values.chunks(dim).map(|c| c.to_vec()).collect();
     assert!(max_abs_diff(&got, &want) <= 1e-6);
 

@@ -13,7 +13,11 @@ fn exported_student_loads_in_sentence_transformers() {
     export_bi_encoder(&model, &dir).unwrap();
 
     let texts: Vec<String> = texts().into_iter().map(|t| t.text).collect();
-    let ours = rows(&model.encode(&texts, 16, &mut |_| {}).unwrap());
+    let ours = rows(
+        &model
+            .encode(distill::model::Side::Document, &texts, 16, &mut |_| {})
+            .unwrap(),
+    );
 
     let reference = out.path().join("ref.json");
     reference_embed(&dir, &reference);
@@ -24,7 +28,11 @@ fn exported_student_loads_in_sentence_transformers() {
     // And it loads back into distill with identical weights and outputs.
     let back = BiEncoder::load(&dir, Device::Cpu, Kind::Float, None).unwrap();
     assert_eq!(back.spec.max_seq_length, model.spec.max_seq_length);
-    let again = rows(&back.encode(&texts, 16, &mut |_| {}).unwrap());
+    let again = rows(
+        &back
+            .encode(distill::model::Side::Document, &texts, 16, &mut |_| {})
+            .unwrap(),
+    );
     assert_eq!(max_abs_diff(&ours, &again), 0.0);
 }
 

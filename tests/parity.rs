@@ -7,7 +7,12 @@ fn embed(dir: &std::path::Path, batch_size: usize) -> (BiEncoder, Vec<Vec<f32>>)
     let model = BiEncoder::load(dir, Device::Cpu, Kind::Float, None).expect("load bi-encoder");
     let texts: Vec<String> = texts().into_iter().map(|t| t.text).collect();
     let emb = model
-        .encode(&texts, batch_size, &mut |_| {})
+        .encode(
+            distill::model::Side::Document,
+            &texts,
+            batch_size,
+            &mut |_| {},
+        )
         .expect("encode");
     (model, rows(&emb))
 }
@@ -142,4 +147,117 @@ fn dropout_is_active_only_in_training_mode() {
     tch::manual_seed(7);
     let s2 = model.forward_t(&batch, true);
     assert!(s1.equal(&s2));
+}
+
+/// Prompts (`config_sentence_transformers.json`): `distill encode --prompt-name` and the
+/// default prompt against sentence-transformers' `encode(prompt_name=...)`, and the
+/// pipeline's query and document sides against `encode_query` / `encode_document`.
+#[test]
+fn prompts_match_sentence_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    let copy = std::process::Command::new("cp")
+        .args([
+            "-r",
+            generated("tiny_bi_mean").to_str().unwrap(),
+            model.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    let config = serde_json::json!({
+        "prompts": {
+            "query": "query: ",
+            "document": "doc: ",
+            "passage": "passage: ",
+            "classify": "Classify the topic: ",
+        },
+        "default_prompt_name": "classify",
+    });
+    std::fs::write(
+        model.join("config_sentence_transformers.json"),
+        config.to_string(),
+    )
+    .unwrap();
+    let texts: Vec<String> = texts().into_iter().map(|t| t.text).collect();
+    let input = dir.path().join("texts.jsonl");
+    let lines: Vec<String> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| serde_json::json!({"_id": i.to_string(), "text": t}).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    // distill encode: a named prompt, and the default one.
+    for name in ["passage", ""] {
+        let out = dir.path().join(format!("encode-{name}.parquet"));
+        let mut args = vec![
+            "encode",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+        ];
+        if !name.is_empty() {
+            args.extend(["--prompt-name", name]);
+        }
+        let run = distill_output(&args, &[]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    // The pipeline's sides, as a stage loads the student.
+    let student = BiEncoder::load(&model, Device::Cpu, Kind::Float, None).unwrap();
+    assert_eq!(student.query_prompt, "query: ");
+    assert_eq!(student.document_prompt, "doc: ");
+    let sides = serde_json::json!({
+        "query": rows(&student.encode(distill::model::Side::Query, &texts, 16, &mut |_| {}).unwrap()),
+        "document": rows(&student.encode(distill::model::Side::Document, &texts, 16, &mut |_| {}).unwrap()),
+    });
+    // Export writes the prompts back.
+    let exported = dir.path().join("exported");
+    distill::model::export::export_bi_encoder(&student, &exported).unwrap();
+    let written: serde_json::Value = read_json(&exported.join("config_sentence_transformers.json"));
+    assert_eq!(written["prompts"], config["prompts"]);
+    assert_eq!(written["default_prompt_name"], "classify");
+    let sides_path = dir.path().join("sides.json");
+    std::fs::write(&sides_path, sides.to_string()).unwrap();
+    let script = r#"
+import json, sys
+import numpy as np, pyarrow.parquet as pq
+from sentence_transformers import SentenceTransformer
+model_dir, texts_path, tmp = sys.argv[1:4]
+texts = [json.loads(l)["text"] for l in open(texts_path)]
+m = SentenceTransformer(model_dir, device="cpu")
+def distill(name):
+    t = pq.read_table(f"{tmp}/encode-{name}.parquet")
+    return np.array(t.column("embedding").to_pylist(), dtype=np.float32)
+sides = json.load(open(f"{tmp}/sides.json"))
+diffs = {
+    "named": float(np.abs(distill("passage") - m.encode(texts, prompt_name="passage")).max()),
+    "default": float(np.abs(distill("") - m.encode(texts)).max()),
+    "query": float(np.abs(np.array(sides["query"]) - m.encode_query(texts)).max()),
+    "document": float(np.abs(np.array(sides["document"]) - m.encode_document(texts)).max()),
+    # The prompts change the embeddings: without one they differ.
+    "unprompted": float(np.abs(distill("passage") - m.encode(texts, prompt="")).max()),
+}
+print(json.dumps(diffs))
+"#;
+    let out = python_stdout(script, &[&model, &input, dir.path()]);
+    let diffs: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for key in ["named", "default", "query", "document"] {
+        let d = diffs[key].as_f64().unwrap();
+        assert!(
+            d <= 1e-5,
+            "{key}: max abs diff {d:e} from sentence-transformers"
+        );
+    }
+    assert!(diffs["unprompted"].as_f64().unwrap() > 1e-3, "{diffs}");
 }

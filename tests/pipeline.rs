@@ -1097,6 +1097,16 @@ fn each_key_changes_the_hashes_of_the_stages_it_affects_and_no_others() {
             &["mine", "teacher", "train", "baseline", "eval"],
         ),
         ("teacher.max_length", "128", &["teacher", "score", "eval"]),
+        (
+            "student.query_prompt_name",
+            "\"query\"",
+            &["mine", "teacher", "train", "baseline", "eval"],
+        ),
+        (
+            "student.document_prompt_name",
+            "\"document\"",
+            &["mine", "teacher", "train", "baseline", "eval"],
+        ),
         ("teacher_train.lr", "3e-5", &["teacher"]),
         ("teacher_train.folds", "2", &["teacher"]),
         ("mine.num_negatives", "3", &["mine"]),

@@ -18,6 +18,9 @@ pub struct EncodeSettings {
     pub precision: Precision,
     pub batch_size: usize,
     pub max_seq_length: Option<usize>,
+    /// A prompt of the model's `config_sentence_transformers.json`, by name (unset: its
+    /// `default_prompt_name`'s, if any).
+    pub prompt_name: Option<String>,
     pub verbosity: Verbosity,
 }
 
@@ -48,7 +51,13 @@ pub fn run(settings: &EncodeSettings) -> Result<EncodeSummary> {
     let model = BiEncoder::load(&settings.model, device, kind, settings.max_seq_length)?;
     let started = Instant::now();
     let texts: Vec<&str> = records.iter().map(|r| r.text.as_str()).collect();
-    let encoded = model.tokenizer.encode_texts(&texts)?;
+    // As sentence-transformers' encode(prompt_name=...): the named prompt, else the
+    // model's default prompt, else none.
+    let prompt = model
+        .spec
+        .prompts
+        .resolve(settings.prompt_name.as_deref(), &settings.model)?;
+    let encoded = model.tokenize_behind(&prompt, &texts)?;
     let tokens = encoded.iter().map(|e| e.len()).sum();
     let mut progress = Progress::new("encode", records.len() as u64, settings.verbosity);
     let embeddings = model.encode_tokenized(&encoded, settings.batch_size, &mut |n| {
@@ -60,7 +69,7 @@ pub fn run(settings: &EncodeSettings) -> Result<EncodeSummary> {
     let values = Vec::<f32>::try_from(embeddings.flatten(0, -1))
         .map_err(|e| Error::torch("reading embeddings", e))?;
     let ids: Vec<String> = records.into_iter().map(|r| r.id).collect();
-    let metadata = [
+    let mut metadata = vec![
         ("distill.model", settings.model.display().to_string()),
         ("distill.normalized", model.spec.normalize.to_string()),
         (
@@ -68,6 +77,9 @@ pub fn run(settings: &EncodeSettings) -> Result<EncodeSummary> {
             model.spec.max_seq_length.to_string(),
         ),
     ];
+    if !prompt.is_empty() {
+        metadata.push(("distill.prompt", prompt));
+    }
     write_embeddings(&settings.output, &ids, &values, dim, &metadata)?;
     Ok(EncodeSummary {
         texts: ids.len(),

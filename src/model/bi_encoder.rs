@@ -25,6 +25,85 @@ pub struct BiEncoderSpec {
     pub pooling: Pooling,
     pub normalize: bool,
     pub max_seq_length: usize,
+    /// `prompts` and `default_prompt_name` of `config_sentence_transformers.json`.
+    pub prompts: Prompts,
+}
+
+/// A model's prompts, as sentence-transformers keeps them: texts put in front of an
+/// input (`"query: "`, an instruction), by name, and the name used when none is asked for.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct Prompts {
+    #[serde(default)]
+    pub prompts: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub default_prompt_name: Option<String>,
+}
+
+/// Which side of retrieval a text is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Query,
+    Document,
+}
+
+impl Prompts {
+    /// Read from `dir/config_sentence_transformers.json`, with `query` and `document`
+    /// prompts (empty) where the file has none, as sentence-transformers 6 fills them in.
+    fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("config_sentence_transformers.json");
+        let mut prompts: Prompts = match path.exists() {
+            true => read_json(&path)?,
+            false => Prompts::default(),
+        };
+        for side in ["query", "document"] {
+            prompts.prompts.entry(side.into()).or_default();
+        }
+        if let Some(name) = &prompts.default_prompt_name {
+            if !prompts.prompts.contains_key(name) {
+                return Err(Error::model(
+                    dir,
+                    format!("default_prompt_name `{name}` is not among its prompts"),
+                ));
+            }
+        }
+        Ok(prompts)
+    }
+
+    /// The prompt named `name` (an error listing the model's prompts when it has none of
+    /// that name), or without a name the default prompt, as sentence-transformers'
+    /// `encode(prompt_name=...)` resolves it.
+    pub fn resolve(&self, name: Option<&str>, dir: &Path) -> Result<String> {
+        match name.or(self.default_prompt_name.as_deref()) {
+            None => Ok(String::new()),
+            Some(n) => self.prompts.get(n).cloned().ok_or_else(|| {
+                Error::model(
+                    dir,
+                    format!(
+                        "has no prompt named `{n}` (its prompts: {:?})",
+                        self.prompts.keys().collect::<Vec<_>>()
+                    ),
+                )
+            }),
+        }
+    }
+
+    /// The prompt of `side` as sentence-transformers' `encode_query` / `encode_document`
+    /// choose it: `name` when given; else `query` for queries, the first of `document`,
+    /// `passage`, `corpus` for documents, when the model has it (with `query` and
+    /// `document` always there, possibly empty, those two); else the default prompt.
+    pub fn for_side(&self, side: Side, name: Option<&str>, dir: &Path) -> Result<String> {
+        let conventional: &[&str] = match side {
+            Side::Query => &["query"],
+            Side::Document => &["document", "passage", "corpus"],
+        };
+        let name = name.or_else(|| {
+            conventional
+                .iter()
+                .copied()
+                .find(|n| self.prompts.contains_key(*n))
+        });
+        self.resolve(name, dir)
+    }
 }
 
 impl BiEncoderSpec {
@@ -65,6 +144,7 @@ impl BiEncoderSpec {
             pooling,
             normalize,
             max_seq_length,
+            prompts: Prompts::read(dir)?,
         })
     }
 }
@@ -106,6 +186,9 @@ pub struct BiEncoder {
     pub spec: BiEncoderSpec,
     pub tokenizer: TextTokenizer,
     pub import: ImportReport,
+    /// The prompts put in front of queries and of documents (empty: none).
+    pub query_prompt: String,
+    pub document_prompt: String,
 }
 
 impl BiEncoder {
@@ -132,12 +215,17 @@ impl BiEncoder {
             vs.bfloat16();
             bert.set_compute_kind(Kind::BFloat16);
         }
+        // As sentence-transformers' encode_query / encode_document without a prompt name.
+        let query_prompt = spec.prompts.for_side(Side::Query, None, dir)?;
+        let document_prompt = spec.prompts.for_side(Side::Document, None, dir)?;
         Ok(BiEncoder {
             vs,
             bert,
             spec,
             tokenizer,
             import,
+            query_prompt,
+            document_prompt,
         })
     }
 
@@ -167,16 +255,60 @@ impl BiEncoder {
         }
     }
 
-    /// Embed `texts` under no-grad: length-sorted batches of at most `batch_size`, results
-    /// in input order as a `[n, dim]` fp32 CPU tensor. `progress` is called with the number
-    /// of texts finished after each batch.
+    /// Use the model's prompts named `query` and `document` (each, when given, instead of
+    /// the one sentence-transformers would pick for that side): `dir` is the model's, for
+    /// errors.
+    pub fn use_prompts(
+        &mut self,
+        query: Option<&str>,
+        document: Option<&str>,
+        dir: &Path,
+    ) -> Result<()> {
+        self.query_prompt = self.spec.prompts.for_side(Side::Query, query, dir)?;
+        self.document_prompt = self.spec.prompts.for_side(Side::Document, document, dir)?;
+        Ok(())
+    }
+
+    /// The prompt in front of `side`'s texts.
+    pub fn prompt(&self, side: Side) -> &str {
+        match side {
+            Side::Query => &self.query_prompt,
+            Side::Document => &self.document_prompt,
+        }
+    }
+
+    /// Tokenize `texts` of `side`, each behind that side's prompt.
+    pub fn tokenize<S: AsRef<str> + Sync>(&self, side: Side, texts: &[S]) -> Result<Vec<Encoded>> {
+        self.tokenize_behind(self.prompt(side), texts)
+    }
+
+    /// Tokenize `texts`, each behind `prompt`.
+    pub fn tokenize_behind<S: AsRef<str> + Sync>(
+        &self,
+        prompt: &str,
+        texts: &[S],
+    ) -> Result<Vec<Encoded>> {
+        if prompt.is_empty() {
+            return self.tokenizer.encode_texts(texts);
+        }
+        let prompted: Vec<String> = texts
+            .iter()
+            .map(|t| format!("{prompt}{}", t.as_ref()))
+            .collect();
+        self.tokenizer.encode_texts(&prompted)
+    }
+
+    /// Embed `texts` of `side` (behind its prompt) under no-grad: length-sorted batches of
+    /// at most `batch_size`, results in input order as a `[n, dim]` fp32 CPU tensor.
+    /// `progress` is called with the number of texts finished after each batch.
     pub fn encode<S: AsRef<str> + Sync>(
         &self,
+        side: Side,
         texts: &[S],
         batch_size: usize,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Tensor> {
-        let encoded = self.tokenizer.encode_texts(texts)?;
+        let encoded = self.tokenize(side, texts)?;
         self.encode_tokenized(&encoded, batch_size, progress)
     }
 

@@ -88,8 +88,8 @@ pub fn export_bi_encoder(model: &BiEncoder, dir: &Path) -> Result<()> {
         &dir.join("config_sentence_transformers.json"),
         &json!({
             "__version__": {"distill": EXPORTER},
-            "prompts": {},
-            "default_prompt_name": null,
+            "prompts": spec.prompts.prompts,
+            "default_prompt_name": spec.prompts.default_prompt_name,
             "similarity_fn_name": if spec.normalize { "cosine" } else { "dot" },
         }),
     )

@@ -10,5 +10,5 @@ pub mod pooling;
 pub mod tokenizer;
 pub mod weights;
 
-pub use bi_encoder::BiEncoder;
+pub use bi_encoder::{BiEncoder, Prompts, Side};
 pub use cross_encoder::{Activation, CrossEncoder};

@@ -31,6 +31,14 @@ impl Pooling {
     /// From `1_Pooling/config.json` (`path` is only used in errors). A `pooling_mode`
     /// key (sentence-transformers 6) wins over the legacy booleans and keeps its order.
     pub fn from_config(config: &PoolingConfig, path: &Path) -> Result<Self> {
+        if !config.include_prompt {
+            return Err(Error::Unsupported {
+                path: path.to_path_buf(),
+                message: "include_prompt = false (prompt tokens left out of pooling) is not \
+                          implemented"
+                    .into(),
+            });
+        }
         if let Some(mode) = &config.pooling_mode {
             return Self::from_mode_names(mode, path);
         }

@@ -61,8 +61,21 @@ pub fn check(p: &Pipeline) -> Result<Vec<Warning>> {
         warnings.extend(load_warnings(&d.name, &ds));
     }
     let (cpu, fp32) = (Device::Cpu, Kind::Float);
-    BiEncoder::load(&p.student.path, cpu, fp32, p.student.max_length)
+    let mut student = BiEncoder::load(&p.student.path, cpu, fp32, p.student.max_length)
         .map_err(|e| in_key("student.path", e))?;
+    let names = &p.student_prompts;
+    student
+        .use_prompts(
+            names.query.as_deref(),
+            names.document.as_deref(),
+            &p.student.path,
+        )
+        .map_err(|e| {
+            in_key(
+                "student.query_prompt_name / student.document_prompt_name",
+                e,
+            )
+        })?;
     if p.teacher_from_base {
         CrossEncoder::from_encoder(&p.teacher.path, p.teacher.max_length, cpu, fp32)
             .map_err(|e| in_key("teacher.base", e))?;

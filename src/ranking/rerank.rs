@@ -34,7 +34,12 @@ pub fn retrieve(
     depth: Depth,
 ) -> Result<Runs> {
     let q = student
-        .encode(texts, depth.batch_size, &mut |_| {})?
+        .encode(
+            crate::model::Side::Query,
+            texts,
+            depth.batch_size,
+            &mut |_| {},
+        )?
         .to_device(embeddings.device());
     let ranking = retrieval::top_k(&q, embeddings, depth.top_k + 1, depth.corpus_chunk)?;
     Ok(ids

@@ -12,8 +12,8 @@ use super::{Outcome, Stage, StageEnv};
 use crate::data::beir::Dataset;
 use crate::data::table::write_columns;
 use crate::error::{Error, Result};
-use crate::model::{BiEncoder, CrossEncoder};
-use crate::pipeline::config::DatasetRef;
+use crate::model::CrossEncoder;
+use crate::pipeline::config::{DatasetRef, PromptNames};
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
@@ -115,6 +115,8 @@ struct EvalHash<'a> {
     splits: Vec<Vec<&'a str>>,
     precision: &'static str,
     student_max_seq_length: Option<usize>,
+    #[serde(skip_serializing_if = "PromptNames::is_default")]
+    student_prompts: &'a PromptNames,
     teacher_max_length: Option<usize>,
     /// Both students on the dev slice (left out when it is off).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -158,6 +160,7 @@ impl Stage for Eval {
             splits,
             precision: super::shared::kind_name(kind),
             student_max_seq_length: p.student.max_length,
+            student_prompts: &p.student_prompts,
             teacher_max_length: p.teacher.max_length,
             dev: (!p.dev_queries.is_off()).then_some(EvalDevHash {
                 dev_queries: p.dev_queries,
@@ -257,7 +260,7 @@ impl Stage for Eval {
                 on_dev.insert("queries".into(), dev.len().into());
                 for (label, path) in students(p) {
                     let max_length = (label == "base").then_some(p.student.max_length).flatten();
-                    let student = BiEncoder::load(&path, env.device, env.kind, max_length)?;
+                    let student = p.load_student(&path, env.device, env.kind, max_length)?;
                     let fp = fingerprint::directory(&path)?;
                     let (m, _) =
                         super::shared::evaluate_slice(env, (&student, &fp), None, d, &ds, &dev)?;
@@ -369,7 +372,7 @@ impl Eval {
             "base" => p.student.max_length,
             _ => None,
         };
-        let student = BiEncoder::load(path, env.device, env.kind, max_length)?;
+        let student = p.load_student(path, env.device, env.kind, max_length)?;
         let fp = fingerprint::directory(path)?;
         let corpus = super::shared::corpus_embeddings(env, &student, &fp, d, ds)?;
         let (queries, texts) = super::shared::judged_texts(d, ds, judged)?;

@@ -10,7 +10,7 @@ use crate::data::beir::{self, Dataset};
 use crate::data::pairs::PairTable;
 use crate::error::Result;
 use crate::model::BiEncoder;
-use crate::pipeline::config::{DatasetRef, Sampling};
+use crate::pipeline::config::{DatasetRef, PromptNames, Sampling};
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
@@ -51,6 +51,9 @@ struct MineHash<'a> {
     seed: u64,
     precision: &'static str,
     student_max_seq_length: Option<usize>,
+    /// The student's prompts by name, when set.
+    #[serde(skip_serializing_if = "PromptNames::is_default")]
+    student_prompts: &'a PromptNames,
     datasets: Vec<MinedDataset<'a>>,
     /// The dev slice's queries are not mined (left out when the slice is off, as runs
     /// made before it existed had none).
@@ -109,6 +112,7 @@ impl Stage for Mine {
             seed: p.seed,
             precision: super::shared::kind_name(kind),
             student_max_seq_length: p.student.max_length,
+            student_prompts: &p.student_prompts,
             datasets,
             dev_queries: (!p.dev_queries.is_off()).then_some(p.dev_queries),
         })
@@ -133,7 +137,8 @@ impl Stage for Mine {
 
     fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
         let p = env.pipeline;
-        let student = BiEncoder::load(&p.student.path, env.device, env.kind, p.student.max_length)?;
+        let student =
+            p.load_student(&p.student.path, env.device, env.kind, p.student.max_length)?;
         let student_fp = fingerprint::directory(&p.student.path)?;
         let mut loaded = Vec::new();
         for d in p.trained() {
@@ -245,7 +250,12 @@ fn mine_chunk(
         .map(|(q, _)| ds.queries.text(q).unwrap_or_default())
         .collect();
     let q = student
-        .encode(&texts, p.student.batch_size, &mut |_| {})?
+        .encode(
+            crate::model::Side::Query,
+            &texts,
+            p.student.batch_size,
+            &mut |_| {},
+        )?
         .to_device(corpus.device());
     let ranking = retrieval::top_k(&q, corpus, cfg.top_k, cfg.corpus_chunk)?;
     let mut pos_pairs = Vec::new();

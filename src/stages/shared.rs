@@ -67,13 +67,18 @@ pub fn corpus_embeddings(
     ds: &Dataset,
 ) -> Result<Tensor> {
     let p = env.pipeline;
-    let key = fingerprint::json(&json!({
+    let mut key = json!({
         "student": student_fp,
         "corpus": fingerprint::file(&beir::corpus_path(&d.path))?,
         "strict": d.strict,
         "max_seq_length": student.spec.max_seq_length,
         "precision": kind_name(env.kind),
-    }));
+    });
+    // The documents' prompt (none keeps the keys of entries made before prompts).
+    if !student.document_prompt.is_empty() {
+        key["document_prompt"] = json!(student.document_prompt);
+    }
+    let key = fingerprint::json(&key);
     let path = p
         .cache_dir
         .join("embeddings")
@@ -96,12 +101,17 @@ pub fn corpus_embeddings(
     });
     let emb = {
         let events = &mut *env.events;
-        student.encode(&ds.corpus.texts, p.student.batch_size, &mut |n| {
-            events.emit(Event::WorkProgress {
-                stage: stage.clone(),
-                n: n as u64,
-            })
-        })?
+        student.encode(
+            crate::model::Side::Document,
+            &ds.corpus.texts,
+            p.student.batch_size,
+            &mut |n| {
+                events.emit(Event::WorkProgress {
+                    stage: stage.clone(),
+                    n: n as u64,
+                })
+            },
+        )?
     };
     env.emit(Event::WorkFinished { stage });
     let values = Vec::<f32>::try_from(emb.flatten(0, -1)).ctx(|| "reading embeddings".into())?;

@@ -15,7 +15,8 @@ use super::{shared, Outcome, Stage, StageEnv};
 use crate::data::pairs::PairTable;
 use crate::error::{Error, Result};
 use crate::model::export::export_cross_encoder;
-use crate::model::{BiEncoder, CrossEncoder};
+use crate::model::CrossEncoder;
+use crate::pipeline::config::PromptNames;
 use crate::pipeline::events::Event;
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
@@ -40,16 +41,18 @@ struct TeacherHash<'a> {
     given: Option<bool>,
     max_length: Option<usize>,
     precision: &'static str,
-    dev: DevHash,
+    dev: DevHash<'a>,
 }
 
 /// The dev-slice evaluation's settings.
 #[derive(serde::Serialize)]
-struct DevHash {
+struct DevHash<'a> {
     dev_queries: crate::data::dev::DevQueries,
     seed: u64,
     rerank_k: usize,
     student_max_seq_length: Option<usize>,
+    #[serde(skip_serializing_if = "PromptNames::is_default")]
+    student_prompts: &'a PromptNames,
 }
 
 impl Stage for Teacher {
@@ -73,6 +76,7 @@ impl Stage for Teacher {
                 seed: p.seed,
                 rerank_k: p.eval.rerank_k,
                 student_max_seq_length: p.student.max_length,
+                student_prompts: &p.student_prompts,
             },
         })
     }
@@ -253,7 +257,8 @@ fn dev_eval(env: &mut StageEnv, teacher_dir: &Path) -> Result<serde_json::Value>
         );
     } else {
         let teacher = CrossEncoder::load(teacher_dir, p.teacher.max_length, env.device, env.kind)?;
-        let student = BiEncoder::load(&p.student.path, env.device, env.kind, p.student.max_length)?;
+        let student =
+            p.load_student(&p.student.path, env.device, env.kind, p.student.max_length)?;
         let fp = fingerprint::directory(&p.student.path)?;
         for d in p.trained() {
             let ds = d.load(&[&d.train_split], p.seed)?;

@@ -14,7 +14,7 @@ use crate::data::pairs::PairTable;
 use crate::error::Result;
 use crate::model::export::export_bi_encoder;
 use crate::model::BiEncoder;
-use crate::pipeline::config::StudentTrainConfig;
+use crate::pipeline::config::{PromptNames, StudentTrainConfig};
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
@@ -79,7 +79,7 @@ fn in_training_eval<'a>(
         }
         let ds = Dataset::load(&d.path, &[split], d.strict)?;
         let judged = ds.qrels[split].clone();
-        let corpus = model.tokenizer.encode_texts(&ds.corpus.texts)?;
+        let corpus = model.tokenize(crate::model::Side::Document, &ds.corpus.texts)?;
         splits.push((d, ds, judged, corpus));
     }
     Ok(trainer::Monitor {
@@ -146,6 +146,8 @@ fn interpolate(vars: &HashMap<String, Tensor>, base: &HashMap<String, Tensor>, a
 struct TrainHash<'a> {
     train: StudentTrainConfig,
     student_max_seq_length: Option<usize>,
+    #[serde(skip_serializing_if = "PromptNames::is_default")]
+    student_prompts: &'a PromptNames,
     precision: &'static str,
     /// Stage `baseline` only: which baseline.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -182,6 +184,7 @@ impl Stage for Train {
         super::shared::hashed(&TrainHash {
             train: self.settings(p),
             student_max_seq_length: p.student.max_length,
+            student_prompts: &p.student_prompts,
             precision: super::shared::kind_name(kind),
             baseline: self.baseline.then_some(p.train.baseline),
             in_training_eval: p.train.eval_every.map(|_| InTrainingEvalHash {
@@ -227,7 +230,7 @@ impl Stage for Train {
         // pooler missing from the checkpoint) are drawn from the run seed, the same for
         // the baseline as for the distilled student.
         tch::manual_seed(crate::training::trainer::init_seed(p.seed, "train"));
-        let mut model = BiEncoder::load(
+        let mut model = p.load_student(
             &p.student.path,
             env.device,
             Kind::Float,

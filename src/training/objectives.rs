@@ -10,7 +10,7 @@ use super::trainer::Task;
 use crate::error::Result;
 use crate::model::batching::upload;
 use crate::model::tokenizer::{Batch, Encoded};
-use crate::model::{BiEncoder, CrossEncoder};
+use crate::model::{BiEncoder, CrossEncoder, Side};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -60,8 +60,31 @@ pub struct StudentObjective<'a> {
 
 impl<'a> StudentObjective<'a> {
     pub fn new(model: &'a BiEncoder, set: &'a TrainingSet, loss: &'a LossConfig) -> Result<Self> {
-        let texts: Vec<&str> = set.texts.iter().map(String::as_str).collect();
-        let tokens = model.tokenizer.encode_texts(&texts)?;
+        // Queries and documents each behind their side's prompt.
+        let mut is_query = vec![false; set.texts.len()];
+        for g in &set.groups {
+            is_query[g.text] = true;
+        }
+        let tokens = match model.query_prompt == model.document_prompt {
+            true => model.tokenize(Side::Query, &set.texts)?,
+            false => {
+                let (queries, docs): (Vec<usize>, Vec<usize>) =
+                    (0..set.texts.len()).partition(|&t| is_query[t]);
+                let texts = |ids: &[usize]| {
+                    ids.iter()
+                        .map(|&t| set.texts[t].as_str())
+                        .collect::<Vec<_>>()
+                };
+                let mut tokens: Vec<Option<Encoded>> = vec![None; set.texts.len()];
+                for (ids, side) in [(queries, Side::Query), (docs, Side::Document)] {
+                    let encoded = model.tokenize(side, &texts(&ids))?;
+                    for (t, e) in ids.into_iter().zip(encoded) {
+                        tokens[t] = Some(e);
+                    }
+                }
+                tokens.into_iter().flatten().collect()
+            }
+        };
         Ok(StudentObjective {
             model,
             set,

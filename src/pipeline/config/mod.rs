@@ -13,6 +13,21 @@ mod schema;
 pub use crate::training::objectives::{LossConfig, TeacherLoss};
 pub use schema::*;
 
+/// The student's prompts by name (unset: those sentence-transformers' `encode_query` and
+/// `encode_document` would pick). Hashed by the stages that encode with the student only
+/// when set.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct PromptNames {
+    pub query: Option<String>,
+    pub document: Option<String>,
+}
+
+impl PromptNames {
+    pub fn is_default(&self) -> bool {
+        *self == PromptNames::default()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct EvalConfig {
     pub top_k: usize,
@@ -180,6 +195,8 @@ pub struct Pipeline {
     pub device: DeviceSpec,
     pub precision: Precision,
     pub student: ModelRef,
+    /// `student.query_prompt_name` and `student.document_prompt_name`.
+    pub student_prompts: PromptNames,
     pub teacher: ModelRef,
     pub datasets: Vec<DatasetRef>,
     pub mine: MineConfig,
@@ -200,5 +217,22 @@ impl Pipeline {
     /// The datasets that are mined, scored and trained on (not the watch datasets).
     pub fn trained(&self) -> impl Iterator<Item = &DatasetRef> {
         self.datasets.iter().filter(|d| !d.watch)
+    }
+}
+
+impl Pipeline {
+    /// A student (the base one, or one a stage exported) loaded with the pipeline's
+    /// prompts: `max_length` overrides its own.
+    pub fn load_student(
+        &self,
+        dir: &std::path::Path,
+        device: tch::Device,
+        kind: tch::Kind,
+        max_length: Option<usize>,
+    ) -> crate::error::Result<crate::model::BiEncoder> {
+        let mut student = crate::model::BiEncoder::load(dir, device, kind, max_length)?;
+        let names = &self.student_prompts;
+        student.use_prompts(names.query.as_deref(), names.document.as_deref(), dir)?;
+        Ok(student)
     }
 }

@@ -385,6 +385,18 @@ impl Pipeline {
             device,
             precision,
             student,
+            student_prompts: PromptNames {
+                query: file
+                    .student
+                    .query_prompt_name
+                    .as_ref()
+                    .map(|v| v.get_ref().clone()),
+                document: file
+                    .student
+                    .document_prompt_name
+                    .as_ref()
+                    .map(|v| v.get_ref().clone()),
+            },
             teacher,
             datasets,
             mine,

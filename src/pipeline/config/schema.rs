@@ -231,6 +231,10 @@ pub struct StudentSection {
     pub max_seq_length: Option<Spanned<usize>>,
     #[serde(default = "default_encode_batch")]
     pub batch_size: Spanned<usize>,
+    /// The student's prompt for queries, by name (`config_sentence_transformers.json`).
+    pub query_prompt_name: Option<Spanned<String>>,
+    /// The student's prompt for documents, by name.
+    pub document_prompt_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
