@@ -3,6 +3,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use distill::commands::bench::{self, BenchSettings};
 use distill::commands::encode::{self, EncodeSettings};
+use distill::commands::export_data::{self, ExportFormat, ExportSettings};
 use distill::commands::trend::{self, Against, TrendSettings};
 use distill::data::text_input::TextFormat;
 use distill::device::{DeviceSpec, Precision};
@@ -98,6 +99,42 @@ enum Command {
     /// Example: distill bench --device cuda --seconds 10 --output bench.json
     ///          distill bench --device cpu --small --seconds 1 --workloads w1,w4
     Bench(BenchArgs),
+    #[command(verbatim_doc_comment)]
+    /// Training data for other trainers from a run's mined and teacher-scored pairs:
+    /// FlagEmbedding's JSONL (flagembedding), or a sentence-transformers Parquet dataset
+    /// for MarginMSELoss (st-margin) or DistillKLDivLoss (st-kl). Texts come from the
+    /// datasets of the pipeline file the run was made with, which is checked against the
+    /// run's mine manifest. Flagged false negatives are left out unless
+    /// --keep-false-negatives.
+    ///
+    /// Example: distill export-data checkpoints/nightly-2025-06-01
+    ///            --pipeline pipelines/nightly.toml --format st-margin --output train.parquet
+    ExportData(ExportDataArgs),
+}
+
+#[derive(Args, Debug)]
+struct ExportDataArgs {
+    /// Run directory (<output_root>/<name>) whose mine and score stages are done.
+    run_dir: PathBuf,
+    /// The pipeline file the run was made with (its datasets give the texts).
+    #[arg(long)]
+    pipeline: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum)]
+    format: ExportFormat,
+    /// Output file (JSONL for flagembedding, Parquet for st-margin and st-kl), written
+    /// atomically.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Keep the negatives that the score stage flagged as likely false negatives, marked
+    /// (`neg_flagged` in JSONL, a `negative_flagged` list column in Parquet).
+    #[arg(long)]
+    keep_false_negatives: bool,
+    /// Negatives per query: the first N by the student's rank; queries with fewer are
+    /// dropped. Default: every negative (flagembedding), the smallest count among the
+    /// queries (st-margin, st-kl).
+    #[arg(long, value_name = "N")]
+    negatives: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -392,6 +429,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .filter(|m| m.implementation == "distill" && !m.note.is_empty())
             {
                 println!("{} distill: {}", m.workload, m.note);
+            }
+        }
+        Command::ExportData(a) => {
+            let settings = ExportSettings {
+                run_dir: a.run_dir,
+                pipeline: a.pipeline,
+                format: a.format,
+                output: a.output,
+                keep_false_negatives: a.keep_false_negatives,
+                negatives: a.negatives,
+            };
+            let summary = export_data::run(&settings).context("export-data failed")?;
+            if verbosity > Verbosity::Quiet {
+                eprintln!("exported {summary} -> {}", settings.output.display());
             }
         }
         Command::Report(a) => {

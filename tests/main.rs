@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod demo;
 mod eval;
+mod export_data;
 mod export_roundtrip;
 mod health;
 mod layers;
