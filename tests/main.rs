@@ -8,6 +8,7 @@ mod demo;
 mod eval;
 mod export_roundtrip;
 mod health;
+mod inputs;
 mod layers;
 mod parity;
 mod pipeline;

@@ -10,7 +10,13 @@ use std::path::{Path, PathBuf};
 
 /// A pipeline file in `dir` over the tiny fixtures; `extra` is appended to `[mine]` /
 /// `[score]` through `mine` and `score`.
-fn pipeline_text(out: &Path, data: &Path, dataset: &str, mine: &str, score: &str) -> String {
+pub(crate) fn pipeline_text(
+    out: &Path,
+    data: &Path,
+    dataset: &str,
+    mine: &str,
+    score: &str,
+) -> String {
     format!(
         r#"[run]
 name = "tiny"

@@ -1,5 +1,6 @@
 //! Unit tests of `beir` (kept beside it, in their own file).
 use super::*;
+use crate::data::lines::tests::gzip;
 
 fn write(dir: &Path, name: &str, content: &str) {
     let p = dir.join(name);
@@ -80,11 +81,8 @@ fn missing_split_names_the_file() {
 
 /// Replace `dir/name` with its gzip, `dir/<new_name>`.
 fn gzip_into(dir: &Path, name: &str, new_name: &str) {
-    use std::io::Write;
     let bytes = std::fs::read(dir.join(name)).unwrap();
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    enc.write_all(&bytes).unwrap();
-    std::fs::write(dir.join(new_name), enc.finish().unwrap()).unwrap();
+    std::fs::write(dir.join(new_name), gzip(&bytes)).unwrap();
     std::fs::remove_file(dir.join(name)).unwrap();
 }
 

@@ -101,7 +101,7 @@ pub fn first_nonblank(path: &Path) -> Result<Option<(usize, String)>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::io::Write;
 
@@ -114,7 +114,8 @@ mod tests {
         Ok(out)
     }
 
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
+    /// `bytes` gzipped: the data modules' tests write their `.gz` inputs with it.
+    pub(crate) fn gzip(bytes: &[u8]) -> Vec<u8> {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(bytes).unwrap();
         enc.finish().unwrap()

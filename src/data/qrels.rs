@@ -138,7 +138,7 @@ fn mismatch(format: QrelsFormat, since: usize, tabs: &[&str], words: &[&str]) ->
     };
     match other {
         Some(other) => format!(
-            "a line of {} in a file of {} (from its line {since}): formats cannot be mixed",
+            "a {} line in a file read as {} from its line {since}: a file holds one format",
             other.describe(),
             format.describe()
         ),

@@ -8,19 +8,24 @@ fn file(content: &str, ext: &str) -> tempfile::NamedTempFile {
     f
 }
 
-fn read(path: &Path) -> Result<(Vec<(usize, String, String, i64)>, Option<QrelsFormat>)> {
+fn read(path: &Path) -> Result<(Vec<Judgement>, Option<QrelsFormat>)> {
     let mut r = QrelsReader::open(path)?;
     let mut out = Vec::new();
     while let Some(j) = r.next_judgement()? {
-        out.push((j.line, j.query, j.doc, j.grade));
+        out.push(j);
     }
     Ok((out, r.format()))
 }
 
-fn rows(first_line: usize, rows: &[(&str, &str, i64)]) -> Vec<(usize, String, String, i64)> {
+fn rows(first_line: usize, rows: &[(&str, &str, i64)]) -> Vec<Judgement> {
     rows.iter()
         .enumerate()
-        .map(|(i, (q, d, g))| (first_line + i, q.to_string(), d.to_string(), *g))
+        .map(|(i, (q, d, g))| Judgement {
+            line: first_line + i,
+            query: q.to_string(),
+            doc: d.to_string(),
+            grade: *g,
+        })
         .collect()
 }
 
@@ -72,12 +77,13 @@ fn mixed_or_malformed_lines_are_errors_naming_file_and_line() {
     let cases = [
         (
             "q1\td1\t1\nq1 0 d2 1\n",
-            ":2: a line of TREC qrels (query-id iteration doc-id relevance) in a file of \
-             BEIR qrels (query-id<TAB>corpus-id<TAB>score) (from its line 1)",
+            ":2: a TREC qrels (query-id iteration doc-id relevance) line in a file read as \
+             BEIR qrels (query-id<TAB>corpus-id<TAB>score) from its line 1: a file holds one \
+             format",
         ),
         (
             "q1 0 d2 1\n\nq1\td1\t1\n",
-            ":3: a line of BEIR qrels (query-id<TAB>corpus-id<TAB>score) in a file of TREC qrels",
+            ":3: a BEIR qrels (query-id<TAB>corpus-id<TAB>score) line in a file read as TREC",
         ),
         (
             "q1\td1\n",

@@ -1,5 +1,6 @@
 //! Unit tests of `text_input` (kept beside it, in their own file).
 use super::*;
+use crate::data::lines::tests::gzip;
 use std::io::Write;
 
 fn file(content: &[u8], ext: &str) -> tempfile::NamedTempFile {
@@ -75,12 +76,6 @@ fn plain_text_ids_are_line_numbers() {
     let r = read_texts(f.path(), TextFormat::Auto).unwrap();
     assert_eq!(r[1].id, "2");
     assert_eq!(r[0].text, "first");
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
 }
 
 fn pairs(records: &[TextRecord]) -> Vec<(&str, &str, usize)> {
