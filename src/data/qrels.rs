@@ -79,8 +79,9 @@ impl QrelsReader {
                         return Err(self.lines.error(format!(
                             "expected 3 tab-separated columns (query-id, corpus-id, score) or \
                              4 whitespace-separated TREC columns (query-id, iteration, doc-id, \
-                             relevance), found {} tab-separated",
-                            tabs.len()
+                             relevance), found {} tab-separated, {} whitespace-separated",
+                            tabs.len(),
+                            words.len()
                         )));
                     };
                     self.format = Some((format, line));
