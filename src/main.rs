@@ -266,13 +266,14 @@ struct EncodeArgs {
     /// sentence-transformers model directory.
     #[arg(long)]
     model: PathBuf,
-    /// BEIR corpus/queries JSONL (`_id`, `text`, optional `title`) or plain text lines.
+    /// BEIR corpus/queries JSONL (`_id`, `text`, optional `title`), `id<TAB>text` lines or
+    /// plain text lines; gzip-compressed when the name ends in `.gz`.
     #[arg(long)]
     input: PathBuf,
     /// Output Parquet file (columns `id`, `embedding`).
     #[arg(long)]
     output: PathBuf,
-    /// Input format.
+    /// Input format (auto: by extension, else `id<TAB>text` when the first line is).
     #[arg(long, value_enum, default_value = "auto")]
     format: TextFormat,
     /// auto, cpu, cuda or cuda:N.

@@ -9,6 +9,7 @@ mod eval;
 mod export_data;
 mod export_roundtrip;
 mod health;
+mod inputs;
 mod layers;
 mod parity;
 mod pipeline;

@@ -1,4 +1,5 @@
-//! `distill encode`: embed a BEIR JSONL or plain-text file with a bi-encoder into Parquet.
+//! `distill encode`: embed a BEIR JSONL, `id<TAB>text` or plain-text file (each possibly
+//! gzipped) with a bi-encoder into Parquet.
 use crate::data::embeddings::write_embeddings;
 use crate::data::text_input::{read_texts, TextFormat};
 use crate::device::{DeviceSpec, Precision};

@@ -1,8 +1,10 @@
-//! BEIR datasets: `corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`.
+//! BEIR datasets: `corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`; each file may be
+//! gzip-compressed (`corpus.jsonl.gz`), and the qrels may be TREC qrels and be named
+//! `qrels/<split>.txt` or `qrels/<split>.qrels` (`data::qrels` tells the forms apart).
+use crate::data::qrels::QrelsReader;
 use crate::data::text_input::{read_texts_with, ReadPolicy, Skipped, TextFormat, TextRecord};
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 /// Texts by id, in file order.
@@ -95,16 +97,81 @@ pub struct Dataset {
     pub warnings: LoadWarnings,
 }
 
+/// The names a file may have, in order of preference: each of `names`, then gzipped.
+fn with_gz(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .flat_map(|n| [n.clone(), format!("{n}.gz")])
+        .collect()
+}
+
+fn corpus_names() -> Vec<String> {
+    with_gz(&["corpus.jsonl".into()])
+}
+
+fn queries_names() -> Vec<String> {
+    with_gz(&["queries.jsonl".into()])
+}
+
+fn qrels_names(split: &str) -> Vec<String> {
+    let names = ["tsv", "txt", "qrels"].map(|ext| format!("qrels/{split}.{ext}"));
+    with_gz(&names)
+}
+
+/// The files of `dir` that `names` name, in the order of `names`.
+fn present(dir: &Path, names: &[String]) -> Vec<PathBuf> {
+    names
+        .iter()
+        .map(|n| dir.join(n))
+        .filter(|p| p.is_file())
+        .collect()
+}
+
+/// The first of `names` that is a file in `dir`, else the first name (the BEIR one, which
+/// a missing-file error then names).
+fn locate(dir: &Path, names: &[String]) -> PathBuf {
+    present(dir, names)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| dir.join(&names[0]))
+}
+
+/// The corpus file that is read: `corpus.jsonl` or `corpus.jsonl.gz`.
 pub fn corpus_path(dir: &Path) -> PathBuf {
-    dir.join("corpus.jsonl")
+    locate(dir, &corpus_names())
 }
 
+/// The queries file that is read: `queries.jsonl` or `queries.jsonl.gz`.
 pub fn queries_path(dir: &Path) -> PathBuf {
-    dir.join("queries.jsonl")
+    locate(dir, &queries_names())
 }
 
+/// The qrels file of `split` that is read: `qrels/<split>.tsv`, `.txt` or `.qrels`, each
+/// possibly with `.gz`.
 pub fn qrels_path(dir: &Path, split: &str) -> PathBuf {
-    dir.join("qrels").join(format!("{split}.tsv"))
+    locate(dir, &qrels_names(split))
+}
+
+/// Refuse a file that is there under two of its names (`corpus.jsonl` and
+/// `corpus.jsonl.gz`, `qrels/test.tsv` and `qrels/test.txt`): which one is meant is not
+/// guessed.
+pub fn check_unique(dir: &Path, splits: &[&str]) -> Result<()> {
+    let mut files = vec![corpus_names(), queries_names()];
+    files.extend(splits.iter().map(|s| qrels_names(s)));
+    for names in files {
+        if let [a, b, ..] = present(dir, &names).as_slice() {
+            let rel = |p: &Path| p.strip_prefix(dir).unwrap_or(p).display().to_string();
+            return Err(Error::config(
+                dir,
+                format!(
+                    "both `{}` and `{}` are there: keep one (which one is meant is not guessed)",
+                    rel(a),
+                    rel(b)
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Dataset {
@@ -112,6 +179,7 @@ impl Dataset {
     /// qrels naming unknown ids are errors naming file and line; otherwise they are
     /// skipped and counted in `warnings`. Malformed lines are always errors.
     pub fn load(dir: &Path, splits: &[&str], strict: bool) -> Result<Self> {
+        check_unique(dir, splits)?;
         let policy = ReadPolicy {
             strict,
             allow_empty: false,
@@ -131,7 +199,11 @@ impl Dataset {
         for split in splits {
             let path = qrels_path(dir, split);
             let (q, unknown) = read_qrels(&path, &queries, &corpus, strict)?;
-            let file = format!("qrels/{split}.tsv");
+            let file = path
+                .strip_prefix(dir)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
             warnings.unknown_qrels.extend(
                 unknown
                     .into_iter()
@@ -151,144 +223,39 @@ impl Dataset {
 
 type Unknown = Vec<(usize, String, String)>;
 
-/// Read `query-id \t corpus-id \t score` lines; a first line whose score is not an integer
-/// is a header. A repeated (query, doc) pair keeps its last grade, as pytrec_eval does.
+/// Read the judgements of a qrels file (`data::qrels`: BEIR, with or without its header,
+/// or TREC). A repeated (query, doc) pair keeps its last grade, as pytrec_eval does.
+/// Judgements naming an unknown query or document are errors when `strict`, else returned
+/// as `(line, query, doc)`.
 pub fn read_qrels(
     path: &Path,
     queries: &Texts,
     corpus: &Texts,
     strict: bool,
 ) -> Result<(Qrels, Unknown)> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = QrelsReader::open(path)?;
     let mut qrels = Qrels::new();
     let mut unknown = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
-        let line_no = i + 1;
-        let err = |message: String| Error::Input {
-            path: path.to_path_buf(),
-            line: line_no,
-            message,
-        };
-        let bytes = line.map_err(|e| Error::io(path, e))?;
-        let text = std::str::from_utf8(&bytes).map_err(|e| err(format!("invalid UTF-8 ({e})")))?;
-        let text = text.trim_end_matches('\r');
-        if text.trim().is_empty() {
-            continue;
-        }
-        let cols: Vec<&str> = text.split('\t').collect();
-        if cols.len() != 3 {
-            return Err(err(format!(
-                "expected 3 tab-separated columns (query-id, corpus-id, score), found {}",
-                cols.len()
-            )));
-        }
-        let Ok(score) = cols[2].trim().parse::<i64>() else {
-            if line_no == 1 {
-                continue; // header
-            }
-            return Err(err(format!("score `{}` is not an integer", cols[2])));
-        };
-        let (q, d) = (cols[0].trim(), cols[1].trim());
-        let known_q = queries.position(q).is_some();
-        let known_d = corpus.position(d).is_some();
+    while let Some(j) = reader.next_judgement()? {
+        let known_q = queries.position(&j.query).is_some();
+        let known_d = corpus.position(&j.doc).is_some();
         if !known_q || !known_d {
             if strict {
                 let what = if known_q {
-                    format!("document `{d}` is not in the corpus")
+                    format!("document `{}` is not in the corpus", j.doc)
                 } else {
-                    format!("query `{q}` is not in queries.jsonl")
+                    format!("query `{}` is not in the queries", j.query)
                 };
-                return Err(err(what));
+                return Err(reader.error(what));
             }
-            unknown.push((line_no, q.to_string(), d.to_string()));
+            unknown.push((j.line, j.query, j.doc));
             continue;
         }
-        qrels
-            .entry(q.to_string())
-            .or_default()
-            .insert(d.to_string(), score);
+        qrels.entry(j.query).or_default().insert(j.doc, j.grade);
     }
     Ok((qrels, unknown))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(dir: &Path, name: &str, content: &str) {
-        let p = dir.join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, content).unwrap();
-    }
-
-    fn fixture(qrels: &str) -> tempfile::TempDir {
-        let d = tempfile::tempdir().unwrap();
-        write(
-            d.path(),
-            "corpus.jsonl",
-            "{\"_id\": \"d1\", \"title\": \"A\", \"text\": \"one\"}\n{\"_id\": \"d2\", \"text\": \"two\"}\n",
-        );
-        write(
-            d.path(),
-            "queries.jsonl",
-            "{\"_id\": \"q1\", \"text\": \"which?\"}\n",
-        );
-        write(d.path(), "qrels/test.tsv", qrels);
-        d
-    }
-
-    #[test]
-    fn loads_a_dataset_with_header_and_grades() {
-        let d = fixture("query-id\tcorpus-id\tscore\nq1\td2\t2\nq1\td1\t0\n");
-        let ds = Dataset::load(d.path(), &["test"], true).unwrap();
-        assert_eq!(ds.corpus.text("d1"), Some("A one"));
-        assert_eq!(ds.qrels["test"]["q1"]["d2"], 2);
-        assert_eq!(ds.qrels["test"]["q1"]["d1"], 0);
-        assert!(ds.warnings.is_empty());
-    }
-
-    #[test]
-    fn unknown_ids_in_qrels_are_errors_or_counted() {
-        let d = fixture("query-id\tcorpus-id\tscore\nq1\td9\t1\nq7\td1\t1\nq1\td1\t1\n");
-        let err = Dataset::load(d.path(), &["test"], true)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("test.tsv:2: document `d9` is not in the corpus"),
-            "{err}"
-        );
-        let ds = Dataset::load(d.path(), &["test"], false).unwrap();
-        assert_eq!(ds.warnings.unknown_qrels.len(), 2);
-        assert_eq!(ds.qrels["test"]["q1"].len(), 1);
-        assert_eq!(ds.warnings.summary().len(), 1);
-    }
-
-    #[test]
-    fn malformed_qrels_lines_are_errors_even_when_lenient() {
-        let d = fixture("q1\td1\n");
-        let err = Dataset::load(d.path(), &["test"], false)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("test.tsv:1: expected 3 tab-separated columns"),
-            "{err}"
-        );
-        let d = fixture("h\th\th\nq1\td1\tx\n");
-        let err = Dataset::load(d.path(), &["test"], false)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("test.tsv:2: score `x` is not an integer"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn missing_split_names_the_file() {
-        let d = fixture("q1\td1\t1\n");
-        let err = Dataset::load(d.path(), &["train"], true)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("qrels/train.tsv"), "{err}");
-    }
-}
+#[path = "beir_tests.rs"]
+mod tests;

@@ -1,19 +1,41 @@
-//! Texts to embed: a BEIR corpus/queries JSONL file (`_id`, `text`, optional `title`) or
-//! plain text with one text per line.
-use crate::error::{Error, Result};
+//! Texts to embed: a BEIR corpus/queries JSONL file (`_id`, `text`, optional `title`),
+//! `id<TAB>text` lines (MS MARCO's `collection.tsv`, `queries.*.tsv`) or plain text with
+//! one text per line; any of them gzip-compressed when the name ends in `.gz`.
+use crate::data::lines::{first_nonblank, format_extension, Lines};
+use crate::error::Result;
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::path::Path;
 
 /// Input format of `distill encode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TextFormat {
-    /// `.jsonl` / `.json` files are BEIR JSONL, anything else plain text.
+    /// By extension (under any `.gz`): `.jsonl`/`.json` are JSONL, `.tsv` is
+    /// `id<TAB>text`; any other file is `id<TAB>text` when its first non-blank line holds
+    /// exactly one tab after a non-empty id, else plain text.
     Auto,
     /// One JSON object per line with `_id`, `text` and optional `title`.
     Jsonl,
+    /// `id<TAB>text` on each line (exactly one tab).
+    Tsv,
     /// One text per line; the id is the line number (1-based).
     Text,
+}
+
+/// The format `path` is read in: `format` itself, or what `Auto` detects.
+/// Returns the format and, when it was detected from the content, the line it was
+/// detected on.
+pub fn resolve_format(path: &Path, format: TextFormat) -> Result<(TextFormat, Option<usize>)> {
+    if format != TextFormat::Auto {
+        return Ok((format, None));
+    }
+    Ok(match format_extension(path) {
+        Some("jsonl" | "json") => (TextFormat::Jsonl, None),
+        Some("tsv") => (TextFormat::Tsv, None),
+        _ => match first_nonblank(path)? {
+            Some((line, text)) if split_tsv(&text).is_ok() => (TextFormat::Tsv, Some(line)),
+            _ => (TextFormat::Text, None),
+        },
+    })
 }
 
 /// One text with its id and the 1-based line it came from.
@@ -59,60 +81,48 @@ pub fn read_texts(path: &Path, format: TextFormat) -> Result<Vec<TextRecord>> {
 }
 
 /// Read every text of `path` under `policy`. Errors name the file and line: malformed
-/// JSON, a missing `_id`/`text`, invalid UTF-8 always; duplicate ids and empty texts when
-/// strict. Blank lines are skipped.
+/// JSON, a missing `_id`/`text`, a line that is not `id<TAB>text` in a TSV file, invalid
+/// UTF-8, corrupt gzip data always; duplicate ids and empty texts when strict. Blank
+/// lines are skipped, except in plain text (where they are texts, with their ids).
 pub fn read_texts_with(
     path: &Path,
     format: TextFormat,
     policy: ReadPolicy,
 ) -> Result<(Vec<TextRecord>, Skipped)> {
-    let format = match format {
-        TextFormat::Auto => match path.extension().and_then(|e| e.to_str()) {
-            Some("jsonl" | "json") => TextFormat::Jsonl,
-            _ => TextFormat::Text,
-        },
-        f => f,
-    };
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = std::io::BufReader::new(file);
+    let (format, detected_on) = resolve_format(path, format)?;
+    let mut lines = Lines::open(path)?;
     let mut records = Vec::new();
     let mut skipped = Skipped::default();
     let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut buf = Vec::new();
-    let mut line = 0usize;
-    loop {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        line += 1;
-        let input_err = |message: String| Error::Input {
-            path: path.to_path_buf(),
-            line,
-            message,
-        };
-        let raw =
-            std::str::from_utf8(&buf).map_err(|e| input_err(format!("invalid UTF-8 ({e})")))?;
-        let raw = raw.trim_end_matches(['\n', '\r']);
+    while let Some((line, raw)) = lines.next_line()? {
         let record = match format {
-            TextFormat::Jsonl => {
-                if raw.trim().is_empty() {
-                    continue;
+            TextFormat::Jsonl | TextFormat::Tsv if raw.trim().is_empty() => continue,
+            TextFormat::Jsonl => parse_beir_line(&raw).map_err(|m| lines.error(m))?,
+            TextFormat::Tsv => match split_tsv(&raw) {
+                Ok((id, text)) => TextRecord {
+                    id: id.to_string(),
+                    text: text.to_string(),
+                    line,
+                },
+                Err(m) => {
+                    let hint = detected_on.map(|at| {
+                        format!(
+                            " (the file reads as `id<TAB>text` from its line {at}; \
+                             `--format text` reads each line whole)"
+                        )
+                    });
+                    return Err(lines.error(m + &hint.unwrap_or_default()));
                 }
-                parse_beir_line(raw).map_err(input_err)?
-            }
-            _ => TextRecord {
+            },
+            TextFormat::Text | TextFormat::Auto => TextRecord {
                 id: line.to_string(),
-                text: raw.to_string(),
+                text: raw,
                 line,
             },
         };
         if let Some(&first) = seen.get(&record.id) {
             if policy.strict {
-                return Err(input_err(format!(
+                return Err(lines.error(format!(
                     "duplicate id `{}` (first seen on line {first})",
                     record.id
                 )));
@@ -122,7 +132,7 @@ pub fn read_texts_with(
         }
         if !policy.allow_empty && record.text.trim().is_empty() {
             if policy.strict {
-                return Err(input_err(format!("empty text for `{}`", record.id)));
+                return Err(lines.error(format!("empty text for `{}`", record.id)));
             }
             skipped.empty.push((line, record.id));
             continue;
@@ -131,6 +141,19 @@ pub fn read_texts_with(
         records.push(TextRecord { line, ..record });
     }
     Ok((records, skipped))
+}
+
+/// An `id<TAB>text` line: exactly one tab, after a non-empty id (trimmed); the text is
+/// kept as it is.
+fn split_tsv(raw: &str) -> std::result::Result<(&str, &str), String> {
+    let columns = raw.split('\t').count();
+    match raw.split_once('\t') {
+        Some((id, text)) if columns == 2 && !id.trim().is_empty() => Ok((id.trim(), text)),
+        Some(_) if columns == 2 => Err("empty id before the tab".into()),
+        _ => Err(format!(
+            "expected `id<TAB>text` (2 tab-separated columns), found {columns}"
+        )),
+    }
 }
 
 /// One BEIR JSONL object: the embedded text is `title + " " + text` when the title is
@@ -166,82 +189,5 @@ fn parse_beir_line(raw: &str) -> std::result::Result<TextRecord, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn file(content: &[u8], ext: &str) -> tempfile::NamedTempFile {
-        let mut f = tempfile::Builder::new().suffix(ext).tempfile().unwrap();
-        f.write_all(content).unwrap();
-        f
-    }
-
-    #[test]
-    fn reads_beir_jsonl_with_titles() {
-        let f = file(
-            b"{\"_id\": \"d1\", \"title\": \"T\", \"text\": \"body\"}\n\n{\"_id\": 7, \"text\": \"x\"}\n",
-            ".jsonl",
-        );
-        let r = read_texts(f.path(), TextFormat::Auto).unwrap();
-        assert_eq!(r.len(), 2);
-        assert_eq!((r[0].id.as_str(), r[0].text.as_str()), ("d1", "T body"));
-        assert_eq!((r[1].id.as_str(), r[1].line), ("7", 3));
-    }
-
-    #[test]
-    fn errors_name_the_line() {
-        let cases: [(&[u8], &str); 5] = [
-            (
-                b"{\"_id\": \"a\", \"text\": \"x\"}\n{\"_id\": \"a\", \"text\": \"y\"}\n",
-                "line 1",
-            ),
-            (b"{\"text\": \"x\"}\n", "missing key `_id`"),
-            (
-                b"{\"_id\": \"a\", \"text\": \"x\"}\n{not json\n",
-                "malformed JSON",
-            ),
-            (b"{\"_id\": \"a\", \"text\": 3}\n", "must be a string"),
-            (b"{\"_id\": \"a\", \"text\": \"\xff\"}\n", "invalid UTF-8"),
-        ];
-        for (content, needle) in cases {
-            let f = file(content, ".jsonl");
-            let err = read_texts(f.path(), TextFormat::Auto)
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(needle), "{err}");
-            assert!(err.contains(&f.path().display().to_string()), "{err}");
-        }
-    }
-
-    #[test]
-    fn lenient_read_skips_and_counts_duplicates_and_empty_texts() {
-        let f = file(
-            b"{\"_id\": \"a\", \"text\": \"x\"}\n{\"_id\": \"a\", \"text\": \"y\"}\n{\"_id\": \"b\", \"text\": \"  \"}\n",
-            ".jsonl",
-        );
-        let lenient = ReadPolicy {
-            strict: false,
-            allow_empty: false,
-        };
-        let (r, skipped) = read_texts_with(f.path(), TextFormat::Auto, lenient).unwrap();
-        assert_eq!(r.len(), 1);
-        assert_eq!(r[0].text, "x");
-        assert_eq!(skipped.duplicates, vec![(2, "a".to_string())]);
-        assert_eq!(skipped.empty, vec![(3, "b".to_string())]);
-        let strict = ReadPolicy {
-            strict: true,
-            allow_empty: false,
-        };
-        let f = file(b"{\"_id\": \"b\", \"text\": \"\"}\n", ".jsonl");
-        let err = read_texts_with(f.path(), TextFormat::Auto, strict).unwrap_err();
-        assert!(err.to_string().contains(":1: empty text for `b`"), "{err}");
-    }
-
-    #[test]
-    fn plain_text_ids_are_line_numbers() {
-        let f = file(b"first\r\nsecond\n", ".txt");
-        let r = read_texts(f.path(), TextFormat::Auto).unwrap();
-        assert_eq!(r[1].id, "2");
-        assert_eq!(r[0].text, "first");
-    }
-}
+#[path = "text_input_tests.rs"]
+mod tests;

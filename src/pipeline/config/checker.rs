@@ -84,6 +84,18 @@ impl Checker<'_> {
         }
         Ok(())
     }
+
+    /// The corpus, the queries and the qrels of `splits` in dataset `dir` are each there
+    /// under one name only (not `corpus.jsonl` and `corpus.jsonl.gz`).
+    pub(super) fn unique(
+        &self,
+        span: Range<usize>,
+        key: &str,
+        dir: &std::path::Path,
+        splits: &[&str],
+    ) -> Result<()> {
+        crate::data::beir::check_unique(dir, splits).map_err(|e| self.err(span, key, e))
+    }
 }
 
 /// "must be between lo and hi", or "at least lo" where there is no upper bound (f64::MAX

@@ -211,6 +211,7 @@ impl Pipeline {
                 "dataset.path",
                 crate::data::beir::queries_path(&dir),
             )?;
+            c.unique(d.path.span(), "dataset.path", &dir, &[])?;
             let watch = d.role.as_ref().is_some_and(|r| *r.get_ref() == Role::Watch);
             if watch {
                 let pseudo = d
@@ -235,6 +236,7 @@ impl Pipeline {
                 if watch && key == "dataset.train_split" {
                     continue;
                 }
+                c.unique(split.span(), key, &dir, &[split.get_ref()])?;
                 let f = crate::data::beir::qrels_path(&dir, split.get_ref());
                 c.file_in(split.span(), key, f)?;
             }
@@ -309,6 +311,12 @@ impl Pipeline {
         }
         if let Some(split) = &t.eval_split {
             for d in datasets.iter().filter(|d| !d.watch) {
+                c.unique(
+                    split.span(),
+                    "train.eval_split",
+                    &d.path,
+                    &[split.get_ref()],
+                )?;
                 let f = crate::data::beir::qrels_path(&d.path, split.get_ref());
                 c.file_in(split.span(), "train.eval_split", f)?;
             }
