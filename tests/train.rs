@@ -679,7 +679,40 @@ fn report_is_self_contained_html_with_every_table_and_chart() {
                   r = ET.parse(sys.argv[1]).getroot()\n\
                   print(len(r.findall('.//table')), len(r.findall('.//{http://www.w3.org/2000/svg}svg')))";
     let out = python_stdout(script, &[&run.join("report/report.html")]);
-    assert_eq!(out.trim(), "3 2");
+    // Tables: the dataset's, the queries it improved and hurt most, stages, mining and
+    // scoring; charts: the two loss curves and the teacher's score histogram.
+    assert_eq!(out.trim(), "5 3");
+    // The health box comes first; every chart names its axes.
+    let health = html.find("<div class=\"health\">").expect("no health box");
+    assert!(health < html.find("<h2>Retrieval</h2>").unwrap());
+    for axis in [
+        "optimizer step",
+        "loss",
+        "teacher score",
+        "share of the pairs",
+    ] {
+        assert!(
+            html.contains(&format!(">{axis}</text>")),
+            "axis `{axis}` unnamed"
+        );
+    }
+    // The improved (hurt) queries rose (fell) from base to distilled nDCG@10; at most five
+    // of each.
+    let script = "import sys, xml.etree.ElementTree as ET, pyarrow.parquet as pq\n\
+                  r = ET.parse(sys.argv[1]).getroot()\n\
+                  title, n = None, 0\n\
+                  for e in r.iter():\n\
+                  \x20   if e.tag == 'h3': title = e.text\n\
+                  \x20   if e.tag == 'tr' and title and 'most' in title:\n\
+                  \x20       c = [x.text or '' for x in e.findall('td')]\n\
+                  \x20       if not c or not c[1]: continue\n\
+                  \x20       b, d = float(c[1]), float(c[2])\n\
+                  \x20       assert (d > b) if 'improved' in title else (d < b), (title, c)\n\
+                  \x20       n += 1\n\
+                  print(n)";
+    let rows = python_stdout(script, &[&run.join("report/report.html")]);
+    let changed = rows.trim().parse::<usize>().unwrap();
+    assert!(changed <= 10, "{changed}");
     // Self-contained: no scripts, no links or sources to fetch.
     for needle in ["<script", "src=", "href=", "<link"] {
         assert!(!html.contains(needle), "{needle} in the report");
@@ -698,6 +731,8 @@ fn report_is_self_contained_html_with_every_table_and_chart() {
     }
     for section in [
         "## Retrieval",
+        "## Queries that changed most",
+        "## Teacher scores",
         "## Stages",
         "## Loss curves",
         "## Configuration",

@@ -516,7 +516,7 @@ fn render(
                 html,
                 "<h3>{}</h3>\n{}",
                 esc(&name),
-                svg_chart(&name, &x, &series, [&labels[0], &labels[1]])
+                svg_chart(&name, &x, &series, [&labels[0], &labels[1]], ["run", m])
             );
         }
     }

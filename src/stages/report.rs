@@ -22,6 +22,9 @@ pub struct Report;
 /// One line per dataset with the headline numbers of a run (nDCG@10 of the base student,
 /// the distilled student and the teacher's rerank of the distilled student's top list),
 /// and the report's path; None when the run has no evaluation yet.
+#[path = "report_views.rs"]
+mod views;
+
 pub fn headline(run_dir: &Path) -> Option<String> {
     let metrics: Value = read_json(
         &run_dir
@@ -406,6 +409,7 @@ impl Stage for Report {
                         &x,
                         &series,
                         [&labels[0], &labels[1]],
+                        ["optimizer step", "loss"],
                     ),
                 ));
             }
@@ -414,7 +418,7 @@ impl Stage for Report {
         let title = format!("distill report: run `{}`", p.name);
         let mut md = format!("# {title}\n\n## Health\n\n");
         let mut html = html_head(&title);
-        html.push_str("<h2>Health</h2>\n");
+        html.push_str("<div class=\"health\">\n<h2>Health</h2>\n");
         if weak {
             let line = "WEAK TEACHER: this run went past the teacher gate by override \
                         (--allow-weak-teacher or health.allow_weak_teacher); its distillation \
@@ -440,6 +444,7 @@ impl Stage for Report {
             html.push_str("</ul>\n");
             md.push('\n');
         }
+        html.push_str("</div>\n");
         for t in dev_tables(
             manifest(StageId::Teacher.name()),
             manifest(StageId::Eval.name()),
@@ -457,7 +462,19 @@ impl Stage for Report {
             t.markdown(&mut md);
             t.html(&mut html);
         }
-        md.push_str("## Loss curves\n\nThe charts are in report.html (inline SVG); the values are in each stage's loss_curve.parquet.\n\n");
+        md.push_str("## Queries that changed most (test splits)\n\n");
+        html.push_str("<h2>Queries that changed most</h2>\n");
+        for t in views::query_changes(p, 5)? {
+            t.markdown(&mut md);
+            t.html(&mut html);
+        }
+        md.push_str("## Teacher scores\n\nThe histograms are in report.html (inline SVG).\n\n");
+        html.push_str("<h2>Teacher scores</h2>\n<p>The teacher's scores of the labelled positives and the mined negatives of each dataset (shares of each, over the same bins); a teacher that separates them is what distillation needs.</p>\n");
+        for (name, svg) in views::score_histograms(p)? {
+            let _ = writeln!(md, "- {name}");
+            let _ = write!(html, "<h3>{}</h3>\n{svg}", esc(&name));
+        }
+        md.push_str("\n## Loss curves\n\nThe charts are in report.html (inline SVG); the values are in each stage's loss_curve.parquet.\n\n");
         html.push_str("<h2>Loss curves</h2>\n");
         for (name, svg) in &charts {
             let _ = writeln!(md, "- {name}");
