@@ -18,7 +18,7 @@ use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
 use crate::ranking::evaluation::{self, run_files, PerQueryTable, SystemEval};
 use crate::ranking::metrics::Judgements;
-use crate::ranking::rerank::{Depth, Reranker};
+use crate::ranking::rerank::Depth;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -281,12 +281,7 @@ impl Eval {
             batch_size: p.student.batch_size,
         };
         let mut runs = evaluation::retrieve(&student, &corpus, ds, judged, depth)?;
-        let reranker = Reranker {
-            model: teacher,
-            k: p.eval.rerank_k,
-            batch_size: p.teacher.batch_size,
-        };
-        runs.rerank(reranker, ds, &mut |_| {})?;
+        runs.rerank(super::shared::teacher_reranker(p, teacher), ds, &mut |_| {})?;
         runs.write(&env.dir, &d.name, label)?;
         Ok(runs.measure(judged))
     }

@@ -164,15 +164,20 @@ pub fn evaluate_slice(
     };
     let mut runs = evaluation::retrieve(model, &embeddings, ds, judged, depth)?;
     if let Some(t) = teacher {
-        let reranker = Reranker {
-            model: t,
-            k: p.eval.rerank_k,
-            batch_size: p.teacher.batch_size,
-        };
-        runs.rerank(reranker, ds, &mut |_| {})?;
+        runs.rerank(teacher_reranker(p, t), ds, &mut |_| {})?;
     }
     let e = runs.measure(judged);
     Ok((e.student.mean(), e.teacher.map(|t| t.mean())))
+}
+
+/// The teacher reranking each query's top `eval.rerank_k` in batches of
+/// `teacher.batch_size`, as the teacher's gate and the eval stage rerank.
+pub fn teacher_reranker<'a>(p: &Pipeline, teacher: &'a CrossEncoder) -> Reranker<'a> {
+    Reranker {
+        model: teacher,
+        k: p.eval.rerank_k,
+        batch_size: p.teacher.batch_size,
+    }
 }
 
 /// The fingerprint of an upstream stage's output file.
