@@ -100,6 +100,35 @@ impl Precision {
     }
 }
 
+/// Where, in what precision and in what batches a command runs its models (the options
+/// `distill encode`, `eval` and `rerank` share).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct Runtime {
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub precision: Precision,
+    /// Texts (or query-document pairs) per batch (batches are sorted by length).
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+}
+
+impl Runtime {
+    /// The tch device and tensor kind, once the batch size is checked (at least 1).
+    pub fn resolve(&self) -> Result<(Device, Kind)> {
+        if self.batch_size == 0 {
+            return Err(Error::Setting {
+                key: "batch-size".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        let device = self.device.resolve()?;
+        Ok((device, self.precision.resolve(device)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,10 +3,13 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use distill::commands::bench::{self, BenchSettings};
 use distill::commands::encode::{self, EncodeSettings};
+use distill::commands::eval_model::{self, EvalSettings};
 use distill::commands::export_data::{self, ExportFormat, ExportSettings};
+use distill::commands::rerank_run::{self, RerankSettings};
 use distill::commands::trend::{self, Against, TrendSettings};
 use distill::data::text_input::TextFormat;
-use distill::device::{DeviceSpec, Precision};
+use distill::device::{DeviceSpec, Runtime};
+use distill::pipeline::config::defaults::{EVAL_RERANK_K, EVAL_TOP_K};
 use distill::pipeline::runner::{self, RunOptions};
 use distill::pipeline::Pipeline;
 use distill::progress::Verbosity;
@@ -58,6 +61,22 @@ enum Command {
     /// Example: distill encode --model models/all-MiniLM-L6-v2
     ///            --input corpus.jsonl --output corpus.parquet
     Encode(EncodeArgs),
+    #[command(verbatim_doc_comment)]
+    /// Evaluate a bi-encoder on the evaluation split of BEIR folders without a pipeline,
+    /// as the eval stage does (nDCG@10, MRR@10, P@10, Recall@10/100/1000, MAP@100); with
+    /// --rerank, a cross-encoder also rescores the student's top --rerank-k. Writes
+    /// metrics.json, per_query.parquet and TREC runs (runs/) into --output.
+    ///
+    /// Example: distill eval --model models/all-MiniLM-L6-v2 --data ../shared/data/scifact
+    ///            --rerank checkpoints/demo/teacher/model --output eval-scifact
+    Eval(EvalArgs),
+    #[command(verbatim_doc_comment)]
+    /// Rescore a TREC run file with a cross-encoder: each query's top --top-k documents
+    /// (texts from a BEIR folder), written as a TREC run in the cross-encoder's order.
+    ///
+    /// Example: distill rerank --model CE_DIR --run eval/runs/scifact.student.trec
+    ///            --data ../shared/data/scifact --output scifact.reranked.trec
+    Rerank(RerankArgs),
     #[command(verbatim_doc_comment)]
     /// Run a pipeline: every stage whose manifest does not match its configuration and
     /// inputs, in order. Exit code 0 only if every requested stage completed; 1 on an
@@ -276,15 +295,6 @@ struct EncodeArgs {
     /// Input format (auto: by extension, else `id<TAB>text` when the first line is).
     #[arg(long, value_enum, default_value = "auto")]
     format: TextFormat,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: DeviceSpec,
-    /// auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.
-    #[arg(long, default_value = "auto")]
-    precision: Precision,
-    /// Texts per batch (batches are sorted by length).
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
     /// Override the model's max_seq_length (tokens, special tokens included).
     #[arg(long)]
     max_seq_length: Option<usize>,
@@ -293,6 +303,74 @@ struct EncodeArgs {
     /// model's default prompt, if it names one.
     #[arg(long)]
     prompt_name: Option<String>,
+    #[command(flatten)]
+    runtime: Runtime,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// sentence-transformers model directory (the student).
+    #[arg(long)]
+    model: PathBuf,
+    /// BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); repeat for several.
+    #[arg(long, required = true)]
+    data: Vec<PathBuf>,
+    /// The qrels split evaluated.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Folder for metrics.json, per_query.parquet and runs/.
+    #[arg(long, default_value = "eval")]
+    output: PathBuf,
+    /// Documents retrieved per query.
+    #[arg(long, default_value_t = EVAL_TOP_K)]
+    top_k: usize,
+    /// Cross-encoder directory: rescore the student's top --rerank-k of each query.
+    #[arg(long, value_name = "CE_DIR")]
+    rerank: Option<PathBuf>,
+    /// Documents per query the cross-encoder rescores.
+    #[arg(long, default_value_t = EVAL_RERANK_K, requires = "rerank")]
+    rerank_k: usize,
+    /// Override the cross-encoder's max length (tokens of the pair).
+    #[arg(long, requires = "rerank")]
+    rerank_max_length: Option<usize>,
+    /// Override the student's max_seq_length (tokens, special tokens included).
+    #[arg(long)]
+    max_seq_length: Option<usize>,
+    /// Skip and count what strict BEIR reading stops on (duplicate ids, empty texts, ...).
+    #[arg(long)]
+    lenient: bool,
+    #[command(flatten)]
+    runtime: Runtime,
+}
+
+#[derive(Args, Debug)]
+struct RerankArgs {
+    /// Cross-encoder directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Input TREC run (qid Q0 docid rank score tag).
+    #[arg(long)]
+    run: PathBuf,
+    /// BEIR folder holding the run's queries and documents.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output TREC run, written under a temporary name and renamed when complete.
+    #[arg(long)]
+    output: PathBuf,
+    /// Documents per query rescored (the input run's top K, in TREC order).
+    #[arg(long, default_value_t = EVAL_RERANK_K)]
+    top_k: usize,
+    /// The output lines' tag (last column).
+    #[arg(long, default_value = "distill-rerank")]
+    tag: String,
+    /// Override the cross-encoder's max length (tokens of the pair).
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Skip and count what strict BEIR reading stops on (duplicate ids, empty texts, ...).
+    #[arg(long)]
+    lenient: bool,
+    #[command(flatten)]
+    runtime: Runtime,
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -310,18 +388,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 input: a.input,
                 output: a.output,
                 format: a.format,
-                device: a.device,
-                precision: a.precision,
-                batch_size: a.batch_size,
+                runtime: a.runtime,
                 max_seq_length: a.max_seq_length,
                 prompt_name: a.prompt_name,
                 verbosity,
             };
-            let summary = encode::run(&settings);
-            for notice in distill::model::bert::take_notices() {
-                eprintln!("warning: {notice}");
-            }
-            let summary = summary.context("encode failed")?;
+            let summary = noticed(encode::run(&settings), "encode failed")?;
             if verbosity > Verbosity::Quiet {
                 eprintln!(
                     "encoded {} texts ({} tokens, dim {}) in {:.2} s: {:.1} texts/s -> {}",
@@ -332,6 +404,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     summary.per_second(),
                     settings.output.display()
                 );
+            }
+        }
+        Command::Eval(a) => {
+            let settings = EvalSettings {
+                model: a.model,
+                data: a.data,
+                split: a.split,
+                output: a.output,
+                rerank: a.rerank,
+                rerank_k: a.rerank_k,
+                rerank_max_length: a.rerank_max_length,
+                runtime: a.runtime,
+                max_seq_length: a.max_seq_length,
+                top_k: a.top_k,
+                lenient: a.lenient,
+                verbosity,
+            };
+            let outcome = noticed(eval_model::run(&settings), "eval failed")?;
+            for w in &outcome.warnings {
+                eprintln!("warning: {w}");
+            }
+            if verbosity > Verbosity::Quiet {
+                print!("{}", eval_model::table(&outcome));
+                eprintln!("-> {}", settings.output.display());
+            }
+        }
+        Command::Rerank(a) => {
+            let settings = RerankSettings {
+                model: a.model,
+                run: a.run,
+                data: a.data,
+                output: a.output,
+                top_k: a.top_k,
+                tag: a.tag,
+                max_length: a.max_length,
+                runtime: a.runtime,
+                lenient: a.lenient,
+                verbosity,
+            };
+            let summary = noticed(rerank_run::run(&settings), "rerank failed")?;
+            if verbosity > Verbosity::Quiet {
+                eprintln!("{summary} -> {}", settings.output.display());
             }
         }
         Command::Check(a) => {
@@ -471,6 +585,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `result` with `context`, once the kernel fallbacks the library collected are printed.
+fn noticed<T>(result: distill::Result<T>, context: &'static str) -> anyhow::Result<T> {
+    for notice in distill::model::bert::take_notices() {
+        eprintln!("warning: {notice}");
+    }
+    result.context(context)
 }
 
 /// The error and its causes on one line, each cause once: a cause whose text an outer

@@ -219,3 +219,109 @@ pub fn reference_rerank(model: &Path, output: &Path) {
         "--fail-on-warning",
     ]);
 }
+
+/// pytrec_eval's mean measures of a TREC run file against a BEIR qrels file (with or
+/// without a header), named as `Measures::NAMES` (MRR@10 is recip_rank when the first
+/// relevant document is in the top 10, as `scripts/make_eval_reference.py` takes it),
+/// and `queries`, the number of queries it evaluated (judged and retrieved).
+pub fn pytrec_eval_means(run: &Path, qrels: &Path) -> serde_json::Value {
+    let script = r#"
+import sys, json, pytrec_eval
+run_file, qrels_file = sys.argv[1], sys.argv[2]
+qrels = {}
+for i, line in enumerate(open(qrels_file)):
+    q, d, s = line.rstrip("\n").split("\t")
+    if i == 0 and not s.lstrip("-").isdigit():
+        continue
+    qrels.setdefault(q, {})[d] = int(s)
+run = {}
+for line in open(run_file):
+    q, _, d, _, s, _ = line.split()
+    run.setdefault(q, {})[d] = float(s)
+measures = {"ndcg_cut.10", "P.10", "recall.10", "recall.100", "recall.1000", "map_cut.100", "recip_rank"}
+res = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+ours = {"ndcg@10": "ndcg_cut_10", "p@10": "P_10", "recall@10": "recall_10",
+        "recall@100": "recall_100", "recall@1000": "recall_1000", "map@100": "map_cut_100"}
+n = len(res)
+out = {k: sum(r[v] for r in res.values()) / n for k, v in ours.items()}
+out["mrr@10"] = sum(r["recip_rank"] if r["recip_rank"] >= 0.1 else 0.0 for r in res.values()) / n
+out["queries"] = n
+print(json.dumps(out))
+"#;
+    let out = python_stdout(script, &[run, qrels]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("pytrec_eval output {out:?}: {e}"))
+}
+
+/// One line of a TREC run file: query, document, rank, score.
+pub type TrecLine = (String, String, usize, f32);
+
+pub fn read_trec(path: &Path) -> Vec<TrecLine> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(c.len(), 6, "{}: {l}", path.display());
+            (
+                c[0].into(),
+                c[2].into(),
+                c[3].parse().unwrap(),
+                c[4].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `reranked` (a TREC run file) holds, per query of the run file `input`, its top `k`
+/// documents in TREC order, each scored as the cross-encoder `ce` scores the (query,
+/// document) pair of the BEIR folder `data`, ranked 1, 2, ... by descending score.
+pub fn assert_reranked(reranked: &Path, input: &Path, ce: &Path, data: &Path, k: usize) {
+    use distill::ranking::metrics::trec_order;
+    let mut by_query: std::collections::BTreeMap<String, Vec<(String, f32)>> = Default::default();
+    for (q, d, _, s) in read_trec(input) {
+        by_query.entry(q).or_default().push((d, s));
+    }
+    let mut want: Vec<(String, String)> = Vec::new();
+    for (q, docs) in &mut by_query {
+        trec_order(docs);
+        want.extend(docs.iter().take(k).map(|(d, _)| (q.clone(), d.clone())));
+    }
+    let got = read_trec(reranked);
+    let mut got_pairs: Vec<(String, String)> = got
+        .iter()
+        .map(|(q, d, _, _)| (q.clone(), d.clone()))
+        .collect();
+    got_pairs.sort();
+    want.sort();
+    assert_eq!(
+        got_pairs, want,
+        "reranked pairs are not the input's top {k}"
+    );
+    let ds = distill::data::beir::Dataset::load(data, &[], true).unwrap();
+    let model =
+        distill::model::CrossEncoder::load(ce, None, tch::Device::Cpu, tch::Kind::Float).unwrap();
+    let pairs: Vec<(&str, &str)> = got
+        .iter()
+        .map(|(q, d, _, _)| (ds.queries.text(q).unwrap(), ds.corpus.text(d).unwrap()))
+        .collect();
+    let scores = model.score(&pairs, 4, &mut |_| {}).unwrap();
+    let written: Vec<f32> = got.iter().map(|l| l.3).collect();
+    let d = max_abs_diff_1d(&written, &scores);
+    assert!(
+        d <= 1e-5,
+        "written scores differ from the cross-encoder's by {d:e}"
+    );
+    for w in got.windows(2) {
+        let ((q1, _, r1, s1), (q2, _, r2, s2)) = (&w[0], &w[1]);
+        if q1 == q2 {
+            assert_eq!(*r2, r1 + 1, "ranks of {q1} are not consecutive");
+            assert!(
+                s1 >= s2,
+                "{q1}: rank {r1} scores {s1} below rank {r2}'s {s2}"
+            );
+        } else {
+            assert_eq!(*r2, 1, "{q2} does not start at rank 1");
+        }
+    }
+    assert_eq!(got.first().map(|l| l.2), Some(1));
+}

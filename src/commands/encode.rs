@@ -2,7 +2,7 @@
 //! gzipped) with a bi-encoder into Parquet.
 use crate::data::embeddings::write_embeddings;
 use crate::data::text_input::{read_texts, TextFormat};
-use crate::device::{DeviceSpec, Precision};
+use crate::device::Runtime;
 use crate::error::{Error, Result};
 use crate::model::BiEncoder;
 use crate::progress::{Progress, Verbosity};
@@ -15,9 +15,7 @@ pub struct EncodeSettings {
     pub input: PathBuf,
     pub output: PathBuf,
     pub format: TextFormat,
-    pub device: DeviceSpec,
-    pub precision: Precision,
-    pub batch_size: usize,
+    pub runtime: Runtime,
     pub max_seq_length: Option<usize>,
     /// A prompt of the model's `config_sentence_transformers.json`, by name (unset: its
     /// `default_prompt_name`'s, if any).
@@ -40,14 +38,7 @@ impl EncodeSummary {
 }
 
 pub fn run(settings: &EncodeSettings) -> Result<EncodeSummary> {
-    if settings.batch_size == 0 {
-        return Err(Error::Setting {
-            key: "batch-size".into(),
-            message: "must be at least 1".into(),
-        });
-    }
-    let device = settings.device.resolve()?;
-    let kind = settings.precision.resolve(device)?;
+    let (device, kind) = settings.runtime.resolve()?;
     let records = read_texts(&settings.input, settings.format)?;
     let model = BiEncoder::load(&settings.model, device, kind, settings.max_seq_length)?;
     let started = Instant::now();
@@ -61,7 +52,7 @@ pub fn run(settings: &EncodeSettings) -> Result<EncodeSummary> {
     let encoded = model.tokenize_behind(&prompt, &texts)?;
     let tokens = encoded.iter().map(|e| e.len()).sum();
     let mut progress = Progress::new("encode", records.len() as u64, settings.verbosity);
-    let embeddings = model.encode_tokenized(&encoded, settings.batch_size, &mut |n| {
+    let embeddings = model.encode_tokenized(&encoded, settings.runtime.batch_size, &mut |n| {
         progress.inc(n as u64)
     })?;
     progress.finish();

@@ -60,9 +60,13 @@ impl Measures {
     }
 }
 
-/// Sort `(doc id, score)` as trec_eval does: score descending, then doc id descending.
-pub fn trec_order(run: &mut [(String, f32)]) {
-    run.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+/// Sort `(doc id, score)` as trec_eval does: score descending, then doc id descending
+/// (scores of f32 or f64; an f32 compares as the f64 it converts to, exactly).
+pub fn trec_order<S: Copy + Into<f64>>(run: &mut [(String, S)]) {
+    run.sort_by(|a, b| {
+        let (sa, sb): (f64, f64) = (a.1.into(), b.1.into());
+        sb.total_cmp(&sa).then_with(|| b.0.cmp(&a.0))
+    });
 }
 
 /// Measures of one query. `run` need not be sorted.

@@ -58,28 +58,44 @@ pub fn retrieve(
         .collect())
 }
 
+/// A cross-encoder reranking each query's top `k` documents, `batch_size` pairs at a time.
+#[derive(Clone, Copy)]
+pub struct Reranker<'a> {
+    pub model: &'a CrossEncoder,
+    pub k: usize,
+    pub batch_size: usize,
+}
+
+impl Reranker<'_> {
+    /// How many pairs reranking `run` scores.
+    pub fn pairs(&self, run: &Runs) -> usize {
+        run.values().map(|docs| docs.len().min(self.k)).sum()
+    }
+}
+
 /// The teacher's run: each query's top `k` documents of `run` (in TREC order) scored by
-/// `teacher`; every query of `run` has an entry. `texts[i]` is the text of `ids[i]`.
+/// the reranker's model; every query of `ids` has an entry. `texts[i]` is the text of
+/// `ids[i]`; `progress` is called with the number of pairs scored after each batch.
 pub fn rerank(
-    teacher: &CrossEncoder,
+    reranker: Reranker,
     run: &Runs,
-    ids: &[&String],
-    texts: &[&str],
+    (ids, texts): (&[&String], &[&str]),
     corpus: &Texts,
-    k: usize,
-    batch_size: usize,
+    progress: &mut dyn FnMut(usize),
 ) -> Result<Runs> {
     let mut pairs: Vec<(&str, &str)> = Vec::new();
     let mut owners: Vec<(&String, String)> = Vec::new();
     for (qid, text) in ids.iter().zip(texts) {
         let mut ordered = run.get(*qid).cloned().unwrap_or_default();
         trec_order(&mut ordered);
-        for (doc, _) in ordered.into_iter().take(k) {
+        for (doc, _) in ordered.into_iter().take(reranker.k) {
             pairs.push((text, corpus.text(&doc).unwrap_or_default()));
             owners.push((*qid, doc));
         }
     }
-    let scores = teacher.score(&pairs, batch_size, &mut |_| {})?;
+    let scores = reranker
+        .model
+        .score(&pairs, reranker.batch_size, progress)?;
     let mut out = Runs::new();
     for qid in ids {
         out.insert((*qid).clone(), Vec::new());

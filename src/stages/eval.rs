@@ -10,19 +10,17 @@ use super::paths::StageId;
 use super::shared::upstream_output;
 use super::{Outcome, Stage, StageEnv};
 use crate::data::beir::Dataset;
-use crate::data::table::write_columns;
 use crate::error::{Error, Result};
 use crate::model::CrossEncoder;
 use crate::pipeline::config::{DatasetRef, PromptNames};
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
-use crate::ranking::metrics::{trec_order, Judgements, Measures};
-use crate::ranking::rerank::{self, Depth, Runs};
-use serde::{Deserialize, Serialize};
+use crate::ranking::evaluation::{self, run_files, PerQueryTable, SystemEval};
+use crate::ranking::metrics::Judgements;
+use crate::ranking::rerank::Depth;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::Kind;
 
@@ -49,62 +47,6 @@ fn students(p: &Pipeline) -> Vec<(&'static str, PathBuf)> {
         ));
     }
     out
-}
-
-/// One system's results on one dataset: per judged query, its measures.
-#[derive(Serialize, Deserialize)]
-struct SystemRun {
-    per_query: Vec<(String, Measures)>,
-}
-
-/// One student evaluated on one dataset: alone, reranked by the teacher, and per query
-/// the share of the teacher's top 10 in the student's own top 10.
-#[derive(Serialize, Deserialize)]
-struct SystemEval {
-    student: SystemRun,
-    teacher: SystemRun,
-    recall: BTreeMap<String, f64>,
-}
-
-/// The TREC run files of one student on one dataset (relative to the stage folder).
-fn trec_files(dataset: &str, label: &str) -> [String; 2] {
-    [
-        format!("runs/{dataset}.{label}.trec"),
-        format!("runs/{dataset}.{label}+teacher.trec"),
-    ]
-}
-
-fn score_runs(runs: &Runs, judged: &BTreeMap<String, Judgements>) -> SystemRun {
-    SystemRun {
-        per_query: rerank::per_query(runs, judged),
-    }
-}
-
-fn mean(s: &SystemRun) -> Measures {
-    Measures::mean(&s.per_query.iter().map(|(_, m)| *m).collect::<Vec<_>>())
-}
-
-fn measures_json(m: &Measures) -> serde_json::Value {
-    Measures::NAMES
-        .iter()
-        .zip(m.values())
-        .map(|(n, v)| (n.to_string(), json!(v)))
-        .collect::<serde_json::Map<_, _>>()
-        .into()
-}
-
-fn write_trec(path: &Path, run: &BTreeMap<String, Vec<(String, f32)>>, tag: &str) -> Result<()> {
-    crate::data::atomic::write_atomic(path, |f| {
-        let mut w = std::io::BufWriter::new(f);
-        for (q, docs) in run {
-            let mut docs = docs.clone();
-            trec_order(&mut docs);
-            for (i, (d, s)) in docs.iter().enumerate() {
-                writeln!(w, "{q} Q0 {d} {} {s} {tag}", i + 1).map_err(|e| Error::io(path, e))?;
-            }
-        }
-        w.flush().map_err(|e| Error::io(path, e))
-    })
 }
 
 /// What changes eval's outputs: the fields of its configuration hash.
@@ -235,8 +177,7 @@ impl Stage for Eval {
             env.kind,
         )?;
         let mut metrics = serde_json::Map::new();
-        let mut rows: (Vec<String>, Vec<String>, Vec<String>) = Default::default();
-        let mut cols: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut table = PerQueryTable::default();
         let mut outputs = vec![METRICS.to_string(), PER_QUERY.to_string()];
         for d in &p.datasets {
             let with_dev = !d.watch && !p.dev_queries.is_off();
@@ -279,42 +220,9 @@ impl Stage for Eval {
                 } else {
                     self.system(env, &teacher, (&path, label), &split)?
                 };
-                let SystemEval {
-                    student: s,
-                    teacher: t,
-                    recall,
-                } = result;
-                let (sm, tm) = (mean(&s), mean(&t));
-                let mean_recall = recall.values().sum::<f64>() / recall.len().max(1) as f64;
-                let gap: serde_json::Map<_, _> = Measures::NAMES
-                    .iter()
-                    .zip(sm.values().iter().zip(tm.values()))
-                    .map(|(n, (a, b))| (n.to_string(), json!(b - a)))
-                    .collect();
-                per_dataset.insert(
-                    label.into(),
-                    json!({
-                        "student": measures_json(&sm),
-                        "student+teacher": measures_json(&tm),
-                        "gap": gap,
-                        "student_recall_of_teacher_top10": mean_recall,
-                    }),
-                );
-                outputs.extend(trec_files(&d.name, label));
-                for ((q, m), (_, tmq)) in s.per_query.iter().zip(&t.per_query) {
-                    rows.0.push(d.name.clone());
-                    rows.1.push(label.to_string());
-                    rows.2.push(q.clone());
-                    for (n, v) in Measures::NAMES.iter().zip(m.values()) {
-                        cols.entry(format!("student {n}")).or_default().push(v);
-                    }
-                    for (n, v) in Measures::NAMES.iter().zip(tmq.values()) {
-                        cols.entry(format!("teacher {n}")).or_default().push(v);
-                    }
-                    cols.entry("student_recall_of_teacher_top10".into())
-                        .or_default()
-                        .push(recall[q]);
-                }
+                per_dataset.insert(label.into(), result.summary());
+                outputs.extend(run_files(&d.name, label));
+                table.push(&d.name, label, &result);
             }
             // What the teacher's loss terms add over the same recipe without them.
             if p.train.baseline.is_some() {
@@ -326,13 +234,8 @@ impl Stage for Eval {
             metrics.insert(d.name.clone(), serde_json::Value::Object(per_dataset));
         }
         crate::data::atomic::write_json(&env.dir.join(METRICS), &metrics)?;
-        let floats: Vec<(String, Vec<f64>)> = cols.into_iter().collect();
-        let n = rows.0.len();
-        write_columns(
-            &env.dir.join(PER_QUERY),
-            &[("dataset", rows.0), ("model", rows.1), ("query_id", rows.2)],
-            &floats,
-        )?;
+        let n = table.len();
+        table.write(&env.dir.join(PER_QUERY))?;
         Ok(Outcome::Complete {
             outputs,
             rows: n as u64,
@@ -375,52 +278,15 @@ impl Eval {
         let student = p.load_student(path, env.device, env.kind, max_length)?;
         let fp = fingerprint::directory(path)?;
         let corpus = super::shared::corpus_embeddings(env, &student, &fp, d, ds)?;
-        let (queries, texts) = super::shared::judged_texts(d, ds, judged)?;
         let depth = Depth {
             top_k: p.eval.top_k,
             corpus_chunk: p.mine.corpus_chunk,
             batch_size: p.student.batch_size,
         };
-        let student_run = rerank::retrieve(&student, &corpus, &ds.corpus, &queries, &texts, depth)?;
-        let teacher_run = rerank::rerank(
-            teacher,
-            &student_run,
-            &queries,
-            &texts,
-            &ds.corpus,
-            p.eval.rerank_k,
-            p.teacher.batch_size,
-        )?;
-        let mut recall = BTreeMap::new();
-        for qid in &queries {
-            let top10 = |run: &Runs| {
-                let mut r = run.get(*qid).cloned().unwrap_or_default();
-                trec_order(&mut r);
-                r.into_iter().take(10).map(|(d, _)| d).collect::<Vec<_>>()
-            };
-            let (t, s) = (top10(&teacher_run), top10(&student_run));
-            let found = t.iter().filter(|d| s.contains(d)).count();
-            recall.insert(
-                (*qid).clone(),
-                if t.is_empty() {
-                    0.0
-                } else {
-                    found as f64 / t.len() as f64
-                },
-            );
-        }
-        let files = trec_files(&d.name, label);
-        for (file, run, tag) in [
-            (&files[0], &student_run, label.to_string()),
-            (&files[1], &teacher_run, format!("{label}+teacher")),
-        ] {
-            write_trec(&env.dir.join(file), run, &format!("distill-{tag}"))?;
-        }
-        Ok(SystemEval {
-            student: score_runs(&student_run, judged),
-            teacher: score_runs(&teacher_run, judged),
-            recall,
-        })
+        let mut runs = evaluation::retrieve(&student, &corpus, ds, judged, depth)?;
+        runs.rerank(super::shared::teacher_reranker(p, teacher), ds, &mut |_| {})?;
+        runs.write(&env.dir, &d.name, label)?;
+        Ok(runs.measure(judged))
     }
 
     /// The base student's evaluation, from `<output_root>/cache/eval` when the same
@@ -453,7 +319,7 @@ impl Eval {
         }));
         let cache = p.cache_dir.join("eval").join(key);
         let result = cache.join("result.json");
-        let files = trec_files(&d.name, "base");
+        let files = run_files(&d.name, "base");
         let names = ["student.trec", "teacher.trec"];
         let entries = [result.clone(), cache.join(names[0]), cache.join(names[1])];
         let hit = result.exists()

@@ -10,8 +10,9 @@ use crate::pipeline::events::Event;
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
+use crate::ranking::evaluation;
 use crate::ranking::metrics::{Judgements, Measures};
-use crate::ranking::rerank::{self, Depth};
+use crate::ranking::rerank::{self, Depth, Reranker};
 use serde_json::json;
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
@@ -166,33 +167,27 @@ pub fn evaluate_slice(
     let p = env.pipeline;
     let (model, fp) = student;
     let embeddings = corpus_embeddings(env, model, fp, d, ds)?;
-    let ids: Vec<&String> = judged.keys().collect();
-    let texts: Vec<&str> = ids
-        .iter()
-        .map(|q| ds.queries.text(q).unwrap_or_default())
-        .collect();
     let depth = Depth {
         top_k: p.eval.rerank_k,
         corpus_chunk: p.mine.corpus_chunk,
         batch_size: p.student.batch_size,
     };
-    let run = rerank::retrieve(model, &embeddings, &ds.corpus, &ids, &texts, depth)?;
-    let reranked = match teacher {
-        Some(t) => {
-            let r = rerank::rerank(
-                t,
-                &run,
-                &ids,
-                &texts,
-                &ds.corpus,
-                p.eval.rerank_k,
-                p.teacher.batch_size,
-            )?;
-            Some(rerank::mean(&r, judged))
-        }
-        None => None,
-    };
-    Ok((rerank::mean(&run, judged), reranked))
+    let mut runs = evaluation::retrieve(model, &embeddings, ds, judged, depth)?;
+    if let Some(t) = teacher {
+        runs.rerank(teacher_reranker(p, t), ds, &mut |_| {})?;
+    }
+    let e = runs.measure(judged);
+    Ok((e.student.mean(), e.teacher.map(|t| t.mean())))
+}
+
+/// The teacher reranking each query's top `eval.rerank_k` in batches of
+/// `teacher.batch_size`, as the teacher's gate and the eval stage rerank.
+pub fn teacher_reranker<'a>(p: &Pipeline, teacher: &'a CrossEncoder) -> Reranker<'a> {
+    Reranker {
+        model: teacher,
+        k: p.eval.rerank_k,
+        batch_size: p.teacher.batch_size,
+    }
 }
 
 /// The fingerprint of an upstream stage's output file.
@@ -367,7 +362,6 @@ pub fn load_datasets(p: &Pipeline, with_train_qrels: bool) -> Result<BTreeMap<St
 pub fn student_ndcg10(
     p: &Pipeline,
     student: &BiEncoder,
-    d: &DatasetRef,
     ds: &Dataset,
     judged: &BTreeMap<String, Judgements>,
     corpus: &[crate::model::tokenizer::Encoded],
@@ -375,36 +369,13 @@ pub fn student_ndcg10(
     let corpus = student
         .encode_tokenized(corpus, p.student.batch_size, &mut |_| {})?
         .to_device(student.device());
-    let (queries, texts) = judged_texts(d, ds, judged)?;
     let depth = Depth {
         top_k: p.eval.top_k,
         corpus_chunk: p.mine.corpus_chunk,
         batch_size: p.student.batch_size,
     };
-    let run = rerank::retrieve(student, &corpus, &ds.corpus, &queries, &texts, depth)?;
-    Ok(rerank::mean(&run, judged).ndcg_10)
-}
-
-/// The judged queries of a split and their texts (a judged query missing from the
-/// queries file is an error naming it).
-pub fn judged_texts<'a>(
-    d: &DatasetRef,
-    ds: &'a Dataset,
-    judged: &'a BTreeMap<String, Judgements>,
-) -> Result<(Vec<&'a String>, Vec<&'a str>)> {
-    let queries: Vec<&String> = judged.keys().collect();
-    let texts = queries
-        .iter()
-        .map(|q| {
-            ds.queries.text(q).ok_or_else(|| {
-                Error::config(
-                    beir::queries_path(&d.path),
-                    format!("query `{q}` is judged but missing"),
-                )
-            })
-        })
-        .collect::<Result<_>>()?;
-    Ok((queries, texts))
+    let runs = evaluation::retrieve(student, &corpus, ds, judged, depth)?;
+    Ok(rerank::mean(&runs.student, judged).ndcg_10)
 }
 
 /// A stage's configuration hash input as JSON, from the explicit struct of the fields

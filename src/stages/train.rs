@@ -89,7 +89,7 @@ fn in_training_eval<'a>(
             splits
                 .iter()
                 .map(|(d, ds, judged, corpus)| {
-                    let v = super::shared::student_ndcg10(p, model, d, ds, judged, corpus)?;
+                    let v = super::shared::student_ndcg10(p, model, ds, judged, corpus)?;
                     Ok((d.name.clone(), v))
                 })
                 .collect()
