@@ -1,21 +1,19 @@
 //! The `distill` command line: parse, validate, call the library, map errors to exit codes.
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use distill::commands::bench::{self, BenchSettings};
 use distill::commands::encode::{self, EncodeSettings};
 use distill::commands::eval_model::{self, EvalSettings};
-use distill::commands::export_data::{self, ExportFormat, ExportSettings};
+use distill::commands::export_data::{self, ExportSettings};
 use distill::commands::rerank_run::{self, RerankSettings};
-use distill::commands::trend::{self, Against, TrendSettings};
-use distill::data::text_input::TextFormat;
-use distill::device::{DeviceSpec, Runtime};
-use distill::pipeline::config::defaults::{EVAL_RERANK_K, EVAL_TOP_K};
+use distill::commands::trend::{self, TrendSettings};
 use distill::pipeline::runner::{self, RunOptions};
-use distill::pipeline::Pipeline;
 use distill::progress::Verbosity;
-use distill::stages::ShardSpec;
-use std::path::PathBuf;
 use std::process::ExitCode;
+
+#[path = "main_args.rs"]
+mod args;
+use args::*;
 
 fn long_version() -> &'static str {
     Box::leak(
@@ -131,248 +129,12 @@ enum Command {
     ExportData(ExportDataArgs),
 }
 
-#[derive(Args, Debug)]
-struct ExportDataArgs {
-    /// Run directory (<output_root>/<name>) whose mine and score stages are done.
-    run_dir: PathBuf,
-    /// The pipeline file the run was made with (its datasets give the texts).
-    #[arg(long)]
-    pipeline: PathBuf,
-    /// Output format.
-    #[arg(long, value_enum)]
-    format: ExportFormat,
-    /// Output file (JSONL for flagembedding, Parquet for st-margin and st-kl), written
-    /// atomically.
-    #[arg(long, short)]
-    output: PathBuf,
-    /// Keep the negatives that the score stage flagged as likely false negatives, marked
-    /// (`neg_flagged` in JSONL, a `negative_flagged` list column in Parquet).
-    #[arg(long)]
-    keep_false_negatives: bool,
-    /// Negatives per query: the first N by the student's rank; queries with fewer are
-    /// dropped. Default: every negative (flagembedding), the smallest count among the
-    /// queries (st-margin, st-kl).
-    #[arg(long, value_name = "N")]
-    negatives: Option<usize>,
-}
-
-#[derive(Args, Debug)]
-struct BenchArgs {
-    /// Model directory (MiniLM-L6 shapes; the weights do not matter for speed).
-    #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
-    model: PathBuf,
-    /// Workloads to run.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "w1,w2,w3,w4")]
-    workloads: Vec<distill::commands::bench::Workload>,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: DeviceSpec,
-    /// Seconds of timed work per workload and implementation.
-    #[arg(long, default_value_t = 10.0)]
-    seconds: f64,
-    /// Shrunken shapes (a smoke test on the CPU).
-    #[arg(long)]
-    small: bool,
-    /// Python with torch and transformers for the PyTorch side.
-    #[arg(long, default_value = "python3")]
-    python: PathBuf,
-    /// Skip the PyTorch side.
-    #[arg(long)]
-    no_torch: bool,
-    /// The PyTorch side's script.
-    #[arg(long, default_value = "scripts/bench_torch.py")]
-    script: PathBuf,
-    /// The GPU's dense bf16 peak in TFLOP/s (H100 and H200 SXM: 989).
-    #[arg(long, default_value_t = 989.0)]
-    peak_tflops: f64,
-    /// Seed of the random inputs.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Also write every measurement as JSON lines here.
-    #[arg(long)]
-    output: Option<PathBuf>,
-    /// Write Kineto (Chrome) traces of 3 units of each workload, both implementations,
-    /// into this folder; `scripts/profile_summary.py` compares them.
-    #[arg(long)]
-    profile: Option<PathBuf>,
-    /// Run CUDA batches padded through scaled_dot_product_attention, as transformers
-    /// does, instead of packed with variable-length flash attention.
-    #[arg(long)]
-    padded: bool,
-    /// Run aten's add then layer_norm kernels instead of the fused add + LayerNorm kernel
-    /// (inference on CUDA).
-    #[arg(long)]
-    no_fused: bool,
-}
-
-#[derive(Args, Debug)]
-struct ReportArgs {
-    /// Run directories (<output_root>/<name>) or folders of them; quoted globs work too.
-    #[arg(required = true, value_name = "RUN_DIR")]
-    runs: Vec<PathBuf>,
-    /// Folder for trend.html and trend.md.
-    #[arg(long, short, default_value = "trend")]
-    output: PathBuf,
-    /// Metrics tabulated and checked (ndcg@10, mrr@10, p@10, recall@10, recall@100,
-    /// recall@1000, map@100).
-    #[arg(long, value_delimiter = ',', default_value = "ndcg@10,recall@100")]
-    metrics: Vec<String>,
-    /// Largest drop (absolute) of the distilled student that is not a regression.
-    #[arg(long, default_value_t = 0.005)]
-    threshold: f64,
-    /// What the newest run is compared with.
-    #[arg(long, value_enum, default_value = "previous")]
-    against: Against,
-    /// Runs shown in the table (the charts show every run).
-    #[arg(long, default_value_t = 14)]
-    last: usize,
-}
-
 /// Exit code of `distill report` when the newest run regressed.
 const EXIT_REGRESSION: u8 = 3;
 /// Exit code of `distill run` when the teacher gate stopped the run before `score`.
 const EXIT_WEAK_TEACHER: u8 = 4;
 /// Exit code of `distill run --strict-health` when the run has health warnings.
 const EXIT_UNHEALTHY: u8 = 5;
-
-#[derive(Args, Debug)]
-struct PipelineArg {
-    /// Pipeline file (TOML).
-    pipeline: PathBuf,
-    /// Run name instead of the file's run.name (the run directory is
-    /// <output_root>/<name>), e.g. --name nightly-$(date +%F).
-    #[arg(long)]
-    name: Option<String>,
-}
-
-impl PipelineArg {
-    fn load(&self) -> anyhow::Result<Pipeline> {
-        let p = Pipeline::load(&self.pipeline)?;
-        Ok(match &self.name {
-            Some(n) => p.with_name(n)?,
-            None => p,
-        })
-    }
-}
-
-#[derive(Args, Debug)]
-struct RunArgs {
-    #[command(flatten)]
-    pipeline: PipelineArg,
-    /// Rerun this stage and every stage after it.
-    #[arg(long, conflicts_with = "only")]
-    from: Option<String>,
-    /// Run only this stage (the stages it reads must be done).
-    #[arg(long)]
-    only: Option<String>,
-    /// Rerun the selected stages even when their manifests match.
-    #[arg(long)]
-    force: bool,
-    /// Score only shards j with j % N == I (I/N); run once more without --shard to merge.
-    #[arg(long, value_name = "I/N")]
-    shard: Option<ShardSpec>,
-    /// Go on past a teacher that fails the gate (its dev-slice rerank does not beat the
-    /// student alone by health.min_teacher_gain); the report marks the run.
-    #[arg(long)]
-    allow_weak_teacher: bool,
-    /// Exit with code 5 when the run has health warnings (for cron).
-    #[arg(long)]
-    strict_health: bool,
-}
-
-#[derive(Args, Debug)]
-struct EncodeArgs {
-    /// sentence-transformers model directory.
-    #[arg(long)]
-    model: PathBuf,
-    /// BEIR corpus/queries JSONL (`_id`, `text`, optional `title`), `id<TAB>text` lines or
-    /// plain text lines; gzip-compressed when the name ends in `.gz`.
-    #[arg(long)]
-    input: PathBuf,
-    /// Output Parquet file (columns `id`, `embedding`).
-    #[arg(long)]
-    output: PathBuf,
-    /// Input format (auto: by extension, else `id<TAB>text` when the first line is).
-    #[arg(long, value_enum, default_value = "auto")]
-    format: TextFormat,
-    /// Override the model's max_seq_length (tokens, special tokens included).
-    #[arg(long)]
-    max_seq_length: Option<usize>,
-    /// Put the model's prompt of this name (config_sentence_transformers.json) in front
-    /// of every text, as sentence-transformers' `encode(prompt_name=...)`; unset: the
-    /// model's default prompt, if it names one.
-    #[arg(long)]
-    prompt_name: Option<String>,
-    #[command(flatten)]
-    runtime: Runtime,
-}
-
-#[derive(Args, Debug)]
-struct EvalArgs {
-    /// sentence-transformers model directory (the student).
-    #[arg(long)]
-    model: PathBuf,
-    /// BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); repeat for several.
-    #[arg(long, required = true)]
-    data: Vec<PathBuf>,
-    /// The qrels split evaluated.
-    #[arg(long, default_value = "test")]
-    split: String,
-    /// Folder for metrics.json, per_query.parquet and runs/.
-    #[arg(long, default_value = "eval")]
-    output: PathBuf,
-    /// Documents retrieved per query.
-    #[arg(long, default_value_t = EVAL_TOP_K)]
-    top_k: usize,
-    /// Cross-encoder directory: rescore the student's top --rerank-k of each query.
-    #[arg(long, value_name = "CE_DIR")]
-    rerank: Option<PathBuf>,
-    /// Documents per query the cross-encoder rescores.
-    #[arg(long, default_value_t = EVAL_RERANK_K, requires = "rerank")]
-    rerank_k: usize,
-    /// Override the cross-encoder's max length (tokens of the pair).
-    #[arg(long, requires = "rerank")]
-    rerank_max_length: Option<usize>,
-    /// Override the student's max_seq_length (tokens, special tokens included).
-    #[arg(long)]
-    max_seq_length: Option<usize>,
-    /// Skip and count what strict BEIR reading stops on (duplicate ids, empty texts, ...).
-    #[arg(long)]
-    lenient: bool,
-    #[command(flatten)]
-    runtime: Runtime,
-}
-
-#[derive(Args, Debug)]
-struct RerankArgs {
-    /// Cross-encoder directory.
-    #[arg(long)]
-    model: PathBuf,
-    /// Input TREC run (qid Q0 docid rank score tag).
-    #[arg(long)]
-    run: PathBuf,
-    /// BEIR folder holding the run's queries and documents.
-    #[arg(long)]
-    data: PathBuf,
-    /// Output TREC run, written under a temporary name and renamed when complete.
-    #[arg(long)]
-    output: PathBuf,
-    /// Documents per query rescored (the input run's top K, in TREC order).
-    #[arg(long, default_value_t = EVAL_RERANK_K)]
-    top_k: usize,
-    /// The output lines' tag (last column).
-    #[arg(long, default_value = "distill-rerank")]
-    tag: String,
-    /// Override the cross-encoder's max length (tokens of the pair).
-    #[arg(long)]
-    max_length: Option<usize>,
-    /// Skip and count what strict BEIR reading stops on (duplicate ids, empty texts, ...).
-    #[arg(long)]
-    lenient: bool,
-    #[command(flatten)]
-    runtime: Runtime,
-}
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let verbosity = if cli.quiet {
         Verbosity::Quiet

@@ -18,7 +18,7 @@ fn layer(path: &[&str]) -> Option<u8> {
         }
         ["stages", ..] => 5,
         ["pipeline", ..] => 6,
-        ["commands" | "main" | "lib", ..] => 7,
+        ["commands" | "main" | "main_args" | "lib", ..] => 7,
         _ => return None,
     })
 }

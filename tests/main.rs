@@ -4,6 +4,7 @@
 mod checkpoint_import;
 mod cli;
 mod common;
+mod config_checks;
 mod demo;
 mod eval;
 mod eval_command;
@@ -16,4 +17,7 @@ mod parity;
 mod pipeline;
 mod report;
 mod rerank_command;
+mod stage_hashes;
 mod train;
+mod train_outputs;
+mod train_runs;
