@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The C++ side of `src/ffi/` (see `src/ffi/mod.rs`), and the headers they share.
-const FFI_SOURCES: [&str; 7] = [
+const FFI_SOURCES: [&str; 8] = [
     "src/ffi/memory.cpp",
     "src/ffi/optim.cpp",
     "src/ffi/attention.cpp",
@@ -12,6 +12,7 @@ const FFI_SOURCES: [&str; 7] = [
     "src/ffi/autograd.cpp",
     "src/ffi/nvrtc.cpp",
     "src/ffi/layer_norm.cpp",
+    "src/ffi/distributed.cpp",
 ];
 const FFI_HEADERS: [&str; 2] = ["src/ffi/common.h", "src/ffi/nvrtc.h"];
 
@@ -86,6 +87,10 @@ fn main() {
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .include(&include)
         .warnings(false);
+    // ProcessGroupNCCL lives in libtorch_cuda (src/ffi/distributed.cpp).
+    if lib.join("libtorch_cuda.so").exists() {
+        build.define("DISTILL_NCCL", None);
+    }
     for source in FFI_SOURCES {
         println!("cargo:rerun-if-changed={source}");
         build.file(source);

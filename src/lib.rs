@@ -3,6 +3,7 @@
 pub mod commands;
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod error;
 pub mod ffi;
 pub mod model;

@@ -8,7 +8,8 @@
 //! - [`profiler`]: libtorch's Kineto profiler;
 //! - [`layer_norm`]: residual add + LayerNorm in one CUDA kernel, compiled at run time by
 //!   NVRTC (loaded with the CUDA driver by `nvrtc.cpp`, which has no Rust side);
-//! - [`autograd`]: whether autograd records on this thread.
+//! - [`autograd`]: whether autograd records on this thread;
+//! - [`distributed`]: c10d process groups (NCCL, Gloo) and their collectives.
 //!
 //! Conventions of the C entry points (`common.h`): tensors cross as tch's handles
 //! (`at::Tensor*`); every function catches C++ exceptions and reports a failure by its
@@ -18,6 +19,7 @@
 //! keep their per-tensor paths.
 pub mod attention;
 pub mod autograd;
+pub mod distributed;
 pub mod layer_norm;
 pub mod memory;
 pub mod optim;
