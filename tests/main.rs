@@ -5,6 +5,7 @@ mod checkpoint_import;
 mod cli;
 mod common;
 mod config_checks;
+mod data_parallel;
 mod demo;
 mod eval;
 mod eval_command;

@@ -241,13 +241,19 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
     // The contents behind the file (datasets, models) are read before anything is written.
     let checked = super::preflight::check(p)?;
     std::fs::create_dir_all(&p.run_dir).map_err(|e| Error::io(&p.run_dir, e))?;
-    let lock_name = match opts.shard {
-        Some(s) => format!("run.shard-{}-of-{}.lock", s.index, s.count),
-        None => "run.lock".to_string(),
+    // A data-parallel rank (`distill run --gpus N` started it, holding `run.lock`).
+    let rank = crate::distributed::rank_from_env()?;
+    let lock_name = match (opts.shard, rank) {
+        (Some(s), _) => format!("run.shard-{}-of-{}.lock", s.index, s.count),
+        (None, Some((r, n))) => format!("run.rank-{r}-of-{n}.lock"),
+        (None, None) => "run.lock".to_string(),
     };
+    // Ranks other than 0 leave the stage folders to rank 0 and log to their own output.
+    let follower = rank.is_some_and(|(r, _)| r > 0);
     let lock = RunLock::acquire(&p.run_dir, &lock_name)?;
     let verbosity = opts.verbosity.unwrap_or(Verbosity::Normal);
-    let mut events = EventSink::new(Some(&p.run_dir.join("log.jsonl")), verbosity)?;
+    let log = p.run_dir.join("log.jsonl");
+    let mut events = EventSink::new((!follower).then_some(log.as_path()), verbosity)?;
     if let Some(line) = &lock.took_over {
         events.emit(Event::Warning {
             stage: "run".into(),
@@ -339,7 +345,7 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
             forced,
             device,
             kind,
-            opts.shard,
+            (opts.shard, follower),
             &mut events,
             &mut faults,
             reason,
@@ -422,7 +428,7 @@ fn run_stage(
     forced: bool,
     device: tch::Device,
     kind: Kind,
-    shard: Option<ShardSpec>,
+    (shard, follower): (Option<ShardSpec>, bool),
     events: &mut EventSink,
     faults: &mut FaultInjector,
     reason: String,
@@ -431,11 +437,12 @@ fn run_stage(
     std::fs::create_dir_all(&r.dir).map_err(|e| Error::io(&r.dir, e))?;
     // The old manifest goes first: from now on the folder does not look complete.
     let manifest_path = r.dir.join(super::manifest::MANIFEST);
-    if manifest_path.exists() {
+    if manifest_path.exists() && !follower {
         std::fs::remove_file(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
     }
-    // Sharded workers share the partial folder: they never clear it.
-    if shard.is_none() {
+    // Sharded workers and data-parallel followers share the partial folder: they never
+    // clear it.
+    if shard.is_none() && !follower {
         clear_partials(&r.dir, &r.partial, forced)?;
     }
     std::fs::create_dir_all(&r.partial).map_err(|e| Error::io(&r.partial, e))?;
@@ -469,6 +476,13 @@ fn run_stage(
                 stage: name.into(),
                 done,
                 total,
+            });
+            return Ok(None);
+        }
+        Outcome::Follower { rank } => {
+            env.emit(Event::Note {
+                stage: name.into(),
+                message: format!("rank {rank} done; rank 0 writes the outputs"),
             });
             return Ok(None);
         }

@@ -60,6 +60,9 @@ pub enum Outcome {
     },
     /// A `--shard` worker finished its part; `done` of `total` shards exist.
     Partial { done: usize, total: usize },
+    /// A data-parallel rank other than 0 took its part in training; rank 0 writes the
+    /// outputs ([`crate::distributed`]).
+    Follower { rank: usize },
 }
 
 /// Everything a stage needs to run.
@@ -251,6 +254,12 @@ pub trait Stage {
 }
 
 const PLAN: &str = "plan.json";
+
+/// The data-parallel group of a training stage when the environment makes this process
+/// one of several ranks ([`crate::distributed::World::from_env`]).
+pub fn world(env: &StageEnv) -> Result<Option<crate::distributed::World>> {
+    crate::distributed::World::from_env(env.device)
+}
 
 /// Record in a partial folder how many shards (or training steps) make the stage, so that
 /// `status` can show progress.

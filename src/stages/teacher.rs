@@ -114,6 +114,10 @@ impl Stage for Teacher {
 
     fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
         let p = env.pipeline;
+        let rank = crate::distributed::rank_from_env()?.map_or(0, |(r, _)| r);
+        if !p.teacher_from_base && rank > 0 {
+            return Ok(Outcome::Follower { rank });
+        }
         if !p.teacher_from_base {
             let dev = dev_eval(env, &p.teacher.path)?;
             return Ok(Outcome::Complete {
@@ -129,8 +133,20 @@ impl Stage for Teacher {
         // An unchanged night (same settings, base, student and candidates) reuses the
         // teacher trained before, from the run root's cache.
         let cache = shared::StageCache::new(env);
-        if let Some(outcome) = cache.restore(env)? {
-            return Ok(outcome);
+        let world = super::world(env)?;
+        let cached = match rank {
+            0 => cache.restore(env)?,
+            _ => None,
+        };
+        // Every rank learns whether rank 0 found the teacher in the cache.
+        let hit = match &world {
+            Some(w) => w.agree(i64::from(cached.is_some()))? == 1,
+            None => cached.is_some(),
+        };
+        match (cached, hit) {
+            (Some(outcome), _) => return Ok(outcome),
+            (None, true) => return Ok(Outcome::Follower { rank }),
+            (None, false) => {}
         }
         let table = PairTable::read(
             &p.run_dir
@@ -156,22 +172,29 @@ impl Stage for Teacher {
         super::write_plan(&env.partial, total as usize)?;
         let checkpoints = env.partial.join("checkpoints");
         let stage = env.name;
-        let curve = train_one(env, &cfg, &set, stage, &checkpoints, MODEL_DIR)?;
+        let w = world.as_ref();
+        let curve = train_one(env, &cfg, &set, stage, &checkpoints, MODEL_DIR, w)?;
         // Checked before the checkpoints leave the partial folder: a kill during the check
         // resumes from the last checkpoint, not from step 0.
-        let dev = dev_eval(env, &env.dir.join(MODEL_DIR))?;
+        let dev = match rank {
+            0 => dev_eval(env, &env.dir.join(MODEL_DIR))?,
+            _ => serde_json::Value::Null,
+        };
         let mut folds = Vec::new();
         for (k, fold_set) in fold_sets.iter().enumerate() {
             let name = format!("{stage} fold {k}");
             let dir = super::paths::teacher::fold_dir(k);
             let ckpt = env.partial.join(format!("checkpoints-{dir}"));
-            let c = train_one(env, &cfg, fold_set, &name, &ckpt, &dir)?;
+            let c = train_one(env, &cfg, fold_set, &name, &ckpt, &dir, w)?;
             folds.push(json!({
                 "fold": k,
                 "queries": fold_set.stats.queries,
                 "steps": c.step.len(),
                 "final_loss": c.loss.last(),
             }));
+        }
+        if rank > 0 {
+            return Ok(Outcome::Follower { rank });
         }
         let mut outcome = super::finish_training(
             env,
@@ -203,7 +226,7 @@ impl Stage for Teacher {
 
 /// One cross-encoder fine-tuned from the base on `set` (the stage's teacher, or a fold
 /// teacher), its fresh tensors drawn from (run seed, `name`), exported to `out` in the
-/// stage's folder; resumes from `checkpoints`.
+/// stage's folder (by rank 0 of a data-parallel `world`); resumes from `checkpoints`.
 fn train_one(
     env: &mut StageEnv,
     cfg: &crate::pipeline::config::TeacherTrainConfig,
@@ -211,6 +234,7 @@ fn train_one(
     name: &str,
     checkpoints: &Path,
     out: &str,
+    world: Option<&crate::distributed::World>,
 ) -> Result<crate::training::curve::LossCurve> {
     let p = env.pipeline;
     // Fresh tensors (a new classifier, a missing pooler) are drawn from the run seed.
@@ -240,8 +264,19 @@ fn train_one(
         loss: cfg.loss,
     };
     let vars = model.vs.variables().into_iter().collect();
-    let curve = trainer::train(env, &task, vars, set, &cfg.settings, checkpoints, None)?;
-    export_cross_encoder(&model, &env.dir.join(out))?;
+    let curve = trainer::train(
+        env,
+        &task,
+        vars,
+        set,
+        &cfg.settings,
+        checkpoints,
+        None,
+        world,
+    )?;
+    if world.is_none_or(crate::distributed::World::is_primary) {
+        export_cross_encoder(&model, &env.dir.join(out))?;
+    }
     Ok(curve)
 }
 

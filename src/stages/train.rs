@@ -263,7 +263,11 @@ impl Stage for Train {
             .wise_ft
             .map(|alpha| (alpha, snapshot(&model.vs.variables())));
         let checkpoints = env.partial.join("checkpoints");
-        let monitor = match cfg.eval_every {
+        let world = super::world(env)?;
+        let primary = world
+            .as_ref()
+            .is_none_or(crate::distributed::World::is_primary);
+        let monitor = match cfg.eval_every.filter(|_| primary) {
             Some(every) => Some(in_training_eval(
                 env,
                 p,
@@ -273,7 +277,19 @@ impl Stage for Train {
             )?),
             None => None,
         };
-        let curve = trainer::train(env, &task, vars, &set, &cfg.settings, &checkpoints, monitor)?;
+        let curve = trainer::train(
+            env,
+            &task,
+            vars,
+            &set,
+            &cfg.settings,
+            &checkpoints,
+            monitor,
+            world.as_ref(),
+        )?;
+        if let Some(w) = world.as_ref().filter(|w| !w.is_primary()) {
+            return Ok(Outcome::Follower { rank: w.rank() });
+        }
         if let Some((alpha, base)) = &wise {
             interpolate(&model.vs.variables(), base, *alpha);
         }

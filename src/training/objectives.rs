@@ -100,9 +100,10 @@ impl<'a> StudentObjective<'a> {
     }
 }
 
-impl Task for StudentObjective<'_> {
-    fn loss(&self, examples: &[Example]) -> Result<Terms> {
-        let b = examples.len() as i64;
+impl StudentObjective<'_> {
+    /// The texts of a micro-batch: per example its query, then its positive and
+    /// negatives (documents in example order), with the documents' ids and teacher scores.
+    fn texts(&self, examples: &[Example]) -> (Vec<TextId>, Vec<TextId>, Vec<&str>, Vec<f32>) {
         let mut queries = Vec::new();
         let mut docs = Vec::new();
         let mut doc_ids = Vec::new();
@@ -118,6 +119,15 @@ impl Task for StudentObjective<'_> {
                 teacher.push(d.teacher);
             }
         }
+        (queries, docs, doc_ids, teacher)
+    }
+}
+
+impl Task for StudentObjective<'_> {
+    /// Per example `1 + k` rows: the query's embedding, then its documents'.
+    fn represent(&self, examples: &[Example]) -> Result<Tensor> {
+        let b = examples.len() as i64;
+        let (queries, docs, _, _) = self.texts(examples);
         // Packed batches have no padding, so queries and documents share one forward
         // (one cast of the weights, half the launches); padded, they run apart.
         let (q, d) = if self.model.bert.packs_on(self.model.device()) {
@@ -126,9 +136,22 @@ impl Task for StudentObjective<'_> {
         } else {
             (self.embed(&queries), self.embed(&docs))
         };
+        let dim = q.size()[1];
+        let k = docs.len() as i64 / b.max(1);
+        Ok(Tensor::cat(&[q.unsqueeze(1), d.view([b, k, dim])], 1).view([b * (1 + k), dim]))
+    }
+
+    fn loss_from(&self, examples: &[Example], reps: &Tensor) -> Result<Terms> {
+        let b = examples.len() as i64;
+        let (_, docs, doc_ids, teacher) = self.texts(examples);
+        let k = docs.len() as i64 / b.max(1);
+        let dim = reps.size()[1];
+        let rows = reps.view([b, 1 + k, dim]);
+        let q = rows.select(1, 0);
+        let d = rows.narrow(1, 1, k).reshape([b * k, dim]);
         // In-batch masking: document j is no negative of query i when it is one of i's
         // labelled positives (other than i's own target).
-        let k = docs.len() / examples.len().max(1);
+        let k = k as usize;
         let mut mask = vec![false; examples.len() * docs.len()];
         for (i, e) in examples.iter().enumerate() {
             let positives = &self.set.groups[e.query].positive_ids;
@@ -209,8 +232,8 @@ pub struct TeacherObjective<'a> {
 }
 
 impl Task for TeacherObjective<'_> {
-    fn loss(&self, examples: &[Example]) -> Result<Terms> {
-        let k = 1 + examples.first().map_or(0, |e| e.negatives.len()) as i64;
+    /// Per example `1 + k` rows: the logit of its positive, then its negatives'.
+    fn represent(&self, examples: &[Example]) -> Result<Tensor> {
         let text = |t: TextId| self.set.texts[t].as_str();
         let mut pairs: Vec<(&str, &str)> = Vec::new();
         for e in examples {
@@ -225,12 +248,12 @@ impl Task for TeacherObjective<'_> {
         let encoded = self.model.tokenizer.encode_pairs(&pairs)?;
         let items: Vec<_> = encoded.iter().collect();
         let batch = Batch::new(&items, self.model.tokenizer.pad_id(), self.model.device());
-        let logits = self
-            .model
-            .forward_t(&batch, true)
-            .select(1, 0)
-            .view([-1, k]);
-        Ok(teacher_loss(&logits, self.loss))
+        Ok(self.model.forward_t(&batch, true).select(1, 0))
+    }
+
+    fn loss_from(&self, examples: &[Example], reps: &Tensor) -> Result<Terms> {
+        let k = 1 + examples.first().map_or(0, |e| e.negatives.len()) as i64;
+        Ok(teacher_loss(&reps.view([-1, k]), self.loss))
     }
 }
 

@@ -84,7 +84,8 @@ impl AdamW {
                 .is_some_and(|p| p.param.device().is_cuda())
     }
 
-    fn grads(&self) -> Vec<Tensor> {
+    /// The parameters' gradients (those that exist), sharing their storage.
+    pub fn grads(&self) -> Vec<Tensor> {
         self.params
             .iter()
             .map(|p| p.param.grad())

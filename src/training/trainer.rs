@@ -11,6 +11,7 @@ use super::curve::LossCurve;
 use super::groups::{Batching, Example, TrainingSet};
 use super::optimizer::{AdamW, AdamWConfig};
 use super::schedule::{Decay, Schedule};
+use crate::distributed::World;
 use crate::error::{Error, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -122,10 +123,23 @@ pub trait Host {
     fn after_step(&mut self, _step: u64) {}
 }
 
-/// A model and a loss over micro-batches of examples.
+/// A loss (differentiable) and its named terms (values, for the curve).
+pub type Terms = (Tensor, Vec<(String, Tensor)>);
+
+/// A model and a loss over micro-batches of examples, in two steps so that data-parallel
+/// ranks can each represent a slice of a micro-batch and share the whole batch's loss
+/// ([`crate::distributed`]).
 pub trait Task {
-    /// Total loss of a micro-batch (differentiable) and its terms (values, for the curve).
-    fn loss(&self, examples: &[Example]) -> Result<(Tensor, Vec<(String, Tensor)>)>;
+    /// The model's representations of `examples` (differentiable): the same number of
+    /// rows for every example, in example order.
+    fn represent(&self, examples: &[Example]) -> Result<Tensor>;
+    /// Total loss of a micro-batch from the representations of all its examples.
+    fn loss_from(&self, examples: &[Example], reps: &Tensor) -> Result<Terms>;
+    /// Total loss of a micro-batch and its terms.
+    fn loss(&self, examples: &[Example]) -> Result<Terms> {
+        let reps = self.represent(examples)?;
+        self.loss_from(examples, &reps)
+    }
 }
 
 /// Sizes of a run: micro-batches per epoch, optimizer steps in all.
@@ -147,27 +161,82 @@ fn step_seed(seed: u64, step: u64) -> i64 {
 /// One optimizer step: each micro-batch's loss, divided by their number, back-propagated;
 /// the gradients clipped to `max_grad_norm` (global norm); AdamW stepped at `lr`. The
 /// training loop's step, and `distill bench`'s W3. The loss values stay on the device.
+/// With `world`, every rank is given the same micro-batches, represents its slice of
+/// each, and ends with the one-process gradient ([`backward_shared`]).
 pub fn optimizer_step(
     task: &dyn Task,
     opt: &mut AdamW,
     batches: &[Vec<Example>],
     max_grad_norm: f64,
     lr: f64,
+    world: Option<&World>,
 ) -> Result<PendingStep> {
     opt.zero_grad();
     let mut record = PendingStep::default();
     for batch in batches {
-        let (loss, terms) = task.loss(batch)?;
-        let scaled = loss / batches.len() as f64;
-        record.losses.push(scaled.detach());
-        scaled.backward();
+        let share = 1.0 / batches.len() as f64;
+        let (loss, terms) = match world {
+            None => {
+                let (loss, terms) = task.loss(batch)?;
+                let scaled = loss * share;
+                scaled.backward();
+                (scaled, terms)
+            }
+            Some(w) => backward_shared(task, batch, share, w)?,
+        };
+        record.losses.push(loss.detach());
         record.terms.push(terms);
+    }
+    if let Some(w) = world {
+        let grads = opt.grads();
+        w.sum(&grads.iter().collect::<Vec<_>>())?;
     }
     record.grad_norm = Some(opt.clip_grad_norm(max_grad_norm));
     record.lr = lr;
     opt.step(lr)?;
     record.step = opt.step;
     Ok(record)
+}
+
+/// This rank's part of a micro-batch's backward pass: it represents its slice of
+/// `batch`, the ranks' representations are gathered, the whole batch's loss (times
+/// `share`) is computed from them (the same on every rank), and its gradient with
+/// respect to this rank's rows is back-propagated through the model. Summed over the
+/// ranks, the parameters' gradients are the one-process gradient. Returns the scaled
+/// loss (detached) and its terms.
+fn backward_shared(task: &dyn Task, batch: &[Example], share: f64, w: &World) -> Result<Terms> {
+    let (rank, size) = (w.rank(), w.size());
+    let slices: Vec<_> = (0..size)
+        .map(|r| World::slice(batch.len(), r, size))
+        .collect();
+    let mine = slices[rank].clone();
+    // A rank without examples (a micro-batch smaller than the world) represents the
+    // first one and back-propagates zeros, so every rank runs the same collectives.
+    let local = match mine.is_empty() {
+        true => task.represent(&batch[..1])?,
+        false => task.represent(&batch[mine.clone()])?,
+    };
+    let per_example = local.size()[0] as usize / mine.len().max(1);
+    let counts: Vec<usize> = slices.iter().map(|s| s.len() * per_example).collect();
+    let all = w
+        .gather_rows(&local.detach(), &counts)?
+        .set_requires_grad(true);
+    let (loss, terms) = task.loss_from(batch, &all)?;
+    let scaled = loss * share;
+    scaled.backward();
+    let grad = all.grad();
+    let start = slices[..rank]
+        .iter()
+        .map(|s| s.len() * per_example)
+        .sum::<usize>();
+    let mine_grad = match mine.is_empty() {
+        true => local.zeros_like(),
+        false => grad.narrow(0, start as i64, counts[rank] as i64),
+    };
+    (&local * mine_grad.to_kind(local.kind()))
+        .sum(local.kind())
+        .backward();
+    Ok((scaled.detach(), terms))
 }
 
 /// One optimizer step whose loss values are still on the device.
@@ -241,7 +310,11 @@ impl PendingStep {
 }
 
 /// Train `vars` (named trainable tensors of the task's model) on `set`. Checkpoints go to
-/// `checkpoints`; an existing checkpoint there is resumed from.
+/// `checkpoints`; an existing checkpoint there is resumed from. With `world`, this
+/// process is one rank of a data-parallel run: the ranks resume from rank 0's latest
+/// checkpoint, start from rank 0's weights, share every micro-batch
+/// ([`optimizer_step`]), and only rank 0 evaluates (`monitor`) and writes checkpoints.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     host: &mut dyn Host,
     task: &dyn Task,
@@ -250,7 +323,12 @@ pub fn train(
     s: &TrainSettings,
     checkpoints: &Path,
     mut monitor: Option<Monitor>,
+    world: Option<&World>,
 ) -> Result<LossCurve> {
+    let primary = world.is_none_or(World::is_primary);
+    if !primary {
+        monitor = None;
+    }
     if set.groups.is_empty() {
         return Err(Error::TrainingData {
             dataset: None,
@@ -271,12 +349,21 @@ pub fn train(
     };
     let mut opt = AdamW::new(vars, config);
     let mut curve = LossCurve::default();
-    if let Some(&last) = checkpoint::list(checkpoints).last() {
+    let mut latest = checkpoint::list(checkpoints).last().copied();
+    if let Some(w) = world {
+        let agreed = w.agree(latest.map_or(-1, |step| step as i64))?;
+        latest = u64::try_from(agreed).ok();
+    }
+    if let Some(last) = latest {
         curve = checkpoint::load(checkpoints, last, &mut opt)?;
         host.event(TrainEvent::Resumed {
             step: last,
             total: total_steps,
         });
+    }
+    if let Some(w) = world {
+        let params: Vec<&Tensor> = opt.params.iter().map(|p| &p.param).collect();
+        tch::no_grad(|| w.broadcast_from_primary(&params))?;
     }
     host.event(TrainEvent::Started {
         remaining: total_steps - opt.step,
@@ -315,8 +402,14 @@ pub fn train(
             let end = ((idx + 1) * s.batch_queries).min(examples.len());
             batches.push(examples[idx * s.batch_queries..end].to_vec());
         }
-        let mut record =
-            optimizer_step(task, &mut opt, &batches, s.max_grad_norm, schedule.lr(step))?;
+        let mut record = optimizer_step(
+            task,
+            &mut opt,
+            &batches,
+            s.max_grad_norm,
+            schedule.lr(step),
+            world,
+        )?;
         record.epoch = epoch;
         if let Some(previous) = pending.replace(record) {
             previous.resolve(&mut curve, host)?;
@@ -325,7 +418,7 @@ pub fn train(
         let evaluate = monitor
             .as_ref()
             .is_some_and(|m| opt.step % m.every.max(1) == 0 || last);
-        if opt.step % s.checkpoint_every.max(1) == 0 || last || evaluate {
+        if primary && (opt.step % s.checkpoint_every.max(1) == 0 || last || evaluate) {
             if let Some(current) = pending.take() {
                 current.resolve(&mut curve, host)?;
             }
