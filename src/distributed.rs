@@ -53,6 +53,30 @@ pub fn rank_from_env() -> Result<Option<(usize, usize)>> {
     Ok(Some((rank, size)))
 }
 
+/// The device of this process: `cuda:LOCAL_RANK` when `device` is CUDA and the
+/// environment makes the process a rank (each rank sees every GPU of the host, so that
+/// NCCL connects them through NVLink rather than host memory), else `device`.
+pub fn local_device(device: Device) -> Result<Device> {
+    let (Device::Cuda(_), Some((rank, _))) = (device, rank_from_env()?) else {
+        return Ok(device);
+    };
+    let local = match std::env::var(LOCAL_RANK) {
+        Ok(v) => v.trim().parse::<usize>().map_err(|_| Error::Setting {
+            key: LOCAL_RANK.into(),
+            message: format!("environment variable {LOCAL_RANK}=`{v}` is not a whole number"),
+        })?,
+        Err(_) => rank,
+    };
+    let count = tch::Cuda::device_count() as usize;
+    if local >= count {
+        return Err(Error::Setting {
+            key: LOCAL_RANK.into(),
+            message: format!("{LOCAL_RANK}={local} but this process sees {count} GPU(s) (is CUDA_VISIBLE_DEVICES narrowing them?)"),
+        });
+    }
+    Ok(Device::Cuda(local))
+}
+
 /// The ranks of a data-parallel run, as this process sees them.
 pub struct World {
     group: ProcessGroup,
@@ -80,7 +104,7 @@ impl World {
     /// Join as `rank` of `size` at `host:port`.
     pub fn join(device: Device, host: &str, port: u16, rank: usize, size: usize) -> Result<World> {
         let backend = match device {
-            Device::Cuda(_) => Backend::Nccl,
+            Device::Cuda(n) => Backend::Nccl(n),
             _ => Backend::Gloo,
         };
         let group = ProcessGroup::join(backend, host, port, rank, size, TIMEOUT)?;

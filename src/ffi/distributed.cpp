@@ -14,6 +14,7 @@
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Types.hpp>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <chrono>
 #include <cstdint>
@@ -75,10 +76,15 @@ void wait(const c10::intrusive_ptr<c10d::Work>& work) {
 }  // namespace
 
 // Join the group of `size` processes as `rank`, meeting at host:port (rank 0 serves the
-// store there). `nccl` picks ProcessGroupNCCL (CUDA tensors), else Gloo (CPU tensors).
+// store there). `nccl` picks ProcessGroupNCCL for the tensors of CUDA device `nccl - 1`
+// (made the process's current device), else (0) Gloo for CPU tensors.
 extern "C" void* distill_pg_new(int nccl, const char* host, int port, int rank, int size,
                                 int64_t timeout_ms, char* err, size_t err_len) {
   try {
+    if (nccl) {
+      c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)
+          ->setDevice(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(nccl - 1)));
+    }
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<std::uint16_t>(port);
@@ -110,7 +116,16 @@ extern "C" void* distill_pg_new(int nccl, const char* host, int port, int rank, 
   }
 }
 
-extern "C" void distill_pg_free(void* group) { delete static_cast<Group*>(group); }
+// Leave the group (NCCL's communicators are shut down first, as destroy_process_group
+// does) and free it.
+extern "C" void distill_pg_free(void* group) {
+  auto* g = static_cast<Group*>(group);
+  try {
+    g->backend->shutdown();
+  } catch (...) {
+  }
+  delete g;
+}
 
 // Sum `n` tensors over the group, in place: flattened into one buffer per dtype run
 // (one collective), then copied back.

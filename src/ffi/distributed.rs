@@ -47,8 +47,8 @@ mod sys {
 /// Which c10d backend carries the collectives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// `ProcessGroupNCCL`: CUDA tensors.
-    Nccl,
+    /// `ProcessGroupNCCL`: tensors of this CUDA device (made the process's current one).
+    Nccl(usize),
     /// `ProcessGroupGloo`: CPU tensors.
     Gloo,
 }
@@ -87,7 +87,10 @@ impl ProcessGroup {
             // exceptions and returns null on an error.
             let raw = unsafe {
                 sys::distill_pg_new(
-                    i32::from(backend == Backend::Nccl),
+                    match backend {
+                        Backend::Nccl(device) => device as i32 + 1,
+                        Backend::Gloo => 0,
+                    },
                     host.as_ptr(),
                     i32::from(port),
                     rank as i32,

@@ -238,6 +238,7 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
         (None, None) => true,
     };
     let (device, kind) = kind_of(p)?;
+    let device = crate::distributed::local_device(device)?;
     // The contents behind the file (datasets, models) are read before anything is written.
     let checked = super::preflight::check(p)?;
     std::fs::create_dir_all(&p.run_dir).map_err(|e| Error::io(&p.run_dir, e))?;
