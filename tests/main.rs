@@ -10,6 +10,7 @@ mod eval;
 mod eval_command;
 mod export_data;
 mod export_roundtrip;
+mod gpus;
 mod health;
 mod inputs;
 mod layers;
