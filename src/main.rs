@@ -235,7 +235,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run(a) => {
             let p = a.pipeline.load()?;
-            let workers = a.workers(cli.verbose)?;
+            let workers = a.workers(&p, cli.verbose)?;
             let opts = RunOptions {
                 from: a.from,
                 only: a.only,

@@ -149,7 +149,7 @@ pub(crate) struct RunArgs {
     /// Run the stages in N worker processes on this host, one per GPU: mine, score and
     /// eval split into shards, teacher and train as data-parallel ranks; their output in
     /// <run>/workers/.
-    #[arg(long, value_name = "N", conflicts_with = "shard")]
+    #[arg(long, value_name = "N")]
     pub(crate) gpus: Option<usize>,
     /// Go on past a teacher that fails the gate (its dev-slice rerank does not beat the
     /// student alone by health.min_teacher_gain); the report marks the run.
@@ -254,14 +254,21 @@ pub(crate) struct RerankArgs {
 }
 
 impl RunArgs {
-    /// `--gpus N` (N > 1): this executable as the workers, on the same pipeline and name.
-    pub(crate) fn workers(&self, verbose: bool) -> anyhow::Result<Option<Workers>> {
-        let count = match self.gpus {
+    /// `--gpus N` (or `run.gpus`; N > 1): this executable as the workers, on the same
+    /// pipeline and name.
+    pub(crate) fn workers(&self, p: &Pipeline, verbose: bool) -> anyhow::Result<Option<Workers>> {
+        let count = match self.gpus.or((p.gpus > 1).then_some(p.gpus)) {
             Some(0) => anyhow::bail!("--gpus needs at least 1"),
             Some(n) if n > 1 => n,
             _ => return Ok(None),
         };
-        let mut args: Vec<OsString> = vec!["run".into(), self.pipeline.pipeline.clone().into()];
+        // A child is one worker whatever `run.gpus` says.
+        let mut args: Vec<OsString> = vec![
+            "run".into(),
+            self.pipeline.pipeline.clone().into(),
+            "--gpus".into(),
+            "1".into(),
+        ];
         if let Some(name) = &self.pipeline.name {
             args.extend(["--name".into(), name.into()]);
         }

@@ -98,19 +98,29 @@ fn two_workers_give_the_single_process_outputs_byte_for_byte() {
     let f = Fixture::new();
     let single = f.write("single", "", "");
     run_ok(&["-q", "run", single.to_str().unwrap()], &[]);
+    // Two workers from the pipeline file (`run.gpus`).
     let split = f.write("split", "", "");
+    let text = std::fs::read_to_string(&split).unwrap();
+    std::fs::write(
+        &split,
+        text.replace("device = \"cpu\"\n", "device = \"cpu\"\ngpus = 2\n"),
+    )
+    .unwrap();
     let p = split.to_str().unwrap();
+    assert_eq!(Pipeline::load(&split).unwrap().gpus, 2);
     // The training stages run alone here (their data-parallel ranks need the distributed
-    // training); mine, score and eval each run as two workers and an assembly.
-    for (stage, gpus) in [
-        ("mine", "2"),
-        ("teacher", "2"),
-        ("score", "2"),
-        ("train", "1"),
-        ("eval", "2"),
-    ] {
-        run_ok(&["-q", "run", p, "--only", stage, "--gpus", gpus], &[PARTS]);
+    // training); mine, score and eval each run as two workers and an assembly (the
+    // given teacher is only evaluated, in the parent).
+    for stage in ["mine", "teacher", "score", "train", "eval"] {
+        let alone: &[&str] = if stage == "train" {
+            &["--gpus", "1"]
+        } else {
+            &[]
+        };
+        let args = [&["-q", "run", p, "--only", stage][..], alone].concat();
+        run_ok(&args, &[PARTS]);
     }
+    assert!(!run_dir(&split).join("workers/train-rank-0.log").exists());
     let dir = run_dir(&split);
     for (stage, ranks) in [("mine", 2), ("score", 2), ("eval", 2)] {
         for rank in 0..ranks {
