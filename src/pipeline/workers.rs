@@ -240,3 +240,66 @@ fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
     Ok(listener.local_addr().map_err(io)?.port())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Workers that are `sh -c SCRIPT` (the stage arguments land in `$0 $1 ...`).
+    fn shell(script: &str) -> Workers {
+        Workers {
+            count: 2,
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+        }
+    }
+
+    #[test]
+    fn ranks_get_the_data_parallel_environment_and_their_own_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "echo \"$RANK $WORLD_SIZE $LOCAL_RANK $MASTER_ADDR $NCCL_NVLS_ENABLE $0 $1\"";
+        shell(script)
+            .run(dir.path(), "train", Mode::Ranks, false, false)
+            .unwrap();
+        for rank in 0..2 {
+            let log = std::fs::read_to_string(log_path(dir.path(), "train", rank)).unwrap();
+            assert_eq!(
+                log.trim(),
+                format!("{rank} 2 {rank} 127.0.0.1 0 --only train")
+            );
+        }
+        shell("echo \"$0 $1 $2 $3 $4 [$RANK]\"")
+            .run(dir.path(), "score", Mode::Shards, true, false)
+            .unwrap();
+        let log = std::fs::read_to_string(log_path(dir.path(), "score", 1)).unwrap();
+        assert_eq!(log.trim(), "--only score --force --shard 1/2 []");
+    }
+
+    #[test]
+    fn a_failing_worker_stops_the_others_and_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = std::time::Instant::now();
+        let script = "if [ \"$RANK\" = 1 ]; then exit 3; fi; sleep 60";
+        let err = shell(script)
+            .run(dir.path(), "train", Mode::Ranks, false, false)
+            .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the parent waited for the sleeping rank"
+        );
+        match err {
+            Error::Worker {
+                stage,
+                rank,
+                status,
+                log,
+                ..
+            } => {
+                assert_eq!((stage.as_str(), rank), ("train", 1));
+                assert_eq!(status, "exited with code 3");
+                assert_eq!(log, log_path(dir.path(), "train", 1));
+            }
+            other => panic!("{other}"),
+        }
+    }
+}

@@ -4,7 +4,8 @@
 //! teacher reranks each student's top `rerank_k` (the student's recall against the
 //! teacher's precision); and the recall of the teacher's top 10 by the student's own top
 //! 10 says how much the reranker still adds. Outputs `metrics.json`,
-//! `per_query.parquet` and TREC run files.
+//! `per_query.parquet` and TREC run files. The work is done in units (a student on a
+//! dataset), each committed in the partial folder: `--shard I/N` workers split them.
 use super::paths::eval::{METRICS, PER_QUERY};
 use super::paths::StageId;
 use super::shared::upstream_output;

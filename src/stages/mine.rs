@@ -3,6 +3,8 @@
 //! product, and select candidates as sentence-transformers' `mine_hard_negatives` does:
 //! a rank range, labelled positives excluded, `top` or seeded `random` sampling.
 //! Output: `candidates.parquet` (positives included, so the teacher scores them too).
+//! `--shard I/N` workers split the query chunks and share the corpus encoding
+//! ([`super::corpus_parts`]).
 use super::paths::mine::OUTPUT;
 use super::paths::StageId;
 use super::{Outcome, Stage, StageEnv};
