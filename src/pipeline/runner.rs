@@ -252,6 +252,9 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
         (None, None) => true,
     };
     let (device, kind) = kind_of(p)?;
+    if let Some(w) = workers.filter(|_| device.is_cuda()) {
+        w.devices()?;
+    }
     // The contents behind the file (datasets, models) are read before anything is written.
     let checked = super::preflight::check(p)?;
     std::fs::create_dir_all(&p.run_dir).map_err(|e| Error::io(&p.run_dir, e))?;

@@ -144,8 +144,8 @@ impl Workers {
     }
 
     /// The device each child sees: `i`, or the i-th of the parent's own
-    /// `CUDA_VISIBLE_DEVICES` when it has one.
-    fn devices(&self) -> Result<Vec<String>> {
+    /// `CUDA_VISIBLE_DEVICES` when it has one; an error when the host shows fewer.
+    pub fn devices(&self) -> Result<Vec<String>> {
         let visible: Vec<String> = match std::env::var(vars::CUDA_VISIBLE_DEVICES) {
             Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
             _ => (0..tch::Cuda::device_count().max(0) as usize)
