@@ -21,6 +21,8 @@ pub const WORLD_SIZE: &str = "WORLD_SIZE";
 pub const LOCAL_RANK: &str = "LOCAL_RANK";
 pub const MASTER_ADDR: &str = "MASTER_ADDR";
 pub const MASTER_PORT: &str = "MASTER_PORT";
+/// How many of the run's processes share this host (its cores are split between them).
+pub const LOCAL_WORLD_SIZE: &str = "LOCAL_WORLD_SIZE";
 
 /// How long a rank waits for the others (rendezvous, every collective).
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
@@ -51,6 +53,27 @@ pub fn rank_from_env() -> Result<Option<(usize, usize)>> {
         });
     }
     Ok(Some((rank, size)))
+}
+
+/// Give this process its share of the host's cores when `LOCAL_WORLD_SIZE` says that N
+/// processes of one run share the host: libtorch's intra-op threads and rayon's pool
+/// (tokenization) each get cores / N. Without it every process starts a thread per core
+/// and, oversubscribed, two workers on two GPUs ran slower than one (BENCHMARKS.md).
+/// Call it before anything uses rayon's pool.
+pub fn share_cores() {
+    let Some(n) = std::env::var(LOCAL_WORLD_SIZE)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 1)
+    else {
+        return;
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let share = (cores / n).max(1);
+    tch::set_num_threads(share as i32);
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(share)
+        .build_global();
 }
 
 /// The device of this process: `cuda:LOCAL_RANK` when `device` is CUDA and the

@@ -107,6 +107,15 @@ pub enum Error {
     #[error("{message}")]
     WeakTeacher { message: String },
 
+    /// A `--gpus` worker that failed: the stage, its rank and the file holding its output.
+    #[error("stage `{stage}`: worker rank {rank} {status}; its output: {}", log.display())]
+    Worker {
+        stage: String,
+        rank: usize,
+        status: String,
+        log: PathBuf,
+    },
+
     /// `--strict-health`: the run completed with health warnings (exit code 5).
     #[error("{count} health warning(s) with --strict-health: {first}")]
     Unhealthy { count: usize, first: String },

@@ -84,6 +84,7 @@ enum Command {
     /// Example: distill run pipelines/nightly.toml
     ///          distill run pipelines/nightly.toml --from score
     ///          distill run pipelines/nightly.toml --shard 0/4   (one of 4 scoring workers)
+    ///          distill run pipelines/nightly.toml --gpus 4      (4 GPUs of this host)
     Run(RunArgs),
     #[command(verbatim_doc_comment)]
     /// Validate a pipeline file (keys, paths, values) without running anything.
@@ -234,11 +235,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run(a) => {
             let p = a.pipeline.load()?;
+            let workers = a.workers(&p, cli.verbose)?;
             let opts = RunOptions {
                 from: a.from,
                 only: a.only,
                 force: a.force,
                 shard: a.shard,
+                workers,
                 verbosity: Some(verbosity),
                 allow_weak_teacher: a.allow_weak_teacher,
                 strict_health: a.strict_health,
@@ -376,6 +379,7 @@ fn causes_once(err: &anyhow::Error) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    distill::distributed::share_cores();
     let verbose = cli.verbose;
     if verbose && std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         // -v asks for the backtrace of an error; anyhow captures one only when this is set.

@@ -6,8 +6,10 @@ use distill::commands::trend::Against;
 use distill::data::text_input::TextFormat;
 use distill::device::{DeviceSpec, Runtime};
 use distill::pipeline::config::defaults::{EVAL_RERANK_K, EVAL_TOP_K};
+use distill::pipeline::workers::Workers;
 use distill::pipeline::Pipeline;
 use distill::stages::ShardSpec;
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -140,9 +142,15 @@ pub(crate) struct RunArgs {
     /// Rerun the selected stages even when their manifests match.
     #[arg(long)]
     pub(crate) force: bool,
-    /// Score only shards j with j % N == I (I/N); run once more without --shard to merge.
+    /// Do only shards j with j % N == I (I/N) of the mine, score or eval stage (score
+    /// when --only is not given); run once more without --shard to merge.
     #[arg(long, value_name = "I/N")]
     pub(crate) shard: Option<ShardSpec>,
+    /// Run the stages in N worker processes on this host, one per GPU: mine, score and
+    /// eval split into shards, teacher and train as data-parallel ranks; their output in
+    /// <run>/workers/.
+    #[arg(long, value_name = "N")]
+    pub(crate) gpus: Option<usize>,
     /// Go on past a teacher that fails the gate (its dev-slice rerank does not beat the
     /// student alone by health.min_teacher_gain); the report marks the run.
     #[arg(long)]
@@ -243,4 +251,37 @@ pub(crate) struct RerankArgs {
     pub(crate) lenient: bool,
     #[command(flatten)]
     pub(crate) runtime: Runtime,
+}
+
+impl RunArgs {
+    /// `--gpus N` (or `run.gpus`; N > 1): this executable as the workers, on the same
+    /// pipeline and name.
+    pub(crate) fn workers(&self, p: &Pipeline, verbose: bool) -> anyhow::Result<Option<Workers>> {
+        let count = match self.gpus.or((p.gpus > 1).then_some(p.gpus)) {
+            Some(0) => anyhow::bail!("--gpus needs at least 1"),
+            Some(n) if n > 1 => n,
+            _ => return Ok(None),
+        };
+        // A child is one worker whatever `run.gpus` says.
+        let mut args: Vec<OsString> = vec![
+            "run".into(),
+            self.pipeline.pipeline.clone().into(),
+            "--gpus".into(),
+            "1".into(),
+        ];
+        if let Some(name) = &self.pipeline.name {
+            args.extend(["--name".into(), name.into()]);
+        }
+        if self.allow_weak_teacher {
+            args.push("--allow-weak-teacher".into());
+        }
+        if verbose {
+            args.push("--verbose".into());
+        }
+        Ok(Some(Workers {
+            count,
+            program: std::env::current_exe()?,
+            args,
+        }))
+    }
 }

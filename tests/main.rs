@@ -11,6 +11,7 @@ mod eval;
 mod eval_command;
 mod export_data;
 mod export_roundtrip;
+mod gpus;
 mod health;
 mod inputs;
 mod layers;

@@ -5,7 +5,7 @@ use crate::model::hf_config::{
     BertConfig, ModuleEntry, PoolingConfig, SentenceBertConfig, TokenizerConfig,
 };
 use crate::model::pooling::{l2_normalize, Pooling};
-use crate::model::tokenizer::{map_sorted_batches, Batch, Encoded, TextTokenizer};
+use crate::model::tokenizer::{Batch, Encoded, TextTokenizer};
 use crate::model::weights::{self, ImportReport, Layout};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
@@ -319,15 +319,30 @@ impl BiEncoder {
         batch_size: usize,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Tensor> {
-        let out = map_sorted_batches(
+        let lengths: Vec<usize> = encoded.iter().map(Encoded::len).collect();
+        let batches = crate::model::batching::length_sorted_batches(&lengths, batch_size, None);
+        self.encode_batches(encoded, &batches, progress)
+    }
+
+    /// The rows of `encoded` that `batches` (some of the length-sorted batches of
+    /// [`crate::model::batching::length_sorted_batches`]) cover, in ascending index
+    /// order, as a `[rows, dim]` fp32 CPU tensor: the values [`BiEncoder::encode_tokenized`]
+    /// gives those rows, so a corpus can be encoded in parts by several processes.
+    pub fn encode_batches(
+        &self,
+        encoded: &[Encoded],
+        batches: &[Vec<usize>],
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Tensor> {
+        let out = crate::model::tokenizer::map_batches(
             encoded,
-            batch_size,
+            batches,
             self.tokenizer.pad_id(),
             self.device(),
             progress,
             |batch| self.forward_t(batch, false),
         )?;
-        Ok(if encoded.is_empty() {
+        Ok(if batches.is_empty() {
             Tensor::zeros([0, self.dim()], (Kind::Float, Device::Cpu))
         } else {
             out

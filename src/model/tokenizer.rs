@@ -143,10 +143,32 @@ pub fn map_sorted_batches(
     pad_id: i64,
     device: Device,
     progress: &mut dyn FnMut(usize),
+    forward: impl FnMut(&Batch) -> Tensor,
+) -> crate::error::Result<Tensor> {
+    let lengths: Vec<usize> = encoded.iter().map(Encoded::len).collect();
+    let batches = crate::model::batching::length_sorted_batches(&lengths, batch_size, None);
+    map_batches(encoded, &batches, pad_id, device, progress, forward)
+}
+
+/// As [`map_sorted_batches`], over the given `batches` of row indices of `encoded`
+/// only: the output holds one row per index the batches cover, in ascending index order
+/// (every index covered: input order). A part of the length-sorted batches gives the same
+/// values as the whole run gives those rows.
+pub fn map_batches(
+    encoded: &[Encoded],
+    batches: &[Vec<usize>],
+    pad_id: i64,
+    device: Device,
+    progress: &mut dyn FnMut(usize),
     mut forward: impl FnMut(&Batch) -> Tensor,
 ) -> crate::error::Result<Tensor> {
     let _guard = tch::no_grad_guard();
-    let lengths: Vec<usize> = encoded.iter().map(Encoded::len).collect();
+    let mut covered: Vec<usize> = batches.iter().flatten().copied().collect();
+    covered.sort_unstable();
+    let mut slot = vec![0i64; encoded.len()];
+    for (k, &row) in covered.iter().enumerate() {
+        slot[row] = k as i64;
+    }
     let mut out: Option<Tensor> = None;
     let mut pending: Vec<(Vec<usize>, Tensor)> = Vec::new();
     let mut pending_rows = 0;
@@ -158,19 +180,19 @@ pub fn map_sorted_batches(
         let values = Tensor::cat(&parts, 0)
             .to_kind(Kind::Float)
             .to_device(Device::Cpu);
-        let index: Vec<i64> = rows.iter().flatten().map(|&i| i as i64).collect();
+        let index: Vec<i64> = rows.iter().flatten().map(|&i| slot[i]).collect();
         let out = out.get_or_insert_with(|| {
             let mut shape = values.size();
-            shape[0] = encoded.len() as i64;
+            shape[0] = covered.len() as i64;
             Tensor::zeros(shape, (Kind::Float, Device::Cpu))
         });
         let _ = out.index_copy_(0, &Tensor::from_slice(&index), &values);
     };
-    for rows in crate::model::batching::length_sorted_batches(&lengths, batch_size, None) {
+    for rows in batches {
         let items: Vec<&Encoded> = rows.iter().map(|&i| &encoded[i]).collect();
         let batch = Batch::new(&items, pad_id, device);
         let n = rows.len();
-        pending.push((rows, forward(&batch)));
+        pending.push((rows.clone(), forward(&batch)));
         pending_rows += n;
         if pending_rows >= READBACK_ROWS {
             flush(&mut pending, &mut out);

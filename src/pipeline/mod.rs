@@ -8,5 +8,6 @@ pub mod lock;
 pub mod manifest;
 pub mod preflight;
 pub mod runner;
+pub mod workers;
 
 pub use config::Pipeline;

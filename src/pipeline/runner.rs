@@ -5,6 +5,7 @@ use super::events::{Event, EventSink};
 use super::fingerprint;
 use super::lock::RunLock;
 use super::manifest::{unix_now, Manifest, OutputFile};
+use super::workers::Mode;
 use super::Pipeline;
 use crate::error::{Error, Result};
 use crate::progress::Verbosity;
@@ -22,8 +23,10 @@ pub struct RunOptions {
     pub only: Option<String>,
     /// Rerun the selected stages even when done.
     pub force: bool,
-    /// Score only this worker's part of the shards.
+    /// Do only this worker's part of the shards (mine, score, eval).
     pub shard: Option<ShardSpec>,
+    /// `--gpus N`: run each stage in N worker processes.
+    pub workers: Option<super::workers::Workers>,
     pub verbosity: Option<Verbosity>,
     /// Go on past a teacher that fails the gate (`--allow-weak-teacher`; or
     /// `health.allow_weak_teacher`).
@@ -226,12 +229,24 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
         (None, Some(_)) => Some(stage_index("score", "shard")?),
         (None, None) => None,
     };
-    if opts.shard.is_some() && only != Some(stage_index("score", "shard")?) {
+    let splits = |i: usize| super::workers::mode(p, stages[i].name()) == Mode::Shards;
+    if opts.shard.is_some() && !only.is_some_and(splits) {
         return Err(Error::Setting {
             key: "shard".into(),
-            message: "--shard applies to the score stage only".into(),
+            message: "--shard applies to the mine, score and eval stages only".into(),
         });
     }
+    let workers = opts.workers.as_ref().filter(|w| w.count > 1);
+    if workers.is_some() && opts.shard.is_some() {
+        return Err(Error::Setting {
+            key: "gpus".into(),
+            message: "--gpus starts its own --shard workers: give one or the other".into(),
+        });
+    }
+    // A worker (a `--shard` one, or a rank of a training) shares the stage's partial
+    // folder with its siblings: it never clears it.
+    let rank = crate::distributed::rank_from_env()?;
+    let worker = opts.shard.is_some() || rank.is_some();
     let selected = |i: usize| match (only, first) {
         (Some(o), _) => i == o,
         (None, Some(f)) => i >= f,
@@ -239,14 +254,16 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
     };
     let (device, kind) = kind_of(p)?;
     let device = crate::distributed::local_device(device)?;
+    if let Some(w) = workers.filter(|_| device.is_cuda()) {
+        w.devices()?;
+    }
     // The contents behind the file (datasets, models) are read before anything is written.
     let checked = super::preflight::check(p)?;
     std::fs::create_dir_all(&p.run_dir).map_err(|e| Error::io(&p.run_dir, e))?;
-    // A data-parallel rank (`distill run --gpus N` started it, holding `run.lock`).
-    let rank = crate::distributed::rank_from_env()?;
+    // A `--gpus` parent holds `run.lock`; its children take their own.
     let lock_name = match (opts.shard, rank) {
         (Some(s), _) => format!("run.shard-{}-of-{}.lock", s.index, s.count),
-        (None, Some((r, n))) => format!("run.rank-{r}-of-{n}.lock"),
+        (None, Some((rank, world))) => format!("run.rank-{rank}-of-{world}.lock"),
         (None, None) => "run.lock".to_string(),
     };
     // Ranks other than 0 leave the stage folders to rank 0 and log to their own output.
@@ -339,18 +356,52 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
             Ok(()) => "forced".to_string(),
             Err(why) => why.to_string(),
         };
-        match run_stage(
-            p,
-            stage.as_ref(),
-            &r,
-            forced,
-            device,
-            kind,
-            (opts.shard, follower),
-            &mut events,
-            &mut faults,
-            reason,
-        ) {
+        let clear = (!worker).then_some(forced);
+        let spawned = workers.map(|w| (w, super::workers::mode(p, name)));
+        let result = match spawned {
+            Some((w, mode @ (Mode::Shards | Mode::Ranks))) => {
+                let cuda = device.is_cuda();
+                events.emit(Event::Note {
+                    stage: name.into(),
+                    message: format!(
+                        "{} workers; their output in {}",
+                        w.count,
+                        p.run_dir.join("workers").display()
+                    ),
+                });
+                begin_stage(&r, clear)
+                    .and_then(|()| w.run(&p.run_dir, name, mode, forced, cuda))
+                    .and_then(|()| match mode {
+                        // Every shard exists: the parent assembles them.
+                        Mode::Shards => run_stage(
+                            p,
+                            stage.as_ref(),
+                            &r,
+                            (forced, Some(false)),
+                            device,
+                            kind,
+                            None,
+                            &mut events,
+                            &mut faults,
+                            reason,
+                        ),
+                        _ => written_by_ranks(p, stage.as_ref(), kind, &done),
+                    })
+            }
+            _ => run_stage(
+                p,
+                stage.as_ref(),
+                &r,
+                (forced, clear),
+                device,
+                kind,
+                opts.shard,
+                &mut events,
+                &mut faults,
+                reason,
+            ),
+        };
+        match result {
             Ok(Some(m)) => {
                 report.ran.push(name.into());
                 report_health(p, name, &m, &mut events, &mut report);
@@ -406,6 +457,38 @@ fn report_health(
     }
 }
 
+/// The manifest the ranks of a training stage wrote (rank 0 writes the outputs).
+fn written_by_ranks(
+    p: &Pipeline,
+    stage: &dyn Stage,
+    kind: Kind,
+    done: &BTreeMap<String, Manifest>,
+) -> Result<Option<Manifest>> {
+    let r = resolve(p, stage, kind, done)?;
+    match (r.verdict, r.manifest) {
+        (Ok(()), Some(m)) => Ok(Some(m)),
+        _ => Err(Error::output(
+            r.dir.join(super::manifest::MANIFEST),
+            "every rank exited 0, but the stage's manifest is missing or does not match",
+        )),
+    }
+}
+
+/// Make the stage folder ready for a run: the old manifest goes first (from now on the
+/// folder does not look complete); with `clear`, the partial folders of other
+/// configurations go too (and this one's when `clear` is `Some(true)`: forced).
+fn begin_stage(r: &Resolved, clear: Option<bool>) -> Result<()> {
+    std::fs::create_dir_all(&r.dir).map_err(|e| Error::io(&r.dir, e))?;
+    let manifest_path = r.dir.join(super::manifest::MANIFEST);
+    if manifest_path.exists() {
+        std::fs::remove_file(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+    }
+    if let Some(forced) = clear {
+        clear_partials(&r.dir, &r.partial, forced)?;
+    }
+    std::fs::create_dir_all(&r.partial).map_err(|e| Error::io(&r.partial, e))
+}
+
 /// Remove partial folders of other configurations (and, when forced, this one's too).
 fn clear_partials(dir: &Path, keep: &Path, forced: bool) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -426,27 +509,17 @@ fn run_stage(
     p: &Pipeline,
     stage: &dyn Stage,
     r: &Resolved,
-    forced: bool,
+    (forced, clear): (bool, Option<bool>),
     device: tch::Device,
     kind: Kind,
-    (shard, follower): (Option<ShardSpec>, bool),
+    shard: Option<ShardSpec>,
     events: &mut EventSink,
     faults: &mut FaultInjector,
     reason: String,
 ) -> Result<Option<Manifest>> {
     let name = stage.name();
-    std::fs::create_dir_all(&r.dir).map_err(|e| Error::io(&r.dir, e))?;
-    // The old manifest goes first: from now on the folder does not look complete.
-    let manifest_path = r.dir.join(super::manifest::MANIFEST);
-    if manifest_path.exists() && !follower {
-        std::fs::remove_file(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
-    }
-    // Sharded workers and data-parallel followers share the partial folder: they never
-    // clear it.
-    if shard.is_none() && !follower {
-        clear_partials(&r.dir, &r.partial, forced)?;
-    }
-    std::fs::create_dir_all(&r.partial).map_err(|e| Error::io(&r.partial, e))?;
+    // Sharded workers share the partial folder: they never clear it (`clear` is None).
+    begin_stage(r, clear)?;
     events.emit(Event::StageStarted {
         stage: name.into(),
         reason,

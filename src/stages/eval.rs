@@ -4,7 +4,8 @@
 //! teacher reranks each student's top `rerank_k` (the student's recall against the
 //! teacher's precision); and the recall of the teacher's top 10 by the student's own top
 //! 10 says how much the reranker still adds. Outputs `metrics.json`,
-//! `per_query.parquet` and TREC run files.
+//! `per_query.parquet` and TREC run files. The work is done in units (a student on a
+//! dataset), each committed in the partial folder: `--shard I/N` workers split them.
 use super::paths::eval::{METRICS, PER_QUERY};
 use super::paths::StageId;
 use super::shared::upstream_output;
@@ -162,67 +163,81 @@ impl Stage for Eval {
         Ok(out)
     }
 
-    fn progress(&self, _: &Pipeline, _: &Path) -> Option<(usize, usize)> {
-        None
+    fn progress(&self, _: &Pipeline, partial: &Path) -> Option<(usize, usize)> {
+        super::read_plan(partial).map(|total| (count_units(partial), total))
     }
 
+    /// Unit by unit (a student on a dataset, see [`units`]), each committed in the
+    /// partial folder; a `--shard` worker does the units it owns, a run without it the
+    /// rest, and assembles `metrics.json` and the per-query table from every unit.
     fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
         let p = env.pipeline;
         let runs_dir = env.dir.join("runs");
         std::fs::create_dir_all(&runs_dir).map_err(|e| Error::io(&runs_dir, e))?;
-        let teacher = CrossEncoder::load(
-            &super::paths::teacher_dir(p),
-            p.teacher.max_length,
-            env.device,
-            env.kind,
-        )?;
+        let units = units(p);
+        super::write_plan(&env.partial, units.len())?;
+        let mut teacher: Option<CrossEncoder> = None;
+        let mut split: Option<(usize, LoadedSplit)> = None;
+        for (u, &(di, label, ref path)) in units.iter().enumerate() {
+            let file = unit_path(&env.partial, u);
+            let read = crate::error::read_json::<UnitResult>;
+            if env.shard.is_some_and(|w| !w.owns(u)) || env.usable_shard(&file, read) {
+                continue;
+            }
+            if teacher.is_none() {
+                let dir = super::paths::teacher_dir(p);
+                let t = CrossEncoder::load(&dir, p.teacher.max_length, env.device, env.kind)?;
+                teacher = Some(t);
+            }
+            if split.as_ref().is_none_or(|(i, _)| *i != di) {
+                split = Some((di, LoadedSplit::load(p, &p.datasets[di])?));
+            }
+            let (Some(teacher), Some((_, loaded))) = (&teacher, &split) else {
+                continue; // both were just set
+            };
+            let result = self.unit(env, teacher, (label, path), &p.datasets[di], loaded)?;
+            crate::data::atomic::write_json(&file, &result)?;
+            env.committed(u, units.len());
+        }
+        let done = count_units(&env.partial);
+        // Workers never assemble: others may still be writing. A run without --shard does.
+        if env.shard.is_some() {
+            return Ok(Outcome::Partial {
+                done,
+                total: units.len(),
+            });
+        }
         let mut metrics = serde_json::Map::new();
         let mut table = PerQueryTable::default();
         let mut outputs = vec![METRICS.to_string(), PER_QUERY.to_string()];
-        for d in &p.datasets {
-            let with_dev = !d.watch && !p.dev_queries.is_off();
-            let mut splits = vec![d.eval_split.as_str()];
-            if with_dev && d.train_split != d.eval_split {
-                splits.push(&d.train_split);
-            }
-            let ds = Dataset::load(&d.path, &splits, d.strict)?;
-            let judged: BTreeMap<String, Judgements> = ds.qrels[&d.eval_split].clone();
-            let dev = match with_dev {
-                true => super::shared::dev_slice(p, d, &ds),
-                false => BTreeMap::new(),
-            };
+        let results = (0..units.len())
+            .map(|u| crate::error::read_json::<UnitResult>(&unit_path(&env.partial, u)))
+            .collect::<Result<Vec<_>>>()?;
+        for (di, d) in p.datasets.iter().enumerate() {
+            let per_student: Vec<(&str, &UnitResult)> = units
+                .iter()
+                .zip(&results)
+                .filter(|((i, ..), _)| *i == di)
+                .map(|((_, label, _), r)| (*label, r))
+                .collect();
+            let queries = per_student.first().map_or(0, |(_, r)| r.queries);
             let mut per_dataset = serde_json::Map::new();
-            per_dataset.insert("queries".into(), judged.len().into());
+            per_dataset.insert("queries".into(), queries.into());
             if d.watch {
                 per_dataset.insert("role".into(), "watch".into());
             }
-            if !dev.is_empty() {
+            if let Some(dev_queries) = per_student.first().and_then(|(_, r)| r.dev_queries) {
                 let mut on_dev = serde_json::Map::new();
-                on_dev.insert("queries".into(), dev.len().into());
-                for (label, path) in students(p) {
-                    let max_length = (label == "base").then_some(p.student.max_length).flatten();
-                    let student = p.load_student(&path, env.device, env.kind, max_length)?;
-                    let fp = fingerprint::directory(&path)?;
-                    let (m, _) =
-                        super::shared::evaluate_slice(env, (&student, &fp), None, d, &ds, &dev)?;
-                    on_dev.insert(label.into(), super::shared::headline_measures(&m));
+                on_dev.insert("queries".into(), dev_queries.into());
+                for (label, r) in &per_student {
+                    on_dev.insert((*label).into(), r.dev.clone().unwrap_or_default());
                 }
                 per_dataset.insert("dev".into(), serde_json::Value::Object(on_dev));
             }
-            for (label, path) in students(p) {
-                let split = Split {
-                    d,
-                    ds: &ds,
-                    judged: &judged,
-                };
-                let result = if label == "base" {
-                    self.base_cached(env, &teacher, &path, &split)?
-                } else {
-                    self.system(env, &teacher, (&path, label), &split)?
-                };
-                per_dataset.insert(label.into(), result.summary());
+            for (label, r) in &per_student {
+                per_dataset.insert((*label).into(), r.eval.summary());
                 outputs.extend(run_files(&d.name, label));
-                table.push(&d.name, label, &result);
+                table.push(&d.name, label, &r.eval);
             }
             // What the teacher's loss terms add over the same recipe without them.
             if p.train.baseline.is_some() {
@@ -244,6 +259,66 @@ impl Stage for Eval {
     }
 }
 
+/// Eval's units of work, in order: (dataset index, student label, student folder) for
+/// every dataset and every student of [`students`].
+fn units(p: &Pipeline) -> Vec<(usize, &'static str, PathBuf)> {
+    (0..p.datasets.len())
+        .flat_map(|di| students(p).into_iter().map(move |(l, path)| (di, l, path)))
+        .collect()
+}
+
+fn unit_path(partial: &Path, u: usize) -> PathBuf {
+    partial.join(format!("unit-{u:05}.json"))
+}
+
+fn count_units(partial: &Path) -> usize {
+    std::fs::read_dir(partial).map_or(0, |entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with("unit-") && n.ends_with(".json")
+            })
+            .count()
+    })
+}
+
+/// One unit's results: the student on the split (its TREC runs are in the stage folder)
+/// and, with a dev slice, its headline measures there.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct UnitResult {
+    /// Judged queries of the split.
+    queries: usize,
+    /// Queries of the dev slice (none when it is off or empty).
+    dev_queries: Option<usize>,
+    dev: Option<serde_json::Value>,
+    eval: SystemEval,
+}
+
+/// A dataset's evaluation split as loaded (and its dev slice).
+struct LoadedSplit {
+    ds: Dataset,
+    judged: BTreeMap<String, Judgements>,
+    dev: BTreeMap<String, Judgements>,
+}
+
+impl LoadedSplit {
+    fn load(p: &Pipeline, d: &DatasetRef) -> Result<Self> {
+        let with_dev = !d.watch && !p.dev_queries.is_off();
+        let mut splits = vec![d.eval_split.as_str()];
+        if with_dev && d.train_split != d.eval_split {
+            splits.push(&d.train_split);
+        }
+        let ds = Dataset::load(&d.path, &splits, d.strict)?;
+        let judged: BTreeMap<String, Judgements> = ds.qrels[&d.eval_split].clone();
+        let dev = match with_dev {
+            true => super::shared::dev_slice(p, d, &ds),
+            false => BTreeMap::new(),
+        };
+        Ok(LoadedSplit { ds, judged, dev })
+    }
+}
+
 /// One dataset's evaluation split: its reference, its loaded files and its judgements.
 #[derive(Clone, Copy)]
 struct Split<'a> {
@@ -258,6 +333,47 @@ fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
 }
 
 impl Eval {
+    /// One unit: the student `label` (at `path`) on a dataset's split, its headline
+    /// measures on the dev slice (when there is one) and its evaluation (the base
+    /// student's from the cache when it can).
+    fn unit(
+        &self,
+        env: &mut StageEnv,
+        teacher: &CrossEncoder,
+        (label, path): (&str, &Path),
+        d: &DatasetRef,
+        loaded: &LoadedSplit,
+    ) -> Result<UnitResult> {
+        let p = env.pipeline;
+        let dev = match loaded.dev.is_empty() {
+            true => None,
+            false => {
+                let max_length = (label == "base").then_some(p.student.max_length).flatten();
+                let student = p.load_student(path, env.device, env.kind, max_length)?;
+                let fp = fingerprint::directory(path)?;
+                let (ds, dev) = (&loaded.ds, &loaded.dev);
+                let (m, _) = super::shared::evaluate_slice(env, (&student, &fp), None, d, ds, dev)?;
+                Some(super::shared::headline_measures(&m))
+            }
+        };
+        let split = Split {
+            d,
+            ds: &loaded.ds,
+            judged: &loaded.judged,
+        };
+        let eval = if label == "base" {
+            self.base_cached(env, teacher, path, &split)?
+        } else {
+            self.system(env, teacher, (path, label), &split)?
+        };
+        Ok(UnitResult {
+            queries: loaded.judged.len(),
+            dev_queries: (!loaded.dev.is_empty()).then_some(loaded.dev.len()),
+            dev,
+            eval,
+        })
+    }
+
     /// One student on one dataset: its run (top-k, the query itself left out), the
     /// teacher's rerank of its top `rerank_k`, their measures, and per query the share
     /// of the teacher's top 10 found in the student's own top 10. Writes both TREC runs.

@@ -3,6 +3,8 @@
 //! product, and select candidates as sentence-transformers' `mine_hard_negatives` does:
 //! a rank range, labelled positives excluded, `top` or seeded `random` sampling.
 //! Output: `candidates.parquet` (positives included, so the teacher scores them too).
+//! `--shard I/N` workers split the query chunks and share the corpus encoding
+//! ([`super::corpus_parts`]).
 use super::paths::mine::OUTPUT;
 use super::paths::StageId;
 use super::{Outcome, Stage, StageEnv};
@@ -175,12 +177,17 @@ impl Stage for Mine {
         super::write_plan(&env.partial, total)?;
         let mut summary = serde_json::Map::new();
         let mut done = 0usize;
+        // A `--shard` worker does the chunks it owns, numbered across the datasets.
+        let mut first = 0usize;
         for (di, (d, ds, queries, dev)) in loaded.iter().enumerate() {
             let prefix = format!("ds{di}");
             let shards = queries.len().div_ceil(chunk);
+            let worker = env.shard;
             let missing: Vec<usize> = (0..shards)
+                .filter(|&s| worker.is_none_or(|w| w.owns(first + s)))
                 .filter(|&s| !env.usable_shard(&env.shard_path(&prefix, s), PairTable::read))
                 .collect();
+            first += shards;
             if !missing.is_empty() {
                 let corpus = super::shared::corpus_embeddings(env, &student, &student_fp, d, ds)?;
                 for s in missing {
@@ -196,6 +203,11 @@ impl Stage for Mine {
                 d.name.clone(),
                 json!({"queries": queries.len(), "queries_without_positives": without, "dev_queries": dev}),
             );
+        }
+        // Workers never assemble: others may still be writing. A run without --shard does.
+        if env.shard.is_some() {
+            let done = super::count_shards(&env.partial, "ds");
+            return Ok(Outcome::Partial { done, total });
         }
         // Assemble the shards in order.
         let mut all = PairTable::default();

@@ -3,6 +3,7 @@
 //! runner writes `manifest.json` last. Long stages commit closed, renamed shards into a
 //! partial folder named after their configuration and inputs, so a killed run loses at
 //! most the shard in flight and a changed run never reuses foreign shards.
+pub mod corpus_parts;
 pub mod eval;
 pub mod mine;
 pub mod paths;

@@ -94,27 +94,13 @@ pub fn corpus_embeddings(
                 .ctx(|| format!("loading {}", path.display()));
         }
     }
-    let stage = env.name.to_string();
-    env.emit(Event::WorkStarted {
-        stage: stage.clone(),
-        label: format!("encode {}", d.name),
-        total: ds.corpus.len() as u64,
-    });
-    let emb = {
-        let events = &mut *env.events;
-        student.encode(
-            crate::model::Side::Document,
-            &ds.corpus.texts,
-            p.student.batch_size,
-            &mut |n| {
-                events.emit(Event::WorkProgress {
-                    stage: stage.clone(),
-                    n: n as u64,
-                })
-            },
-        )?
+    // `--shard` workers share the encoding, part by part.
+    let emb = match env.shard {
+        Some(worker) => {
+            super::corpus_parts::encode(env, student, worker, &key, (&d.name, &ds.corpus))?
+        }
+        None => encode_corpus(env, student, d, ds)?,
     };
-    env.emit(Event::WorkFinished { stage });
     let values = Vec::<f32>::try_from(emb.flatten(0, -1)).ctx(|| "reading embeddings".into())?;
     let meta = [
         (
@@ -129,6 +115,37 @@ pub fn corpus_embeddings(
     write_embeddings(&path, &ds.corpus.ids, &values, dim, &meta)?;
     record_cache_entry(&path)?;
     Ok(emb.to_device(env.device))
+}
+
+/// The corpus of `ds` encoded by `student` in this process, with progress events.
+fn encode_corpus(
+    env: &mut StageEnv,
+    student: &BiEncoder,
+    d: &DatasetRef,
+    ds: &Dataset,
+) -> Result<Tensor> {
+    let stage = env.name.to_string();
+    env.emit(Event::WorkStarted {
+        stage: stage.clone(),
+        label: format!("encode {}", d.name),
+        total: ds.corpus.len() as u64,
+    });
+    let emb = {
+        let events = &mut *env.events;
+        student.encode(
+            crate::model::Side::Document,
+            &ds.corpus.texts,
+            env.pipeline.student.batch_size,
+            &mut |n| {
+                events.emit(Event::WorkProgress {
+                    stage: stage.clone(),
+                    n: n as u64,
+                })
+            },
+        )?
+    };
+    env.emit(Event::WorkFinished { stage });
+    Ok(emb)
 }
 
 /// The dev slice of a trained dataset, with its judgements: `p.dev_queries` of the

@@ -194,6 +194,8 @@ pub struct Pipeline {
     pub seed: u64,
     pub device: DeviceSpec,
     pub precision: Precision,
+    /// `run.gpus`: worker processes for `distill run` (1: the run's own process alone).
+    pub gpus: usize,
     pub student: ModelRef,
     /// `student.query_prompt_name` and `student.document_prompt_name`.
     pub student_prompts: PromptNames,

@@ -64,6 +64,10 @@ impl Pipeline {
             .get_ref()
             .parse()
             .map_err(|e: Error| c.err(run.precision.span(), "run.precision", e))?;
+        let gpus = match &run.gpus {
+            Some(n) => c.positive(n, "run.gpus")?,
+            None => 1,
+        };
 
         let s = &file.student;
         let student_path = c.existing(&s.path, "student.path", "student model directory")?;
@@ -392,6 +396,7 @@ impl Pipeline {
             seed: run.seed,
             device,
             precision,
+            gpus,
             student,
             student_prompts: PromptNames {
                 query: file

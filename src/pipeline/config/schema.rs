@@ -222,6 +222,8 @@ pub struct RunSection {
     pub device: Spanned<String>,
     #[serde(default = "default_precision")]
     pub precision: Spanned<String>,
+    /// Worker processes, one per GPU of this host (`distill run --gpus` overrides it).
+    pub gpus: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]
