@@ -189,3 +189,49 @@ fn run_ok_args(path: &Path, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `distill run P --gpus 2` end to end on the CPU: shard workers for mine, score and eval,
+/// two Gloo ranks for the teacher and the student. The dropout-free pipeline ends with
+/// the one-process teacher and student (within 1e-6) and the same measures (1e-5).
+#[test]
+fn a_whole_night_with_two_workers_ends_as_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let student = student_without_dropout(dir.path());
+    let one = dp_pipeline(dir.path(), "one", &student);
+    run_ok(&one, &[]);
+    let two = dp_pipeline(dir.path(), "two", &student);
+    run_ok_args(&two, &["--gpus", "2"]);
+    let (o, t) = (
+        Pipeline::load(&one).unwrap().run_dir,
+        Pipeline::load(&two).unwrap().run_dir,
+    );
+    for model in [
+        "teacher/model/model.safetensors",
+        "train/student/model.safetensors",
+    ] {
+        let d = max_difference(&o.join(model), &t.join(model));
+        assert!(
+            d < 1e-6,
+            "{model}: two workers differ from one process by {d}"
+        );
+    }
+    for rank in 0..2 {
+        let log = t.join(format!("workers/train-rank-{rank}.log"));
+        assert!(log.exists(), "no log of rank {rank} at {}", log.display());
+    }
+    let (a, b): (serde_json::Value, serde_json::Value) = (
+        read_json(&o.join("eval/metrics.json")),
+        read_json(&t.join("eval/metrics.json")),
+    );
+    let ndcg = |m: &serde_json::Value| {
+        m["animals"]["distilled"]["student"]["ndcg@10"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        (ndcg(&a) - ndcg(&b)).abs() < 1e-5,
+        "{} vs {}",
+        ndcg(&a),
+        ndcg(&b)
+    );
+}

@@ -122,8 +122,12 @@ impl Workers {
                 };
                 cmd.env(vars::CUDA_VISIBLE_DEVICES, visible);
             }
-            // N processes share the host's cores (crate::distributed::share_cores).
-            cmd.env(vars::LOCAL_WORLD_SIZE, self.count.to_string());
+            // N processes on GPUs share the host's cores (crate::distributed::share_cores).
+            // Not on the CPU, where libtorch's results depend on its thread count: there
+            // the workers keep the one-process threads, and so its bytes.
+            if cuda {
+                cmd.env(vars::LOCAL_WORLD_SIZE, self.count.to_string());
+            }
             let log = log_path(run_dir, stage, rank);
             match spawn(cmd, &log) {
                 Ok(child) => started.push(Worker { rank, child, log }),
