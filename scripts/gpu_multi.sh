@@ -40,7 +40,8 @@ ranks() {
 
 two_start=$(date +%s.%N)
 if [ "$MODE" = gpus ]; then
-  $D run /tmp/two-gpu.toml --gpus 2 2>&1 | tee "$OUT/two.log"
+  $D run /tmp/two-gpu.toml --gpus 2 2>&1 | grep -v "^\[W" | tee "$OUT/two.log"
+  for f in /tmp/multi/two/two-gpu/workers/*.log; do grep -h "steps:" "$f" | tail -n 1 | sed "s|^|$(basename "$f"): |"; done
 else
   CUDA_VISIBLE_DEVICES=0 $D -q run /tmp/two-gpu.toml --only mine
   ranks teacher
@@ -67,16 +68,24 @@ fi
 python3 - "$two_wall" "$one_wall" <<'PY' | tee "$OUT/summary.txt"
 import json, os, sys
 runs = {"one GPU": "/tmp/multi/one/one-gpu", "two GPUs": "/tmp/multi/two/two-gpu"}
-def manifest(run, stage):
+def seconds(run, stage):
+    """The stage's seconds: its manifest's, or, when workers ran it, from the first to
+    the last of its events in log.jsonl (whole seconds), if longer."""
     p = os.path.join(run, stage, "manifest.json")
-    return json.load(open(p)) if os.path.exists(p) else None
+    if not os.path.exists(p):
+        return float("nan")
+    s = json.load(open(p))["seconds"]
+    stamps = []
+    for line in open(os.path.join(run, "log.jsonl")):
+        e = json.loads(line)
+        if e.get("stage") == stage and "unix" in e:
+            stamps.append(e["unix"])
+    return max(s, max(stamps) - min(stamps)) if stamps else s
 print(f"wall: two GPUs {sys.argv[1]} s, one GPU {sys.argv[2]} s")
 print("| stage | one GPU s | two GPUs s | speed-up |")
 print("|---|---|---|---|")
 for stage in ["mine", "teacher", "score", "train", "baseline", "eval", "report"]:
-    a, b = (manifest(runs[k], stage) for k in runs)
-    sa = a["seconds"] if a else float("nan")
-    sb = b["seconds"] if b else float("nan")
+    sa, sb = (seconds(runs[k], stage) for k in runs)
     print(f"| {stage} | {sa:.1f} | {sb:.1f} | {sa / sb if sb else float('nan'):.2f}x |")
 print("\n| dataset | system | one GPU nDCG@10 | two GPUs nDCG@10 | difference |")
 print("|---|---|---|---|---|")
