@@ -41,7 +41,9 @@ ranks() {
 two_start=$(date +%s.%N)
 if [ "$MODE" = gpus ]; then
   $D run /tmp/two-gpu.toml --gpus 2 2>&1 | grep -v "^\[W" | tee "$OUT/two.log"
-  for f in /tmp/multi/two/two-gpu/workers/*.log; do grep -h "steps:" "$f" | tail -n 1 | sed "s|^|$(basename "$f"): |"; done
+  for f in /tmp/multi/two/two-gpu/workers/*.log; do
+    echo "$(basename "$f"): $(grep -h "steps:" "$f" | tail -n 1 || true)"
+  done
 else
   CUDA_VISIBLE_DEVICES=0 $D -q run /tmp/two-gpu.toml --only mine
   ranks teacher
