@@ -24,8 +24,27 @@ pub const MASTER_PORT: &str = "MASTER_PORT";
 /// How many of the run's processes share this host (its cores are split between them).
 pub const LOCAL_WORLD_SIZE: &str = "LOCAL_WORLD_SIZE";
 
-/// How long a rank waits for the others (rendezvous, every collective).
-const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+/// How long a rank waits for the others (rendezvous, every collective), in seconds:
+/// `DISTILL_DIST_TIMEOUT` or an hour. Rank 0 alone evaluates in training and writes
+/// checkpoints while the others wait at their next collective.
+pub const TIMEOUT_VAR: &str = "DISTILL_DIST_TIMEOUT";
+const DEFAULT_TIMEOUT_S: u64 = 60 * 60;
+
+fn timeout() -> Result<std::time::Duration> {
+    match std::env::var(TIMEOUT_VAR) {
+        Err(_) => Ok(std::time::Duration::from_secs(DEFAULT_TIMEOUT_S)),
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(std::time::Duration::from_secs)
+            .map_err(|_| Error::Setting {
+                key: TIMEOUT_VAR.into(),
+                message: format!(
+                    "environment variable {TIMEOUT_VAR}=`{v}` is not a number of seconds"
+                ),
+            }),
+    }
+}
 
 /// This process's (rank, world size) when the environment makes it one of several; None
 /// for a single process (no `WORLD_SIZE`, or 1).
@@ -92,9 +111,13 @@ pub fn local_device(device: Device) -> Result<Device> {
     };
     let count = tch::Cuda::device_count() as usize;
     if local >= count {
+        let which = match std::env::var(LOCAL_RANK) {
+            Ok(_) => format!("{LOCAL_RANK}={local}"),
+            Err(_) => format!("{LOCAL_RANK} is unset, so {RANK}={rank} was taken for it,"),
+        };
         return Err(Error::Setting {
             key: LOCAL_RANK.into(),
-            message: format!("{LOCAL_RANK}={local} but this process sees {count} GPU(s) (is CUDA_VISIBLE_DEVICES narrowing them?)"),
+            message: format!("{which} but this process sees {count} GPU(s) (is CUDA_VISIBLE_DEVICES narrowing them?)"),
         });
     }
     Ok(Device::Cuda(local))
@@ -130,7 +153,7 @@ impl World {
             Device::Cuda(n) => Backend::Nccl(n),
             _ => Backend::Gloo,
         };
-        let group = ProcessGroup::join(backend, host, port, rank, size, TIMEOUT)?;
+        let group = ProcessGroup::join(backend, host, port, rank, size, timeout()?)?;
         Ok(World { group, device })
     }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 /// The layer of a module path (`["pipeline", "runner"]`, `["train"]`, ...).
 fn layer(path: &[&str]) -> Option<u8> {
     Some(match path {
-        ["error" | "rng" | "device" | "progress" | "render" | "ffi", ..] => 0,
+        ["error" | "rng" | "device" | "progress" | "render" | "ffi" | "distributed", ..] => 0,
         ["data", ..] => 1,
         ["model" | "retrieval", ..] => 2,
         ["ranking" | "training", ..] => 3,

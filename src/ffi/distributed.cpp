@@ -8,7 +8,9 @@
 // ProcessGroupNCCL.hpp needs nvcc's `crt/` headers. So both are declared below with only
 // what is called: their exported constructors (and the options' constructor or factory).
 // Each object is used only through c10d::Backend's virtual functions; its storage is
-// over-sized (`reserved_`), and its constructor, vtable and destructor are libtorch's.
+// over-sized (`reserved_`, with the default alignment, so that libtorch's deleting
+// destructor frees it as it was allocated), and its constructor, vtable and destructor
+// are libtorch's.
 // NCCL is in libtorch_cuda, linked when present (DISTILL_NCCL).
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
@@ -19,6 +21,7 @@
 #include <chrono>
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -39,7 +42,7 @@ class TORCH_API ProcessGroupGloo : public Backend {
   ~ProcessGroupGloo() override;
 
  private:
-  alignas(64) char reserved_[kReserved];
+  char reserved_[kReserved];
 };
 
 #ifdef DISTILL_NCCL
@@ -50,14 +53,14 @@ class TORCH_API ProcessGroupNCCL : public Backend {
     ~Options() override;
 
    private:
-    alignas(64) char reserved_[kReserved];
+    char reserved_[kReserved];
   };
   ProcessGroupNCCL(c10::intrusive_ptr<Store> store, int rank, int size,
                    c10::intrusive_ptr<Options> options);
   ~ProcessGroupNCCL() override;
 
  private:
-  alignas(64) char reserved_[kReserved];
+  char reserved_[kReserved];
 };
 #endif
 }  // namespace c10d
@@ -92,7 +95,7 @@ extern "C" void* distill_pg_new(int nccl, const char* host, int port, int rank, 
     opts.numWorkers = static_cast<std::size_t>(size);
     opts.waitWorkers = true;
     opts.timeout = timeout;
-    auto* group = new Group();
+    auto group = std::make_unique<Group>();
     group->store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
     if (nccl) {
 #ifdef DISTILL_NCCL
@@ -101,7 +104,6 @@ extern "C" void* distill_pg_new(int nccl, const char* host, int port, int rank, 
       group->backend =
           c10::make_intrusive<c10d::ProcessGroupNCCL>(group->store, rank, size, options);
 #else
-      delete group;
       throw std::runtime_error("this binary was built without libtorch_cuda (no NCCL)");
 #endif
     } else {
@@ -109,7 +111,7 @@ extern "C" void* distill_pg_new(int nccl, const char* host, int port, int rank, 
       group->backend =
           c10::make_intrusive<c10d::ProcessGroupGloo>(group->store, rank, size, options);
     }
-    return group;
+    return group.release();
   } catch (const std::exception& e) {
     distill::report(e, err, err_len);
     return nullptr;
@@ -127,15 +129,19 @@ extern "C" void distill_pg_free(void* group) {
   delete g;
 }
 
-// Sum `n` tensors over the group, in place: flattened into one buffer per dtype run
-// (one collective), then copied back.
+// Sum `n` tensors of one dtype over the group, in place: flattened into one buffer (one
+// collective), then copied back.
 extern "C" int distill_pg_allreduce_sum(void* group, at::Tensor** ts, size_t n, char* err,
                                         size_t err_len) {
   try {
     auto& backend = static_cast<Group*>(group)->backend;
     std::vector<at::Tensor> parts;
     parts.reserve(n);
-    for (size_t i = 0; i < n; ++i) parts.push_back(ts[i]->reshape({-1}));
+    for (size_t i = 0; i < n; ++i) {
+      TORCH_CHECK(ts[i]->scalar_type() == ts[0]->scalar_type(),
+                  "allreduce_sum: tensors of different dtypes");
+      parts.push_back(ts[i]->reshape({-1}));
+    }
     std::vector<at::Tensor> flat{at::cat(parts)};
     wait(backend->allreduce(flat, c10d::AllreduceOptions{}));
     int64_t at = 0;

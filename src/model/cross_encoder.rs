@@ -286,7 +286,18 @@ impl CrossEncoder {
         Q: AsRef<str> + Sync,
         P: AsRef<str> + Sync,
     {
-        let logits = self.logits(pairs, batch_size, progress)?;
+        let encoded = self.tokenizer.encode_pairs(pairs)?;
+        self.score_tokenized(&encoded, batch_size, progress)
+    }
+
+    /// As [`CrossEncoder::score`], for pairs already tokenized.
+    pub fn score_tokenized(
+        &self,
+        encoded: &[Encoded],
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<f32>> {
+        let logits = self.logits_tokenized(encoded, batch_size, progress)?;
         let t = self.activation.apply(&Tensor::from_slice(&logits));
         Vec::<f32>::try_from(&t).map_err(|e| Error::torch("applying activation", e))
     }

@@ -316,17 +316,30 @@ impl TextTokenizer {
             .get_post_processor()
             .map_or(0, |p| p.added_tokens(true));
         let budget = self.max_length.saturating_sub(added);
-        pairs
+        // Each distinct text is tokenized once (a query recurs over its candidates, a
+        // document over the queries that retrieved it), then every pair is cut from
+        // copies of its two sides: the same tokens as tokenizing each pair.
+        let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut distinct: Vec<&str> = Vec::new();
+        let mut sides: Vec<(usize, usize)> = Vec::with_capacity(pairs.len());
+        for (q, p) in pairs {
+            let mut ids = [0usize; 2];
+            for (slot, t) in ids.iter_mut().zip([q.as_ref(), p.as_ref()]) {
+                *slot = *index.entry(t).or_insert_with(|| {
+                    distinct.push(t);
+                    distinct.len() - 1
+                });
+            }
+            sides.push((ids[0], ids[1]));
+        }
+        let singles = distinct
             .par_iter()
-            .map(|(q, p)| {
-                let mut q = self
-                    .raw
-                    .encode_fast(q.as_ref(), false)
-                    .map_err(|e| self.err(e))?;
-                let mut p = self
-                    .raw
-                    .encode_fast(p.as_ref(), false)
-                    .map_err(|e| self.err(e))?;
+            .map(|t| self.raw.encode_fast(*t, false).map_err(|e| self.err(e)))
+            .collect::<Result<Vec<_>>>()?;
+        sides
+            .par_iter()
+            .map(|&(q, p)| {
+                let (mut q, mut p) = (singles[q].clone(), singles[p].clone());
                 let (nq, np) = pair_lengths(q.len(), p.len(), budget);
                 q.truncate(nq, 0, TruncationDirection::Right);
                 p.truncate(np, 0, TruncationDirection::Right);

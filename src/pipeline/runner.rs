@@ -243,10 +243,26 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
             message: "--gpus starts its own --shard workers: give one or the other".into(),
         });
     }
-    // A worker (a `--shard` one, or a rank of a training) shares the stage's partial
-    // folder with its siblings: it never clears it.
+    // A data-parallel rank (torchrun's environment) runs one training stage.
     let rank = crate::distributed::rank_from_env()?;
-    let worker = opts.shard.is_some() || rank.is_some();
+    let trains = |i: usize| super::workers::mode(p, stages[i].name()) == Mode::Ranks;
+    if let Some((r, n)) = rank.filter(|_| !only.is_some_and(trains)) {
+        return Err(Error::Setting {
+            key: "only".into(),
+            message: format!(
+                "RANK={r} and WORLD_SIZE={n} make this process a data-parallel rank, which \
+                 runs one training stage: give --only with a stage that trains (teacher \
+                 trained from teacher.base, train, baseline)"
+            ),
+        });
+    }
+    // Under a `--gpus` parent, which holds `run.lock` and has cleared the stage's folder,
+    // every rank is a worker; started by another launcher, rank 0 takes `run.lock` and
+    // clears as a single process does. Workers (`--shard` ones too) share the stage's
+    // partial folder with their siblings: they never clear it.
+    let parented = std::env::var_os(super::workers::vars::GPUS_PARENT).is_some();
+    let follower = rank.is_some_and(|(r, _)| r > 0);
+    let worker = opts.shard.is_some() || follower || (rank.is_some() && parented);
     let selected = |i: usize| match (only, first) {
         (Some(o), _) => i == o,
         (None, Some(f)) => i >= f,
@@ -263,11 +279,10 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
     // A `--gpus` parent holds `run.lock`; its children take their own.
     let lock_name = match (opts.shard, rank) {
         (Some(s), _) => format!("run.shard-{}-of-{}.lock", s.index, s.count),
-        (None, Some((rank, world))) => format!("run.rank-{rank}-of-{world}.lock"),
-        (None, None) => "run.lock".to_string(),
+        (None, Some((rank, world))) if worker => format!("run.rank-{rank}-of-{world}.lock"),
+        _ => "run.lock".to_string(),
     };
     // Ranks other than 0 leave the stage folders to rank 0 and log to their own output.
-    let follower = rank.is_some_and(|(r, _)| r > 0);
     let lock = RunLock::acquire(&p.run_dir, &lock_name)?;
     let verbosity = opts.verbosity.unwrap_or(Verbosity::Normal);
     let log = p.run_dir.join("log.jsonl");

@@ -18,6 +18,8 @@ pub mod vars {
     pub use crate::distributed::{
         LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE,
     };
+    /// Set for every child of a `--gpus` parent (which holds `run.lock`).
+    pub const GPUS_PARENT: &str = "DISTILL_GPUS_PARENT";
     /// NVLink multicast (NVLS) off: set to 0 for every worker.
     pub const NCCL_NVLS_ENABLE: &str = "NCCL_NVLS_ENABLE";
     /// The devices a worker sees: its own for a `--shard` worker, all N for a rank
@@ -98,6 +100,7 @@ impl Workers {
         for rank in 0..self.count {
             let mut cmd = Command::new(&self.program);
             cmd.args(&self.args).args(["--only", stage]);
+            cmd.env(vars::GPUS_PARENT, "1");
             if forced {
                 cmd.arg("--force");
             }

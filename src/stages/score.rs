@@ -9,6 +9,7 @@ use super::{Outcome, Stage, StageEnv};
 use crate::data::beir::Dataset;
 use crate::data::pairs::{PairTable, ScoreShard};
 use crate::error::{Error, Result};
+use crate::model::tokenizer::Encoded;
 use crate::model::CrossEncoder;
 use crate::pipeline::config::ScoreConfig;
 use crate::pipeline::events::Event;
@@ -132,8 +133,8 @@ impl Stage for Score {
             .iter()
             .map(|dir| CrossEncoder::load(dir, p.teacher.max_length, env.device, env.kind))
             .collect::<Result<Vec<_>>>()?;
+            let folds = teachers.len();
             let fold = |i: usize| {
-                let folds = teachers.len();
                 crate::data::dev::fold_of(
                     p.seed,
                     &candidates.dataset[i],
@@ -152,33 +153,60 @@ impl Stage for Score {
                 label: "score".into(),
                 total: pairs_todo as u64,
             });
-            for s in mine {
+            // Each shard's pairs are tokenized on a thread of their own while the GPU
+            // scores the shard before (a queue of one shard: two shards' tokens at most).
+            let tokenizers: Vec<&crate::model::tokenizer::TextTokenizer> =
+                teachers.iter().map(|t| &t.tokenizer).collect();
+            let (datasets, candidates) = (&datasets, &candidates);
+            let prepare = |s: usize| -> Result<Vec<(Vec<usize>, Vec<Encoded>)>> {
                 let rows = s * size..((s + 1) * size).min(candidates.len());
-                let mut scores = vec![0f32; rows.len()];
-                for (k, teacher) in teachers.iter().enumerate() {
+                let mut parts = Vec::with_capacity(tokenizers.len());
+                for (k, tokenizer) in tokenizers.iter().enumerate() {
                     let in_fold: Vec<usize> = rows.clone().filter(|&i| fold(i) == k).collect();
                     let pairs = in_fold
                         .iter()
-                        .map(|&i| pair_texts(&datasets, &candidates, i))
+                        .map(|&i| pair_texts(datasets, candidates, i))
                         .collect::<Result<Vec<_>>>()?;
-                    let events = &mut *env.events;
-                    let got = teacher.score(&pairs, p.teacher.batch_size, &mut |n| {
-                        events.emit(Event::WorkProgress {
-                            stage: stage.clone(),
-                            n: n as u64,
-                        })
-                    })?;
-                    for (&i, s) in in_fold.iter().zip(got) {
-                        scores[i - rows.start] = s;
+                    parts.push((in_fold, tokenizer.encode_pairs(&pairs)?));
+                }
+                Ok(parts)
+            };
+            std::thread::scope(|scope| -> Result<()> {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                let todo = mine.clone();
+                scope.spawn(move || {
+                    for s in todo {
+                        // The receiver is gone when scoring failed: stop.
+                        if tx.send((s, prepare(s))).is_err() {
+                            break;
+                        }
                     }
+                });
+                for (s, parts) in rx {
+                    let start = s * size;
+                    let mut scores = vec![0f32; (candidates.len() - start).min(size)];
+                    for ((in_fold, encoded), teacher) in parts?.into_iter().zip(&teachers) {
+                        let events = &mut *env.events;
+                        let got =
+                            teacher.score_tokenized(&encoded, p.teacher.batch_size, &mut |n| {
+                                events.emit(Event::WorkProgress {
+                                    stage: stage.clone(),
+                                    n: n as u64,
+                                })
+                            })?;
+                        for (&i, s) in in_fold.iter().zip(got) {
+                            scores[i - start] = s;
+                        }
+                    }
+                    ScoreShard {
+                        start: start as u64,
+                        scores,
+                    }
+                    .write(&env.shard_path("scores", s))?;
+                    env.committed(s, total);
                 }
-                ScoreShard {
-                    start: rows.start as u64,
-                    scores,
-                }
-                .write(&env.shard_path("scores", s))?;
-                env.committed(s, total);
-            }
+                Ok(())
+            })?;
             env.emit(Event::WorkFinished { stage });
         }
         let done = super::count_shards(&env.partial, "scores");

@@ -114,10 +114,6 @@ impl Stage for Teacher {
 
     fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
         let p = env.pipeline;
-        let rank = crate::distributed::rank_from_env()?.map_or(0, |(r, _)| r);
-        if !p.teacher_from_base && rank > 0 {
-            return Ok(Outcome::Follower { rank });
-        }
         if !p.teacher_from_base {
             let dev = dev_eval(env, &p.teacher.path)?;
             return Ok(Outcome::Complete {
@@ -134,6 +130,7 @@ impl Stage for Teacher {
         // teacher trained before, from the run root's cache.
         let cache = shared::StageCache::new(env);
         let world = super::world(env)?;
+        let rank = world.as_ref().map_or(0, crate::distributed::World::rank);
         let cached = match rank {
             0 => cache.restore(env)?,
             _ => None,
@@ -174,12 +171,6 @@ impl Stage for Teacher {
         let stage = env.name;
         let w = world.as_ref();
         let curve = train_one(env, &cfg, &set, stage, &checkpoints, MODEL_DIR, w)?;
-        // Checked before the checkpoints leave the partial folder: a kill during the check
-        // resumes from the last checkpoint, not from step 0.
-        let dev = match rank {
-            0 => dev_eval(env, &env.dir.join(MODEL_DIR))?,
-            _ => serde_json::Value::Null,
-        };
         let mut folds = Vec::new();
         for (k, fold_set) in fold_sets.iter().enumerate() {
             let name = format!("{stage} fold {k}");
@@ -196,6 +187,10 @@ impl Stage for Teacher {
         if rank > 0 {
             return Ok(Outcome::Follower { rank });
         }
+        // Checked before the checkpoints leave the partial folder: a kill during the check
+        // resumes from the last checkpoint, not from step 0. After the fold teachers, so
+        // that data-parallel ranks do not wait for rank 0's check between two trainings.
+        let dev = dev_eval(env, &env.dir.join(MODEL_DIR))?;
         let mut outcome = super::finish_training(
             env,
             &curve,

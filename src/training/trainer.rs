@@ -377,7 +377,15 @@ pub fn train(
     let mut pending: Option<PendingStep> = None;
     while opt.step < total_steps {
         let step = opt.step;
-        tch::manual_seed(step_seed(s.seed, step));
+        // Dropout's generator: the one-process seed on rank 0, a seed of its own on each
+        // other rank, so that the ranks' slices draw independent masks.
+        tch::manual_seed(match world.map_or(0, World::rank) {
+            0 => step_seed(s.seed, step),
+            rank => step_seed(
+                s.seed ^ crate::rng::SplitMix64::for_key(rank as u64, "rank").next_u64(),
+                step,
+            ),
+        });
         let micro: Vec<u64> = (step * accum..((step + 1) * accum).min(total_micro)).collect();
         let mut epoch = 0;
         let mut batches: Vec<Vec<Example>> = Vec::with_capacity(micro.len());
