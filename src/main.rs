@@ -154,12 +154,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 runtime: a.runtime,
                 max_seq_length: a.max_seq_length,
                 prompt_name: a.prompt_name,
+                profile: a.profile,
                 verbosity,
             };
             let summary = noticed(encode::run(&settings), "encode failed")?;
             if verbosity > Verbosity::Quiet {
+                let rss = summary
+                    .peak_rss_bytes
+                    .map(|b| format!(", peak RSS {:.3} GB", b as f64 / 1e9))
+                    .unwrap_or_default();
                 eprintln!(
-                    "encoded {} texts ({} tokens, dim {}) in {:.2} s: {:.1} texts/s -> {}",
+                    "encoded {} texts ({} tokens, dim {}) in {:.2} s: {:.1} texts/s{rss} -> {}",
                     summary.texts,
                     summary.tokens,
                     summary.dim,

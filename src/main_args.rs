@@ -183,6 +183,10 @@ pub(crate) struct EncodeArgs {
     /// model's default prompt, if it names one.
     #[arg(long)]
     pub(crate) prompt_name: Option<String>,
+    /// Write a Kineto (Chrome) trace of the encoding to this file (`scripts/profile_summary.py`
+    /// reads it); for a small input, as the trace records every kernel.
+    #[arg(long)]
+    pub(crate) profile: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) runtime: Runtime,
 }

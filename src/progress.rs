@@ -89,3 +89,12 @@ impl Progress {
         }
     }
 }
+
+/// This process's peak resident set size in bytes (`VmHWM` of `/proc/self/status`), where
+/// the system reports it (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -7,8 +7,9 @@ use distill::pipeline::Pipeline;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Small corpus parts, so that the two workers share the corpus encoding.
-const PARTS: (&str, &str) = ("DISTILL_CORPUS_PART_ROWS", "16");
+/// Small encoding chunks, so that the two workers share the corpus encoding (a part is a
+/// chunk; the single process runs with the same chunks, so the same batches).
+const PARTS: (&str, &str) = ("DISTILL_ENCODE_CHUNK_ROWS", "16");
 
 fn run_ok(args: &[&str], envs: &[(&str, &str)]) {
     let out = distill(args, envs);
@@ -97,7 +98,7 @@ fn running_with(needle: &str) -> Vec<String> {
 fn two_workers_give_the_single_process_outputs_byte_for_byte() {
     let f = Fixture::new();
     let single = f.write("single", "", "");
-    run_ok(&["-q", "run", single.to_str().unwrap()], &[]);
+    run_ok(&["-q", "run", single.to_str().unwrap()], &[PARTS]);
     // Two workers from the pipeline file (`run.gpus`).
     let split = f.write("split", "", "");
     let text = std::fs::read_to_string(&split).unwrap();
@@ -157,7 +158,7 @@ fn a_failed_worker_fails_the_run_naming_its_rank_and_a_rerun_resumes() {
     let single = f.write("one", "", "");
     run_ok(
         &["-q", "run", single.to_str().unwrap(), "--only", "mine"],
-        &[],
+        &[PARTS],
     );
     let split = f.write("workers", "", "");
     let p = split.to_str().unwrap();

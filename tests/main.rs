@@ -15,6 +15,7 @@ mod gpus;
 mod health;
 mod inputs;
 mod layers;
+mod memory;
 mod parity;
 mod pipeline;
 mod report;

@@ -166,14 +166,12 @@ fn evaluate(
         ds.corpus.len() as u64,
         s.verbosity,
     );
-    let corpus = student
-        .encode(
-            crate::model::Side::Document,
-            &ds.corpus.texts,
-            s.runtime.batch_size,
-            &mut |n| progress.inc(n as u64),
-        )?
-        .to_device(student.device());
+    let corpus = student.encode_to_device(
+        crate::model::Side::Document,
+        &ds.corpus.texts,
+        s.runtime.batch_size,
+        &mut |n| progress.inc(n as u64),
+    )?;
     progress.finish();
     let mut runs = evaluation::retrieve(student, &corpus, ds, judged, depth)?;
     if let Some(r) = reranker {

@@ -12,24 +12,72 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
+/// A file being written under its temporary name ([`temp_path`]): [`AtomicFile::commit`]
+/// syncs it and renames it into place; dropped uncommitted, it is removed, so `path` is
+/// either untouched or whole. For writers that write over a long loop; a single closure
+/// is simpler with [`write_atomic`].
+pub struct AtomicFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<File>,
+}
+
+impl AtomicFile {
+    /// Create the temporary file (and `path`'s folder).
+    pub fn create(path: &Path) -> Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        let tmp = temp_path(path);
+        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(AtomicFile {
+            path: path.to_path_buf(),
+            tmp,
+            file: Some(file),
+        })
+    }
+
+    /// The path the file will have once committed.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A handle to write through (the same open file).
+    pub fn handle(&self) -> Result<File> {
+        let file = self
+            .file
+            .as_ref()
+            .ok_or_else(|| Error::io(&self.tmp, std::io::Error::other("already committed")))?;
+        file.try_clone().map_err(|e| Error::io(&self.tmp, e))
+    }
+
+    /// Sync the data and rename the file into place.
+    pub fn commit(mut self) -> Result<()> {
+        // On an error the file is still open, so dropping `self` removes it.
+        if let Some(file) = &self.file {
+            file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
+        }
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        self.file = None;
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 /// Create `path` by running `write` on a temporary file and renaming it into place once
 /// `write` succeeded and the data is synced. On failure the temporary file is removed
 /// and `path` is untouched.
 pub fn write_atomic(path: &Path, write: impl FnOnce(File) -> Result<()>) -> Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    }
-    let tmp = temp_path(path);
-    let result = (|| {
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        write(file.try_clone().map_err(|e| Error::io(&tmp, e))?)?;
-        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let file = AtomicFile::create(path)?;
+    write(file.handle()?)?;
+    file.commit()
 }
 
 /// Write `bytes` to `path` atomically.

@@ -1,4 +1,5 @@
 //! Parquet file of embeddings: `id` (Utf8) and `embedding` (FixedSizeList<Float32, dim>).
+use crate::data::atomic::AtomicFile;
 use crate::error::{Error, Result};
 use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -18,75 +19,146 @@ pub fn embeddings_schema(dim: i32) -> Schema {
     ])
 }
 
-/// Write `ids` and row-major `values` (`ids.len() x dim`) to `path` atomically: the file
-/// is written under a temporary name beside it and renamed when closed, so a reader
-/// never sees a half-written file. `metadata` goes into the Parquet key-value metadata.
-pub fn write_embeddings(
-    path: &Path,
-    ids: &[String],
-    values: &[f32],
+/// An embeddings file written in pieces, in row order, under a temporary name: nothing
+/// is at `path` until [`EmbeddingsWriter::finish`], and a writer dropped unfinished leaves
+/// nothing. Row groups are [`ROWS_PER_GROUP`] rows, so memory does not grow with the file.
+pub struct EmbeddingsWriter {
+    file: AtomicFile,
+    writer: ArrowWriter<std::fs::File>,
+    schema: Arc<Schema>,
     dim: usize,
-    metadata: &[(&str, String)],
-) -> Result<()> {
-    if values.len() != ids.len() * dim {
-        return Err(Error::config(
-            path,
-            format!("{} values for {} ids of dim {dim}", values.len(), ids.len()),
-        ));
+    rows: usize,
+}
+
+impl EmbeddingsWriter {
+    /// Start the file; `metadata` goes into the Parquet key-value metadata.
+    pub fn create(path: &Path, dim: usize, metadata: &[(&str, String)]) -> Result<Self> {
+        let schema = Arc::new(embeddings_schema(dim as i32));
+        let kv = metadata
+            .iter()
+            .map(|(k, v)| parquet::file::metadata::KeyValue::new(k.to_string(), v.clone()))
+            .collect();
+        let props = WriterProperties::builder()
+            .set_key_value_metadata(Some(kv))
+            .set_max_row_group_row_count(Some(ROWS_PER_GROUP))
+            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+            .build();
+        let file = AtomicFile::create(path)?;
+        let writer = ArrowWriter::try_new(file.handle()?, schema.clone(), Some(props)).map_err(
+            |source| Error::Parquet {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
+        Ok(EmbeddingsWriter {
+            file,
+            writer,
+            schema,
+            dim,
+            rows: 0,
+        })
     }
-    let schema = Arc::new(embeddings_schema(dim as i32));
-    let kv = metadata
-        .iter()
-        .map(|(k, v)| parquet::file::metadata::KeyValue::new(k.to_string(), v.clone()))
-        .collect();
-    let props = WriterProperties::builder()
-        .set_key_value_metadata(Some(kv))
-        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-        .build();
-    crate::data::atomic::write_atomic(path, |file| {
-        let perr = |source| Error::Parquet {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(perr)?;
+
+    /// Rows written so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Append `ids` and their row-major `values` (`ids.len() x dim`).
+    pub fn write<S: AsRef<str>>(&mut self, ids: &[S], values: &[f32]) -> Result<()> {
+        let path = self.file.path().to_path_buf();
+        let dim = self.dim;
+        if values.len() != ids.len() * dim {
+            return Err(Error::config(
+                &path,
+                format!("{} values for {} ids of dim {dim}", values.len(), ids.len()),
+            ));
+        }
         for start in (0..ids.len()).step_by(ROWS_PER_GROUP) {
             let end = (start + ROWS_PER_GROUP).min(ids.len());
             let batch = embeddings_batch(
-                &schema,
+                &self.schema,
                 &ids[start..end],
                 &values[start * dim..end * dim],
                 dim,
             )
             .map_err(|source| Error::Arrow {
-                path: path.to_path_buf(),
+                path: path.clone(),
                 source,
             })?;
-            writer.write(&batch).map_err(perr)?;
+            self.writer.write(&batch).map_err(|source| Error::Parquet {
+                path: path.clone(),
+                source,
+            })?;
         }
-        writer.close().map_err(perr)?;
+        self.rows += ids.len();
         Ok(())
-    })
+    }
+
+    /// Close the file and rename it into place.
+    pub fn finish(self) -> Result<()> {
+        let path = self.file.path().to_path_buf();
+        self.writer
+            .close()
+            .map_err(|source| Error::Parquet { path, source })?;
+        self.file.commit()
+    }
 }
 
-fn embeddings_batch(
+/// Write `ids` and row-major `values` (`ids.len() x dim`) to `path` atomically: the file
+/// is written under a temporary name beside it and renamed when closed, so a reader
+/// never sees a half-written file. `metadata` goes into the Parquet key-value metadata.
+pub fn write_embeddings<S: AsRef<str>>(
+    path: &Path,
+    ids: &[S],
+    values: &[f32],
+    dim: usize,
+    metadata: &[(&str, String)],
+) -> Result<()> {
+    let mut w = EmbeddingsWriter::create(path, dim, metadata)?;
+    w.write(ids, values)?;
+    w.finish()
+}
+
+fn embeddings_batch<S: AsRef<str>>(
     schema: &Arc<Schema>,
-    ids: &[String],
+    ids: &[S],
     values: &[f32],
     dim: usize,
 ) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
     let item = Arc::new(Field::new("item", DataType::Float32, false));
     let flat = Arc::new(Float32Array::from(values.to_vec()));
     let list = FixedSizeListArray::try_new(item, dim as i32, flat, None)?;
-    let columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(ids)), Arc::new(list)];
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            ids.iter().map(|s| s.as_ref()),
+        )),
+        Arc::new(list),
+    ];
     RecordBatch::try_new(schema.clone(), columns)
 }
 
 /// Read back an embeddings file: ids and row-major values.
 pub fn read_embeddings(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize)> {
+    let (mut ids, mut values, mut dim) = (Vec::new(), Vec::new(), 0usize);
+    for_each_embeddings(path, |batch_ids, batch_values, d| {
+        dim = d;
+        ids.extend(batch_ids.iter().map(|s| s.unwrap_or_default().to_string()));
+        values.extend_from_slice(batch_values);
+        Ok(())
+    })?;
+    Ok((ids, values, dim))
+}
+
+/// Hand an embeddings file to `f` one record batch at a time: its ids, its row-major
+/// values and the dimension, so a reader need not hold the whole file.
+pub fn for_each_embeddings(
+    path: &Path,
+    mut f: impl FnMut(&StringArray, &[f32], usize) -> Result<()>,
+) -> Result<()> {
     use arrow::array::Array;
     let bad = |m: &str| Error::config(path, m.to_string());
-    let (mut ids, mut values, mut dim) = (Vec::new(), Vec::new(), 0usize);
-    for batch in crate::data::pairs::read_batches(path)? {
+    crate::data::pairs::for_each_batch(path, |batch| {
         let id = batch
             .column_by_name("id")
             .and_then(|c| c.as_any().downcast_ref::<StringArray>())
@@ -95,15 +167,13 @@ pub fn read_embeddings(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize)> {
             .column_by_name("embedding")
             .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
             .ok_or_else(|| bad("column `embedding` (FixedSizeList<Float32>) is missing"))?;
-        dim = emb.value_length() as usize;
+        let dim = emb.value_length() as usize;
         let flat = emb
             .values()
             .as_any()
             .downcast_ref::<Float32Array>()
             .ok_or_else(|| bad("`embedding` items are not Float32"))?;
-        ids.extend(id.iter().map(|s| s.unwrap_or_default().to_string()));
         let offset = emb.offset() * dim;
-        values.extend_from_slice(&flat.values()[offset..offset + emb.len() * dim]);
-    }
-    Ok((ids, values, dim))
+        f(id, &flat.values()[offset..offset + emb.len() * dim], dim)
+    })
 }

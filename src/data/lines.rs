@@ -25,7 +25,7 @@ pub fn format_extension(path: &Path) -> Option<&str> {
 /// The lines of a file, in order, numbered from 1.
 pub struct Lines {
     path: PathBuf,
-    reader: Box<dyn BufRead>,
+    reader: Box<dyn BufRead + Send>,
     gzip: bool,
     line: usize,
 }
@@ -35,7 +35,7 @@ impl Lines {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let gzip = is_gzip(path);
         // MultiGzDecoder reads every member of a file that holds several (pigz, bgzip).
-        let reader: Box<dyn BufRead> = if gzip {
+        let reader: Box<dyn BufRead + Send> = if gzip {
             Box::new(BufReader::new(MultiGzDecoder::new(BufReader::new(file))))
         } else {
             Box::new(BufReader::new(file))

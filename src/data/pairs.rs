@@ -209,6 +209,16 @@ pub fn write_batch(path: &Path, schema: Arc<Schema>, batch: &RecordBatch) -> Res
 }
 
 pub fn read_batches(path: &Path) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for_each_batch(path, |b| {
+        out.push(b);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Hand the record batches of `path` to `f` one at a time, so only one is in memory.
+pub fn for_each_batch(path: &Path, mut f: impl FnMut(RecordBatch) -> Result<()>) -> Result<()> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let perr = |source| Error::Parquet {
         path: path.to_path_buf(),
@@ -218,14 +228,13 @@ pub fn read_batches(path: &Path) -> Result<Vec<RecordBatch>> {
         .map_err(perr)?
         .build()
         .map_err(perr)?;
-    reader
-        .map(|b| {
-            b.map_err(|source| Error::Arrow {
-                path: path.to_path_buf(),
-                source,
-            })
-        })
-        .collect()
+    for b in reader {
+        f(b.map_err(|source| Error::Arrow {
+            path: path.to_path_buf(),
+            source,
+        })?)?;
+    }
+    Ok(())
 }
 
 struct Columns<'a> {

@@ -80,67 +80,110 @@ pub fn read_texts(path: &Path, format: TextFormat) -> Result<Vec<TextRecord>> {
     read_texts_with(path, format, policy).map(|(records, _)| records)
 }
 
-/// Read every text of `path` under `policy`. Errors name the file and line: malformed
-/// JSON, a missing `_id`/`text`, a line that is not `id<TAB>text` in a TSV file, invalid
-/// UTF-8, corrupt gzip data always; duplicate ids and empty texts when strict. Blank
-/// lines are skipped, except in plain text (where they are texts, with their ids).
+/// Read every text of `path` under `policy` ([`TextReader`]).
 pub fn read_texts_with(
     path: &Path,
     format: TextFormat,
     policy: ReadPolicy,
 ) -> Result<(Vec<TextRecord>, Skipped)> {
-    let (format, detected_on) = resolve_format(path, format)?;
-    let mut lines = Lines::open(path)?;
+    let mut reader = TextReader::open(path, format, policy)?;
     let mut records = Vec::new();
-    let mut skipped = Skipped::default();
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    while let Some((line, raw)) = lines.next_line()? {
-        let record = match format {
-            TextFormat::Jsonl | TextFormat::Tsv if raw.trim().is_empty() => continue,
-            TextFormat::Jsonl => parse_beir_line(&raw).map_err(|m| lines.error(m))?,
-            TextFormat::Tsv => match split_tsv(&raw) {
-                Ok((id, text)) => TextRecord {
-                    id: id.to_string(),
-                    text: text.to_string(),
+    while let Some(record) = reader.next_record()? {
+        records.push(record);
+    }
+    Ok((records, reader.skipped))
+}
+
+/// Check every line of `path` under `policy` as [`TextReader`] reads it, keeping nothing
+/// but the ids seen: the number of records kept, or the first error.
+pub fn count_texts(path: &Path, format: TextFormat, policy: ReadPolicy) -> Result<usize> {
+    let mut reader = TextReader::open(path, format, policy)?;
+    let mut n = 0;
+    while reader.next_record()?.is_some() {
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The texts of a file, one record at a time, under a [`ReadPolicy`]. Errors name the
+/// file and line: malformed JSON, a missing `_id`/`text`, a line that is not
+/// `id<TAB>text` in a TSV file, invalid UTF-8, corrupt gzip data always; duplicate ids
+/// and empty texts when strict. Blank lines are skipped, except in plain text (where they
+/// are texts, with their ids). Only the ids seen so far are kept, for the duplicate check.
+pub struct TextReader {
+    lines: Lines,
+    format: TextFormat,
+    detected_on: Option<usize>,
+    policy: ReadPolicy,
+    seen: HashMap<String, usize>,
+    /// What the policy skipped so far.
+    pub skipped: Skipped,
+}
+
+impl TextReader {
+    pub fn open(path: &Path, format: TextFormat, policy: ReadPolicy) -> Result<Self> {
+        let (format, detected_on) = resolve_format(path, format)?;
+        Ok(TextReader {
+            lines: Lines::open(path)?,
+            format,
+            detected_on,
+            policy,
+            seen: HashMap::new(),
+            skipped: Skipped::default(),
+        })
+    }
+
+    /// The next record the policy keeps, or `None` at the end of the file.
+    pub fn next_record(&mut self) -> Result<Option<TextRecord>> {
+        let lines = &mut self.lines;
+        while let Some((line, raw)) = lines.next_line()? {
+            let record = match self.format {
+                TextFormat::Jsonl | TextFormat::Tsv if raw.trim().is_empty() => continue,
+                TextFormat::Jsonl => parse_beir_line(&raw).map_err(|m| lines.error(m))?,
+                TextFormat::Tsv => match split_tsv(&raw) {
+                    Ok((id, text)) => TextRecord {
+                        id: id.to_string(),
+                        text: text.to_string(),
+                        line,
+                    },
+                    Err(m) => {
+                        let hint = self.detected_on.map(|at| {
+                            format!(
+                                " (the file reads as `id<TAB>text` from its line {at}; \
+                                 `--format text` reads each line whole)"
+                            )
+                        });
+                        return Err(lines.error(m + &hint.unwrap_or_default()));
+                    }
+                },
+                TextFormat::Text | TextFormat::Auto => TextRecord {
+                    id: line.to_string(),
+                    text: raw,
                     line,
                 },
-                Err(m) => {
-                    let hint = detected_on.map(|at| {
-                        format!(
-                            " (the file reads as `id<TAB>text` from its line {at}; \
-                             `--format text` reads each line whole)"
-                        )
-                    });
-                    return Err(lines.error(m + &hint.unwrap_or_default()));
+            };
+            if let Some(&first) = self.seen.get(&record.id) {
+                if self.policy.strict {
+                    return Err(lines.error(format!(
+                        "duplicate id `{}` (first seen on line {first})",
+                        record.id
+                    )));
                 }
-            },
-            TextFormat::Text | TextFormat::Auto => TextRecord {
-                id: line.to_string(),
-                text: raw,
-                line,
-            },
-        };
-        if let Some(&first) = seen.get(&record.id) {
-            if policy.strict {
-                return Err(lines.error(format!(
-                    "duplicate id `{}` (first seen on line {first})",
-                    record.id
-                )));
+                self.skipped.duplicates.push((line, record.id));
+                continue;
             }
-            skipped.duplicates.push((line, record.id));
-            continue;
-        }
-        if !policy.allow_empty && record.text.trim().is_empty() {
-            if policy.strict {
-                return Err(lines.error(format!("empty text for `{}`", record.id)));
+            if !self.policy.allow_empty && record.text.trim().is_empty() {
+                if self.policy.strict {
+                    return Err(lines.error(format!("empty text for `{}`", record.id)));
+                }
+                self.skipped.empty.push((line, record.id));
+                continue;
             }
-            skipped.empty.push((line, record.id));
-            continue;
+            self.seen.insert(record.id.clone(), line);
+            return Ok(Some(TextRecord { line, ..record }));
         }
-        seen.insert(record.id.clone(), line);
-        records.push(TextRecord { line, ..record });
+        Ok(None)
     }
-    Ok((records, skipped))
 }
 
 /// An `id<TAB>text` line: exactly one tab, after a non-empty id (trimmed); the text is

@@ -14,6 +14,22 @@ pub fn upload(host: &Tensor, device: Device) -> Tensor {
     }
 }
 
+/// Texts per chunk when a long list is encoded chunk by chunk
+/// ([`crate::model::BiEncoder::encode_stream`]): each chunk is tokenized, length-sorted and
+/// encoded on its own, so memory holds a chunk's tokens, not the corpus's.
+pub const CHUNK_ROWS: usize = 32_768;
+
+/// [`CHUNK_ROWS`], or `DISTILL_ENCODE_CHUNK_ROWS` when set to a positive number (the tests
+/// use tiny chunks). Which rows share a batch depends on it, so the corpus parts that
+/// `--shard` workers share carry it in their names.
+pub fn chunk_rows() -> usize {
+    std::env::var("DISTILL_ENCODE_CHUNK_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(CHUNK_ROWS)
+}
+
 /// Split indices `0..lengths.len()` into batches of at most `batch_size` items, longest
 /// first. With `max_tokens`, a batch also stops growing once `rows x longest` would
 /// exceed it (at least one item per batch). Ties keep input order, so the result is

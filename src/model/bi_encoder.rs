@@ -288,14 +288,89 @@ impl BiEncoder {
         prompt: &str,
         texts: &[S],
     ) -> Result<Vec<Encoded>> {
-        if prompt.is_empty() {
-            return self.tokenizer.encode_texts(texts);
-        }
-        let prompted: Vec<String> = texts
-            .iter()
-            .map(|t| format!("{prompt}{}", t.as_ref()))
-            .collect();
-        self.tokenizer.encode_texts(&prompted)
+        tokenize_behind(&self.tokenizer, prompt, texts)
+    }
+
+    /// Embed a stream of text chunks behind `prompt`, one chunk at a time: the next chunk
+    /// is read and tokenized on a thread while the device encodes the current one (a
+    /// queue of one chunk), each in length-sorted batches of at most `batch_size`. A chunk
+    /// comes with a tag (its first row, its ids) that `sink` gets back with the chunk's
+    /// `[rows, dim]` fp32 CPU embeddings in input order, chunk after chunk. At most two
+    /// chunks' tokens are held at once, so memory does not grow with the number of texts.
+    /// A chunk that fails to read stops the stream with its error. Returns the number of
+    /// tokens encoded.
+    pub fn encode_stream<C, S, T>(
+        &self,
+        prompt: &str,
+        chunks: C,
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+        sink: &mut dyn FnMut(T, Tensor) -> Result<()>,
+    ) -> Result<usize>
+    where
+        C: Iterator<Item = Result<(Vec<S>, T)>> + Send,
+        S: AsRef<str> + Sync,
+        T: Send,
+    {
+        let tokenizer = &self.tokenizer;
+        std::thread::scope(|scope| -> Result<usize> {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(move || {
+                for chunk in chunks {
+                    let tokens = chunk.and_then(|(texts, tag)| {
+                        Ok((tokenize_behind(tokenizer, prompt, &texts)?, tag))
+                    });
+                    // The receiver is gone when encoding failed: stop.
+                    if tx.send(tokens).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut tokens_seen = 0;
+            for chunk in rx {
+                let (tokens, tag) = chunk?;
+                tokens_seen += tokens.iter().map(Encoded::len).sum::<usize>();
+                let embeddings = self.encode_tokenized(&tokens, batch_size, progress)?;
+                sink(tag, embeddings)?;
+            }
+            Ok(tokens_seen)
+        })
+    }
+
+    /// Embed `texts` of `side` (behind its prompt) chunk by chunk
+    /// ([`BiEncoder::encode_stream`]) into one `[n, dim]` fp32 tensor on the model's
+    /// device: besides that matrix, memory holds a chunk at a time.
+    pub fn encode_to_device<S: AsRef<str> + Sync>(
+        &self,
+        side: Side,
+        texts: &[S],
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Tensor> {
+        let out = Tensor::f_zeros(
+            [texts.len() as i64, self.dim()],
+            (Kind::Float, self.device()),
+        )
+        .map_err(|e| Error::torch("allocating embeddings", e))?;
+        let rows = crate::model::batching::chunk_rows();
+        let chunks = texts.chunks(rows).enumerate().map(|(k, c)| {
+            Ok((
+                c.iter().map(|t| t.as_ref()).collect::<Vec<&str>>(),
+                k * rows,
+            ))
+        });
+        self.encode_stream(
+            self.prompt(side),
+            chunks,
+            batch_size,
+            progress,
+            &mut |start, emb| {
+                out.narrow(0, start as i64, emb.size()[0])
+                    .f_copy_(&emb)
+                    .map_err(|e| Error::torch("copying embeddings", e))
+            },
+        )?;
+        Ok(out)
     }
 
     /// Embed `texts` of `side` (behind its prompt) under no-grad: length-sorted batches of
@@ -348,4 +423,20 @@ impl BiEncoder {
             out
         })
     }
+}
+
+/// Tokenize `texts` with `tokenizer`, each behind `prompt`.
+fn tokenize_behind<S: AsRef<str> + Sync>(
+    tokenizer: &TextTokenizer,
+    prompt: &str,
+    texts: &[S],
+) -> Result<Vec<Encoded>> {
+    if prompt.is_empty() {
+        return tokenizer.encode_texts(texts);
+    }
+    let prompted: Vec<String> = texts
+        .iter()
+        .map(|t| format!("{prompt}{}", t.as_ref()))
+        .collect();
+    tokenizer.encode_texts(&prompted)
 }

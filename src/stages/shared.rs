@@ -2,7 +2,7 @@
 //! embeddings (cached across runs) and the teacher's dev slice with its evaluation.
 use super::StageEnv;
 use crate::data::beir::{self, Dataset};
-use crate::data::embeddings::{read_embeddings, write_embeddings};
+use crate::data::embeddings::{for_each_embeddings, EmbeddingsWriter};
 use crate::error::{Error, Result, TorchContext};
 use crate::model::{BiEncoder, CrossEncoder};
 use crate::pipeline::config::DatasetRef;
@@ -58,8 +58,10 @@ fn sha256_record(path: &std::path::Path) -> std::path::PathBuf {
     path.with_file_name(name)
 }
 
-/// Corpus embeddings, from the shared cache when the same student (weights, length,
-/// precision) already encoded the same corpus (and the entry's content is as recorded).
+/// Corpus embeddings (`[n, dim]` fp32 on the stage's device), from the shared cache when
+/// the same student (weights, length, precision) already encoded the same corpus (and the
+/// entry's content is as recorded). Encoded or read chunk by chunk: besides the matrix on
+/// the device, memory holds one chunk at a time.
 pub fn corpus_embeddings(
     env: &mut StageEnv,
     student: &BiEncoder,
@@ -85,23 +87,12 @@ pub fn corpus_embeddings(
         .join("embeddings")
         .join(format!("{key}.parquet"));
     let dim = student.dim() as usize;
-    if cache_entry_ok(env, &path) {
-        let (ids, values, got_dim) = read_embeddings(&path)?;
-        if ids == ds.corpus.ids && got_dim == dim {
-            return Tensor::f_from_slice(&values)
-                .and_then(|t| t.f_view([ids.len() as i64, dim as i64]))
-                .map(|t| t.to_device(env.device))
-                .ctx(|| format!("loading {}", path.display()));
-        }
+    let ids = &ds.corpus.ids;
+    let matrix = Tensor::f_zeros([ids.len() as i64, dim as i64], (Kind::Float, env.device))
+        .ctx(|| format!("allocating the embeddings of {}", d.name))?;
+    if cache_entry_ok(env, &path) && read_cached(&path, ids, &matrix)? {
+        return Ok(matrix);
     }
-    // `--shard` workers share the encoding, part by part.
-    let emb = match env.shard {
-        Some(worker) => {
-            super::corpus_parts::encode(env, student, worker, &key, (&d.name, &ds.corpus))?
-        }
-        None => encode_corpus(env, student, d, ds)?,
-    };
-    let values = Vec::<f32>::try_from(emb.flatten(0, -1)).ctx(|| "reading embeddings".into())?;
     let meta = [
         (
             "distill.model",
@@ -112,29 +103,93 @@ pub fn corpus_embeddings(
             beir::corpus_path(&d.path).display().to_string(),
         ),
     ];
-    write_embeddings(&path, &ds.corpus.ids, &values, dim, &meta)?;
+    let mut writer = EmbeddingsWriter::create(&path, dim, &meta)?;
+    let mut store = |start: usize, emb: Tensor| -> Result<()> {
+        let values =
+            Vec::<f32>::try_from(emb.flatten(0, -1)).ctx(|| "reading embeddings".into())?;
+        let rows = values.len() / dim.max(1);
+        fill(&matrix, start, &values)?;
+        writer.write(&ids[start..start + rows], &values)
+    };
+    // `--shard` workers share the encoding, part by part.
+    match env.shard {
+        Some(worker) => super::corpus_parts::encode(
+            env,
+            student,
+            worker,
+            &key,
+            (&d.name, &ds.corpus),
+            &mut store,
+        )?,
+        None => encode_corpus(env, student, d, ds, &mut store)?,
+    }
+    writer.finish()?;
     record_cache_entry(&path)?;
-    Ok(emb.to_device(env.device))
+    Ok(matrix)
 }
 
-/// The corpus of `ds` encoded by `student` in this process, with progress events.
+/// Rows `start..` of `matrix` (`[n, dim]`) from row-major `values`.
+fn fill(matrix: &Tensor, start: usize, values: &[f32]) -> Result<()> {
+    let dim = matrix.size()[1];
+    let rows = values.len() as i64 / dim.max(1);
+    Tensor::f_from_slice(values)
+        .and_then(|t| t.f_view([rows, dim]))
+        .and_then(|part| matrix.narrow(0, start as i64, rows).f_copy_(&part))
+        .ctx(|| "copying embeddings".into())
+}
+
+/// Read the cache entry at `path` into `matrix` batch by batch; false (and whatever was
+/// read is to be overwritten) when it does not hold `ids` in order, with the matrix's
+/// width.
+fn read_cached(path: &std::path::Path, ids: &[String], matrix: &Tensor) -> Result<bool> {
+    let dim = matrix.size()[1] as usize;
+    let mut at = 0usize;
+    let mut same = true;
+    for_each_embeddings(path, |batch_ids, values, got_dim| {
+        let rows = arrow::array::Array::len(batch_ids);
+        same = same
+            && got_dim == dim
+            && at + rows <= ids.len()
+            && batch_ids
+                .iter()
+                .zip(&ids[at..at + rows])
+                .all(|(a, b)| a == Some(b.as_str()));
+        if same {
+            fill(matrix, at, values)?;
+        }
+        at += rows;
+        Ok(())
+    })?;
+    Ok(same && at == ids.len())
+}
+
+/// The corpus of `ds` encoded by `student` in this process, chunk by chunk, with progress
+/// events; `store` gets each chunk's first row and embeddings, in order.
 fn encode_corpus(
     env: &mut StageEnv,
     student: &BiEncoder,
     d: &DatasetRef,
     ds: &Dataset,
-) -> Result<Tensor> {
+    store: &mut dyn FnMut(usize, Tensor) -> Result<()>,
+) -> Result<()> {
     let stage = env.name.to_string();
     env.emit(Event::WorkStarted {
         stage: stage.clone(),
         label: format!("encode {}", d.name),
         total: ds.corpus.len() as u64,
     });
-    let emb = {
+    let rows = crate::model::batching::chunk_rows();
+    {
         let events = &mut *env.events;
-        student.encode(
-            crate::model::Side::Document,
-            &ds.corpus.texts,
+        let chunks = ds
+            .corpus
+            .texts
+            .chunks(rows)
+            .enumerate()
+            .map(|(k, c)| Ok((c.iter().map(String::as_str).collect(), k * rows)));
+        student.encode_stream(
+            student.prompt(crate::model::Side::Document),
+            chunks,
             env.pipeline.student.batch_size,
             &mut |n| {
                 events.emit(Event::WorkProgress {
@@ -142,10 +197,11 @@ fn encode_corpus(
                     n: n as u64,
                 })
             },
-        )?
-    };
+            &mut |start, emb: Tensor| store(start, emb),
+        )?;
+    }
     env.emit(Event::WorkFinished { stage });
-    Ok(emb)
+    Ok(())
 }
 
 /// The dev slice of a trained dataset, with its judgements: `p.dev_queries` of the
