@@ -9,6 +9,7 @@ pub mod hf_config;
 pub mod pooling;
 pub mod tokenizer;
 pub mod weights;
+pub mod wordpiece;
 
 pub use bi_encoder::{BiEncoder, Prompts, Side};
 pub use cross_encoder::{Activation, CrossEncoder};

@@ -3,6 +3,7 @@
 //! truncation and no padding; batches are padded to their longest member.
 use crate::error::{Error, Result};
 use crate::model::hf_config::TokenizerConfig;
+use crate::model::wordpiece::FastWordPiece;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -215,6 +216,18 @@ pub struct TextTokenizer {
     max_length: usize,
     pad_id: i64,
     source: PathBuf,
+    /// The exact fast path for ASCII text, when the tokenizer is BERT WordPiece and gives
+    /// the library's tokens on the probe texts ([`Fast::checked`]).
+    fast: Option<Fast>,
+}
+
+/// [`FastWordPiece`] with the special tokens the post-processor puts around a text
+/// (`[CLS] a [SEP]`) and a pair (`[CLS] a [SEP] b [SEP]`, segments 0 then 1).
+#[derive(Clone)]
+struct Fast {
+    wp: FastWordPiece,
+    cls: i64,
+    sep: i64,
 }
 
 impl TextTokenizer {
@@ -258,13 +271,29 @@ impl TextTokenizer {
             path: source.clone(),
             message: e.to_string(),
         })?;
-        Ok(TextTokenizer {
+        let mut t = TextTokenizer {
             single,
             raw,
             max_length,
             pad_id,
             source,
-        })
+            fast: None,
+        };
+        t.fast = Fast::checked(&t);
+        Ok(t)
+    }
+
+    /// Whether ASCII text takes the fast path ([`crate::model::wordpiece`]).
+    pub fn has_fast_path(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// The same tokenizer with every text going through the library.
+    pub fn without_fast_path(&self) -> Self {
+        TextTokenizer {
+            fast: None,
+            ..self.clone()
+        }
     }
 
     pub fn max_length(&self) -> usize {
@@ -294,14 +323,45 @@ impl TextTokenizer {
     pub fn encode_texts<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Encoded>> {
         texts
             .par_iter()
-            .map(|t| {
-                let e = self
-                    .single
-                    .encode_fast(t.as_ref().trim(), true)
-                    .map_err(|e| self.err(e))?;
-                Ok(to_encoded(&e))
-            })
+            .map(|t| self.encode_text(t.as_ref().trim()))
             .collect()
+    }
+
+    /// One text, through the fast path when it takes it.
+    fn encode_text(&self, text: &str) -> Result<Encoded> {
+        if let Some(f) = &self.fast {
+            let limit = self.max_length.saturating_sub(2);
+            if let Some(tokens) = self.fast_tokens(f, text, limit)? {
+                return Ok(f.single(&tokens[..tokens.len().min(limit)]));
+            }
+        }
+        self.library_text(text)
+    }
+
+    /// The model's tokens of `text` by the fast path (at least the first `limit`, exact),
+    /// the pieces it leaves to the library tokenized by the raw tokenizer; `None` when it
+    /// leaves the whole text to the library.
+    fn fast_tokens(&self, f: &Fast, text: &str, limit: usize) -> Result<Option<Vec<u32>>> {
+        let mut tokens = Vec::with_capacity(text.len() / 4 + 2);
+        let mut library = |piece: &str, out: &mut Vec<u32>| -> Result<()> {
+            let e = self
+                .raw
+                .encode_fast(piece, false)
+                .map_err(|e| self.err(e))?;
+            out.extend_from_slice(e.get_ids());
+            Ok(())
+        };
+        let taken = f.wp.tokenize(text, limit, &mut tokens, &mut library)?;
+        Ok(taken.then_some(tokens))
+    }
+
+    /// One text, through the library.
+    fn library_text(&self, text: &str) -> Result<Encoded> {
+        let e = self
+            .single
+            .encode_fast(text, true)
+            .map_err(|e| self.err(e))?;
+        Ok(to_encoded(&e))
     }
 
     /// Tokenize (query, passage) pairs in parallel, truncating the passage only; when the
@@ -332,24 +392,61 @@ impl TextTokenizer {
             }
             sides.push((ids[0], ids[1]));
         }
+        // The fast path's tokens where it takes the text; the pairs of the others go
+        // through the library.
+        let fast = distinct
+            .par_iter()
+            .map(|t| match &self.fast {
+                Some(f) => self.fast_tokens(f, t, usize::MAX),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
         let singles = distinct
             .par_iter()
-            .map(|t| self.raw.encode_fast(*t, false).map_err(|e| self.err(e)))
+            .zip(&fast)
+            .map(|(t, f)| match f {
+                Some(_) => Ok(None),
+                None => self
+                    .raw
+                    .encode_fast(*t, false)
+                    .map(Some)
+                    .map_err(|e| self.err(e)),
+            })
             .collect::<Result<Vec<_>>>()?;
         sides
             .par_iter()
             .map(|&(q, p)| {
-                let (mut q, mut p) = (singles[q].clone(), singles[p].clone());
-                let (nq, np) = pair_lengths(q.len(), p.len(), budget);
-                q.truncate(nq, 0, TruncationDirection::Right);
-                p.truncate(np, 0, TruncationDirection::Right);
-                let e = self
-                    .raw
-                    .post_process(q, Some(p), true)
-                    .map_err(|e| self.err(e))?;
-                Ok(to_encoded(&e))
+                if let (Some(f), Some(a), Some(b)) = (&self.fast, &fast[q], &fast[p]) {
+                    let (nq, np) = pair_lengths(a.len(), b.len(), budget);
+                    return Ok(f.pair(&a[..nq], &b[..np]));
+                }
+                let library = |i: usize| match &singles[i] {
+                    Some(e) => Ok(e.clone()),
+                    None => self
+                        .raw
+                        .encode_fast(distinct[i], false)
+                        .map_err(|e| self.err(e)),
+                };
+                self.library_pair(library(q)?, library(p)?, budget)
             })
             .collect()
+    }
+
+    /// A pair of the raw tokenizer's encodings, cut to `budget` and post-processed.
+    fn library_pair(
+        &self,
+        mut q: tokenizers::Encoding,
+        mut p: tokenizers::Encoding,
+        budget: usize,
+    ) -> Result<Encoded> {
+        let (nq, np) = pair_lengths(q.len(), p.len(), budget);
+        q.truncate(nq, 0, TruncationDirection::Right);
+        p.truncate(np, 0, TruncationDirection::Right);
+        let e = self
+            .raw
+            .post_process(q, Some(p), true)
+            .map_err(|e| self.err(e))?;
+        Ok(to_encoded(&e))
     }
 
     fn err(&self, e: tokenizers::Error) -> Error {
@@ -357,6 +454,86 @@ impl TextTokenizer {
             path: self.source.clone(),
             message: e.to_string(),
         }
+    }
+}
+
+/// Texts the fast path is checked on when a tokenizer loads: punctuation, digits, case,
+/// control characters and every kind of ASCII whitespace, subwords, accents, other
+/// scripts, Unicode spaces and marks, special tokens' texts (words the fast path leaves
+/// to the library), a word over WordPiece's 100 characters, and one text long enough to
+/// be truncated.
+fn probe_texts() -> Vec<String> {
+    let mut texts: Vec<String> = [
+        "",
+        "Hello, World! It's 3.14 -- a (small) test; isn't it? [CLS] #hash_tag @user",
+        "Tabs\tand\nnew lines\r\nand\x0bvertical\x0cfeeds\x00nul\x07bell\x7fdel end",
+        "unaffable tokenization preprocessing antidisestablishmentarianism XYZZY qwxz",
+        "e=mc^2 <tag> a|b ~x `code` $5 100% {braces} \\path/to/file.txt",
+    ]
+    .map(String::from)
+    .to_vec();
+    texts.extend(
+        [
+            "Café naïve résumé Ångström façade — “quotes” … 50 µm ± 2 °C, β-catenin → p53",
+            "Ελληνικά ΣΟΦΊΑ and Кириллица, 中文分词 and 日本語 mixed with ASCII words",
+            "no\u{a0}break\u{2009}thin\u{3000}ideographic spaces, e\u{301} combining, 👩\u{200d}👩 emoji",
+            "word[CLS]glued and [SEP] apart, [MASK]ed, [unk] lower",
+        ]
+        .map(String::from),
+    );
+    texts.push("pneumonoultramicroscopicsilicovolcanoconiosis".repeat(3));
+    texts.push("The quick brown fox jumps over the lazy dog, again and again. ".repeat(40));
+    texts
+}
+
+impl Fast {
+    /// The fast path of `t`, if its tokenizer is BERT WordPiece and the fast path gives
+    /// the library's tokens for every probe text, alone and in pairs.
+    fn checked(t: &TextTokenizer) -> Option<Fast> {
+        let wp = FastWordPiece::new(&t.raw)?;
+        let empty = t.library_text("").ok()?;
+        let (cls, sep) = match (&empty.ids[..], &empty.type_ids[..]) {
+            (&[cls, sep], &[0, 0]) => (cls, sep),
+            _ => return None,
+        };
+        let fast = Fast { wp, cls, sep };
+        let probes = probe_texts();
+        let t_library = t.without_fast_path();
+        let mut t_fast = t.clone();
+        t_fast.fast = Some(fast.clone());
+        if t_fast.encode_texts(&probes).ok()? != t_library.encode_texts(&probes).ok()? {
+            return None;
+        }
+        let pairs: Vec<(&str, &str)> = probes
+            .iter()
+            .zip(probes.iter().rev())
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let same = t_library.encode_pairs(&pairs).ok()? == t_fast.encode_pairs(&pairs).ok()?;
+        same.then_some(fast)
+    }
+
+    /// `[CLS] tokens [SEP]`.
+    fn single(&self, tokens: &[u32]) -> Encoded {
+        let mut ids = Vec::with_capacity(tokens.len() + 2);
+        ids.push(self.cls);
+        ids.extend(tokens.iter().map(|&i| i as i64));
+        ids.push(self.sep);
+        let type_ids = vec![0; ids.len()];
+        Encoded { ids, type_ids }
+    }
+
+    /// `[CLS] a [SEP] b [SEP]`, segment 0 up to the first `[SEP]`, 1 after it.
+    fn pair(&self, a: &[u32], b: &[u32]) -> Encoded {
+        let mut ids = Vec::with_capacity(a.len() + b.len() + 3);
+        ids.push(self.cls);
+        ids.extend(a.iter().map(|&i| i as i64));
+        ids.push(self.sep);
+        ids.extend(b.iter().map(|&i| i as i64));
+        ids.push(self.sep);
+        let mut type_ids = vec![0; a.len() + 2];
+        type_ids.resize(ids.len(), 1);
+        Encoded { ids, type_ids }
     }
 }
 
