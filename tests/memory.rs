@@ -67,22 +67,23 @@ fn encode_memory_does_not_grow_with_the_corpus() {
         dir.path().join("large.jsonl"),
     );
     write_corpus(&small, 3_000);
-    write_corpus(&large, 24_000);
+    write_corpus(&large, 48_000);
     let (small_rss, _) = encode(dir.path(), &small, 1024);
     let (large_rss, chunked) = encode(dir.path(), &large, 1024);
     let (whole_rss, whole) = encode(dir.path(), &large, 1 << 20);
     let mb = |b: f64| b / 1e6;
-    // 21,000 more texts of about 62 tokens: their tokens alone are about 21 MB (two
-    // int64 per token), the texts about 10 MB more. What may grow is the set of ids seen
-    // (the duplicate check), about 64 bytes a text.
+    // 45,000 more texts of about 62 tokens: their tokens alone are about 45 MB (two
+    // int64 per token), the texts about 20 MB more. What may grow is the set of ids seen
+    // (the duplicate check), about 130 bytes a text: 6 MB here, up to 20 MB measured on
+    // a busy machine.
     assert!(
-        large_rss - small_rss < 15e6,
+        large_rss - small_rss < 30e6,
         "peak RSS grew from {:.1} to {:.1} MB with the corpus",
         mb(small_rss),
         mb(large_rss)
     );
     assert!(
-        whole_rss - large_rss > 30e6,
+        whole_rss - large_rss > 50e6,
         "one chunk ({:.1} MB) should hold visibly more than chunks of 1,024 ({:.1} MB): \
          the measurement cannot tell them apart",
         mb(whole_rss),
@@ -91,7 +92,7 @@ fn encode_memory_does_not_grow_with_the_corpus() {
     // Chunks change which texts share a batch, not the embeddings.
     let (ids, values, dim) = distill::data::embeddings::read_embeddings(&chunked).unwrap();
     let (want_ids, want, _) = distill::data::embeddings::read_embeddings(&whole).unwrap();
-    assert_eq!(ids.len(), 24_000);
+    assert_eq!(ids.len(), 48_000);
     assert_eq!(ids, want_ids);
     assert_eq!(dim, 32);
     assert!(max_abs_diff_1d(&values, &want) <= 1e-5);

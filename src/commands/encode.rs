@@ -1,6 +1,6 @@
 //! `distill encode`: embed a BEIR JSONL, `id<TAB>text` or plain-text file (each possibly
 //! gzipped) with a bi-encoder into Parquet.
-use crate::data::embeddings::EmbeddingsWriter;
+use crate::data::embeddings::{write_behind, EmbeddingsWriter};
 use crate::data::text_input::{count_texts, ReadPolicy, TextFormat, TextReader};
 use crate::device::Runtime;
 use crate::error::{Error, Result};
@@ -95,30 +95,30 @@ pub fn run(settings: &EncodeSettings) -> Result<EncodeSummary> {
         }
         (!texts.is_empty()).then_some(Ok((texts, ids)))
     });
-    let mut writer = EmbeddingsWriter::create(&settings.output, dim, &metadata)?;
+    let writer = EmbeddingsWriter::create(&settings.output, dim, &metadata)?;
     let mut progress = Progress::new("encode", total as u64, settings.verbosity);
     if settings.profile.is_some() {
         crate::ffi::profiler::profiler_start(device.is_cuda())?;
     }
-    let tokens = model.encode_stream(
-        &prompt,
-        chunks,
-        settings.runtime.batch_size,
-        &mut |n| progress.inc(n as u64),
-        &mut |ids: Vec<String>, emb| {
-            let values = Vec::<f32>::try_from(emb.flatten(0, -1))
-                .map_err(|e| Error::torch("reading embeddings", e))?;
-            writer.write(&ids, &values)
-        },
-    )?;
+    let tokens = write_behind(writer, |queue| {
+        model.encode_stream(
+            &prompt,
+            chunks,
+            settings.runtime.batch_size,
+            &mut |n| progress.inc(n as u64),
+            &mut |ids: Vec<String>, emb| {
+                let values = Vec::<f32>::try_from(emb.flatten(0, -1))
+                    .map_err(|e| Error::torch("reading embeddings", e))?;
+                queue(ids, values)
+            },
+        )
+    })?;
     progress.finish();
     if let Some(path) = &settings.profile {
         crate::ffi::profiler::profiler_stop(path)?;
     }
-    let texts = writer.rows();
-    writer.finish()?;
     Ok(EncodeSummary {
-        texts,
+        texts: total,
         dim,
         tokens,
         seconds: started.elapsed().as_secs_f64(),

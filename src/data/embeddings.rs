@@ -27,7 +27,6 @@ pub struct EmbeddingsWriter {
     writer: ArrowWriter<std::fs::File>,
     schema: Arc<Schema>,
     dim: usize,
-    rows: usize,
 }
 
 impl EmbeddingsWriter {
@@ -55,13 +54,7 @@ impl EmbeddingsWriter {
             writer,
             schema,
             dim,
-            rows: 0,
         })
-    }
-
-    /// Rows written so far.
-    pub fn rows(&self) -> usize {
-        self.rows
     }
 
     /// Append `ids` and their row-major `values` (`ids.len() x dim`).
@@ -91,7 +84,6 @@ impl EmbeddingsWriter {
                 source,
             })?;
         }
-        self.rows += ids.len();
         Ok(())
     }
 
@@ -103,6 +95,39 @@ impl EmbeddingsWriter {
             .map_err(|source| Error::Parquet { path, source })?;
         self.file.commit()
     }
+}
+
+/// Run `produce` with a function that queues rows (ids and row-major values) for
+/// `writer`, which writes them on its own thread, so compression and writing stay off
+/// the caller's path (a queue of two). The file is committed when `produce` and every
+/// write succeeded; otherwise nothing is left at its path, and a failed write's error is
+/// the one returned.
+pub fn write_behind<R>(
+    mut writer: EmbeddingsWriter,
+    produce: impl FnOnce(&mut dyn FnMut(Vec<String>, Vec<f32>) -> Result<()>) -> Result<R>,
+) -> Result<R> {
+    let path = writer.file.path().to_path_buf();
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<String>, Vec<f32>)>(2);
+        let written = scope.spawn(move || -> Result<EmbeddingsWriter> {
+            for (ids, values) in rx {
+                writer.write(&ids, &values)?;
+            }
+            Ok(writer)
+        });
+        let mut queue = |ids: Vec<String>, values: Vec<f32>| {
+            tx.send((ids, values))
+                .map_err(|_| Error::output(&path, "the writer stopped before the last rows"))
+        };
+        let produced = produce(&mut queue);
+        drop(tx);
+        let writer = written
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))?;
+        let out = produced?;
+        writer.finish()?;
+        Ok(out)
+    })
 }
 
 /// Write `ids` and row-major `values` (`ids.len() x dim`) to `path` atomically: the file

@@ -286,8 +286,26 @@ impl CrossEncoder {
         Q: AsRef<str> + Sync,
         P: AsRef<str> + Sync,
     {
-        let encoded = self.tokenizer.encode_pairs(pairs)?;
-        self.score_tokenized(&encoded, batch_size, progress)
+        // Chunk by chunk, the next one tokenized on a thread while the device scores the
+        // current one: memory holds two chunks' tokens, however many pairs there are.
+        let rows = crate::model::batching::chunk_rows();
+        let tokenizer = &self.tokenizer;
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(move || {
+                for chunk in pairs.chunks(rows) {
+                    // The receiver is gone when scoring failed: stop.
+                    if tx.send(tokenizer.encode_pairs(chunk)).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut scores = Vec::with_capacity(pairs.len());
+            for encoded in rx {
+                scores.extend(self.score_tokenized(&encoded?, batch_size, progress)?);
+            }
+            Ok(scores)
+        })
     }
 
     /// As [`CrossEncoder::score`], for pairs already tokenized.

@@ -32,6 +32,44 @@ impl Encoded {
     }
 }
 
+/// The tokens of many texts in flat arrays: 4 bytes a token id and 1 a segment, where a
+/// `Vec<Encoded>` takes 16 bytes a token and 48 a text. For token sets that stay in memory
+/// (the student's training texts).
+#[derive(Debug, Default)]
+pub struct TokenStore {
+    ids: Vec<u32>,
+    type_ids: Vec<u8>,
+    /// End of each entry's tokens in `ids`.
+    ends: Vec<usize>,
+}
+
+impl TokenStore {
+    /// Add an entry; its index is the number of entries before it.
+    pub fn push(&mut self, e: &Encoded) {
+        self.ids.extend(e.ids.iter().map(|&i| i as u32));
+        self.type_ids.extend(e.type_ids.iter().map(|&i| i as u8));
+        self.ends.push(self.ids.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Entry `i`, as it was pushed.
+    pub fn get(&self, i: usize) -> Encoded {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        let range = start..self.ends[i];
+        Encoded {
+            ids: self.ids[range.clone()].iter().map(|&i| i as i64).collect(),
+            type_ids: self.type_ids[range].iter().map(|&i| i as i64).collect(),
+        }
+    }
+}
+
 /// A padded batch on a device.
 #[derive(Debug)]
 pub struct Batch {
@@ -635,6 +673,32 @@ fn wordpiece_from_vocab(dir: &Path, vocab: &Path) -> Result<Tokenizer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_store_gives_back_each_entry_as_pushed() {
+        let entries = [
+            Encoded {
+                ids: vec![101, 7592, 30521, 102],
+                type_ids: vec![0, 0, 0, 0],
+            },
+            Encoded {
+                ids: vec![],
+                type_ids: vec![],
+            },
+            Encoded {
+                ids: vec![101, 2000, 102, 3000, 102],
+                type_ids: vec![0, 0, 0, 1, 1],
+            },
+        ];
+        let mut store = TokenStore::default();
+        for e in &entries {
+            store.push(e);
+        }
+        assert_eq!(store.len(), 3);
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(&store.get(i), e);
+        }
+    }
 
     #[test]
     fn pair_truncation_cuts_the_passage_then_both() {

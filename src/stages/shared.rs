@@ -2,7 +2,7 @@
 //! embeddings (cached across runs) and the teacher's dev slice with its evaluation.
 use super::StageEnv;
 use crate::data::beir::{self, Dataset};
-use crate::data::embeddings::{for_each_embeddings, EmbeddingsWriter};
+use crate::data::embeddings::{for_each_embeddings, write_behind, EmbeddingsWriter};
 use crate::error::{Error, Result, TorchContext};
 use crate::model::{BiEncoder, CrossEncoder};
 use crate::pipeline::config::DatasetRef;
@@ -103,27 +103,28 @@ pub fn corpus_embeddings(
             beir::corpus_path(&d.path).display().to_string(),
         ),
     ];
-    let mut writer = EmbeddingsWriter::create(&path, dim, &meta)?;
-    let mut store = |start: usize, emb: Tensor| -> Result<()> {
-        let values =
-            Vec::<f32>::try_from(emb.flatten(0, -1)).ctx(|| "reading embeddings".into())?;
-        let rows = values.len() / dim.max(1);
-        fill(&matrix, start, &values)?;
-        writer.write(&ids[start..start + rows], &values)
-    };
-    // `--shard` workers share the encoding, part by part.
-    match env.shard {
-        Some(worker) => super::corpus_parts::encode(
-            env,
-            student,
-            worker,
-            &key,
-            (&d.name, &ds.corpus),
-            &mut store,
-        )?,
-        None => encode_corpus(env, student, d, ds, &mut store)?,
-    }
-    writer.finish()?;
+    let writer = EmbeddingsWriter::create(&path, dim, &meta)?;
+    write_behind(writer, |queue| {
+        let mut store = |start: usize, emb: Tensor| -> Result<()> {
+            let values =
+                Vec::<f32>::try_from(emb.flatten(0, -1)).ctx(|| "reading embeddings".into())?;
+            let rows = values.len() / dim.max(1);
+            fill(&matrix, start, &values)?;
+            queue(ids[start..start + rows].to_vec(), values)
+        };
+        // `--shard` workers share the encoding, part by part.
+        match env.shard {
+            Some(worker) => super::corpus_parts::encode(
+                env,
+                student,
+                worker,
+                &key,
+                (&d.name, &ds.corpus),
+                &mut store,
+            ),
+            None => encode_corpus(env, student, d, ds, &mut store),
+        }
+    })?;
     record_cache_entry(&path)?;
     Ok(matrix)
 }
@@ -430,18 +431,20 @@ pub fn load_datasets(p: &Pipeline, with_train_qrels: bool) -> Result<BTreeMap<St
 }
 
 /// nDCG@10 of `student` on the judged queries of `judged` (mean over queries), as the
-/// eval stage computes it, with the corpus (`corpus`: its tokens) encoded afresh:
-/// in-training evaluation.
+/// eval stage computes it, with the corpus encoded afresh (chunk by chunk): in-training
+/// evaluation.
 pub fn student_ndcg10(
     p: &Pipeline,
     student: &BiEncoder,
     ds: &Dataset,
     judged: &BTreeMap<String, Judgements>,
-    corpus: &[crate::model::tokenizer::Encoded],
 ) -> Result<f64> {
-    let corpus = student
-        .encode_tokenized(corpus, p.student.batch_size, &mut |_| {})?
-        .to_device(student.device());
+    let corpus = student.encode_to_device(
+        crate::model::Side::Document,
+        &ds.corpus.texts,
+        p.student.batch_size,
+        &mut |_| {},
+    )?;
     let depth = Depth {
         top_k: p.eval.top_k,
         corpus_chunk: p.mine.corpus_chunk,

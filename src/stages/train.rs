@@ -58,7 +58,7 @@ fn eval_splits(p: &Pipeline) -> Vec<Option<&str>> {
 }
 
 /// Evaluation of `model` during training on each dataset's split of [`eval_splits`], with
-/// the eval stage's retrieval and nDCG@10 (the corpus tokenized once). Selecting the best
+/// the eval stage's retrieval and nDCG@10 (the corpus encoded chunk by chunk each time). Selecting the best
 /// weights on the split that eval reports is warned about.
 fn in_training_eval<'a>(
     env: &mut StageEnv,
@@ -79,8 +79,7 @@ fn in_training_eval<'a>(
         }
         let ds = Dataset::load(&d.path, &[split], d.strict)?;
         let judged = ds.qrels[split].clone();
-        let corpus = model.tokenize(crate::model::Side::Document, &ds.corpus.texts)?;
-        splits.push((d, ds, judged, corpus));
+        splits.push((d, ds, judged));
     }
     Ok(trainer::Monitor {
         every,
@@ -88,8 +87,8 @@ fn in_training_eval<'a>(
         evaluate: Box::new(move || {
             splits
                 .iter()
-                .map(|(d, ds, judged, corpus)| {
-                    let v = super::shared::student_ndcg10(p, model, ds, judged, corpus)?;
+                .map(|(d, ds, judged)| {
+                    let v = super::shared::student_ndcg10(p, model, ds, judged)?;
                     Ok((d.name.clone(), v))
                 })
                 .collect()

@@ -9,7 +9,7 @@ use super::losses;
 use super::trainer::Task;
 use crate::error::Result;
 use crate::model::batching::upload;
-use crate::model::tokenizer::{Batch, Encoded};
+use crate::model::tokenizer::{Batch, Encoded, TokenStore};
 use crate::model::{BiEncoder, CrossEncoder, Side};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -54,8 +54,10 @@ pub struct StudentObjective<'a> {
     model: &'a BiEncoder,
     set: &'a TrainingSet,
     loss: &'a LossConfig,
-    /// `set.texts`, tokenized once (epochs reuse them), by [`TextId`].
-    tokens: Vec<Encoded>,
+    /// `set.texts`, tokenized once (epochs reuse them), stored compactly: the entry of
+    /// [`TextId`] `t` is `tokens.get(slot[t])`.
+    tokens: TokenStore,
+    slot: Vec<usize>,
 }
 
 impl<'a> StudentObjective<'a> {
@@ -65,36 +67,42 @@ impl<'a> StudentObjective<'a> {
         for g in &set.groups {
             is_query[g.text] = true;
         }
-        let tokens = match model.query_prompt == model.document_prompt {
-            true => model.tokenize(Side::Query, &set.texts)?,
+        let sides = match model.query_prompt == model.document_prompt {
+            true => vec![((0..set.texts.len()).collect::<Vec<_>>(), Side::Query)],
             false => {
                 let (queries, docs): (Vec<usize>, Vec<usize>) =
                     (0..set.texts.len()).partition(|&t| is_query[t]);
-                let texts = |ids: &[usize]| {
-                    ids.iter()
-                        .map(|&t| set.texts[t].as_str())
-                        .collect::<Vec<_>>()
-                };
-                let mut tokens: Vec<Option<Encoded>> = vec![None; set.texts.len()];
-                for (ids, side) in [(queries, Side::Query), (docs, Side::Document)] {
-                    let encoded = model.tokenize(side, &texts(&ids))?;
-                    for (t, e) in ids.into_iter().zip(encoded) {
-                        tokens[t] = Some(e);
-                    }
-                }
-                tokens.into_iter().flatten().collect()
+                vec![(queries, Side::Query), (docs, Side::Document)]
             }
         };
+        // Tokenized a chunk at a time, so the full-width tokens of all texts are never
+        // held at once.
+        let mut tokens = TokenStore::default();
+        let mut slot = vec![0; set.texts.len()];
+        for (ids, side) in sides {
+            for chunk in ids.chunks(crate::model::batching::chunk_rows()) {
+                let texts: Vec<&str> = chunk.iter().map(|&t| set.texts[t].as_str()).collect();
+                for (&t, e) in chunk.iter().zip(model.tokenize(side, &texts)?) {
+                    slot[t] = tokens.len();
+                    tokens.push(&e);
+                }
+            }
+        }
         Ok(StudentObjective {
             model,
             set,
             loss,
             tokens,
+            slot,
         })
     }
 
     fn embed(&self, texts: &[TextId]) -> Tensor {
-        let items: Vec<&Encoded> = texts.iter().map(|&t| &self.tokens[t]).collect();
+        let owned: Vec<Encoded> = texts
+            .iter()
+            .map(|&t| self.tokens.get(self.slot[t]))
+            .collect();
+        let items: Vec<&Encoded> = owned.iter().collect();
         let batch = Batch::new(&items, self.model.tokenizer.pad_id(), self.model.device());
         self.model.forward_t(&batch, true)
     }
