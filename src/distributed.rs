@@ -231,28 +231,24 @@ impl World {
         self.broadcast_from_primary(&[&t])?;
         Ok(t.int64_value(&[0]))
     }
+}
 
-    /// Wait until every rank gets here.
-    pub fn barrier(&self) -> Result<()> {
-        let t = Tensor::ones([1], (Kind::Float, self.device));
-        self.group.all_reduce_sum(&[&t])
-    }
+/// A TCP port free on this host now, for rank 0's rendezvous store. Another process may
+/// take it before rank 0 binds it; the rendezvous then fails with the address named.
+pub fn free_port() -> Result<u16> {
+    let io = |e| Error::io("127.0.0.1:0", e);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
+    Ok(listener.local_addr().map_err(io)?.port())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::World;
+    use super::{free_port, World};
     use tch::{Device, Kind, Tensor};
-
-    /// A free TCP port on the loopback interface.
-    pub(crate) fn free_port() -> u16 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    }
 
     #[test]
     fn two_gloo_ranks_sum_gather_and_broadcast() {
-        let port = free_port();
+        let port = free_port().unwrap();
         let ranks: Vec<_> = (0..2)
             .map(|rank| {
                 std::thread::spawn(move || {
@@ -264,7 +260,6 @@ mod tests {
                     let local = Tensor::full([2, 3], rank as f64 + 1.0, (Kind::Float, Device::Cpu));
                     let all = w.gather_rows(&local, &[1, 2]).unwrap();
                     let agreed = w.agree(7 + rank as i64).unwrap();
-                    w.barrier().unwrap();
                     (
                         Vec::<f32>::try_from(g).unwrap(),
                         Vec::<f64>::try_from(h).unwrap(),

@@ -174,6 +174,17 @@ pub fn distill_output(args: &[&str], envs: &[(&str, &str)]) -> std::process::Out
     c.output().unwrap()
 }
 
+/// Run the `distill` binary with `args` and extra environment variables; panics with its
+/// stderr unless it succeeds.
+pub fn distill_ok(args: &[&str], envs: &[(&str, &str)]) {
+    let out = distill_output(args, envs);
+    assert!(
+        out.status.success(),
+        "distill {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Run a Python snippet in the venv with `args`; panics with its stderr on failure and
 /// returns its stdout.
 pub fn python_stdout(script: &str, args: &[&Path]) -> String {

@@ -42,11 +42,6 @@ fn dp_pipeline(dir: &Path, name: &str, student: &Path) -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// `distill -q run P ARGS...` as `size` ranks; rank r also gets the environment
 /// `extra(r)`. Returns whether each rank succeeded (after at most two minutes; stragglers
 /// are killed and the test fails).
@@ -56,7 +51,7 @@ fn ranks(
     size: usize,
     extra: impl Fn(usize) -> Vec<(&'static str, String)>,
 ) -> Vec<bool> {
-    let port = free_port().to_string();
+    let port = distill::distributed::free_port().unwrap().to_string();
     let mut children: Vec<Child> = (0..size)
         .map(|r| {
             let mut c = Command::new(env!("CARGO_BIN_EXE_distill"));
@@ -180,13 +175,9 @@ fn two_gloo_ranks_train_to_the_one_process_weights_and_a_killed_rank_resumes_exa
 }
 
 fn run_ok_args(path: &Path, args: &[&str]) {
-    let mut all = vec!["-q", "run", path.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let out = distill(&all, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    distill_ok(
+        &[&["-q", "run", path.to_str().unwrap()][..], args].concat(),
+        &[],
     );
 }
 

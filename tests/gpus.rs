@@ -11,14 +11,7 @@ use std::path::{Path, PathBuf};
 /// chunk; the single process runs with the same chunks, so the same batches).
 const PARTS: (&str, &str) = ("DISTILL_ENCODE_CHUNK_ROWS", "16");
 
-fn run_ok(args: &[&str], envs: &[(&str, &str)]) {
-    let out = distill(args, envs);
-    assert!(
-        out.status.success(),
-        "distill {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use crate::common::distill_ok as run_ok;
 
 /// Every file under `dirs` of `root` (relative path -> bytes), manifests left out (they
 /// hold timings), as are partial folders.

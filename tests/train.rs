@@ -238,12 +238,7 @@ schedule = "cosine"
 }
 
 pub(crate) fn run_ok(path: &Path, envs: &[(&str, &str)]) {
-    let out = distill(&["-q", "run", path.to_str().unwrap()], envs);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::common::distill_ok(&["-q", "run", path.to_str().unwrap()], envs);
 }
 
 /// The tensors of a safetensors file, by name.

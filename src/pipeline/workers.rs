@@ -93,7 +93,7 @@ impl Workers {
             false => None,
         };
         let port = match mode {
-            Mode::Ranks => Some(free_port()?),
+            Mode::Ranks => Some(crate::distributed::free_port()?),
             _ => None,
         };
         let mut started: Vec<Worker> = Vec::new();
@@ -232,13 +232,6 @@ fn describe(s: std::process::ExitStatus) -> String {
         (None, Some(sig)) => format!("was killed by signal {sig}"),
         _ => format!("ended ({s})"),
     }
-}
-
-/// A TCP port free on this host now, for rank 0's rendezvous store.
-fn free_port() -> Result<u16> {
-    let io = |e| Error::io("127.0.0.1:0", e);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
-    Ok(listener.local_addr().map_err(io)?.port())
 }
 
 #[cfg(test)]

@@ -560,11 +560,7 @@ mod tests {
         let (wrong, _) = one.loss_from(&batch, &swapped).unwrap();
         assert!((wrong.double_value(&[]) - want_loss).abs() > 1e-3);
 
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::distributed::free_port().unwrap();
         let ranks: Vec<_> = (0..2)
             .map(|rank| {
                 let batch = batch.clone();
