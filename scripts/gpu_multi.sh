@@ -7,6 +7,8 @@
 # both runs and the metrics side by side.
 # Usage: bash scripts/gpu_multi.sh PIPELINE [STAGES_ON_ONE_GPU]
 #   STAGES_ON_ONE_GPU: "all" (default) or "none" (two GPUs only).
+# PROFILE=FROM..TO: a Kineto trace of those optimizer steps of every training stage on
+# every rank (DISTILL_PROFILE_STEPS), summarised here; rank 0's come back gzipped.
 set -euo pipefail
 source "$(dirname "$0")/device_setup.sh"
 P=$1
@@ -14,6 +16,9 @@ ONE=${2:-all}
 MODE=${MODE:-gpus}
 D=/tmp/distill
 export NCCL_NVLS_ENABLE=0
+if [ -n "${PROFILE:-}" ]; then
+  export DISTILL_PROFILE_STEPS=$PROFILE
+fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 - "$P" <<'PY'
 import sys, re
@@ -39,6 +44,7 @@ ranks() {
 }
 
 two_start=$(date +%s.%N)
+export DISTILL_PROFILE_DIR=/tmp/multi/profile-two
 if [ "$MODE" = gpus ]; then
   $D run /tmp/two-gpu.toml --gpus 2 2>&1 | grep -v "^\[W" | tee "$OUT/two.log"
   for f in /tmp/multi/two/two-gpu/workers/*.log; do
@@ -64,8 +70,19 @@ two_wall=$(python3 -c "import time;print(round(time.time()-$two_start,1))")
 one_wall=0
 if [ "$ONE" = all ]; then
   one_start=$(date +%s.%N)
+  export DISTILL_PROFILE_DIR=/tmp/multi/profile-one
   CUDA_VISIBLE_DEVICES=0 $D -q run /tmp/one-gpu.toml 2>&1 | tee "$OUT/one.log"
   one_wall=$(python3 -c "import time;print(round(time.time()-$one_start,1))")
+fi
+if [ -n "${PROFILE:-}" ]; then
+  for side in one two; do
+    for f in /tmp/multi/profile-$side/*.json; do
+      [ -f "$f" ] || continue
+      echo "## $side GPU(s): $(basename "$f")"
+      python3 scripts/profile_summary.py "$f" --top 8 | head -n 40
+    done
+  done > "$OUT/profiles.txt" 2>&1
+  tar czf "$OUT/traces.tgz" /tmp/multi/profile-*/*rank0.json 2>/dev/null || true
 fi
 python3 - "$two_wall" "$one_wall" <<'PY' | tee "$OUT/summary.txt"
 import json, os, sys
@@ -83,12 +100,27 @@ def seconds(run, stage):
         if e.get("stage") == stage and "unix" in e:
             stamps.append(e["unix"])
     return max(s, max(stamps) - min(stamps)) if stamps else s
+def steady(run, stage, after=50):
+    """Optimizer steps per second from step `after` to the last step (log.jsonl's
+    train_step events, whole-second stamps), or nan."""
+    steps = []
+    path = os.path.join(run, "log.jsonl")
+    for line in open(path) if os.path.exists(path) else []:
+        e = json.loads(line)
+        if e.get("stage") == stage and e.get("event") == "train_step" and e["step"] >= after:
+            steps.append((e["step"], e["unix"]))
+    steps.sort()
+    if len(steps) < 2 or steps[-1][1] == steps[0][1]:
+        return float("nan")
+    return (steps[-1][0] - steps[0][0]) / (steps[-1][1] - steps[0][1])
 print(f"wall: two GPUs {sys.argv[1]} s, one GPU {sys.argv[2]} s")
-print("| stage | one GPU s | two GPUs s | speed-up |")
-print("|---|---|---|---|")
+print("| stage | one GPU s | two GPUs s | speed-up | steps/s after step 50: one | two | speed-up |")
+print("|---|---|---|---|---|---|---|")
 for stage in ["mine", "teacher", "score", "train", "baseline", "eval", "report"]:
     sa, sb = (seconds(runs[k], stage) for k in runs)
-    print(f"| {stage} | {sa:.1f} | {sb:.1f} | {sa / sb if sb else float('nan'):.2f}x |")
+    ra, rb = (steady(runs[k], stage) for k in runs)
+    rates = f"{ra:.1f} | {rb:.1f} | {rb / ra:.2f}x" if ra == ra and rb == rb else "| |"
+    print(f"| {stage} | {sa:.1f} | {sb:.1f} | {sa / sb if sb else float('nan'):.2f}x | {rates} |")
 print("\n| dataset | system | one GPU nDCG@10 | two GPUs nDCG@10 | difference |")
 print("|---|---|---|---|---|")
 metrics = {}

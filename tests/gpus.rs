@@ -199,3 +199,74 @@ fn a_failed_worker_fails_the_run_naming_its_rank_and_a_rerun_resumes() {
     let total = commits[0]["shards"].as_u64().unwrap() as usize;
     assert_eq!(commits.len(), total, "a chunk was mined twice or lost");
 }
+
+#[test]
+fn workers_die_with_a_parent_killed_by_sigkill() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let f = Fixture::new();
+    let path = f.write("orphans", "", "");
+    let p = path.to_str().unwrap();
+    let mut parent = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["-q", "run", p, "--only", "mine", "--gpus", "2"])
+        .env(PARTS.0, PARTS.1)
+        .env("DISTILL_FAULT_HANG_AFTER_SHARDS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = run_dir(&path);
+    let hanging = || {
+        (0..2)
+            .filter(|r| {
+                std::fs::read_to_string(dir.join(format!("workers/mine-rank-{r}.log")))
+                    .is_ok_and(|log| log.contains("DISTILL_FAULT_HANG_AFTER_SHARDS"))
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while hanging() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the workers did not reach their first shard"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The parent and its two workers.
+    assert_eq!(running_with(p).len(), 3, "{:?}", running_with(p));
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !running_with(p).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "workers outlived their killed parent: {:?}",
+            running_with(p)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The rerun is not stopped by a worker's lock and finishes the stage.
+    run_ok(&["-q", "run", p, "--only", "mine", "--gpus", "2"], &[PARTS]);
+    assert!(dir.join("mine/manifest.json").exists());
+}
+
+#[test]
+fn a_pipeline_naming_one_gpu_is_refused_under_gpus() {
+    let f = Fixture::new();
+    let path = f.write("cuda1", "", "");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("device = \"cpu\"", "device = \"cuda:1\""),
+    )
+    .unwrap();
+    let out = distill(&["-q", "run", path.to_str().unwrap(), "--gpus", "2"], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("run.device = \"cuda:1\" names one GPU, but under --gpus 2")
+            && err.contains(path.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(!run_dir(&path).exists(), "the refused run wrote its folder");
+}

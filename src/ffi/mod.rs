@@ -9,7 +9,9 @@
 //! - [`layer_norm`]: residual add + LayerNorm in one CUDA kernel, compiled at run time by
 //!   NVRTC (loaded with the CUDA driver by `nvrtc.cpp`, which has no Rust side);
 //! - [`autograd`]: whether autograd records on this thread;
-//! - [`distributed`]: c10d process groups (NCCL, Gloo) and their collectives.
+//! - [`distributed`]: c10d process groups (NCCL, Gloo) and their collectives;
+//! - [`process`]: the C library's `prctl`, so that workers die with their parent (no
+//!   libtorch involved).
 //!
 //! Conventions of the C entry points (`common.h`): tensors cross as tch's handles
 //! (`at::Tensor*`); every function catches C++ exceptions and reports a failure by its
@@ -23,6 +25,7 @@ pub mod distributed;
 pub mod layer_norm;
 pub mod memory;
 pub mod optim;
+pub mod process;
 pub mod profiler;
 
 use crate::error::Error;

@@ -57,8 +57,17 @@ fn host() -> String {
         .unwrap_or_default()
 }
 
+/// Whether process `pid` runs: it exists and is not a zombie (dead, not yet reaped: a
+/// killed worker whose parent died too waits to be reaped by init, and holds nothing).
 fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state is the first field after the command name's closing parenthesis.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z" | "X"))
 }
 
 /// Held while a run writes its directory; removed on drop.
@@ -192,5 +201,23 @@ mod tests {
             assert!(line.contains(why) && line.contains("took over"), "{line}");
             drop(taken);
         }
+    }
+
+    #[test]
+    fn a_zombie_holds_no_lock() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Exited but not yet reaped: a zombie until `wait`.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while alive(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the zombie counts as alive"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        child.wait().unwrap();
+        assert!(alive(std::process::id()));
     }
 }

@@ -268,6 +268,24 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
         (None, Some(f)) => i >= f,
         (None, None) => true,
     };
+    // `--gpus N` and data-parallel ranks give worker i the i-th GPU it sees; a pipeline
+    // that names one GPU (other than the first) would be silently overridden.
+    if let (crate::device::DeviceSpec::Cuda(k @ 1..), true) =
+        (p.device, workers.is_some() || rank.is_some())
+    {
+        let how = match workers {
+            Some(w) => format!("--gpus {}", w.count),
+            None => "a data-parallel rank (RANK, WORLD_SIZE)".into(),
+        };
+        return Err(Error::Config {
+            path: p.file.clone(),
+            message: format!(
+                "run.device = \"cuda:{k}\" names one GPU, but under {how} worker i uses \
+                 the i-th GPU this process sees: write device = \"cuda\" (or \"auto\") \
+                 and choose the GPUs with CUDA_VISIBLE_DEVICES"
+            ),
+        });
+    }
     let (device, kind) = kind_of(p)?;
     let device = crate::distributed::local_device(device)?;
     if let Some(w) = workers.filter(|_| device.is_cuda()) {

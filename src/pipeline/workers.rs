@@ -5,7 +5,8 @@
 //! runs as N children `distill run P --only STAGE` with the data-parallel environment
 //! ([`vars`]), whose rank 0 writes the outputs. Each child's stdout and stderr go to
 //! `<run>/workers/STAGE-rank-I.log`. When one child fails, the others are killed and the
-//! stage fails naming the rank and its log; a rerun reuses every committed shard.
+//! stage fails naming the rank and its log; a rerun reuses every committed shard. When the
+//! parent dies, however it dies, the kernel kills its children.
 use crate::error::{Error, Result};
 use crate::stages::paths::StageId;
 use std::ffi::OsString;
@@ -177,6 +178,9 @@ fn spawn(mut cmd: Command, log: &Path) -> Result<Child> {
         .open(log)
         .map_err(|e| Error::io(log, e))?;
     let err = out.try_clone().map_err(|e| Error::io(log, e))?;
+    // A parent killed outright (SIGKILL, the OOM killer) takes its workers with it,
+    // rather than leaving them to finish and hold their locks against the rerun.
+    crate::ffi::process::die_with_parent(&mut cmd);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))

@@ -136,6 +136,10 @@ impl StageEnv<'_> {
 /// A stage hosts the training loop: its events become the stage's log lines, progress
 /// bar and shard records.
 impl crate::training::trainer::Host for StageEnv<'_> {
+    fn label(&self) -> String {
+        self.name.to_string()
+    }
+
     fn event(&mut self, event: crate::training::trainer::TrainEvent) {
         use crate::training::trainer::TrainEvent as T;
         let stage = self.name.to_string();
@@ -190,10 +194,13 @@ impl crate::training::trainer::Host for StageEnv<'_> {
 /// Fault injection for the crash-recovery tests: with `DISTILL_FAULT_AFTER_SHARDS=N` the
 /// process aborts (as if killed with SIGKILL) right after its N-th committed shard; with
 /// `DISTILL_FAULT_AT_STEP=N` (or `STAGE:N`), right after training step N of any (that)
-/// training stage, checkpoint or not.
+/// training stage, checkpoint or not. `DISTILL_FAULT_HANG_AFTER_SHARDS=N` makes the
+/// process stop working (sleep) after its N-th committed shard instead, so that a test can
+/// kill its parent while it runs.
 #[derive(Debug, Default)]
 pub struct FaultInjector {
     remaining: Option<usize>,
+    hang: bool,
     at_step: Option<(Option<String>, u64)>,
 }
 
@@ -204,8 +211,10 @@ impl FaultInjector {
             Some((stage, n)) => n.parse().ok().map(|n| (Some(stage.to_string()), n)),
             None => v.parse().ok().map(|n| (None, n)),
         });
+        let hang = var("DISTILL_FAULT_HANG_AFTER_SHARDS").and_then(|v| v.parse().ok());
         FaultInjector {
-            remaining: var("DISTILL_FAULT_AFTER_SHARDS").and_then(|v| v.parse().ok()),
+            remaining: hang.or(var("DISTILL_FAULT_AFTER_SHARDS").and_then(|v| v.parse().ok())),
+            hang: hang.is_some(),
             at_step,
         }
     }
@@ -224,6 +233,10 @@ impl FaultInjector {
     fn after_commit(&mut self) {
         if let Some(n) = &mut self.remaining {
             *n = n.saturating_sub(1);
+            if *n == 0 && self.hang {
+                eprintln!("DISTILL_FAULT_HANG_AFTER_SHARDS: hanging");
+                std::thread::sleep(std::time::Duration::from_secs(600));
+            }
             if *n == 0 {
                 eprintln!("DISTILL_FAULT_AFTER_SHARDS: aborting");
                 std::process::abort();

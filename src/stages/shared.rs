@@ -284,7 +284,8 @@ pub fn upstream_output(
 
 /// A whole stage result kept across runs (the trained teacher): the stage's outputs and
 /// summary under `cache/<stage>/<key>/`, keyed by the stage's identity (configuration and
-/// input fingerprints), the device and distill's version, so an unchanged night reuses it.
+/// input fingerprints), the device, the number of data-parallel ranks that trained it and
+/// distill's version, so an unchanged night reuses it.
 pub struct StageCache {
     dir: std::path::PathBuf,
 }
@@ -299,13 +300,26 @@ struct CachedOutcome {
 
 const ENTRY: &str = "entry.json";
 
+/// A cache entry's key. A teacher trained on N ranks is another teacher than one process
+/// trains (other dropout masks, other reduction orders), so N > 1 enters the key; one
+/// process keeps the key it always had.
+fn cache_key(identity: &str, device: tch::Device, ranks: usize) -> String {
+    let mut key = json!({
+        "identity": identity,
+        "device": format!("{device:?}"),
+        "distill_version": env!("CARGO_PKG_VERSION"),
+    });
+    if ranks > 1 {
+        key["ranks"] = ranks.into();
+    }
+    fingerprint::json(&key)
+}
+
 impl StageCache {
-    pub fn new(env: &StageEnv) -> Self {
-        let key = fingerprint::json(&json!({
-            "identity": env.identity,
-            "device": format!("{:?}", env.device),
-            "distill_version": env!("CARGO_PKG_VERSION"),
-        }));
+    /// The entry of `env`'s stage as `ranks` data-parallel processes make it (1 for one
+    /// process).
+    pub fn new(env: &StageEnv, ranks: usize) -> Self {
+        let key = cache_key(&env.identity, env.device, ranks);
         StageCache {
             dir: env.pipeline.cache_dir.join(env.name).join(key),
         }
@@ -459,4 +473,27 @@ pub fn student_ndcg10(
 pub fn hashed(fields: &impl serde::Serialize) -> serde_json::Value {
     serde_json::to_value(fields)
         .unwrap_or_else(|e| unreachable!("hash fields serialise to JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cache_key;
+    use crate::pipeline::fingerprint;
+    use tch::Device;
+
+    #[test]
+    fn a_teacher_of_n_ranks_has_its_own_cache_entry_and_one_process_keeps_its_old_key() {
+        let one = cache_key("abc", Device::Cpu, 1);
+        // The key one process has always had (entries written before ranks existed).
+        let old = fingerprint::json(&serde_json::json!({
+            "identity": "abc",
+            "device": "Cpu",
+            "distill_version": env!("CARGO_PKG_VERSION"),
+        }));
+        assert_eq!(one, old);
+        let two = cache_key("abc", Device::Cpu, 2);
+        assert_ne!(one, two);
+        assert_ne!(two, cache_key("abc", Device::Cpu, 4));
+        assert_ne!(one, cache_key("abd", Device::Cpu, 1));
+    }
 }

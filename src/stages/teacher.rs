@@ -128,8 +128,8 @@ impl Stage for Teacher {
             .ok_or_else(|| Error::config(&p.file, "the teacher stage needs teacher.base"))?;
         // An unchanged night (same settings, base, student and candidates) reuses the
         // teacher trained before, from the run root's cache.
-        let cache = shared::StageCache::new(env);
         let world = super::world(env)?;
+        let cache = shared::StageCache::new(env, world.as_ref().map_or(1, |w| w.size()));
         let rank = world.as_ref().map_or(0, crate::distributed::World::rank);
         let cached = match rank {
             0 => cache.restore(env)?,
@@ -240,8 +240,9 @@ fn train_one(
         env.device,
         Kind::Float,
     )?;
-    // Mixed precision on CUDA: bf16 activations over fp32 master weights.
-    if env.device.is_cuda() {
+    // Mixed precision where the run's precision is bf16 (on CUDA by default, on the CPU
+    // when asked for): bf16 activations over fp32 master weights.
+    if env.kind == Kind::BFloat16 {
         model.bert.set_compute_kind(Kind::BFloat16);
     }
     let who = match name == env.name {

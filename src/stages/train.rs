@@ -235,8 +235,9 @@ impl Stage for Train {
             Kind::Float,
             cfg.max_seq_length.or(p.student.max_length),
         )?;
-        // Mixed precision on CUDA: bf16 activations over fp32 master weights.
-        if env.device.is_cuda() {
+        // Mixed precision where the run's precision is bf16 (on CUDA by default, on the CPU
+        // when asked for): bf16 activations over fp32 master weights.
+        if env.kind == Kind::BFloat16 {
             model.bert.set_compute_kind(Kind::BFloat16);
         }
         let scores = p

@@ -8,4 +8,5 @@ pub mod objectives;
 pub mod optimizer;
 pub mod retention;
 pub mod schedule;
+pub mod trace;
 pub mod trainer;

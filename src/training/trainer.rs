@@ -121,6 +121,10 @@ pub enum TrainEvent {
 pub trait Host {
     fn event(&mut self, event: TrainEvent);
     fn after_step(&mut self, _step: u64) {}
+    /// What is being trained, for file names (a stage's name).
+    fn label(&self) -> String {
+        "training".into()
+    }
 }
 
 /// A loss (differentiable) and its named terms (values, for the curve).
@@ -375,8 +379,21 @@ pub fn train(
     // The values of a step are read back after the next step has been queued, so the
     // host never waits for the GPU to drain (except before a checkpoint).
     let mut pending: Option<PendingStep> = None;
+    let cuda = match opt.params.first().map(|p| p.param.device()) {
+        Some(tch::Device::Cuda(i)) => Some(i as i64),
+        _ => None,
+    };
+    let mut trace = super::trace::StepTrace::from_env(
+        &host.label(),
+        checkpoints,
+        world.map_or(0, World::rank),
+        cuda,
+    )?;
     while opt.step < total_steps {
         let step = opt.step;
+        if let Some(t) = trace.as_mut() {
+            t.before(step)?;
+        }
         // Dropout's generator: the one-process seed on rank 0, a seed of its own on each
         // other rank, so that the ranks' slices draw independent masks.
         tch::manual_seed(match world.map_or(0, World::rank) {
@@ -419,6 +436,9 @@ pub fn train(
             world,
         )?;
         record.epoch = epoch;
+        if let Some(t) = trace.as_mut() {
+            t.after(opt.step)?;
+        }
         if let Some(previous) = pending.replace(record) {
             previous.resolve(&mut curve, host)?;
         }
