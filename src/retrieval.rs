@@ -98,15 +98,26 @@ pub fn top_k(queries: &Tensor, corpus: &Tensor, k: usize, corpus_chunk: usize) -
         let empty = Tensor::zeros([nq, 0], (Kind::Float, queries.device()));
         (empty.shallow_clone(), empty.to_kind(Kind::Int64))
     });
-    let v = Vec::<Vec<f32>>::try_from(v.to_kind(Kind::Float).to_device(tch::Device::Cpu))
-        .ctx(|| "scores".into())?;
-    let i = Vec::<Vec<i64>>::try_from(i.to_device(tch::Device::Cpu)).ctx(|| "indices".into())?;
+    // One copy of each matrix to the host (not one per row).
+    let width = v.size()[1] as usize;
+    let v = Vec::<f32>::try_from(
+        v.to_kind(Kind::Float)
+            .to_device(tch::Device::Cpu)
+            .reshape([-1]),
+    )
+    .ctx(|| "scores".into())?;
+    let i = Vec::<i64>::try_from(i.to_device(tch::Device::Cpu).reshape([-1]))
+        .ctx(|| "indices".into())?;
     let mut ranking = Ranking {
-        indices: Vec::with_capacity(v.len()),
-        scores: Vec::with_capacity(v.len()),
+        indices: Vec::with_capacity(nq as usize),
+        scores: Vec::with_capacity(nq as usize),
     };
-    for (scores, idx) in v.into_iter().zip(i) {
-        let mut pairs: Vec<(f32, i64)> = scores.into_iter().zip(idx).collect();
+    for row in 0..nq as usize {
+        let (scores, idx) = (
+            &v[row * width..(row + 1) * width],
+            &i[row * width..(row + 1) * width],
+        );
+        let mut pairs: Vec<(f32, i64)> = scores.iter().copied().zip(idx.iter().copied()).collect();
         pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         ranking.scores.push(pairs.iter().map(|p| p.0).collect());
         ranking.indices.push(pairs.iter().map(|p| p.1).collect());

@@ -12,12 +12,15 @@ use std::path::{Path, PathBuf};
 pub struct Texts {
     pub ids: Vec<String>,
     pub texts: Vec<String>,
-    index: HashMap<String, usize>,
+    index: HashMap<String, usize, ahash::RandomState>,
 }
 
 impl Texts {
     fn from_records(records: Vec<TextRecord>) -> Self {
         let mut t = Texts::default();
+        t.ids.reserve(records.len());
+        t.texts.reserve(records.len());
+        t.index.reserve(records.len());
         for r in records {
             t.index.insert(r.id.clone(), t.ids.len());
             t.ids.push(r.id);

@@ -110,14 +110,33 @@ pub fn count_texts(path: &Path, format: TextFormat, policy: ReadPolicy) -> Resul
 /// `id<TAB>text` in a TSV file, invalid UTF-8, corrupt gzip data always; duplicate ids
 /// and empty texts when strict. Blank lines are skipped, except in plain text (where they
 /// are texts, with their ids). Only the ids seen so far are kept, for the duplicate check.
+///
+/// Lines are read in blocks of [`BLOCK_LINES`] and parsed on rayon's pool (JSON parsing
+/// was a loading stage's largest cost at a million passages); the checks and the errors
+/// then go through the block in line order, so the first bad line is the one reported,
+/// as when reading line by line.
 pub struct TextReader {
     lines: Lines,
     format: TextFormat,
     detected_on: Option<usize>,
     policy: ReadPolicy,
-    seen: HashMap<String, usize>,
+    seen: HashMap<String, usize, ahash::RandomState>,
+    /// Parsed lines not yet handed out, in line order.
+    pending: std::collections::VecDeque<(usize, Parsed)>,
+    /// A read error met after the pending lines (returned once they are handed out).
+    read_error: Option<crate::error::Error>,
     /// What the policy skipped so far.
     pub skipped: Skipped,
+}
+
+/// Lines parsed together.
+pub const BLOCK_LINES: usize = 4096;
+
+/// One line, parsed.
+enum Parsed {
+    Blank,
+    Record(TextRecord),
+    Bad(String),
 }
 
 impl TextReader {
@@ -128,43 +147,97 @@ impl TextReader {
             format,
             detected_on,
             policy,
-            seen: HashMap::new(),
+            seen: HashMap::default(),
+            pending: Default::default(),
+            read_error: None,
             skipped: Skipped::default(),
         })
     }
 
+    /// Parse one line of this reader's format (no check across lines).
+    fn parse(format: TextFormat, detected_on: Option<usize>, line: usize, raw: String) -> Parsed {
+        match format {
+            TextFormat::Jsonl | TextFormat::Tsv if raw.trim().is_empty() => Parsed::Blank,
+            TextFormat::Jsonl => match parse_beir_line(&raw) {
+                Ok(r) => Parsed::Record(r),
+                Err(m) => Parsed::Bad(m),
+            },
+            TextFormat::Tsv => match split_tsv(&raw) {
+                Ok((id, text)) => Parsed::Record(TextRecord {
+                    id: id.to_string(),
+                    text: text.to_string(),
+                    line,
+                }),
+                Err(m) => {
+                    let hint = detected_on.map(|at| {
+                        format!(
+                            " (the file reads as `id<TAB>text` from its line {at}; \
+                             `--format text` reads each line whole)"
+                        )
+                    });
+                    Parsed::Bad(m + &hint.unwrap_or_default())
+                }
+            },
+            TextFormat::Text | TextFormat::Auto => Parsed::Record(TextRecord {
+                id: line.to_string(),
+                text: raw,
+                line,
+            }),
+        }
+    }
+
+    /// Read the next block of lines and parse it. A read error (invalid UTF-8, corrupt
+    /// gzip) is returned once the lines before it have been handed out and checked.
+    fn fill(&mut self) {
+        let mut raw = Vec::with_capacity(BLOCK_LINES);
+        while raw.len() < BLOCK_LINES {
+            match self.lines.next_line() {
+                Ok(Some(l)) => raw.push(l),
+                Ok(None) => break,
+                Err(e) => {
+                    self.read_error = Some(e);
+                    break;
+                }
+            }
+        }
+        let (format, detected_on) = (self.format, self.detected_on);
+        use rayon::prelude::*;
+        let parsed: Vec<(usize, Parsed)> = raw
+            .into_par_iter()
+            .map(|(line, text)| (line, Self::parse(format, detected_on, line, text)))
+            .collect();
+        self.pending.extend(parsed);
+    }
+
     /// The next record the policy keeps, or `None` at the end of the file.
     pub fn next_record(&mut self) -> Result<Option<TextRecord>> {
-        let lines = &mut self.lines;
-        while let Some((line, raw)) = lines.next_line()? {
-            let record = match self.format {
-                TextFormat::Jsonl | TextFormat::Tsv if raw.trim().is_empty() => continue,
-                TextFormat::Jsonl => parse_beir_line(&raw).map_err(|m| lines.error(m))?,
-                TextFormat::Tsv => match split_tsv(&raw) {
-                    Ok((id, text)) => TextRecord {
-                        id: id.to_string(),
-                        text: text.to_string(),
-                        line,
-                    },
-                    Err(m) => {
-                        let hint = self.detected_on.map(|at| {
-                            format!(
-                                " (the file reads as `id<TAB>text` from its line {at}; \
-                                 `--format text` reads each line whole)"
-                            )
-                        });
-                        return Err(lines.error(m + &hint.unwrap_or_default()));
-                    }
-                },
-                TextFormat::Text | TextFormat::Auto => TextRecord {
-                    id: line.to_string(),
-                    text: raw,
-                    line,
-                },
+        loop {
+            if self.pending.is_empty() {
+                if let Some(e) = self.read_error.take() {
+                    return Err(e);
+                }
+                self.fill();
+            }
+            let Some((line, parsed)) = self.pending.pop_front() else {
+                // Nothing read and no error: the end of the file.
+                return match self.read_error.take() {
+                    Some(e) => Err(e),
+                    None => Ok(None),
+                };
+            };
+            let error = |message: String| crate::error::Error::Input {
+                path: self.lines.path().to_path_buf(),
+                line,
+                message,
+            };
+            let record = match parsed {
+                Parsed::Blank => continue,
+                Parsed::Bad(m) => return Err(error(m)),
+                Parsed::Record(r) => r,
             };
             if let Some(&first) = self.seen.get(&record.id) {
                 if self.policy.strict {
-                    return Err(lines.error(format!(
+                    return Err(error(format!(
                         "duplicate id `{}` (first seen on line {first})",
                         record.id
                     )));
@@ -174,7 +247,7 @@ impl TextReader {
             }
             if !self.policy.allow_empty && record.text.trim().is_empty() {
                 if self.policy.strict {
-                    return Err(lines.error(format!("empty text for `{}`", record.id)));
+                    return Err(error(format!("empty text for `{}`", record.id)));
                 }
                 self.skipped.empty.push((line, record.id));
                 continue;
@@ -182,7 +255,6 @@ impl TextReader {
             self.seen.insert(record.id.clone(), line);
             return Ok(Some(TextRecord { line, ..record }));
         }
-        Ok(None)
     }
 }
 
@@ -199,9 +271,34 @@ fn split_tsv(raw: &str) -> std::result::Result<(&str, &str), String> {
     }
 }
 
+/// The usual shape of a BEIR line, read without building a JSON tree (strings borrowed
+/// from the line unless they hold escapes). Anything else (a numeric `_id`, a missing or
+/// mistyped key, a repeated key, malformed JSON) goes through [`parse_beir_line`]'s
+/// general path, which says what is wrong.
+#[derive(serde::Deserialize)]
+struct BeirLine<'a> {
+    #[serde(rename = "_id", borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    text: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    title: Option<std::borrow::Cow<'a, str>>,
+}
+
 /// One BEIR JSONL object: the embedded text is `title + " " + text` when the title is
 /// non-empty, as BEIR does, else `text`.
 fn parse_beir_line(raw: &str) -> std::result::Result<TextRecord, String> {
+    if let Ok(line) = serde_json::from_str::<BeirLine>(raw) {
+        let text = match line.title.as_deref() {
+            None | Some("") => line.text.into_owned(),
+            Some(title) => format!("{title} {}", line.text),
+        };
+        return Ok(TextRecord {
+            id: line.id.into_owned(),
+            text,
+            line: 0,
+        });
+    }
     let value: serde_json::Value =
         serde_json::from_str(raw).map_err(|e| format!("malformed JSON: {e}"))?;
     let obj = value

@@ -162,3 +162,69 @@ fn a_line_that_is_not_id_tab_text_is_an_error_naming_file_and_line() {
     let err = read_texts(f.path(), TextFormat::Auto).unwrap_err();
     assert!(err.to_string().contains(":2: duplicate id `1`"), "{err}");
 }
+
+/// 10,000 lines (several parse blocks) with one fault at line `at`.
+fn long_file(at: usize, fault: &[u8]) -> tempfile::NamedTempFile {
+    let mut content = Vec::new();
+    for line in 1..=10_000 {
+        match line == at {
+            true => content.extend_from_slice(fault),
+            false => content.extend_from_slice(
+                format!("{{\"_id\": \"d{line}\", \"text\": \"text {line}\"}}").as_bytes(),
+            ),
+        }
+        content.push(b'\n');
+    }
+    file(&content, ".jsonl")
+}
+
+#[test]
+fn blocks_parsed_in_parallel_hand_out_every_record_in_order_and_the_first_fault() {
+    const { assert!(BLOCK_LINES < 5_000, "the file must span several blocks") };
+    let f = long_file(0, b"");
+    let r = read_texts(f.path(), TextFormat::Auto).unwrap();
+    assert_eq!(r.len(), 10_000);
+    assert!(r
+        .iter()
+        .enumerate()
+        .all(|(i, t)| t.line == i + 1 && t.id == format!("d{}", i + 1)));
+    let faults: [(usize, &[u8], &str); 3] = [
+        (9_000, b"{not json", "malformed JSON"),
+        (
+            6_001,
+            b"{\"_id\": \"d17\", \"text\": \"again\"}",
+            "first seen on line 17",
+        ),
+        (
+            4_097,
+            b"{\"_id\": \"x\", \"text\": \"\xff\"}",
+            "invalid UTF-8",
+        ),
+    ];
+    for (at, fault, needle) in faults {
+        let f = long_file(at, fault);
+        let mut reader = TextReader::open(
+            f.path(),
+            TextFormat::Auto,
+            ReadPolicy {
+                strict: true,
+                allow_empty: false,
+            },
+        )
+        .unwrap();
+        let mut n = 0;
+        let err = loop {
+            match reader.next_record() {
+                Ok(Some(_)) => n += 1,
+                Ok(None) => panic!("no error for line {at}"),
+                Err(e) => break e.to_string(),
+            }
+        };
+        // Every record before the fault, none after it.
+        assert_eq!(n, at - 1, "{err}");
+        assert!(
+            err.contains(needle) && err.contains(&format!(":{at}:")),
+            "{err}"
+        );
+    }
+}

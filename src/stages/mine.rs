@@ -190,13 +190,62 @@ impl Stage for Mine {
             first += shards;
             if !missing.is_empty() {
                 let corpus = super::shared::corpus_embeddings(env, &student, &student_fp, d, ds)?;
-                for s in missing {
-                    let part = &queries[s * chunk..((s + 1) * chunk).min(queries.len())];
-                    let table = mine_chunk(p, &student, &corpus, d, ds, part)?;
-                    table.write(&env.shard_path(&prefix, s))?;
-                    done += 1;
-                    env.committed(done - 1, total);
-                }
+                let part = |s: usize| &queries[s * chunk..((s + 1) * chunk).min(queries.len())];
+                // The device searches chunk s + 1 while a thread turns chunk s into its
+                // table and writes it; each shard is reported once it is committed.
+                std::thread::scope(|scope| -> Result<()> {
+                    let (to_builder, jobs) =
+                        std::sync::mpsc::sync_channel::<(usize, std::path::PathBuf, Found)>(1);
+                    let (to_stage, written) = std::sync::mpsc::channel::<Result<usize>>();
+                    let builder = scope.spawn(move || {
+                        for (s, path, found) in jobs {
+                            let r = chunk_table(p, d, ds, part(s), found).write(&path);
+                            let failed = r.is_err();
+                            let _ = to_stage.send(r.map(|()| s));
+                            if failed {
+                                return;
+                            }
+                        }
+                    });
+                    let mut report = |env: &mut StageEnv, r: Result<usize>| -> Result<()> {
+                        r?;
+                        done += 1;
+                        env.committed(done - 1, total);
+                        Ok(())
+                    };
+                    let mut result = Ok(());
+                    for &s in &missing {
+                        let found = match search_chunk(p, &student, &corpus, ds, part(s)) {
+                            Ok(f) => f,
+                            Err(e) => {
+                                result = Err(e);
+                                break;
+                            }
+                        };
+                        if to_builder
+                            .send((s, env.shard_path(&prefix, s), found))
+                            .is_err()
+                        {
+                            break; // the builder stopped on an error, reported below
+                        }
+                        while let Ok(r) = written.try_recv() {
+                            if let Err(e) = report(env, r) {
+                                result = Err(e);
+                            }
+                        }
+                        if result.is_err() {
+                            break;
+                        }
+                    }
+                    drop(to_builder);
+                    let _ = builder.join();
+                    for r in written.try_iter() {
+                        if let (Err(e), true) = (report(env, r), result.is_ok()) {
+                            result = Err(e);
+                        }
+                    }
+                    result
+                })?;
             }
             let without = ds.qrels[&d.train_split].len() - queries.len() - dev;
             summary.insert(
@@ -247,15 +296,22 @@ fn count_short(t: &PairTable, n: usize) -> usize {
     per.values().filter(|&&c| c < n).count()
 }
 
-/// Candidates for one chunk of training queries.
-fn mine_chunk(
+/// What the device found for one chunk of training queries: the student's top-k of each
+/// query, and each labelled positive's (query row, corpus row) with its score and rank.
+struct Found {
+    ranking: retrieval::Ranking,
+    pos_pairs: Vec<(i64, i64)>,
+    pos_scores: Vec<(f32, i64)>,
+}
+
+/// Encode one chunk of training queries and search the corpus for them.
+fn search_chunk(
     p: &Pipeline,
     student: &BiEncoder,
     corpus: &Tensor,
-    d: &DatasetRef,
     ds: &Dataset,
     queries: &[(String, Vec<String>)],
-) -> Result<PairTable> {
+) -> Result<Found> {
     let cfg = &p.mine;
     let texts: Vec<&str> = queries
         .iter()
@@ -279,6 +335,28 @@ fn mine_chunk(
         }
     }
     let pos_scores = retrieval::score_and_rank(&q, corpus, &pos_pairs, cfg.corpus_chunk)?;
+    Ok(Found {
+        ranking,
+        pos_pairs,
+        pos_scores,
+    })
+}
+
+/// The candidates of one chunk of training queries (on the host, from [`search_chunk`]'s
+/// results): each query's labelled positives, then its negatives from the rank range.
+fn chunk_table(
+    p: &Pipeline,
+    d: &DatasetRef,
+    ds: &Dataset,
+    queries: &[(String, Vec<String>)],
+    found: Found,
+) -> PairTable {
+    let cfg = &p.mine;
+    let Found {
+        ranking,
+        pos_pairs,
+        pos_scores,
+    } = found;
     let mut t = PairTable::default();
     let push = |t: &mut PairTable, qid: &str, doc: &str, rank: i64, score: f32, positive: bool| {
         t.dataset.push(d.name.clone());
@@ -331,5 +409,5 @@ fn mine_chunk(
             push(&mut t, qid, doc, r as i64 + 1, s, false);
         }
     }
-    Ok(t)
+    t
 }
