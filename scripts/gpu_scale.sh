@@ -7,6 +7,10 @@
 # A second call on the same (warm) machine with later stages goes on from the first.
 # SCALE_LOCAL=1 DISTILL=target/release/distill OUT=DIR: the same on this machine (a
 # smoke test with a small N), without the device setup.
+# TEACHER_FAST=1: a teacher of one epoch in large batches (about 400 steps at 100k
+# queries), for measuring the other stages' speed only.
+# STAGE_ARGS="--gpus 2 --force": appended to each stage's `distill run` (a second call with
+# it redoes the given stages on two GPUs over the same run).
 set -euo pipefail
 [ -n "${SCALE_LOCAL:-}" ] || source "$(dirname "$0")/device_setup.sh"
 export DISTILL=${DISTILL:-/tmp/distill}
@@ -15,6 +19,10 @@ BATCH=512; TEACHER_TRAIN=""
 if [ -n "${SCALE_LOCAL:-}" ]; then
     BATCH=16; TEACHER_TRAIN=$'[teacher_train]\nmin_steps = 10\nbatch_queries = 4\nnegatives = 3'
 fi
+if [ -n "${TEACHER_FAST:-}" ]; then
+    TEACHER_TRAIN=$'[teacher_train]\nmin_steps = 0\nbatch_queries = 256\nnegatives = 3'
+fi
+export STAGE_ARGS=${STAGE_ARGS:-}
 N=$1; Q=$2; T=$3; STAGES=$4; NEG=${5:-29}
 DATA=/tmp/scale-$N
 if [ ! -f "$DATA/corpus.jsonl" ]; then
@@ -57,7 +65,7 @@ for stage in $STAGES; do
 import json, os, resource, subprocess, sys, time
 stage, pipe = sys.argv[1:3]
 t = time.time()
-p = subprocess.run([os.environ["DISTILL"], "-q", "run", pipe, "--only", stage],
+p = subprocess.run([os.environ["DISTILL"], "-q", "run", pipe, "--only", stage] + os.environ["STAGE_ARGS"].split(),
                    stdout=subprocess.DEVNULL, stderr=open(os.environ["OUT"] + f"/{stage}.log", "w"))
 wall = time.time() - t
 rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
