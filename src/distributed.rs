@@ -23,6 +23,9 @@ pub const MASTER_ADDR: &str = "MASTER_ADDR";
 pub const MASTER_PORT: &str = "MASTER_PORT";
 /// How many of the run's processes share this host (its cores are split between them).
 pub const LOCAL_WORLD_SIZE: &str = "LOCAL_WORLD_SIZE";
+/// For rank 0 of a `--gpus` parent's ranks: the number of an inherited socket, already
+/// bound to `MASTER_PORT` and listening, on which it serves the rendezvous store.
+pub const LISTEN_FD: &str = "DISTILL_MASTER_LISTEN_FD";
 
 /// How long a rank waits for the others (rendezvous, every collective), in seconds:
 /// `DISTILL_DIST_TIMEOUT` or an hour. Rank 0 alone evaluates in training and writes
@@ -144,16 +147,37 @@ impl World {
                 key: MASTER_PORT.into(),
                 message: format!("{MASTER_PORT} must name the rendezvous port (a number) when {WORLD_SIZE}={size}"),
             })?;
-        World::join(device, &host, port, rank, size).map(Some)
+        let listen_fd = match std::env::var(LISTEN_FD) {
+            Err(_) => None,
+            Ok(v) => Some(v.trim().parse::<i32>().map_err(|_| Error::Setting {
+                key: LISTEN_FD.into(),
+                message: format!(
+                    "environment variable {LISTEN_FD}=`{v}` is not a file descriptor number"
+                ),
+            })?),
+        };
+        World::join_on(device, &host, port, (rank, size), listen_fd).map(Some)
     }
 
     /// Join as `rank` of `size` at `host:port`.
     pub fn join(device: Device, host: &str, port: u16, rank: usize, size: usize) -> Result<World> {
+        World::join_on(device, host, port, (rank, size), None)
+    }
+
+    /// Join as `rank` of `size` at `host:port`; rank 0 serves the store on `listen_fd`
+    /// when given (a listening socket bound to `port`).
+    fn join_on(
+        device: Device,
+        host: &str,
+        port: u16,
+        ranks: (usize, usize),
+        listen_fd: Option<i32>,
+    ) -> Result<World> {
         let backend = match device {
             Device::Cuda(n) => Backend::Nccl(n),
             _ => Backend::Gloo,
         };
-        let group = ProcessGroup::join(backend, host, port, rank, size, timeout()?)?;
+        let group = ProcessGroup::join(backend, host, port, ranks, listen_fd, timeout()?)?;
         Ok(World { group, device })
     }
 
@@ -233,12 +257,21 @@ impl World {
     }
 }
 
-/// A TCP port free on this host now, for rank 0's rendezvous store. Another process may
-/// take it before rank 0 binds it; the rendezvous then fails with the address named.
+/// A TCP port free on this host now, for a rendezvous store that another launcher starts
+/// (the tests start ranks as torchrun would). Another process may take it before rank 0
+/// binds it; `--gpus` avoids that with [`listener`].
 pub fn free_port() -> Result<u16> {
+    Ok(listener()?.1)
+}
+
+/// A socket bound to a free port of 127.0.0.1 and listening, and its port: `--gpus` hands
+/// it down to rank 0 ([`LISTEN_FD`]), which serves the store on it, so the port cannot
+/// be taken between choosing it and serving on it.
+pub fn listener() -> Result<(std::net::TcpListener, u16)> {
     let io = |e| Error::io("127.0.0.1:0", e);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
-    Ok(listener.local_addr().map_err(io)?.port())
+    let port = listener.local_addr().map_err(io)?.port();
+    Ok((listener, port))
 }
 
 #[cfg(test)]

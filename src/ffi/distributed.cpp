@@ -80,9 +80,12 @@ void wait(const c10::intrusive_ptr<c10d::Work>& work) {
 
 // Join the group of `size` processes as `rank`, meeting at host:port (rank 0 serves the
 // store there). `nccl` picks ProcessGroupNCCL for the tensors of CUDA device `nccl - 1`
-// (made the process's current device), else (0) Gloo for CPU tensors.
+// (made the process's current device), else (0) Gloo for CPU tensors. `listen_fd` >= 0:
+// rank 0 serves the store on this socket, already bound to `port` and listening (handed
+// down by the process that chose the port, so that no other process can take it between).
 extern "C" void* distill_pg_new(int nccl, const char* host, int port, int rank, int size,
-                                int64_t timeout_ms, char* err, size_t err_len) {
+                                int64_t timeout_ms, int listen_fd, char* err,
+                                size_t err_len) {
   try {
     if (nccl) {
       c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)
@@ -95,6 +98,9 @@ extern "C" void* distill_pg_new(int nccl, const char* host, int port, int rank, 
     opts.numWorkers = static_cast<std::size_t>(size);
     opts.waitWorkers = true;
     opts.timeout = timeout;
+    if (listen_fd >= 0 && rank == 0) {
+      opts.masterListenFd = listen_fd;
+    }
     auto group = std::make_unique<Group>();
     group->store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
     if (nccl) {

@@ -16,6 +16,7 @@ mod sys {
             rank: i32,
             size: i32,
             timeout_ms: i64,
+            listen_fd: i32,
             err: *mut c_char,
             err_len: usize,
         ) -> *mut c_void;
@@ -67,13 +68,14 @@ unsafe impl Send for ProcessGroup {}
 
 impl ProcessGroup {
     /// Join the group of `size` processes as `rank`: rank 0 serves a TCPStore at
-    /// `host:port`, the others connect to it; all wait up to `timeout` for each other.
+    /// `host:port` (on `listen_fd` when given: a socket already bound to `port` and
+    /// listening), the others connect to it; all wait up to `timeout` for each other.
     pub fn join(
         backend: Backend,
         host: &str,
         port: u16,
-        rank: usize,
-        size: usize,
+        (rank, size): (usize, usize),
+        listen_fd: Option<i32>,
         timeout: std::time::Duration,
     ) -> Result<ProcessGroup> {
         #[cfg(distill_ffi)]
@@ -96,6 +98,7 @@ impl ProcessGroup {
                     rank as i32,
                     size as i32,
                     timeout.as_millis() as i64,
+                    listen_fd.unwrap_or(-1),
                     err.as_mut_ptr().cast(),
                     err.len(),
                 )
@@ -108,7 +111,7 @@ impl ProcessGroup {
         #[cfg(not(distill_ffi))]
         {
             let _ = (backend, host, port, timeout);
-            let _ = (rank, size);
+            let _ = (rank, size, listen_fd);
             Err(super::unavailable("process groups"))
         }
     }

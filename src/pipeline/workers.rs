@@ -17,7 +17,7 @@ use std::time::Duration;
 /// Names of the environment variables of a data-parallel worker (as torchrun sets them).
 pub mod vars {
     pub use crate::distributed::{
-        LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE,
+        LISTEN_FD, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE,
     };
     /// Set for every child of a `--gpus` parent (which holds `run.lock`).
     pub const GPUS_PARENT: &str = "DISTILL_GPUS_PARENT";
@@ -93,10 +93,14 @@ impl Workers {
             true => Some(self.devices()?),
             false => None,
         };
-        let port = match mode {
-            Mode::Ranks => Some(crate::distributed::free_port()?),
+        // Rank 0 inherits the listening socket of its rendezvous store, so no other
+        // process can take the port before it serves there. The parent's copy closes
+        // when the stage's children have been started.
+        let listener = match mode {
+            Mode::Ranks => Some(crate::distributed::listener()?),
             _ => None,
         };
+        let port = listener.as_ref().map(|(_, port)| *port);
         let mut started: Vec<Worker> = Vec::new();
         for rank in 0..self.count {
             let mut cmd = Command::new(&self.program);
@@ -114,6 +118,12 @@ impl Workers {
                         .env(vars::MASTER_ADDR, "127.0.0.1")
                         .env(vars::MASTER_PORT, port.to_string())
                         .env(vars::NCCL_NVLS_ENABLE, "0");
+                    if let (true, Some((socket, _))) = (rank == "0", &listener) {
+                        use std::os::fd::AsRawFd;
+                        let fd = socket.as_raw_fd();
+                        cmd.env(vars::LISTEN_FD, fd.to_string());
+                        crate::ffi::process::inherit_fd(&mut cmd, fd);
+                    }
                 }
                 None => {
                     cmd.arg("--shard").arg(format!("{rank}/{}", self.count));
@@ -141,6 +151,7 @@ impl Workers {
                 }
             }
         }
+        drop(listener);
         wait_all(stage, started)
     }
 
@@ -270,6 +281,19 @@ mod tests {
             .unwrap();
         let log = std::fs::read_to_string(log_path(dir.path(), "score", 1)).unwrap();
         assert_eq!(log.trim(), "--only score --force --shard 1/2 []");
+    }
+
+    #[test]
+    fn rank_0_inherits_the_listening_socket_of_the_rendezvous_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "if [ -n \"$DISTILL_MASTER_LISTEN_FD\" ]; then \
+                      readlink /proc/$$/fd/$DISTILL_MASTER_LISTEN_FD; else echo none; fi";
+        shell(script)
+            .run(dir.path(), "train", Mode::Ranks, false, false)
+            .unwrap();
+        let log = |rank| std::fs::read_to_string(log_path(dir.path(), "train", rank)).unwrap();
+        assert!(log(0).starts_with("socket:["), "{}", log(0));
+        assert_eq!(log(1).trim(), "none");
     }
 
     #[test]
