@@ -1,5 +1,7 @@
 //! Length-sorted batching: inputs of similar length share a batch, so padding is small.
-//! And [`upload`]: host tensors to the device without waiting for it.
+//! And [`upload`]: host tensors to the device without waiting for it; [`prepare_ahead`]:
+//! the next chunk's host work on a thread while the device works on the current one.
+use crate::error::Result;
 use tch::{Device, Tensor};
 
 /// Copy a CPU tensor to `device`. On CUDA it goes through pinned (page-locked) memory
@@ -28,6 +30,37 @@ pub fn chunk_rows() -> usize {
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
         .unwrap_or(CHUNK_ROWS)
+}
+
+/// Run `prepare` over `items` on a thread, one item ahead of `consume`, which gets each
+/// prepared item in order on the calling thread (a queue of one: at most two prepared
+/// items exist at once). The first error of either side stops both and is returned; a
+/// failed `prepare` is returned when `consume` reaches it. Encoding, the cross-encoder's
+/// scoring and the score stage tokenize this way while the device works.
+pub fn prepare_ahead<I, P, F, C>(items: I, prepare: F, mut consume: C) -> Result<()>
+where
+    I: IntoIterator,
+    I::IntoIter: Send,
+    P: Send,
+    F: Fn(I::Item) -> Result<P> + Send,
+    C: FnMut(P) -> Result<()>,
+{
+    let items = items.into_iter();
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for item in items {
+                // The receiver is gone when `consume` failed: stop.
+                if tx.send(prepare(item)).is_err() {
+                    break;
+                }
+            }
+        });
+        for prepared in rx {
+            consume(prepared?)?;
+        }
+        Ok(())
+    })
 }
 
 /// Split indices `0..lengths.len()` into batches of at most `batch_size` items, longest

@@ -313,28 +313,20 @@ impl BiEncoder {
         T: Send,
     {
         let tokenizer = &self.tokenizer;
-        std::thread::scope(|scope| -> Result<usize> {
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            scope.spawn(move || {
-                for chunk in chunks {
-                    let tokens = chunk.and_then(|(texts, tag)| {
-                        Ok((tokenize_behind(tokenizer, prompt, &texts)?, tag))
-                    });
-                    // The receiver is gone when encoding failed: stop.
-                    if tx.send(tokens).is_err() {
-                        break;
-                    }
-                }
-            });
-            let mut tokens_seen = 0;
-            for chunk in rx {
-                let (tokens, tag) = chunk?;
+        let mut tokens_seen = 0;
+        crate::model::batching::prepare_ahead(
+            chunks,
+            |chunk| {
+                let (texts, tag) = chunk?;
+                Ok((tokenize_behind(tokenizer, prompt, &texts)?, tag))
+            },
+            |(tokens, tag)| {
                 tokens_seen += tokens.iter().map(Encoded::len).sum::<usize>();
                 let embeddings = self.encode_tokenized(&tokens, batch_size, progress)?;
-                sink(tag, embeddings)?;
-            }
-            Ok(tokens_seen)
-        })
+                sink(tag, embeddings)
+            },
+        )?;
+        Ok(tokens_seen)
     }
 
     /// Embed `texts` of `side` (behind its prompt) chunk by chunk

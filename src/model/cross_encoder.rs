@@ -290,22 +290,16 @@ impl CrossEncoder {
         // current one: memory holds two chunks' tokens, however many pairs there are.
         let rows = crate::model::batching::chunk_rows();
         let tokenizer = &self.tokenizer;
-        std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            scope.spawn(move || {
-                for chunk in pairs.chunks(rows) {
-                    // The receiver is gone when scoring failed: stop.
-                    if tx.send(tokenizer.encode_pairs(chunk)).is_err() {
-                        break;
-                    }
-                }
-            });
-            let mut scores = Vec::with_capacity(pairs.len());
-            for encoded in rx {
-                scores.extend(self.score_tokenized(&encoded?, batch_size, progress)?);
-            }
-            Ok(scores)
-        })
+        let mut scores = Vec::with_capacity(pairs.len());
+        crate::model::batching::prepare_ahead(
+            pairs.chunks(rows),
+            |chunk| tokenizer.encode_pairs(chunk),
+            |encoded| {
+                scores.extend(self.score_tokenized(&encoded, batch_size, progress)?);
+                Ok(())
+            },
+        )?;
+        Ok(scores)
     }
 
     /// As [`CrossEncoder::score`], for pairs already tokenized.

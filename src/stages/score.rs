@@ -171,21 +171,13 @@ impl Stage for Score {
                 }
                 Ok(parts)
             };
-            std::thread::scope(|scope| -> Result<()> {
-                let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                let todo = mine.clone();
-                scope.spawn(move || {
-                    for s in todo {
-                        // The receiver is gone when scoring failed: stop.
-                        if tx.send((s, prepare(s))).is_err() {
-                            break;
-                        }
-                    }
-                });
-                for (s, parts) in rx {
+            crate::model::batching::prepare_ahead(
+                mine.clone(),
+                |s| Ok((s, prepare(s)?)),
+                |(s, parts)| {
                     let start = s * size;
                     let mut scores = vec![0f32; (candidates.len() - start).min(size)];
-                    for ((in_fold, encoded), teacher) in parts?.into_iter().zip(&teachers) {
+                    for ((in_fold, encoded), teacher) in parts.into_iter().zip(&teachers) {
                         let events = &mut *env.events;
                         let got =
                             teacher.score_tokenized(&encoded, p.teacher.batch_size, &mut |n| {
@@ -204,9 +196,9 @@ impl Stage for Score {
                     }
                     .write(&env.shard_path("scores", s))?;
                     env.committed(s, total);
-                }
-                Ok(())
-            })?;
+                    Ok(())
+                },
+            )?;
             env.emit(Event::WorkFinished { stage });
         }
         let done = super::count_shards(&env.partial, "scores");
