@@ -122,7 +122,8 @@ fn sentence_transformers_cross_encoder_with_sigmoid_matches() {
 
 #[test]
 fn dropout_is_active_only_in_training_mode() {
-    use distill::model::tokenizer::{Batch, Encoded};
+    use distill::model::batching::Batch;
+    use distill::model::tokenizer::Encoded;
     let model =
         BiEncoder::load(&generated("tiny_bi_mean"), Device::Cpu, Kind::Float, None).unwrap();
     let texts = ["dropout changes training outputs", "but never inference"];

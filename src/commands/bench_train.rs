@@ -117,7 +117,15 @@ pub(super) fn run_train(
         // The training loop's own step (one micro-batch, the default clipping and peak
         // learning rate).
         let (clip, lr) = (D::TRAIN_MAX_GRAD_NORM, D::TRAIN_LR);
-        crate::training::trainer::optimizer_step(&task, &mut opt, &[examples], clip, lr, None)?;
+        crate::training::trainer::optimizer_step(
+            &task,
+            &mut opt,
+            &[examples],
+            None,
+            clip,
+            lr,
+            None,
+        )?;
         step += 1;
         Ok((shapes.queries as u64, flops[i].0, flops[i].1))
     })

@@ -1,11 +1,15 @@
 // GPU memory: the peak of the CUDA caching allocator (`torch.cuda.max_memory_allocated`),
 // for `distill bench`; pinned, non-blocking host-to-device copies (`pin_memory()` without
-// the device argument that tch passes and libtorch now warns about). Conventions:
-// common.h.
+// the device argument that tch passes and libtorch now warns about), and device-to-host
+// copies that the host waits for through an event instead of a whole-stream sync.
+// Conventions: common.h.
 #include <ATen/core/Tensor.h>
 #include <c10/core/CachingDeviceAllocator.h>
+#include <c10/core/Event.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <cstdint>
 #include <exception>
+#include <memory>
 
 #include "common.h"
 
@@ -42,3 +46,47 @@ extern "C" at::Tensor* distill_pinned_upload(at::Tensor* t, int device, char* er
     return nullptr;
   }
 }
+
+// `t` in pinned (page-locked) host memory: `t` itself when it is pinned already, else a
+// pinned copy. Returns a new tensor, or nullptr on an error.
+extern "C" at::Tensor* distill_pin(at::Tensor* t, char* err, size_t err_len) {
+  try {
+    return new at::Tensor(t->pin_memory());
+  } catch (const std::exception& e) {
+    distill::report(e, err, err_len);
+    return nullptr;
+  }
+}
+
+// Copy CUDA tensor `t` into pinned host memory without waiting for the device
+// (`t.to("cpu", non_blocking=True)`), and record an event on the device's current stream
+// after the copy: `*event` receives it, for `distill_event_wait` and `distill_event_free`.
+// The host tensor holds the values once the event has completed. Returns a new tensor,
+// or nullptr on an error (no event then).
+extern "C" at::Tensor* distill_download_async(at::Tensor* t, void** event, char* err,
+                                              size_t err_len) {
+  try {
+    auto host = t->to(at::TensorOptions().device(at::kCPU), /*non_blocking=*/true);
+    auto done = std::make_unique<c10::Event>(t->device().type());
+    done->record(c10::impl::getDeviceGuardImpl(t->device().type())->getStream(t->device()));
+    *event = done.release();
+    return new at::Tensor(std::move(host));
+  } catch (const std::exception& e) {
+    distill::report(e, err, err_len);
+    return nullptr;
+  }
+}
+
+// Wait until the work recorded before `event` has completed on the device (only that
+// work: later launches keep running). 0, or -1 on an error.
+extern "C" int distill_event_wait(void* event, char* err, size_t err_len) {
+  try {
+    static_cast<c10::Event*>(event)->synchronize();
+    return 0;
+  } catch (const std::exception& e) {
+    distill::report(e, err, err_len);
+    return -1;
+  }
+}
+
+extern "C" void distill_event_free(void* event) { delete static_cast<c10::Event*>(event); }

@@ -1,5 +1,6 @@
 //! GPU memory (`memory.cpp`): the peak of libtorch's CUDA caching allocator, for
-//! `distill bench`, and pinned, non-blocking host-to-device copies.
+//! `distill bench`; pinned, non-blocking host-to-device copies; device-to-host copies
+//! that the host waits for through an event ([`Download`]).
 use crate::error::Result;
 use tch::{Device, Tensor};
 
@@ -16,6 +17,23 @@ mod sys {
             err: *mut c_char,
             err_len: usize,
         ) -> *mut TensorHandle;
+        pub fn distill_pin(
+            t: *const TensorHandle,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> *mut TensorHandle;
+        pub fn distill_download_async(
+            t: *const TensorHandle,
+            event: *mut *mut std::ffi::c_void,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> *mut TensorHandle;
+        pub fn distill_event_wait(
+            event: *mut std::ffi::c_void,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> i32;
+        pub fn distill_event_free(event: *mut std::ffi::c_void);
     }
 }
 
@@ -59,5 +77,87 @@ pub fn pinned_upload(host: &Tensor, device: usize) -> Result<Tensor> {
     {
         let _ = (host, device);
         Err(super::unavailable("pinned copies"))
+    }
+}
+
+/// The CPU tensor `host` in pinned (page-locked) memory, from which copies to the GPU
+/// need not wait for it: `host` itself when it is pinned already.
+pub fn pin(host: &Tensor) -> Result<Tensor> {
+    #[cfg(distill_ffi)]
+    {
+        super::owned_tensor("pinning host memory", |err, len| {
+            // SAFETY: `host` is live for the call; the function catches C++ exceptions.
+            unsafe { sys::distill_pin(host.as_ptr().cast(), err, len) }
+        })
+    }
+    #[cfg(not(distill_ffi))]
+    {
+        let _ = host;
+        Err(super::unavailable("pinned memory"))
+    }
+}
+
+/// A copy of a tensor to the host that may still be in flight: [`Download::wait`] waits
+/// for the copy alone, not for work queued on the device after it.
+pub struct Download {
+    host: Tensor,
+    /// The event recorded after the copy (CUDA with the C++ side built in); None when
+    /// the copy was made synchronously.
+    #[cfg(distill_ffi)]
+    event: Option<Event>,
+}
+
+/// Start copying `t` to the host. On CUDA the copy goes into pinned memory without
+/// waiting for the device, and an event marks its end; elsewhere (or without the C++
+/// side) it is an ordinary copy, finished on return.
+pub fn download(t: &Tensor) -> Result<Download> {
+    #[cfg(distill_ffi)]
+    if t.device().is_cuda() {
+        let mut event: *mut std::ffi::c_void = std::ptr::null_mut();
+        let host = super::owned_tensor("copying to the host", |err, len| {
+            // SAFETY: `t` is live for the call and `event` is a valid out-pointer; the
+            // function catches C++ exceptions and sets `event` only on success.
+            unsafe { sys::distill_download_async(t.as_ptr().cast(), &mut event, err, len) }
+        })?;
+        return Ok(Download {
+            host,
+            event: Some(Event(event)),
+        });
+    }
+    let host = t
+        .f_to_device(Device::Cpu)
+        .map_err(|e| crate::error::Error::torch("copying to the host", e))?;
+    Ok(Download {
+        host,
+        #[cfg(distill_ffi)]
+        event: None,
+    })
+}
+
+impl Download {
+    /// The host tensor, once the copy has completed.
+    pub fn wait(self) -> Result<Tensor> {
+        #[cfg(distill_ffi)]
+        if let Some(event) = &self.event {
+            super::status("waiting for a copy to the host", |err, len| {
+                // SAFETY: the event is live (owned by `self`); the function catches C++
+                // exceptions.
+                unsafe { sys::distill_event_wait(event.0, err, len) }
+            })?;
+        }
+        Ok(self.host)
+    }
+}
+
+/// A `c10::Event` allocated by `distill_download_async`, freed on drop.
+#[cfg(distill_ffi)]
+struct Event(*mut std::ffi::c_void);
+
+#[cfg(distill_ffi)]
+impl Drop for Event {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `distill_download_async`, which transferred
+        // ownership; it is freed once, here.
+        unsafe { sys::distill_event_free(self.0) }
     }
 }

@@ -1,8 +1,12 @@
-//! Length-sorted batching: inputs of similar length share a batch, so padding is small.
-//! And [`upload`]: host tensors to the device without waiting for it; [`prepare_ahead`]:
-//! the next chunk's host work on a thread while the device works on the current one.
+//! Batches: length-sorted batching (inputs of similar length share a batch, so padding
+//! is small); padded batches and their packing ([`Batch`]), built on the host
+//! ([`HostBatch`]) and moved with [`upload`] (host tensors to the device without waiting
+//! for it); [`map_batches`], a model over batches with rare read-backs; and
+//! [`prepare_ahead`]: the next chunk's host work on a thread while the device works on
+//! the current one.
 use crate::error::Result;
-use tch::{Device, Tensor};
+use crate::model::tokenizer::Encoded;
+use tch::{Device, Kind, Tensor};
 
 /// Copy a CPU tensor to `device`. On CUDA it goes through pinned (page-locked) memory
 /// with a non-blocking copy: a copy from ordinary memory makes the host wait until the
@@ -90,6 +94,218 @@ pub fn length_sorted_batches(
         batches.push(current);
     }
     batches
+}
+
+/// A padded batch on a device.
+#[derive(Debug)]
+pub struct Batch {
+    /// `[batch, seq]` int64 token ids.
+    pub input_ids: Tensor,
+    /// `[batch, seq]` int64, 1 for real tokens and 0 for padding.
+    pub attention_mask: Tensor,
+    /// `[batch, seq]` int64 segment ids (0 = first text, 1 = second text of a pair).
+    pub token_type_ids: Tensor,
+    /// True when every row has the same length (no padding anywhere).
+    pub unpadded: bool,
+    /// On CUDA: where the real tokens are, for the packed (unpadded) encoder path.
+    pub packing: Option<Packing>,
+}
+
+/// The real tokens of a padded batch laid end to end.
+#[derive(Debug)]
+pub struct Packing {
+    /// `[tokens]` int64: flat position (`row * seq + column`) of each real token.
+    pub index: Tensor,
+    /// `[tokens]` int64: the column of each real token (its position id).
+    pub positions: Tensor,
+    /// `[batch + 1]` int32: offset of each row's first token, then the total.
+    pub cu_seqlens: Tensor,
+    /// Longest row.
+    pub max_len: i64,
+}
+
+/// The host side of a [`Batch`]: the padded ids, mask and segments (and, for CUDA, the
+/// packing of the real tokens) in one buffer, pinned when it is bound for CUDA. Building
+/// it needs no device, so a thread can build the next batch while the device runs the
+/// current one; [`HostBatch::upload`] then only queues the copy.
+#[derive(Debug)]
+pub struct HostBatch {
+    all: Tensor,
+    rows: usize,
+    width: usize,
+    tokens: usize,
+    unpadded: bool,
+    packed: bool,
+}
+
+impl HostBatch {
+    /// Pad `items` to the longest one, for `device`: on CUDA with the packing of the real
+    /// tokens, in pinned memory.
+    pub fn new(items: &[&Encoded], pad_id: i64, device: Device) -> HostBatch {
+        let rows = items.len();
+        let width = items.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
+        let plane = rows * width;
+        let tokens: usize = items.iter().map(|e| e.len()).sum();
+        let packed = device.is_cuda();
+        // [ids | mask | segments] (rows x width each), then on CUDA [index | positions]
+        // (tokens each) and the row offsets (rows + 1).
+        let extra = if packed { 2 * tokens + rows + 1 } else { 0 };
+        let mut host = vec![0i64; 3 * plane + extra];
+        host[..plane].fill(pad_id);
+        let mut at = 3 * plane;
+        for (r, e) in items.iter().enumerate() {
+            let off = r * width;
+            host[off..off + e.len()].copy_from_slice(&e.ids);
+            host[plane + off..plane + off + e.len()].fill(1);
+            host[2 * plane + off..2 * plane + off + e.len()].copy_from_slice(&e.type_ids);
+            if packed {
+                for c in 0..e.len() {
+                    host[at] = (off + c) as i64;
+                    host[at + tokens] = c as i64;
+                    at += 1;
+                }
+            }
+        }
+        if packed {
+            let cu = 3 * plane + 2 * tokens;
+            for (r, e) in items.iter().enumerate() {
+                host[cu + r + 1] = host[cu + r] + e.len() as i64;
+            }
+        }
+        let all = Tensor::from_slice(&host);
+        HostBatch {
+            all: match packed {
+                true => crate::ffi::memory::pin(&all).unwrap_or(all),
+                false => all,
+            },
+            rows,
+            width,
+            tokens,
+            unpadded: items.iter().all(|e| e.len() == width),
+            packed,
+        }
+    }
+
+    /// Move the batch to `device` (the one it was built for) without waiting for the
+    /// device.
+    pub fn upload(self, device: Device) -> Batch {
+        let (rows, width, plane) = (self.rows, self.width, self.rows * self.width);
+        let all = upload(&self.all, device);
+        let grid = |i: i64| {
+            all.narrow(0, i * plane as i64, plane as i64)
+                .view([rows as i64, width as i64])
+        };
+        let (t, base) = (self.tokens as i64, 3 * plane as i64);
+        Batch {
+            input_ids: grid(0),
+            attention_mask: grid(1),
+            token_type_ids: grid(2),
+            unpadded: self.unpadded,
+            packing: self.packed.then(|| Packing {
+                index: all.narrow(0, base, t),
+                positions: all.narrow(0, base + t, t),
+                cu_seqlens: all
+                    .narrow(0, base + 2 * t, rows as i64 + 1)
+                    .to_kind(Kind::Int),
+                max_len: width as i64,
+            }),
+        }
+    }
+}
+
+impl Batch {
+    /// Pad `items` to the longest one and move them to `device`. On CUDA everything
+    /// (ids, mask, segments and the packing of the real tokens) travels as one pinned
+    /// buffer with a non-blocking copy, so building the next batch does not wait for the
+    /// GPU to finish the current one.
+    pub fn new(items: &[&Encoded], pad_id: i64, device: Device) -> Batch {
+        HostBatch::new(items, pad_id, device).upload(device)
+    }
+
+    pub fn size(&self) -> i64 {
+        self.input_ids.size()[0]
+    }
+
+    /// Number of real (unpadded) tokens.
+    pub fn tokens(&self) -> i64 {
+        self.attention_mask.sum(Kind::Int64).int64_value(&[])
+    }
+}
+
+/// Rows of outputs kept on the device before one copy to the host: the host reads back
+/// rarely, so it keeps queueing batches while the GPU works.
+const READBACK_ROWS: usize = 1 << 16;
+
+/// Run `forward` under no-grad on length-sorted, padded batches of `encoded` (at most
+/// `batch_size` each) and gather its per-row outputs (`[rows, ...]`, any float kind) into
+/// one fp32 CPU tensor `[encoded.len(), ...]` in input order. Outputs are read back every
+/// [`READBACK_ROWS`] rows, not after every batch. `progress` is called with the number
+/// of inputs queued after each batch.
+pub fn map_sorted_batches(
+    encoded: &[Encoded],
+    batch_size: usize,
+    pad_id: i64,
+    device: Device,
+    progress: &mut dyn FnMut(usize),
+    forward: impl FnMut(&Batch) -> Tensor,
+) -> crate::error::Result<Tensor> {
+    let lengths: Vec<usize> = encoded.iter().map(Encoded::len).collect();
+    let batches = length_sorted_batches(&lengths, batch_size, None);
+    map_batches(encoded, &batches, pad_id, device, progress, forward)
+}
+
+/// As [`map_sorted_batches`], over the given `batches` of row indices of `encoded`
+/// only: the output holds one row per index the batches cover, in ascending index order
+/// (every index covered: input order). A part of the length-sorted batches gives the same
+/// values as the whole run gives those rows.
+pub fn map_batches(
+    encoded: &[Encoded],
+    batches: &[Vec<usize>],
+    pad_id: i64,
+    device: Device,
+    progress: &mut dyn FnMut(usize),
+    mut forward: impl FnMut(&Batch) -> Tensor,
+) -> crate::error::Result<Tensor> {
+    let _guard = tch::no_grad_guard();
+    let mut covered: Vec<usize> = batches.iter().flatten().copied().collect();
+    covered.sort_unstable();
+    let mut slot = vec![0i64; encoded.len()];
+    for (k, &row) in covered.iter().enumerate() {
+        slot[row] = k as i64;
+    }
+    let mut out: Option<Tensor> = None;
+    let mut pending: Vec<(Vec<usize>, Tensor)> = Vec::new();
+    let mut pending_rows = 0;
+    let flush = |pending: &mut Vec<(Vec<usize>, Tensor)>, out: &mut Option<Tensor>| {
+        if pending.is_empty() {
+            return;
+        }
+        let (rows, parts): (Vec<Vec<usize>>, Vec<Tensor>) = pending.drain(..).unzip();
+        let values = Tensor::cat(&parts, 0)
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu);
+        let index: Vec<i64> = rows.iter().flatten().map(|&i| slot[i]).collect();
+        let out = out.get_or_insert_with(|| {
+            let mut shape = values.size();
+            shape[0] = covered.len() as i64;
+            Tensor::zeros(shape, (Kind::Float, Device::Cpu))
+        });
+        let _ = out.index_copy_(0, &Tensor::from_slice(&index), &values);
+    };
+    for rows in batches {
+        let items: Vec<&Encoded> = rows.iter().map(|&i| &encoded[i]).collect();
+        let batch = Batch::new(&items, pad_id, device);
+        let n = rows.len();
+        pending.push((rows.clone(), forward(&batch)));
+        pending_rows += n;
+        if pending_rows >= READBACK_ROWS {
+            flush(&mut pending, &mut out);
+            pending_rows = 0;
+        }
+        progress(n);
+    }
+    flush(&mut pending, &mut out);
+    Ok(out.unwrap_or_else(|| Tensor::zeros([0], (Kind::Float, Device::Cpu))))
 }
 
 #[cfg(test)]

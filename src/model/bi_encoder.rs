@@ -1,11 +1,12 @@
 //! The student: a sentence-transformers bi-encoder (Transformer -> Pooling -> Normalize).
 use crate::error::{read_json, Error, Result};
+use crate::model::batching::Batch;
 use crate::model::bert::{BertModel, Kernels};
 use crate::model::hf_config::{
     BertConfig, ModuleEntry, PoolingConfig, SentenceBertConfig, TokenizerConfig,
 };
 use crate::model::pooling::{l2_normalize, Pooling};
-use crate::model::tokenizer::{Batch, Encoded, TextTokenizer};
+use crate::model::tokenizer::{Encoded, TextTokenizer};
 use crate::model::weights::{self, ImportReport, Layout};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
@@ -401,7 +402,7 @@ impl BiEncoder {
         batches: &[Vec<usize>],
         progress: &mut dyn FnMut(usize),
     ) -> Result<Tensor> {
-        let out = crate::model::tokenizer::map_batches(
+        let out = crate::model::batching::map_batches(
             encoded,
             batches,
             self.tokenizer.pad_id(),

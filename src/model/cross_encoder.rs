@@ -1,10 +1,11 @@
 //! The teacher: a BERT cross-encoder (`BertForSequenceClassification`, one logit) that
 //! reads a (query, passage) pair and scores it.
 use crate::error::{read_json, Error, Result};
+use crate::model::batching::{map_sorted_batches, Batch};
 use crate::model::bert::{BertModel, Kernels};
 use crate::model::bi_encoder::BiEncoderSpec;
 use crate::model::hf_config::{BertConfig, TokenizerConfig};
-use crate::model::tokenizer::{map_sorted_batches, Batch, Encoded, TextTokenizer};
+use crate::model::tokenizer::{Encoded, TextTokenizer};
 use crate::model::weights::{self, ImportReport, Layout};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};

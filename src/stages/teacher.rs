@@ -254,11 +254,7 @@ fn train_one(
         p.teacher.path.display(),
         model.import.initialised.join(", ")
     ));
-    let task = TeacherObjective {
-        model: &model,
-        set,
-        loss: cfg.loss,
-    };
+    let task = TeacherObjective::new(&model, set, cfg.loss);
     let vars = model.vs.variables().into_iter().collect();
     let curve = trainer::train(
         env,

@@ -2,6 +2,7 @@
 //! groups, the loss curve, and the loop shared by the `train` and `teacher` stages.
 pub mod checkpoint;
 pub mod curve;
+pub mod feed;
 pub mod groups;
 pub mod losses;
 pub mod objectives;

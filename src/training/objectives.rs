@@ -4,12 +4,14 @@
 //! The student's texts are tokenized once, when the objective is built, and looked up by
 //! [`TextId`]; the teacher's (query, document) pairs are tokenized per batch, as a pair's
 //! truncation depends on both of its texts.
+use super::feed::{Prepare, Prepared};
 use super::groups::{Example, TextId, TrainingSet};
 use super::losses;
 use super::trainer::Task;
 use crate::error::Result;
 use crate::model::batching::upload;
-use crate::model::tokenizer::{Batch, Encoded, TokenStore};
+use crate::model::batching::HostBatch;
+use crate::model::tokenizer::{Encoded, TokenStore};
 use crate::model::{BiEncoder, CrossEncoder, Side};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -52,12 +54,21 @@ type Terms = (Tensor, Vec<(String, Tensor)>);
 /// The student's objective: a bi-encoder's dot products against the teacher's scores.
 pub struct StudentObjective<'a> {
     model: &'a BiEncoder,
-    set: &'a TrainingSet,
     loss: &'a LossConfig,
+    host: StudentBatches<'a>,
+}
+
+/// The host half of the student's objective: its texts, tokenized once, into batches.
+struct StudentBatches<'a> {
+    set: &'a TrainingSet,
     /// `set.texts`, tokenized once (epochs reuse them), stored compactly: the entry of
     /// [`TextId`] `t` is `tokens.get(slot[t])`.
     tokens: TokenStore,
     slot: Vec<usize>,
+    pad_id: i64,
+    device: tch::Device,
+    /// Whether the model runs packed batches, where queries and documents share one.
+    packs: bool,
 }
 
 impl<'a> StudentObjective<'a> {
@@ -88,27 +99,32 @@ impl<'a> StudentObjective<'a> {
                 }
             }
         }
+        let device = model.device();
         Ok(StudentObjective {
             model,
-            set,
             loss,
-            tokens,
-            slot,
+            host: StudentBatches {
+                set,
+                tokens,
+                slot,
+                pad_id: model.tokenizer.pad_id(),
+                device,
+                packs: model.bert.packs_on(device),
+            },
         })
     }
+}
 
-    fn embed(&self, texts: &[TextId]) -> Tensor {
+impl StudentBatches<'_> {
+    fn batch(&self, texts: &[TextId]) -> HostBatch {
         let owned: Vec<Encoded> = texts
             .iter()
             .map(|&t| self.tokens.get(self.slot[t]))
             .collect();
         let items: Vec<&Encoded> = owned.iter().collect();
-        let batch = Batch::new(&items, self.model.tokenizer.pad_id(), self.model.device());
-        self.model.forward_t(&batch, true)
+        HostBatch::new(&items, self.pad_id, self.device)
     }
-}
 
-impl StudentObjective<'_> {
     /// The texts of a micro-batch: per example its query, then its positive and
     /// negatives (documents in example order), with the documents' ids and teacher scores.
     fn texts(&self, examples: &[Example]) -> (Vec<TextId>, Vec<TextId>, Vec<&str>, Vec<f32>) {
@@ -131,27 +147,48 @@ impl StudentObjective<'_> {
     }
 }
 
+impl Prepare for StudentBatches<'_> {
+    /// Packed batches have no padding, so queries and documents share one batch (one
+    /// forward: one cast of the weights, half the launches); padded, they run apart.
+    fn prepare(&self, examples: &[Example]) -> Result<Prepared> {
+        let (queries, docs, _, _) = self.texts(examples);
+        Ok(match self.packs {
+            true => vec![self.batch(&[&queries[..], &docs[..]].concat())],
+            false => vec![self.batch(&queries), self.batch(&docs)],
+        })
+    }
+}
+
 impl Task for StudentObjective<'_> {
     /// Per example `1 + k` rows: the query's embedding, then its documents'.
     fn represent(&self, examples: &[Example]) -> Result<Tensor> {
+        self.represent_prepared(examples, self.host.prepare(examples)?)
+    }
+
+    fn preparer(&self) -> Option<&dyn Prepare> {
+        Some(&self.host)
+    }
+
+    fn represent_prepared(&self, examples: &[Example], prepared: Prepared) -> Result<Tensor> {
         let b = examples.len() as i64;
-        let (queries, docs, _, _) = self.texts(examples);
-        // Packed batches have no padding, so queries and documents share one forward
-        // (one cast of the weights, half the launches); padded, they run apart.
-        let (q, d) = if self.model.bert.packs_on(self.model.device()) {
-            let all = self.embed(&[&queries[..], &docs[..]].concat());
-            (all.narrow(0, 0, b), all.narrow(0, b, docs.len() as i64))
-        } else {
-            (self.embed(&queries), self.embed(&docs))
+        let device = self.model.device();
+        let mut embedded = prepared
+            .into_iter()
+            .map(|h| self.model.forward_t(&h.upload(device), true));
+        let (first, second) = (embedded.next(), embedded.next());
+        let (q, d) = match (first, second) {
+            (Some(all), None) => (all.narrow(0, 0, b), all.narrow(0, b, all.size()[0] - b)),
+            (Some(q), Some(d)) => (q, d),
+            _ => unreachable!("the student's preparer makes one or two batches"),
         };
         let dim = q.size()[1];
-        let k = docs.len() as i64 / b.max(1);
+        let k = d.size()[0] / b.max(1);
         Ok(Tensor::cat(&[q.unsqueeze(1), d.view([b, k, dim])], 1).view([b * (1 + k), dim]))
     }
 
     fn loss_from(&self, examples: &[Example], reps: &Tensor) -> Result<Terms> {
         let b = examples.len() as i64;
-        let (_, docs, doc_ids, teacher) = self.texts(examples);
+        let (_, docs, doc_ids, teacher) = self.host.texts(examples);
         let k = docs.len() as i64 / b.max(1);
         let dim = reps.size()[1];
         let rows = reps.view([b, 1 + k, dim]);
@@ -162,7 +199,7 @@ impl Task for StudentObjective<'_> {
         let k = k as usize;
         let mut mask = vec![false; examples.len() * docs.len()];
         for (i, e) in examples.iter().enumerate() {
-            let positives = &self.set.groups[e.query].positive_ids;
+            let positives = &self.host.set.groups[e.query].positive_ids;
             for (j, id) in doc_ids.iter().enumerate() {
                 mask[i * docs.len() + j] = j != i * k && positives.contains(*id);
             }
@@ -234,14 +271,22 @@ pub fn student_loss(
 /// The teacher's objective: a cross-encoder's logits over each query's positive and
 /// negatives.
 pub struct TeacherObjective<'a> {
-    pub model: &'a CrossEncoder,
-    pub set: &'a TrainingSet,
-    pub loss: TeacherLoss,
+    model: &'a CrossEncoder,
+    loss: TeacherLoss,
+    host: TeacherBatches<'a>,
 }
 
-impl Task for TeacherObjective<'_> {
-    /// Per example `1 + k` rows: the logit of its positive, then its negatives'.
-    fn represent(&self, examples: &[Example]) -> Result<Tensor> {
+/// The host half of the teacher's objective: its (query, document) pairs, tokenized into
+/// a batch.
+struct TeacherBatches<'a> {
+    tokenizer: &'a crate::model::tokenizer::TextTokenizer,
+    set: &'a TrainingSet,
+    device: tch::Device,
+}
+
+impl Prepare for TeacherBatches<'_> {
+    /// Per example its positive's pair, then its negatives'.
+    fn prepare(&self, examples: &[Example]) -> Result<Prepared> {
         let text = |t: TextId| self.set.texts[t].as_str();
         let mut pairs: Vec<(&str, &str)> = Vec::new();
         for e in examples {
@@ -253,10 +298,50 @@ impl Task for TeacherObjective<'_> {
                     .map(|&n| (text(g.text), text(g.negatives[n].text))),
             );
         }
-        let encoded = self.model.tokenizer.encode_pairs(&pairs)?;
+        let encoded = self.tokenizer.encode_pairs(&pairs)?;
         let items: Vec<_> = encoded.iter().collect();
-        let batch = Batch::new(&items, self.model.tokenizer.pad_id(), self.model.device());
-        Ok(self.model.forward_t(&batch, true).select(1, 0))
+        Ok(vec![HostBatch::new(
+            &items,
+            self.tokenizer.pad_id(),
+            self.device,
+        )])
+    }
+}
+
+impl<'a> TeacherObjective<'a> {
+    pub fn new(model: &'a CrossEncoder, set: &'a TrainingSet, loss: TeacherLoss) -> Self {
+        TeacherObjective {
+            model,
+            loss,
+            host: TeacherBatches {
+                tokenizer: &model.tokenizer,
+                set,
+                device: model.device(),
+            },
+        }
+    }
+}
+
+impl Task for TeacherObjective<'_> {
+    /// Per example `1 + k` rows: the logit of its positive, then its negatives'.
+    fn represent(&self, examples: &[Example]) -> Result<Tensor> {
+        self.represent_prepared(examples, self.host.prepare(examples)?)
+    }
+
+    fn preparer(&self) -> Option<&dyn Prepare> {
+        Some(&self.host)
+    }
+
+    fn represent_prepared(&self, _examples: &[Example], prepared: Prepared) -> Result<Tensor> {
+        let device = self.model.device();
+        let mut logits: Vec<Tensor> = prepared
+            .into_iter()
+            .map(|h| self.model.forward_t(&h.upload(device), true).select(1, 0))
+            .collect();
+        Ok(match logits.len() {
+            1 => logits.remove(0),
+            _ => Tensor::cat(&logits, 0),
+        })
     }
 
     fn loss_from(&self, examples: &[Example], reps: &Tensor) -> Result<Terms> {

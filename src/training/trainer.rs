@@ -8,6 +8,7 @@
 //! therefore needs only the step besides weights and moments.
 use super::checkpoint;
 use super::curve::LossCurve;
+use super::feed::{represented, Prepare, Prepared, Steps};
 use super::groups::{Batching, Example, TrainingSet};
 use super::optimizer::{AdamW, AdamWConfig};
 use super::schedule::{Decay, Schedule};
@@ -144,6 +145,30 @@ pub trait Task {
         let reps = self.represent(examples)?;
         self.loss_from(examples, &reps)
     }
+    /// The host half of [`Task::represent`] (tokenizing, padding, pinning), which a
+    /// thread can run ahead of the device; None when the task has none to hand off.
+    fn preparer(&self) -> Option<&dyn Prepare> {
+        None
+    }
+    /// [`Task::represent`] from what its [`Task::preparer`] made of `examples`.
+    fn represent_prepared(&self, examples: &[Example], prepared: Prepared) -> Result<Tensor> {
+        let _ = prepared;
+        self.represent(examples)
+    }
+}
+
+/// The representations of the examples in `range` of `batch`, from `prepared` when a
+/// thread has prepared them.
+fn represent(
+    task: &dyn Task,
+    batch: &[Example],
+    range: std::ops::Range<usize>,
+    prepared: Option<Prepared>,
+) -> Result<Tensor> {
+    match prepared {
+        Some(p) => task.represent_prepared(&batch[range], p),
+        None => task.represent(&batch[range]),
+    }
 }
 
 /// Sizes of a run: micro-batches per epoch, optimizer steps in all.
@@ -166,38 +191,45 @@ fn step_seed(seed: u64, step: u64) -> i64 {
 /// the gradients clipped to `max_grad_norm` (global norm); AdamW stepped at `lr`. The
 /// training loop's step, and `distill bench`'s W3. The loss values stay on the device.
 /// With `world`, every rank is given the same micro-batches, represents its slice of
-/// each, and ends with the one-process gradient ([`backward_shared`]).
+/// each, and ends with the one-process gradient ([`backward_shared`]). `prepared`: per
+/// micro-batch, what the task's preparer made of the examples this process represents
+/// ([`represented`]), when a thread has prepared them ahead.
 pub fn optimizer_step(
     task: &dyn Task,
     opt: &mut AdamW,
     batches: &[Vec<Example>],
+    prepared: Option<Vec<Prepared>>,
     max_grad_norm: f64,
     lr: f64,
     world: Option<&World>,
 ) -> Result<PendingStep> {
     opt.zero_grad();
-    let mut record = PendingStep::default();
+    let (mut losses, mut terms_of) = (Vec::new(), Vec::new());
+    let mut prepared = prepared.map(Vec::into_iter);
     for batch in batches {
         let share = 1.0 / batches.len() as f64;
+        let ready = prepared.as_mut().and_then(Iterator::next);
         let (loss, terms) = match world {
             None => {
-                let (loss, terms) = task.loss(batch)?;
+                let reps = represent(task, batch, 0..batch.len(), ready)?;
+                let (loss, terms) = task.loss_from(batch, &reps)?;
                 let scaled = loss * share;
                 scaled.backward();
                 (scaled, terms)
             }
-            Some(w) => backward_shared(task, batch, share, w)?,
+            Some(w) => backward_shared(task, batch, ready, share, w)?,
         };
-        record.losses.push(loss.detach());
-        record.terms.push(terms);
+        losses.push(loss.detach());
+        terms_of.push(terms);
     }
     if let Some(w) = world {
         let grads = opt.grads();
         w.sum(&grads.iter().collect::<Vec<_>>())?;
     }
-    record.grad_norm = Some(opt.clip_grad_norm(max_grad_norm));
-    record.lr = lr;
+    let grad_norm = opt.clip_grad_norm(max_grad_norm);
     opt.step(lr)?;
+    let mut record = PendingStep::new(&losses, terms_of, Some(grad_norm))?;
+    record.lr = lr;
     record.step = opt.step;
     Ok(record)
 }
@@ -208,7 +240,13 @@ pub fn optimizer_step(
 /// respect to this rank's rows is back-propagated through the model. Summed over the
 /// ranks, the parameters' gradients are the one-process gradient. Returns the scaled
 /// loss (detached) and its terms.
-fn backward_shared(task: &dyn Task, batch: &[Example], share: f64, w: &World) -> Result<Terms> {
+fn backward_shared(
+    task: &dyn Task,
+    batch: &[Example],
+    prepared: Option<Prepared>,
+    share: f64,
+    w: &World,
+) -> Result<Terms> {
     let (rank, size) = (w.rank(), w.size());
     let slices: Vec<_> = (0..size)
         .map(|r| World::slice(batch.len(), r, size))
@@ -216,10 +254,12 @@ fn backward_shared(task: &dyn Task, batch: &[Example], share: f64, w: &World) ->
     let mine = slices[rank].clone();
     // A rank without examples (a micro-batch smaller than the world) represents the
     // first one and back-propagates zeros, so every rank runs the same collectives.
-    let local = match mine.is_empty() {
-        true => task.represent(&batch[..1])?,
-        false => task.represent(&batch[mine.clone()])?,
-    };
+    let local = represent(
+        task,
+        batch,
+        represented(batch.len(), Some((rank, size))),
+        prepared,
+    )?;
     let per_example = local.size()[0] as usize / mine.len().max(1);
     let counts: Vec<usize> = slices.iter().map(|s| s.len() * per_example).collect();
     let all = w
@@ -243,43 +283,66 @@ fn backward_shared(task: &dyn Task, batch: &[Example], share: f64, w: &World) ->
     Ok((scaled.detach(), terms))
 }
 
-/// One optimizer step whose loss values are still on the device.
-#[derive(Default)]
+/// One optimizer step whose loss values are still on their way to the host.
 pub struct PendingStep {
     step: u64,
     epoch: usize,
     lr: f64,
-    /// Per micro-batch: the loss divided by the number of micro-batches.
-    losses: Vec<Tensor>,
-    /// Per micro-batch: the named loss terms.
-    terms: Vec<Vec<(String, Tensor)>>,
-    grad_norm: Option<Tensor>,
+    /// Number of micro-batches.
+    micro: usize,
+    /// Per micro-batch: the names of its loss terms.
+    terms: Vec<Vec<String>>,
+    grad_norm: bool,
+    /// The step's scalars, in one tensor: per micro-batch its loss divided by the number
+    /// of micro-batches, then every micro-batch's terms, then the gradient norm.
+    values: crate::ffi::memory::Download,
 }
 
 impl PendingStep {
-    /// Read the step's values back in one copy, add them to the curve, report progress.
-    fn resolve(self, curve: &mut LossCurve, host: &mut dyn Host) -> Result<()> {
-        let n = self.losses.len();
-        let mut scalars: Vec<Tensor> = self.losses.iter().map(|t| t.to_kind(Kind::Float)).collect();
-        scalars.extend(
-            self.terms
-                .iter()
-                .flatten()
-                .map(|(_, t)| t.to_kind(Kind::Float)),
-        );
-        if let Some(g) = &self.grad_norm {
+    /// Queue the copy of a step's scalars to the host, in one copy that the host will
+    /// wait for alone: reading the values later does not wait for whatever the device has
+    /// been given after this step.
+    fn new(
+        losses: &[Tensor],
+        terms: Vec<Vec<(String, Tensor)>>,
+        grad_norm: Option<Tensor>,
+    ) -> Result<Self> {
+        let mut scalars: Vec<Tensor> = losses.iter().map(|t| t.to_kind(Kind::Float)).collect();
+        scalars.extend(terms.iter().flatten().map(|(_, t)| t.to_kind(Kind::Float)));
+        if let Some(g) = &grad_norm {
             scalars.push(
                 g.to_kind(Kind::Float)
                     .to_device(scalars.first().map_or(g.device(), Tensor::device)),
             );
         }
-        let values = Vec::<f32>::try_from(Tensor::stack(&scalars, 0).to_device(tch::Device::Cpu))
+        let values = match scalars.is_empty() {
+            true => Tensor::zeros([0], (Kind::Float, tch::Device::Cpu)),
+            false => Tensor::stack(&scalars, 0),
+        };
+        Ok(PendingStep {
+            step: 0,
+            epoch: 0,
+            lr: 0.0,
+            micro: losses.len(),
+            terms: terms
+                .into_iter()
+                .map(|m| m.into_iter().map(|(name, _)| name).collect())
+                .collect(),
+            grad_norm: grad_norm.is_some(),
+            values: crate::ffi::memory::download(&values)?,
+        })
+    }
+
+    /// Read the step's values, add them to the curve, report progress.
+    fn resolve(self, curve: &mut LossCurve, host: &mut dyn Host) -> Result<()> {
+        let n = self.micro;
+        let values = Vec::<f32>::try_from(self.values.wait()?)
             .map_err(|e| Error::torch("reading the loss", e))?;
         let loss_sum: f64 = values[..n].iter().map(|&v| f64::from(v)).sum();
         let mut terms: Vec<(String, f32)> = Vec::new();
         let mut at = n;
         for micro in &self.terms {
-            for (name, _) in micro {
+            for name in micro {
                 let v = values[at] / n as f32;
                 at += 1;
                 match terms.iter_mut().find(|(t, _)| t == name) {
@@ -288,11 +351,7 @@ impl PendingStep {
                 }
             }
         }
-        let grad_norm = if self.grad_norm.is_some() {
-            values[at]
-        } else {
-            0.0
-        };
+        let grad_norm = if self.grad_norm { values[at] } else { 0.0 };
         curve.push(
             self.step,
             self.epoch as u64,
@@ -373,9 +432,7 @@ pub fn train(
         remaining: total_steps - opt.step,
         total: total_steps,
     });
-    let accum = s.grad_accumulation.max(1) as u64;
-    let total_micro = (per_epoch * s.epochs_for(per_epoch)) as u64;
-    let mut plan_epoch: Option<(usize, Vec<Example>)> = None;
+    let mut steps = Steps::new(set, s, per_epoch);
     // The values of a step are read back after the next step has been queued, so the
     // host never waits for the GPU to drain (except before a checkpoint).
     let mut pending: Option<PendingStep> = None;
@@ -389,90 +446,82 @@ pub fn train(
         world.map_or(0, World::rank),
         cuda,
     )?;
-    while opt.step < total_steps {
-        let step = opt.step;
-        if let Some(t) = trace.as_mut() {
-            t.before(step)?;
+    let rank_of = world.map(|w| (w.rank(), w.size()));
+    super::feed::ahead(task.preparer(), rank_of, |ahead| {
+        // Step s + 1's micro-batches are sent to the preparing thread before step s runs.
+        let mut next = (opt.step < total_steps).then(|| steps.batches(opt.step));
+        if let Some((_, b)) = &next {
+            ahead.send(b.clone());
         }
-        // Dropout's generator: the one-process seed on rank 0, a seed of its own on each
-        // other rank, so that the ranks' slices draw independent masks.
-        tch::manual_seed(match world.map_or(0, World::rank) {
-            0 => step_seed(s.seed, step),
-            rank => step_seed(
-                s.seed ^ crate::rng::SplitMix64::for_key(rank as u64, "rank").next_u64(),
-                step,
-            ),
-        });
-        let micro: Vec<u64> = (step * accum..((step + 1) * accum).min(total_micro)).collect();
-        let mut epoch = 0;
-        let mut batches: Vec<Vec<Example>> = Vec::with_capacity(micro.len());
-        for &m in &micro {
-            epoch = m as usize / per_epoch;
-            if plan_epoch.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                plan_epoch = Some((
-                    epoch,
-                    set.epoch(
-                        s.seed,
-                        epoch,
-                        s.negatives,
-                        (s.batching == Batching::Topic).then_some(s.batch_queries),
-                    ),
-                ));
+        while let Some((epoch, batches)) = next.take() {
+            let step = opt.step;
+            let prepared = ahead.receive()?;
+            if step + 1 < total_steps {
+                let following = steps.batches(step + 1);
+                ahead.send(following.1.clone());
+                next = Some(following);
             }
-            let examples = &plan_epoch
-                .as_ref()
-                .map(|p| &p.1)
-                .unwrap_or_else(|| unreachable!())[..];
-            let idx = m as usize % per_epoch;
-            let end = ((idx + 1) * s.batch_queries).min(examples.len());
-            batches.push(examples[idx * s.batch_queries..end].to_vec());
-        }
-        let mut record = optimizer_step(
-            task,
-            &mut opt,
-            &batches,
-            s.max_grad_norm,
-            schedule.lr(step),
-            world,
-        )?;
-        record.epoch = epoch;
-        if let Some(t) = trace.as_mut() {
-            t.after(opt.step)?;
-        }
-        if let Some(previous) = pending.replace(record) {
-            previous.resolve(&mut curve, host)?;
-        }
-        let last = opt.step == total_steps;
-        let evaluate = monitor
-            .as_ref()
-            .is_some_and(|m| opt.step % m.every.max(1) == 0 || last);
-        if primary && (opt.step % s.checkpoint_every.max(1) == 0 || last || evaluate) {
-            if let Some(current) = pending.take() {
-                current.resolve(&mut curve, host)?;
+            if let Some(t) = trace.as_mut() {
+                t.before(step)?;
             }
-            if let Some(m) = monitor.as_mut().filter(|_| evaluate) {
-                let values = (m.evaluate)()?;
-                host.event(TrainEvent::Evaluated {
-                    step: opt.step,
-                    values: values.clone(),
-                });
-                curve
-                    .evals
-                    .push(super::curve::EvalPoint::new(opt.step, values));
-            }
-            let best = curve
-                .best_eval()
-                .filter(|_| monitor.as_ref().is_some_and(|m| m.keep_best))
-                .map(|e| e.step);
-            checkpoint::save(checkpoints, &opt, &curve)?;
-            checkpoint::prune(checkpoints, s.keep_checkpoints, best)?;
-            host.event(TrainEvent::CheckpointWritten {
-                step: opt.step,
-                total: total_steps,
+            // Dropout's generator: the one-process seed on rank 0, a seed of its own on each
+            // other rank, so that the ranks' slices draw independent masks.
+            tch::manual_seed(match world.map_or(0, World::rank) {
+                0 => step_seed(s.seed, step),
+                rank => step_seed(
+                    s.seed ^ crate::rng::SplitMix64::for_key(rank as u64, "rank").next_u64(),
+                    step,
+                ),
             });
+            let mut record = optimizer_step(
+                task,
+                &mut opt,
+                &batches,
+                prepared,
+                s.max_grad_norm,
+                schedule.lr(step),
+                world,
+            )?;
+            record.epoch = epoch;
+            if let Some(t) = trace.as_mut() {
+                t.after(opt.step)?;
+            }
+            if let Some(previous) = pending.replace(record) {
+                previous.resolve(&mut curve, host)?;
+            }
+            let last = opt.step == total_steps;
+            let evaluate = monitor
+                .as_ref()
+                .is_some_and(|m| opt.step % m.every.max(1) == 0 || last);
+            if primary && (opt.step % s.checkpoint_every.max(1) == 0 || last || evaluate) {
+                if let Some(current) = pending.take() {
+                    current.resolve(&mut curve, host)?;
+                }
+                if let Some(m) = monitor.as_mut().filter(|_| evaluate) {
+                    let values = (m.evaluate)()?;
+                    host.event(TrainEvent::Evaluated {
+                        step: opt.step,
+                        values: values.clone(),
+                    });
+                    curve
+                        .evals
+                        .push(super::curve::EvalPoint::new(opt.step, values));
+                }
+                let best = curve
+                    .best_eval()
+                    .filter(|_| monitor.as_ref().is_some_and(|m| m.keep_best))
+                    .map(|e| e.step);
+                checkpoint::save(checkpoints, &opt, &curve)?;
+                checkpoint::prune(checkpoints, s.keep_checkpoints, best)?;
+                host.event(TrainEvent::CheckpointWritten {
+                    step: opt.step,
+                    total: total_steps,
+                });
+            }
+            host.after_step(opt.step);
         }
-        host.after_step(opt.step);
-    }
+        Ok(())
+    })?;
     if let Some(last) = pending.take() {
         last.resolve(&mut curve, host)?;
     }
@@ -487,119 +536,5 @@ pub fn train(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::{backward_shared, Task, Terms};
-    use crate::distributed::World;
-    use crate::error::Result;
-    use crate::training::groups::Example;
-    use crate::training::objectives::{student_loss, LossConfig};
-    use tch::{Device, Kind, Tensor};
-
-    /// Embeddings looked up in a table (the model), under the student's loss with
-    /// symmetric InfoNCE and KL against made-up teacher scores.
-    struct Table {
-        emb: Tensor,
-        loss: LossConfig,
-    }
-
-    const K: usize = 3;
-
-    impl Task for Table {
-        fn represent(&self, examples: &[Example]) -> Result<Tensor> {
-            let rows: Vec<i64> = examples
-                .iter()
-                .flat_map(|e| {
-                    std::iter::once(e.query)
-                        .chain(std::iter::once(e.positive))
-                        .chain(e.negatives.iter().copied())
-                        .map(|i| i as i64)
-                })
-                .collect();
-            Ok(self.emb.index_select(0, &Tensor::from_slice(&rows)))
-        }
-
-        fn loss_from(&self, examples: &[Example], reps: &Tensor) -> Result<Terms> {
-            let b = examples.len() as i64;
-            let rows = reps.view([b, 1 + K as i64, -1]);
-            let q = rows.select(1, 0);
-            let d = rows.narrow(1, 1, K as i64).reshape([b * K as i64, -1]);
-            let teacher: Vec<f32> = (0..b as usize * K).map(|i| (i % 5) as f32).collect();
-            let masked = vec![false; b as usize * b as usize * K];
-            Ok(student_loss(&q, &d, &teacher, &masked, &self.loss))
-        }
-    }
-
-    fn table() -> Table {
-        tch::manual_seed(5);
-        Table {
-            emb: Tensor::randn([40, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true),
-            loss: LossConfig {
-                margin_mse: 0.0,
-                kl: 1.0,
-                infonce: 1.0,
-                student_scale: 1.0,
-                kl_student_temperature: 1.0,
-                kl_teacher_temperature: 1.0,
-                infonce_scale: 20.0,
-                infonce_symmetric: true,
-                exclude_false_negatives: false,
-            },
-        }
-    }
-
-    /// Five examples (3 and 2 on two ranks), each with its own texts.
-    fn batch() -> Vec<Example> {
-        (0..5)
-            .map(|i| Example {
-                query: 8 * i,
-                positive: 8 * i + 1,
-                negatives: (8 * i + 2..8 * i + 2 + K - 1).collect(),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn gathered_ranks_give_the_one_process_loss_and_gradient_and_misalignment_would_not() {
-        let batch = batch();
-        let one = table();
-        let (loss, _) = one.loss(&batch).unwrap();
-        loss.backward();
-        let (want_loss, want_grad) = (loss.double_value(&[]), one.emb.grad());
-
-        // The rows in a wrong order (rank 1's block first): another loss, so a gather
-        // that mixed up the ranks' rows would be seen.
-        let reps = one.represent(&batch).unwrap().detach();
-        let rows = (1 + K as i64) * 3;
-        let swapped = Tensor::cat(
-            &[
-                reps.narrow(0, rows, reps.size()[0] - rows),
-                reps.narrow(0, 0, rows),
-            ],
-            0,
-        );
-        let (wrong, _) = one.loss_from(&batch, &swapped).unwrap();
-        assert!((wrong.double_value(&[]) - want_loss).abs() > 1e-3);
-
-        let port = crate::distributed::free_port().unwrap();
-        let ranks: Vec<_> = (0..2)
-            .map(|rank| {
-                let batch = batch.clone();
-                std::thread::spawn(move || {
-                    let w = World::join(Device::Cpu, "127.0.0.1", port, rank, 2).unwrap();
-                    let task = table();
-                    let (loss, _) = backward_shared(&task, &batch, 1.0, &w).unwrap();
-                    let grad = task.emb.grad();
-                    w.sum(&[&grad]).unwrap();
-                    (loss.double_value(&[]), grad)
-                })
-            })
-            .collect();
-        for r in ranks {
-            let (loss, grad) = r.join().unwrap();
-            assert!((loss - want_loss).abs() < 1e-6, "{loss} vs {want_loss}");
-            let diff = (&grad - &want_grad).abs().max().double_value(&[]);
-            assert!(diff < 1e-6, "gradient differs by {diff}");
-            assert!(grad.abs().sum(Kind::Float).double_value(&[]) > 1e-3);
-        }
-    }
-}
+#[path = "trainer_tests.rs"]
+mod tests;

@@ -1,6 +1,6 @@
 //! BERT self-attention through libtorch's `scaled_dot_product_attention`.
+use crate::model::batching::Packing;
 use crate::model::hf_config::BertConfig;
-use crate::model::tokenizer::Packing;
 use std::sync::atomic::AtomicBool;
 use tch::{nn, Tensor};
 
@@ -79,13 +79,16 @@ impl BertAttention {
                     (Some(a), Some(b), Some(c)) => Some(Tensor::cat(&[a, b, c], 0).to_kind(kind)),
                     _ => None,
                 };
+                // One unbind, not three selects: in training its backward is one stack,
+                // where each select's backward fills a zeroed copy of the whole output.
                 let qkv = hidden
                     .linear(&w, b.as_ref())
-                    .view([t, 3, self.heads, self.head_dim]);
+                    .view([t, 3, self.heads, self.head_dim])
+                    .unbind(1);
                 crate::ffi::attention::varlen_attention(
-                    &qkv.select(1, 0),
-                    &qkv.select(1, 1),
-                    &qkv.select(1, 2),
+                    &qkv[0],
+                    &qkv[1],
+                    &qkv[2],
                     &p.cu_seqlens,
                     p.max_len,
                     dropout,

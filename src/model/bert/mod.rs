@@ -4,8 +4,8 @@ mod attention;
 mod embeddings;
 mod layer;
 
+use crate::model::batching::Batch;
 use crate::model::hf_config::BertConfig;
-use crate::model::tokenizer::Batch;
 use attention::Attend;
 use embeddings::BertEmbeddings;
 use layer::BertLayer;

@@ -1,0 +1,253 @@
+//! What the training loop feeds each optimizer step: its micro-batches of examples
+//! ([`Steps`]), and their host work (tokenizing, padding, pinning) done on a thread one
+//! step ahead of the device ([`ahead`]), so that the device does not wait for the host
+//! between steps.
+use super::groups::{Batching, Example, TrainingSet};
+use super::trainer::TrainSettings;
+use crate::error::{Error, Result};
+use std::ops::Range;
+use std::sync::mpsc;
+
+/// The host half of representing examples: no device, so it may run on another thread.
+pub trait Prepare: Sync {
+    fn prepare(&self, examples: &[Example]) -> Result<Prepared>;
+}
+
+/// A micro-batch prepared on the host: its batches, in the order the task runs them.
+pub type Prepared = Vec<crate::model::batching::HostBatch>;
+
+/// The examples of a micro-batch of `len` that a process represents: all of them alone;
+/// as rank `rank` of `size`, its slice (the first example when the slice is empty, so
+/// that every rank runs the same collectives; see the trainer's `backward_shared`).
+pub fn represented(len: usize, rank_of: Option<(usize, usize)>) -> Range<usize> {
+    match rank_of {
+        None => 0..len,
+        Some((rank, size)) => {
+            let mine = crate::distributed::World::slice(len, rank, size);
+            match mine.is_empty() {
+                true => 0..1.min(len),
+                false => mine,
+            }
+        }
+    }
+}
+
+/// The micro-batches of each optimizer step of a run: `accum` micro-batches of
+/// `batch_queries` examples a step, from each epoch's plan (built once per epoch).
+pub struct Steps<'a> {
+    set: &'a TrainingSet,
+    s: &'a TrainSettings,
+    per_epoch: usize,
+    total_micro: u64,
+    plan: Option<(usize, Vec<Example>)>,
+}
+
+impl<'a> Steps<'a> {
+    pub fn new(set: &'a TrainingSet, s: &'a TrainSettings, per_epoch: usize) -> Self {
+        Steps {
+            set,
+            s,
+            per_epoch,
+            total_micro: (per_epoch * s.epochs_for(per_epoch)) as u64,
+            plan: None,
+        }
+    }
+
+    /// Step `step`'s epoch and micro-batches.
+    pub fn batches(&mut self, step: u64) -> (usize, Vec<Vec<Example>>) {
+        let (s, per_epoch) = (self.s, self.per_epoch);
+        let accum = s.grad_accumulation.max(1) as u64;
+        let micro = step * accum..((step + 1) * accum).min(self.total_micro);
+        let mut epoch = 0;
+        let mut batches = Vec::with_capacity(micro.clone().count());
+        for m in micro {
+            epoch = m as usize / per_epoch;
+            if self.plan.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                let topic = (s.batching == Batching::Topic).then_some(s.batch_queries);
+                let examples = self.set.epoch(s.seed, epoch, s.negatives, topic);
+                self.plan = Some((epoch, examples));
+            }
+            let examples = self.plan.as_ref().map_or(&[][..], |p| &p.1[..]);
+            let idx = m as usize % per_epoch;
+            let end = ((idx + 1) * s.batch_queries).min(examples.len());
+            batches.push(examples[idx * s.batch_queries..end].to_vec());
+        }
+        (epoch, batches)
+    }
+}
+
+/// The main thread's side of a preparing thread: [`Ahead::send`] a step's micro-batches,
+/// [`Ahead::receive`] them prepared, in the order sent.
+pub struct Ahead {
+    jobs: Option<mpsc::SyncSender<Vec<Vec<Example>>>>,
+    done: Option<mpsc::Receiver<Result<Vec<Prepared>>>>,
+    sent: usize,
+}
+
+impl Ahead {
+    /// Start preparing a step's micro-batches (no-op without a preparer).
+    pub fn send(&mut self, batches: Vec<Vec<Example>>) {
+        if let Some(jobs) = &self.jobs {
+            // A closed channel means the thread has stopped on an error, which
+            // `receive` returns.
+            if jobs.send(batches).is_ok() {
+                self.sent += 1;
+            }
+        }
+    }
+
+    /// The oldest sent step's prepared micro-batches; None when nothing was sent (no
+    /// preparer), in which case the step prepares its own.
+    pub fn receive(&mut self) -> Result<Option<Vec<Prepared>>> {
+        if self.sent == 0 {
+            return Ok(None);
+        }
+        self.sent -= 1;
+        let done = self.done.as_ref().ok_or_else(stopped)?;
+        done.recv().map_err(|_| stopped())?.map(Some)
+    }
+}
+
+fn stopped() -> Error {
+    Error::torch(
+        "preparing training batches",
+        tch::TchError::Torch("the preparing thread stopped".into()),
+    )
+}
+
+/// Run `body` with a thread that prepares, with `preparer`, what this process
+/// represents ([`represented`]) of the micro-batches `body` sends it, one step ahead
+/// (a queue of one step). Without a preparer, nothing runs beside `body`.
+pub fn ahead<R>(
+    preparer: Option<&dyn Prepare>,
+    rank_of: Option<(usize, usize)>,
+    body: impl FnOnce(&mut Ahead) -> Result<R>,
+) -> Result<R> {
+    let Some(preparer) = preparer else {
+        return body(&mut Ahead {
+            jobs: None,
+            done: None,
+            sent: 0,
+        });
+    };
+    std::thread::scope(|scope| {
+        let (jobs, job_rx) = mpsc::sync_channel::<Vec<Vec<Example>>>(1);
+        let (done_tx, done) = mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for batches in job_rx {
+                let prepared = batches
+                    .iter()
+                    .map(|b| preparer.prepare(&b[represented(b.len(), rank_of)]))
+                    .collect::<Result<Vec<_>>>();
+                let failed = prepared.is_err();
+                // The receiver is gone when `body` has returned: stop.
+                if done_tx.send(prepared).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        // `body` owns both ends, so the thread sees them close when it returns.
+        body(&mut Ahead {
+            jobs: Some(jobs),
+            done: Some(done),
+            sent: 0,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ahead, represented, Prepare, Prepared};
+    use crate::error::{Error, Result};
+    use crate::model::batching::HostBatch;
+    use crate::model::tokenizer::Encoded;
+    use crate::training::groups::Example;
+    use tch::Device;
+
+    /// One row per example: its query id as the only token; fails on query 99.
+    struct Queries;
+
+    impl Prepare for Queries {
+        fn prepare(&self, examples: &[Example]) -> Result<Prepared> {
+            if examples.iter().any(|e| e.query == 99) {
+                return Err(Error::Setting {
+                    key: "query".into(),
+                    message: "99".into(),
+                });
+            }
+            let rows: Vec<Encoded> = examples
+                .iter()
+                .map(|e| Encoded {
+                    ids: vec![e.query as i64],
+                    type_ids: vec![0],
+                })
+                .collect();
+            let items: Vec<&Encoded> = rows.iter().collect();
+            Ok(vec![HostBatch::new(&items, 0, Device::Cpu)])
+        }
+    }
+
+    fn step(queries: &[usize]) -> Vec<Vec<Example>> {
+        vec![queries
+            .iter()
+            .map(|&query| Example {
+                query,
+                positive: 0,
+                negatives: vec![],
+            })
+            .collect()]
+    }
+
+    fn ids(prepared: Vec<Prepared>) -> Vec<i64> {
+        let batch = prepared
+            .into_iter()
+            .flatten()
+            .next()
+            .unwrap()
+            .upload(Device::Cpu);
+        Vec::<i64>::try_from(batch.input_ids.view([-1])).unwrap()
+    }
+
+    #[test]
+    fn steps_come_back_prepared_in_the_order_sent_with_this_ranks_slice() {
+        let got = ahead(Some(&Queries), Some((1, 2)), |a| {
+            a.send(step(&[1, 2, 3, 4]));
+            a.send(step(&[5, 6, 7]));
+            let first = ids(a.receive()?.unwrap());
+            a.send(step(&[8]));
+            let second = ids(a.receive()?.unwrap());
+            let third = ids(a.receive()?.unwrap());
+            assert!(a.receive()?.is_none(), "nothing more was sent");
+            Ok((first, second, third))
+        })
+        .unwrap();
+        // Rank 1 of 2 represents the second half; of one example, the first (the
+        // slice is empty).
+        assert_eq!(got, (vec![3, 4], vec![7], vec![8]));
+        assert_eq!(represented(3, Some((1, 2))), 2..3);
+        assert_eq!(represented(1, Some((1, 2))), 0..1);
+        assert_eq!(represented(3, None), 0..3);
+    }
+
+    #[test]
+    fn a_failed_preparation_is_returned_when_its_step_is_received() {
+        let err = ahead(Some(&Queries), None, |a| {
+            a.send(step(&[1]));
+            a.send(step(&[99]));
+            assert_eq!(ids(a.receive()?.unwrap()), vec![1]);
+            a.receive().map(|_| ())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("99"), "{err}");
+    }
+
+    #[test]
+    fn without_a_preparer_each_step_prepares_its_own() {
+        let got = ahead(None, None, |a| {
+            a.send(step(&[1]));
+            a.receive()
+        })
+        .unwrap();
+        assert!(got.is_none());
+    }
+}
