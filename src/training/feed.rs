@@ -134,16 +134,27 @@ pub fn ahead<R>(
         let (jobs, job_rx) = mpsc::sync_channel::<Vec<Vec<Example>>>(1);
         let (done_tx, done) = mpsc::sync_channel(1);
         scope.spawn(move || {
-            for batches in job_rx {
-                let prepared = batches
-                    .iter()
-                    .map(|b| preparer.prepare(&b[represented(b.len(), rank_of)]))
-                    .collect::<Result<Vec<_>>>();
-                let failed = prepared.is_err();
-                // The receiver is gone when `body` has returned: stop.
-                if done_tx.send(prepared).is_err() || failed {
-                    break;
+            let work = move || {
+                for batches in job_rx {
+                    let prepared = batches
+                        .iter()
+                        .map(|b| preparer.prepare(&b[represented(b.len(), rank_of)]))
+                        .collect::<Result<Vec<_>>>();
+                    let failed = prepared.is_err();
+                    // The receiver is gone when `body` has returned: stop.
+                    if done_tx.send(prepared).is_err() || failed {
+                        break;
+                    }
                 }
+            };
+            // A step's host work has a whole step of the device to hide behind: a few
+            // threads of its own (for the teacher's tokenizer), rather than the global
+            // pool's one per core, which would compete with the threads that launch the
+            // device's work (and, under --gpus, with the other ranks').
+            let threads = (rayon::current_num_threads() / 4).clamp(1, 4);
+            match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+                Ok(pool) => pool.install(work),
+                Err(_) => work(),
             }
         });
         // `body` owns both ends, so the thread sees them close when it returns.
