@@ -301,6 +301,26 @@ fn bad_input_is_an_error_with_file_and_line_or_a_counted_warning() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("query `q99`, document `d01`"), "{err}");
+    // Under --gpus the parent reads the contents once, before any child; the children
+    // (workers and ranks, each of which logs to log.jsonl) do not read them again.
+    let path = f.write_full("lenient-gpus", &data, "strict = false", "", "");
+    let out = distill(&["run", path.to_str().unwrap(), "--gpus", "2"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log =
+        std::fs::read_to_string(Pipeline::load(&path).unwrap().run_dir.join("log.jsonl")).unwrap();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("qrels rows naming an unknown query or document skipped"))
+        .count();
+    assert_eq!(warned, 1, "{log}");
+    assert!(
+        log.contains("\"stage\":\"score\""),
+        "the children ran: {log}"
+    );
 }
 
 #[test]

@@ -291,8 +291,13 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
     if let Some(w) = workers.filter(|_| device.is_cuda()) {
         w.devices()?;
     }
-    // The contents behind the file (datasets, models) are read before anything is written.
-    let checked = super::preflight::check(p)?;
+    // The contents behind the file (datasets, models) are read before anything is written;
+    // a `--gpus` parent reads them before it starts any child, so its children do not
+    // again (at 1M passages that is seconds a child, every stage).
+    let checked = match parented {
+        true => Vec::new(),
+        false => super::preflight::check(p)?,
+    };
     std::fs::create_dir_all(&p.run_dir).map_err(|e| Error::io(&p.run_dir, e))?;
     // A `--gpus` parent holds `run.lock`; its children take their own.
     let lock_name = match (opts.shard, rank) {
