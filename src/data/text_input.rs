@@ -71,15 +71,6 @@ pub struct ReadPolicy {
     pub allow_empty: bool,
 }
 
-/// Read every text of `path`: duplicate ids are errors, empty texts are kept.
-pub fn read_texts(path: &Path, format: TextFormat) -> Result<Vec<TextRecord>> {
-    let policy = ReadPolicy {
-        strict: true,
-        allow_empty: true,
-    };
-    read_texts_with(path, format, policy).map(|(records, _)| records)
-}
-
 /// Read every text of `path` under `policy` ([`TextReader`]).
 pub fn read_texts_with(
     path: &Path,

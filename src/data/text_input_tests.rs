@@ -3,6 +3,15 @@ use super::*;
 use crate::data::lines::tests::gzip;
 use std::io::Write;
 
+/// Every text of `path`: duplicate ids are errors, empty texts are kept.
+fn read_texts(path: &std::path::Path, format: TextFormat) -> Result<Vec<TextRecord>> {
+    let policy = ReadPolicy {
+        strict: true,
+        allow_empty: true,
+    };
+    read_texts_with(path, format, policy).map(|(records, _)| records)
+}
+
 fn file(content: &[u8], ext: &str) -> tempfile::NamedTempFile {
     let mut f = tempfile::Builder::new().suffix(ext).tempfile().unwrap();
     f.write_all(content).unwrap();

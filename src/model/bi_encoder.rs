@@ -280,16 +280,7 @@ impl BiEncoder {
 
     /// Tokenize `texts` of `side`, each behind that side's prompt.
     pub fn tokenize<S: AsRef<str> + Sync>(&self, side: Side, texts: &[S]) -> Result<Vec<Encoded>> {
-        self.tokenize_behind(self.prompt(side), texts)
-    }
-
-    /// Tokenize `texts`, each behind `prompt`.
-    pub fn tokenize_behind<S: AsRef<str> + Sync>(
-        &self,
-        prompt: &str,
-        texts: &[S],
-    ) -> Result<Vec<Encoded>> {
-        tokenize_behind(&self.tokenizer, prompt, texts)
+        tokenize_behind(&self.tokenizer, self.prompt(side), texts)
     }
 
     /// Embed a stream of text chunks behind `prompt`, one chunk at a time: the next chunk
