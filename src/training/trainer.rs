@@ -189,7 +189,8 @@ fn step_seed(seed: u64, step: u64) -> i64 {
 
 /// One optimizer step: each micro-batch's loss, divided by their number, back-propagated;
 /// the gradients clipped to `max_grad_norm` (global norm); AdamW stepped at `lr`. The
-/// training loop's step, and `distill bench`'s W3. The loss values stay on the device.
+/// training loop's step, and `distill bench`'s W3. The loss values come back to the host
+/// by a copy that is queued, not waited for ([`PendingStep`]).
 /// With `world`, every rank is given the same micro-batches, represents its slice of
 /// each, and ends with the one-process gradient ([`backward_shared`]). `prepared`: per
 /// micro-batch, what the task's preparer made of the examples this process represents
