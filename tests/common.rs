@@ -336,3 +336,44 @@ pub fn assert_reranked(reranked: &Path, input: &Path, ce: &Path, data: &Path, k:
     }
     assert_eq!(got.first().map(|l| l.2), Some(1));
 }
+
+/// The shards committed in the partial folders of the stage folder `stage_dir` (mine's
+/// `dsN-*` and score's `scores-*` tables; not the corpus-embedding parts, nor files being
+/// written, whose names start with a dot). Counted on disk because a process killed just
+/// after writing a shard may not have logged it.
+pub fn committed_shards(stage_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(stage_dir) else {
+        return 0;
+    };
+    entries
+        .map(|e| e.unwrap().path())
+        .filter(|d| {
+            d.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".partial-")
+        })
+        .flat_map(|d| std::fs::read_dir(d).unwrap())
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            name.ends_with(".parquet") && !name.starts_with('.') && !name.starts_with("emb-")
+        })
+        .count()
+}
+
+/// The `shard_committed` events of `stage` in the log text `log`, and the stage's number
+/// of shards (the largest `shards` among them; 0 with none).
+pub fn shard_commits(log: &str, stage: &str) -> (usize, usize) {
+    let stage_key = format!("\"stage\":\"{stage}\"");
+    let commits: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.contains("\"shard_committed\"") && l.contains(&stage_key))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let total = commits
+        .iter()
+        .map(|v| v["shards"].as_u64().unwrap() as usize)
+        .max()
+        .unwrap_or(0);
+    (commits.len(), total)
+}
