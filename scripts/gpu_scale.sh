@@ -76,3 +76,5 @@ print(f"| {stage} | {p.returncode} | {wall:.1f} | {secs:.1f} | {rows} | {rows / 
 PY
 done
 cp /tmp/scale-runs/scale-$N/report/report.html "$OUT/" 2>/dev/null || true
+# Per stage: its events, and its peak RSS as the process measured it (`stage_finished`).
+gzip -c /tmp/scale-runs/scale-$N/log.jsonl > "$OUT/log.jsonl.gz" 2>/dev/null || true

@@ -90,6 +90,13 @@ impl Progress {
     }
 }
 
+/// Start this process's peak resident set size afresh from its current size (Linux:
+/// `/proc/self/clear_refs`), so that [`peak_rss_bytes`] measures what comes after; where the
+/// system has no such reset, the peak stays the process's.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// This process's peak resident set size in bytes (`VmHWM` of `/proc/self/status`), where
 /// the system reports it (Linux).
 pub fn peak_rss_bytes() -> Option<u64> {

@@ -311,9 +311,12 @@ pub fn assert_reranked(reranked: &Path, input: &Path, ce: &Path, data: &Path, k:
     let ds = distill::data::beir::Dataset::load(data, &[], true).unwrap();
     let model =
         distill::model::CrossEncoder::load(ce, None, tch::Device::Cpu, tch::Kind::Float).unwrap();
-    let pairs: Vec<(&str, &str)> = got
+    let pairs: Vec<_> = got
         .iter()
-        .map(|(q, d, _, _)| (ds.queries.text(q).unwrap(), ds.corpus.text(d).unwrap()))
+        .map(|(q, d, _, _)| {
+            let q = ds.queries.text(q).unwrap().unwrap();
+            (q, ds.corpus.text(d).unwrap().unwrap())
+        })
         .collect();
     let scores = model.score(&pairs, 4, &mut |_| {}).unwrap();
     let written: Vec<f32> = got.iter().map(|l| l.3).collect();

@@ -121,7 +121,7 @@ fn expected(keep_flagged: bool) -> (Vec<Expected>, usize) {
         let g = groups.entry(q.clone()).or_insert_with(|| {
             order.push(q.clone());
             Expected {
-                query: ds.queries.text(q).unwrap().to_string(),
+                query: ds.queries.text(q).unwrap().unwrap().to_string(),
                 positives: vec![],
                 negatives: vec![],
             }

@@ -147,8 +147,16 @@ fn fold_teachers_score_the_queries_they_never_saw_and_resume_exactly() {
     let ds = distill::data::beir::Dataset::load(&generated("beir_tiny"), &[], true).unwrap();
     let pair = |i: usize| {
         (
-            ds.queries.text(&scored.query_id[i]).unwrap().to_string(),
-            ds.corpus.text(&scored.doc_id[i]).unwrap().to_string(),
+            ds.queries
+                .text(&scored.query_id[i])
+                .unwrap()
+                .unwrap()
+                .to_string(),
+            ds.corpus
+                .text(&scored.doc_id[i])
+                .unwrap()
+                .unwrap()
+                .to_string(),
         )
     };
     let load = |d: &str| {

@@ -168,7 +168,7 @@ fn evaluate(
     );
     let corpus = student.encode_to_device(
         crate::model::Side::Document,
-        &ds.corpus.texts,
+        &ds.corpus,
         s.runtime.batch_size,
         &mut |n| progress.inc(n as u64),
     )?;

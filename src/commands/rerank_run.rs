@@ -84,10 +84,10 @@ pub fn run(s: &RerankSettings) -> Result<RerankSummary> {
     let model = CrossEncoder::load(&s.model, s.max_length, device, kind)?;
     let ids: Vec<&String> = run.keys().collect();
     // Every query id of the run was found in the queries file as it was read.
-    let texts: Vec<&str> = ids
+    let texts = ids
         .iter()
-        .map(|q| ds.queries.text(q).unwrap_or_default())
-        .collect();
+        .map(|q| Ok(ds.queries.text(q)?.unwrap_or_default()))
+        .collect::<Result<Vec<_>>>()?;
     let reranker = Reranker {
         model: &model,
         k: s.top_k,

@@ -1,32 +1,148 @@
 //! BEIR datasets: `corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`; each file may be
 //! gzip-compressed (`corpus.jsonl.gz`), and the qrels may be TREC qrels and be named
 //! `qrels/<split>.txt` or `qrels/<split>.qrels` (`data::qrels` tells the forms apart).
+use crate::data::lines::is_gzip;
 use crate::data::qrels::QrelsReader;
-use crate::data::text_input::{read_texts_with, ReadPolicy, Skipped, TextFormat, TextRecord};
+use crate::data::text_input::{parse_beir_line, ReadPolicy, Skipped, TextFormat, TextReader};
 use crate::error::{Error, Result};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// Texts by id, in file order.
+/// Texts by id, in file order. A plain JSONL corpus stays on disk: memory holds its ids
+/// and where each line lies, and a text is read back from its line when asked for (so a
+/// stage's memory does not grow with the corpus's text). Other files (queries, gzipped
+/// corpora) and texts pushed later are held in memory.
 #[derive(Debug, Clone, Default)]
 pub struct Texts {
     pub ids: Vec<String>,
-    pub texts: Vec<String>,
+    /// The first `file.len()` texts, on disk.
+    file: Option<Arc<TextFile>>,
+    /// The texts after those on disk.
+    memory: Vec<String>,
     index: HashMap<String, usize, ahash::RandomState>,
 }
 
-impl Texts {
-    fn from_records(records: Vec<TextRecord>) -> Self {
-        let mut t = Texts::default();
-        t.ids.reserve(records.len());
-        t.texts.reserve(records.len());
-        t.index.reserve(records.len());
-        for r in records {
-            t.index.insert(r.id.clone(), t.ids.len());
-            t.ids.push(r.id);
-            t.texts.push(r.text);
+/// Where the texts on disk lie: one JSONL line each, read back and parsed again. The file
+/// stays open, so a file replaced by another (renamed over it) is still read as loaded; a
+/// file written in place shows in its length or modification time, checked at each read.
+#[derive(Debug)]
+struct TextFile {
+    path: PathBuf,
+    file: std::fs::File,
+    stamp: (u64, Option<std::time::SystemTime>),
+    offsets: Vec<u64>,
+    lens: Vec<u32>,
+}
+
+/// A file's length and modification time.
+fn stamp(file: &std::fs::File) -> std::io::Result<(u64, Option<std::time::SystemTime>)> {
+    let m = file.metadata()?;
+    Ok((m.len(), m.modified().ok()))
+}
+
+impl TextFile {
+    fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    /// The texts of rows `rows`, whose ids must be `ids`: one read of the bytes from the
+    /// first line to the last, each line parsed again (on rayon's pool). A line that no
+    /// longer parses, or holds another id, means the file changed since it was loaded.
+    fn read(&self, rows: Range<usize>, ids: &[String]) -> Result<Vec<String>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
         }
-        t
+        let from = self.offsets[rows.start];
+        let to = self.offsets[rows.end - 1] + u64::from(self.lens[rows.end - 1]);
+        let mut bytes = vec![0u8; (to - from) as usize];
+        use std::os::unix::fs::FileExt;
+        self.file
+            .read_exact_at(&mut bytes, from)
+            .map_err(|e| self.changed(from, format!("cannot read it again ({e})")))?;
+        if stamp(&self.file).ok() != Some(self.stamp) {
+            let what = "its length or modification time is not what it was".to_string();
+            return Err(self.changed(from, what));
+        }
+        let parse = |(i, id): (usize, &String)| {
+            let at = (self.offsets[i] - from) as usize;
+            let raw = &bytes[at..at + self.lens[i] as usize];
+            match std::str::from_utf8(raw).ok().map(parse_beir_line) {
+                Some(Ok(r)) if r.id == *id => Ok(r.text),
+                _ => Err(self.changed(self.offsets[i], format!("`{id}` is no longer there"))),
+            }
+        };
+        use rayon::prelude::*;
+        let rows: Vec<(usize, &String)> = rows.zip(ids).collect();
+        if rows.len() < 64 {
+            rows.into_iter().map(parse).collect()
+        } else {
+            rows.into_par_iter().map(parse).collect()
+        }
+    }
+
+    /// The error for a file that changed under a run, naming the line at `offset`.
+    fn changed(&self, offset: u64, what: String) -> Error {
+        use std::io::Read;
+        let mut head = Vec::new();
+        let line = std::fs::File::open(&self.path)
+            .and_then(|f| f.take(offset).read_to_end(&mut head))
+            .map_or(0, |_| head.iter().filter(|&&b| b == b'\n').count() + 1);
+        Error::Input {
+            path: self.path.clone(),
+            line,
+            message: format!(
+                "the file changed after it was loaded: {what} (rerun once it no longer changes)"
+            ),
+        }
+    }
+}
+
+impl Texts {
+    /// Every record `reader` keeps; with `on_disk` (a plain JSONL file), the texts are
+    /// left in the file.
+    fn read(mut reader: TextReader, path: &Path, on_disk: bool) -> Result<(Self, Skipped)> {
+        // Opened (and its stamp taken) before the lines are read, so that a change while
+        // they are read shows too.
+        let opened = match on_disk {
+            true => {
+                let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+                let stamp = stamp(&file).map_err(|e| Error::io(path, e))?;
+                Some((file, stamp))
+            }
+            false => None,
+        };
+        let mut t = Texts::default();
+        let mut offsets = Vec::new();
+        let mut lens = Vec::new();
+        while let Some((record, span)) = reader.next_record_at()? {
+            t.ids.push(record.id);
+            if on_disk {
+                offsets.push(span.offset);
+                lens.push(span.len);
+            } else {
+                t.memory.push(record.text);
+            }
+        }
+        if let Some((file, stamp)) = opened {
+            offsets.shrink_to_fit();
+            lens.shrink_to_fit();
+            t.file = Some(Arc::new(TextFile {
+                path: path.to_path_buf(),
+                file,
+                stamp,
+                offsets,
+                lens,
+            }));
+        }
+        t.ids.shrink_to_fit();
+        t.memory.shrink_to_fit();
+        // The reader's ids seen are the index: the ids are not copied a third time.
+        let (index, skipped) = reader.into_index();
+        t.index = index;
+        Ok((t, skipped))
     }
 
     pub fn len(&self) -> usize {
@@ -37,19 +153,82 @@ impl Texts {
         self.ids.is_empty()
     }
 
+    /// Whether the texts are read back from their file when asked for.
+    pub fn on_disk(&self) -> bool {
+        self.file.is_some()
+    }
+
     pub fn position(&self, id: &str) -> Option<usize> {
         self.index.get(id).copied()
     }
 
-    /// Append a text under a new id (the caller checks that `id` is new).
+    /// Append a text under a new id (the caller checks that `id` is new); it is held in
+    /// memory.
     pub fn push(&mut self, id: String, text: String) {
         self.index.insert(id.clone(), self.ids.len());
         self.ids.push(id);
-        self.texts.push(text);
+        self.memory.push(text);
     }
 
-    pub fn text(&self, id: &str) -> Option<&str> {
-        self.position(id).map(|i| self.texts[i].as_str())
+    fn on_disk_len(&self) -> usize {
+        self.file.as_ref().map_or(0, |f| f.len())
+    }
+
+    /// The texts of rows `rows`, in order.
+    pub fn range(&self, rows: Range<usize>) -> Result<Vec<Cow<'_, str>>> {
+        let split = self.on_disk_len().clamp(rows.start, rows.end);
+        let mut out: Vec<Cow<str>> = match &self.file {
+            Some(f) if split > rows.start => f
+                .read(rows.start..split, &self.ids[rows.start..split])?
+                .into_iter()
+                .map(Cow::Owned)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let after = self.on_disk_len();
+        if rows.end > after {
+            out.extend(
+                self.memory[split - after..rows.end - after]
+                    .iter()
+                    .map(|t| Cow::Borrowed(t.as_str())),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Every text, in order.
+    pub fn all(&self) -> Result<Vec<Cow<'_, str>>> {
+        self.range(0..self.len())
+    }
+
+    /// The text of row `i`.
+    pub fn get(&self, i: usize) -> Result<Cow<'_, str>> {
+        Ok(self
+            .range(i..i + 1)?
+            .pop()
+            .unwrap_or_else(|| unreachable!("one row was read")))
+    }
+
+    /// The text of `id`, `None` when there is no such id.
+    pub fn text(&self, id: &str) -> Result<Option<Cow<'_, str>>> {
+        self.position(id).map(|i| self.get(i)).transpose()
+    }
+
+    /// The texts of rows `rows` (any order, repeats allowed), read on rayon's pool.
+    pub fn gather(&self, rows: &[usize]) -> Result<Vec<Cow<'_, str>>> {
+        use rayon::prelude::*;
+        rows.par_iter().map(|&i| self.get(i)).collect()
+    }
+
+    /// The texts in chunks of `rows` (the last one shorter), each with its first row: read
+    /// when the chunk is asked for.
+    pub fn chunks(
+        &self,
+        rows: usize,
+    ) -> impl Iterator<Item = Result<(Vec<Cow<'_, str>>, usize)>> + Send + '_ {
+        (0..self.len())
+            .step_by(rows.max(1))
+            .map(move |start| Ok((self.range(start..(start + rows).min(self.len()))?, start)))
     }
 }
 
@@ -187,12 +366,13 @@ impl Dataset {
             strict,
             allow_empty: false,
         };
-        let (corpus, corpus_skipped) =
-            read_texts_with(&corpus_path(dir), TextFormat::Jsonl, policy)?;
-        let (queries, queries_skipped) =
-            read_texts_with(&queries_path(dir), TextFormat::Jsonl, policy)?;
-        let corpus = Texts::from_records(corpus);
-        let queries = Texts::from_records(queries);
+        let read = |path: &Path, on_disk: bool| {
+            let reader = TextReader::open(path, TextFormat::Jsonl, policy)?;
+            Texts::read(reader, path, on_disk)
+        };
+        let corpus_file = corpus_path(dir);
+        let (corpus, corpus_skipped) = read(&corpus_file, !is_gzip(&corpus_file))?;
+        let (queries, queries_skipped) = read(&queries_path(dir), false)?;
         let mut warnings = LoadWarnings {
             corpus: corpus_skipped,
             queries: queries_skipped,

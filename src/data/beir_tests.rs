@@ -28,7 +28,7 @@ fn fixture(qrels: &str) -> tempfile::TempDir {
 fn loads_a_dataset_with_header_and_grades() {
     let d = fixture("query-id\tcorpus-id\tscore\nq1\td2\t2\nq1\td1\t0\n");
     let ds = Dataset::load(d.path(), &["test"], true).unwrap();
-    assert_eq!(ds.corpus.text("d1"), Some("A one"));
+    assert_eq!(ds.corpus.text("d1").unwrap().as_deref(), Some("A one"));
     assert_eq!(ds.qrels["test"]["q1"]["d2"], 2);
     assert_eq!(ds.qrels["test"]["q1"]["d1"], 0);
     assert!(ds.warnings.is_empty());
@@ -88,12 +88,12 @@ fn gzip_into(dir: &Path, name: &str, new_name: &str) {
 
 fn same(a: &Dataset, b: &Dataset) {
     assert_eq!(
-        (&a.corpus.ids, &a.corpus.texts),
-        (&b.corpus.ids, &b.corpus.texts)
+        (&a.corpus.ids, a.corpus.all().unwrap()),
+        (&b.corpus.ids, b.corpus.all().unwrap())
     );
     assert_eq!(
-        (&a.queries.ids, &a.queries.texts),
-        (&b.queries.ids, &b.queries.texts)
+        (&a.queries.ids, a.queries.all().unwrap()),
+        (&b.queries.ids, b.queries.all().unwrap())
     );
     assert_eq!(a.qrels, b.qrels);
     assert_eq!(a.warnings, b.warnings);
@@ -179,4 +179,70 @@ fn a_file_there_under_two_names_is_refused() {
     );
     // Splits not asked for are not looked at.
     assert!(check_unique(d.path(), &["train"]).is_ok());
+}
+
+#[test]
+fn a_plain_corpus_stays_on_disk_and_reads_back_as_loaded() {
+    let d = tempfile::tempdir().unwrap();
+    // CRLF line ends, a blank line, escapes, a title, a duplicate and an empty text (both
+    // skipped when lenient), a line of non-ASCII text.
+    write(
+        d.path(),
+        "corpus.jsonl",
+        "{\"_id\": \"a\", \"title\": \"T\", \"text\": \"x \\\"y\\\"\"}\r\n\n\
+         {\"_id\": \"b\", \"text\": \"caf\\u00e9 \u{1F600}\"}\n\
+         {\"_id\": \"a\", \"text\": \"again\"}\n\
+         {\"_id\": \"e\", \"text\": \" \"}\n\
+         {\"_id\": \"c\", \"text\": \"last\"}",
+    );
+    write(
+        d.path(),
+        "queries.jsonl",
+        "{\"_id\": \"q\", \"text\": \"q?\"}\n",
+    );
+    let mut ds = Dataset::load(d.path(), &[], false).unwrap();
+    assert!(ds.corpus.on_disk());
+    assert!(!ds.queries.on_disk());
+    let want = ["T x \"y\"", "café \u{1F600}", "last"];
+    assert_eq!(ds.corpus.all().unwrap(), want);
+    assert_eq!(
+        ds.corpus.gather(&[2, 0, 2]).unwrap(),
+        [want[2], want[0], want[2]]
+    );
+    assert_eq!(ds.corpus.text("b").unwrap().as_deref(), Some(want[1]));
+    assert_eq!(ds.corpus.text("e").unwrap(), None);
+    // Texts pushed after those on disk are held in memory; a range may span both.
+    ds.corpus.push("p".into(), "pushed".into());
+    assert_eq!(ds.corpus.range(1..4).unwrap(), [want[1], want[2], "pushed"]);
+    assert_eq!(ds.corpus.range(3..4).unwrap(), ["pushed"]);
+    let chunks: Vec<_> = ds.corpus.chunks(3).map(Result::unwrap).collect();
+    assert_eq!(chunks.len(), 2);
+    assert_eq!(
+        (chunks[1].0.as_slice(), chunks[1].1),
+        (&["pushed".into()][..], 3)
+    );
+    // The gzipped corpus is read into memory, to the same texts.
+    gzip_into(d.path(), "corpus.jsonl", "corpus.jsonl.gz");
+    let gz = Dataset::load(d.path(), &[], false).unwrap();
+    assert!(!gz.corpus.on_disk());
+    assert_eq!(gz.corpus.all().unwrap(), want);
+}
+
+#[test]
+fn a_corpus_written_over_under_a_loaded_dataset_is_an_error_and_one_renamed_over_is_not() {
+    let d = fixture("q1\td1\t1\n");
+    let path = d.path().join("corpus.jsonl");
+    let ds = Dataset::load(d.path(), &[], true).unwrap();
+    // Another file renamed over the corpus: the loaded dataset reads the file it opened.
+    let other = "{\"_id\": \"x\", \"text\": \"other\"}\n";
+    write(d.path(), "new.jsonl", other);
+    std::fs::rename(d.path().join("new.jsonl"), &path).unwrap();
+    assert_eq!(ds.corpus.all().unwrap(), ["A one", "two"]);
+    // Written in place (same length: only the modification time tells).
+    let ds = Dataset::load(d.path(), &[], true).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&path, "{\"_id\": \"y\", \"text\": \"other\"}\n").unwrap();
+    let err = ds.corpus.text("x").unwrap_err().to_string();
+    let want = format!("{}:1: the file changed after it was loaded", path.display());
+    assert!(err.starts_with(&want), "{err}");
 }

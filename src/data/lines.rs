@@ -28,6 +28,8 @@ pub struct Lines {
     reader: Box<dyn BufRead + Send>,
     gzip: bool,
     line: usize,
+    /// Bytes read so far: in a plain file, the offset of the next line.
+    consumed: u64,
 }
 
 impl Lines {
@@ -45,6 +47,7 @@ impl Lines {
             reader,
             gzip,
             line: 0,
+            consumed: 0,
         })
     }
 
@@ -55,6 +58,14 @@ impl Lines {
     /// The next line's number and text (without `\n` or `\r\n`); `None` at the end.
     /// Invalid UTF-8 and corrupt gzip data are errors naming the file and line.
     pub fn next_line(&mut self) -> Result<Option<(usize, String)>> {
+        Ok(self.next_line_at()?.map(|(line, _, text)| (line, text)))
+    }
+
+    /// As [`Lines::next_line`], with the offset of the line's first byte in the
+    /// (decompressed) stream: in a plain file, where the line can be read again
+    /// ([`read_span`]).
+    pub fn next_line_at(&mut self) -> Result<Option<(usize, u64, String)>> {
+        let at = self.consumed;
         let mut buf = Vec::new();
         let n = match self.reader.read_until(b'\n', &mut buf) {
             Ok(n) => n,
@@ -70,12 +81,13 @@ impl Lines {
         if n == 0 {
             return Ok(None);
         }
+        self.consumed += n as u64;
         self.line += 1;
         let mut text = String::from_utf8(buf)
             .map_err(|e| self.error(format!("invalid UTF-8 ({})", e.utf8_error())))?;
         let kept = text.trim_end_matches(['\n', '\r']).len();
         text.truncate(kept);
-        Ok(Some((self.line, text)))
+        Ok(Some((self.line, at, text)))
     }
 
     /// An input error at the last line read.

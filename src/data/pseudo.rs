@@ -90,20 +90,25 @@ fn word_key(w: &str) -> String {
 }
 
 impl Idf {
-    pub fn new<'a>(texts: impl IntoIterator<Item = &'a str>) -> Self {
-        let (mut docs, mut df) = (0usize, HashMap::<String, u32>::new());
+    pub fn new<S: AsRef<str>>(texts: impl IntoIterator<Item = S>) -> Self {
+        let mut idf = Idf {
+            docs: 0.0,
+            df: HashMap::new(),
+        };
         for t in texts {
-            docs += 1;
-            let mut words: Vec<String> = t.split_whitespace().map(word_key).collect();
-            words.sort_unstable();
-            words.dedup();
-            for w in words.into_iter().filter(|w| !w.is_empty()) {
-                *df.entry(w).or_default() += 1;
-            }
+            idf.add(t.as_ref());
         }
-        Idf {
-            docs: docs as f64,
-            df,
+        idf
+    }
+
+    /// Count one more document.
+    pub fn add(&mut self, text: &str) {
+        self.docs += 1.0;
+        let mut words: Vec<String> = text.split_whitespace().map(word_key).collect();
+        words.sort_unstable();
+        words.dedup();
+        for w in words.into_iter().filter(|w| !w.is_empty()) {
+            *self.df.entry(w).or_default() += 1;
         }
     }
 
@@ -315,8 +320,18 @@ pub fn add_to(
     scope: Scope,
     seed: u64,
 ) -> Result<usize> {
-    let idf = (windows == Windows::Informative)
-        .then(|| Idf::new(ds.corpus.texts.iter().map(String::as_str)));
+    // The corpus is read a chunk at a time (it may be on disk), once for the weights.
+    let rows = 4096;
+    let idf = match windows == Windows::Informative {
+        true => {
+            let mut idf = Idf::new(std::iter::empty::<&str>());
+            for chunk in ds.corpus.chunks(rows) {
+                chunk?.0.iter().for_each(|t| idf.add(t));
+            }
+            Some(idf)
+        }
+        false => None,
+    };
     let covered: HashSet<&str> = match (scope, ds.qrels.get(split)) {
         (Scope::All, _) => HashSet::new(),
         (Scope::Uncovered, Some(qrels)) => qrels
@@ -332,24 +347,27 @@ pub fn add_to(
     };
     let mut records = Vec::new();
     let question = windows == Windows::Question;
-    for (doc, text) in ds.corpus.ids.iter().zip(&ds.corpus.texts) {
-        if covered.contains(doc.as_str()) {
-            continue;
-        }
-        for (i, q) in for_document(seed, doc, text, n, per_sentence, idf.as_ref(), question)
-            .into_iter()
-            .enumerate()
-        {
-            let id = query_id(doc, i);
-            if ds.queries.position(&id).is_some() {
-                return Err(Error::Config {
+    for chunk in ds.corpus.chunks(rows) {
+        let (texts, start) = chunk?;
+        for (doc, text) in ds.corpus.ids[start..].iter().zip(&texts) {
+            if covered.contains(doc.as_str()) {
+                continue;
+            }
+            for (i, q) in for_document(seed, doc, text, n, per_sentence, idf.as_ref(), question)
+                .into_iter()
+                .enumerate()
+            {
+                let id = query_id(doc, i);
+                if ds.queries.position(&id).is_some() {
+                    return Err(Error::Config {
                     path: crate::data::beir::queries_path(&ds.dir),
                     message: format!(
                         "query id `{id}` collides with a pseudo-query id; rename it or set pseudo_queries = 0"
                     ),
                 });
+                }
+                records.push((id, q, doc.clone()));
             }
-            records.push((id, q, doc.clone()));
         }
     }
     let added = records.len();

@@ -225,8 +225,8 @@ fn pseudo_queries_join_the_training_split_with_their_document() {
         1
     );
     let id = query_id("d1", 0);
-    let q = ds.queries.text(&id).unwrap();
-    assert!(ds.corpus.text("d1").unwrap().contains(q), "{q}");
+    let q = ds.queries.text(&id).unwrap().unwrap();
+    assert!(ds.corpus.text("d1").unwrap().unwrap().contains(&*q), "{q}");
     assert_eq!(ds.qrels["train"][&id].len(), 1);
     assert_eq!(ds.qrels["train"][&id]["d1"], 1);
     assert_eq!(ds.qrels["train"]["q1"]["d2"], 1);
@@ -285,7 +285,10 @@ fn the_uncovered_scope_skips_documents_that_training_queries_judge_relevant() {
     // The documents it keeps get the pseudo-queries of the all scope.
     for doc in ["d2", "d3"] {
         let id = query_id(doc, 0);
-        assert_eq!(some.queries.text(&id), all.queries.text(&id));
+        assert_eq!(
+            some.queries.text(&id).unwrap(),
+            all.queries.text(&id).unwrap()
+        );
         assert_eq!(some.qrels["train"][&id][doc], 1);
     }
     // Without the training qrels the scope cannot be decided: an error naming them.

@@ -111,9 +111,12 @@ pub struct TextReader {
     format: TextFormat,
     detected_on: Option<usize>,
     policy: ReadPolicy,
+    /// The ids kept so far, each with its position among the records kept.
     seen: HashMap<String, usize, ahash::RandomState>,
-    /// Parsed lines not yet handed out, in line order.
-    pending: std::collections::VecDeque<(usize, Parsed)>,
+    /// The line of each record kept.
+    kept_lines: Vec<usize>,
+    /// Parsed lines not yet handed out, in line order, with where each line lies.
+    pending: std::collections::VecDeque<(usize, Span, Parsed)>,
     /// A read error met after the pending lines (returned once they are handed out).
     read_error: Option<crate::error::Error>,
     /// What the policy skipped so far.
@@ -122,6 +125,14 @@ pub struct TextReader {
 
 /// Lines parsed together.
 pub const BLOCK_LINES: usize = 4096;
+
+/// Where a line lies in its (decompressed) file: the offset of its first byte and its
+/// length without the line break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub offset: u64,
+    pub len: u32,
+}
 
 /// One line, parsed.
 enum Parsed {
@@ -139,6 +150,7 @@ impl TextReader {
             detected_on,
             policy,
             seen: HashMap::default(),
+            kept_lines: Vec::new(),
             pending: Default::default(),
             read_error: None,
             skipped: Skipped::default(),
@@ -182,7 +194,7 @@ impl TextReader {
     fn fill(&mut self) {
         let mut raw = Vec::with_capacity(BLOCK_LINES);
         while raw.len() < BLOCK_LINES {
-            match self.lines.next_line() {
+            match self.lines.next_line_at() {
                 Ok(Some(l)) => raw.push(l),
                 Ok(None) => break,
                 Err(e) => {
@@ -193,15 +205,27 @@ impl TextReader {
         }
         let (format, detected_on) = (self.format, self.detected_on);
         use rayon::prelude::*;
-        let parsed: Vec<(usize, Parsed)> = raw
+        let parsed: Vec<(usize, Span, Parsed)> = raw
             .into_par_iter()
-            .map(|(line, text)| (line, Self::parse(format, detected_on, line, text)))
+            .map(|(line, offset, text)| {
+                let Ok(len) = u32::try_from(text.len()) else {
+                    let span = Span { offset, len: 0 };
+                    return (line, span, Parsed::Bad("a line longer than 4 GiB".into()));
+                };
+                let span = Span { offset, len };
+                (line, span, Self::parse(format, detected_on, line, text))
+            })
             .collect();
         self.pending.extend(parsed);
     }
 
     /// The next record the policy keeps, or `None` at the end of the file.
     pub fn next_record(&mut self) -> Result<Option<TextRecord>> {
+        Ok(self.next_record_at()?.map(|(record, _)| record))
+    }
+
+    /// As [`TextReader::next_record`], with where the record's line lies in the file.
+    pub fn next_record_at(&mut self) -> Result<Option<(TextRecord, Span)>> {
         loop {
             if self.pending.is_empty() {
                 if let Some(e) = self.read_error.take() {
@@ -209,7 +233,7 @@ impl TextReader {
                 }
                 self.fill();
             }
-            let Some((line, parsed)) = self.pending.pop_front() else {
+            let Some((line, span, parsed)) = self.pending.pop_front() else {
                 // Nothing read and no error: the end of the file.
                 return match self.read_error.take() {
                     Some(e) => Err(e),
@@ -226,7 +250,7 @@ impl TextReader {
                 Parsed::Bad(m) => return Err(error(m)),
                 Parsed::Record(r) => r,
             };
-            if let Some(&first) = self.seen.get(&record.id) {
+            if let Some(first) = self.seen.get(&record.id).map(|&k| self.kept_lines[k]) {
                 if self.policy.strict {
                     return Err(error(format!(
                         "duplicate id `{}` (first seen on line {first})",
@@ -243,9 +267,18 @@ impl TextReader {
                 self.skipped.empty.push((line, record.id));
                 continue;
             }
-            self.seen.insert(record.id.clone(), line);
-            return Ok(Some(TextRecord { line, ..record }));
+            self.seen.insert(record.id.clone(), self.kept_lines.len());
+            self.kept_lines.push(line);
+            return Ok(Some((TextRecord { line, ..record }, span)));
         }
+    }
+}
+
+impl TextReader {
+    /// Once every record is read: the position of each id among the records kept, and
+    /// what the policy skipped.
+    pub fn into_index(self) -> (HashMap<String, usize, ahash::RandomState>, Skipped) {
+        (self.seen, self.skipped)
     }
 }
 
@@ -278,7 +311,7 @@ struct BeirLine<'a> {
 
 /// One BEIR JSONL object: the embedded text is `title + " " + text` when the title is
 /// non-empty, as BEIR does, else `text`.
-fn parse_beir_line(raw: &str) -> std::result::Result<TextRecord, String> {
+pub(crate) fn parse_beir_line(raw: &str) -> std::result::Result<TextRecord, String> {
     if let Ok(line) = serde_json::from_str::<BeirLine>(raw) {
         let text = match line.title.as_deref() {
             None | Some("") => line.text.into_owned(),

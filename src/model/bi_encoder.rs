@@ -324,10 +324,10 @@ impl BiEncoder {
     /// Embed `texts` of `side` (behind its prompt) chunk by chunk
     /// ([`BiEncoder::encode_stream`]) into one `[n, dim]` fp32 tensor on the model's
     /// device: besides that matrix, memory holds a chunk at a time.
-    pub fn encode_to_device<S: AsRef<str> + Sync>(
+    pub fn encode_to_device(
         &self,
         side: Side,
-        texts: &[S],
+        texts: &crate::data::beir::Texts,
         batch_size: usize,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Tensor> {
@@ -336,16 +336,9 @@ impl BiEncoder {
             (Kind::Float, self.device()),
         )
         .map_err(|e| Error::torch("allocating embeddings", e))?;
-        let rows = crate::model::batching::chunk_rows();
-        let chunks = texts.chunks(rows).enumerate().map(|(k, c)| {
-            Ok((
-                c.iter().map(|t| t.as_ref()).collect::<Vec<&str>>(),
-                k * rows,
-            ))
-        });
         self.encode_stream(
             self.prompt(side),
-            chunks,
+            texts.chunks(crate::model::batching::chunk_rows()),
             batch_size,
             progress,
             &mut |start, emb| {

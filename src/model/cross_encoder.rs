@@ -287,14 +287,32 @@ impl CrossEncoder {
         Q: AsRef<str> + Sync,
         P: AsRef<str> + Sync,
     {
+        let chunks = pairs
+            .chunks(crate::model::batching::chunk_rows())
+            .map(|c| Ok(c.iter().map(|(q, p)| (q.as_ref(), p.as_ref())).collect()));
+        self.score_stream(chunks, batch_size, progress)
+    }
+
+    /// As [`CrossEncoder::score`], for pairs that come a chunk at a time (from any
+    /// iterator: each chunk is made on the thread that tokenizes it), in order.
+    pub fn score_stream<C, Q, P>(
+        &self,
+        chunks: C,
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<f32>>
+    where
+        C: Iterator<Item = Result<Vec<(Q, P)>>> + Send,
+        Q: AsRef<str> + Sync,
+        P: AsRef<str> + Sync,
+    {
         // Chunk by chunk, the next one tokenized on a thread while the device scores the
         // current one: memory holds two chunks' tokens, however many pairs there are.
-        let rows = crate::model::batching::chunk_rows();
         let tokenizer = &self.tokenizer;
-        let mut scores = Vec::with_capacity(pairs.len());
+        let mut scores = Vec::new();
         crate::model::batching::prepare_ahead(
-            pairs.chunks(rows),
-            |chunk| tokenizer.encode_pairs(chunk),
+            chunks,
+            |chunk| tokenizer.encode_pairs(&chunk?),
             |encoded| {
                 scores.extend(self.score_tokenized(&encoded, batch_size, progress)?);
                 Ok(())

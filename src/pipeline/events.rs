@@ -85,6 +85,10 @@ pub enum Event {
         seconds: f64,
         rows: u64,
         summary: serde_json::Value,
+        /// The process's peak resident set while the stage ran, where the system reports
+        /// it (Linux).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        peak_rss_bytes: Option<u64>,
     },
     StagePartial {
         stage: String,
@@ -188,6 +192,7 @@ impl EventSink {
                 seconds,
                 rows,
                 summary,
+                ..
             } if normal => Some(format!(
                 "{stage}: done in {seconds:.1} s, {rows} rows{}",
                 if verbose {

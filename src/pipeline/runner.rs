@@ -564,6 +564,7 @@ fn run_stage(
     });
     let started_unix = unix_now();
     let clock = Instant::now();
+    crate::progress::reset_peak_rss();
     let mut env = StageEnv {
         pipeline: p,
         name,
@@ -639,6 +640,7 @@ fn run_stage(
         seconds,
         rows,
         summary,
+        peak_rss_bytes: crate::progress::peak_rss_bytes(),
     });
     Ok(Some(manifest))
 }

@@ -12,6 +12,7 @@ use crate::ranking::rerank::{self, Depth, Reranker, Runs};
 use crate::ranking::trec::write_run;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::Tensor;
@@ -21,12 +22,12 @@ use tch::Tensor;
 pub fn judged_texts<'a>(
     ds: &'a Dataset,
     judged: &'a Qrels,
-) -> Result<(Vec<&'a String>, Vec<&'a str>)> {
+) -> Result<(Vec<&'a String>, Vec<Cow<'a, str>>)> {
     let queries: Vec<&String> = judged.keys().collect();
     let texts = queries
         .iter()
         .map(|q| {
-            ds.queries.text(q).ok_or_else(|| {
+            ds.queries.text(q)?.ok_or_else(|| {
                 Error::config(
                     beir::queries_path(&ds.dir),
                     format!("query `{q}` is judged but missing"),
@@ -40,7 +41,7 @@ pub fn judged_texts<'a>(
 /// A student's run over a split's judged queries and, once reranked, the reranker's run.
 pub struct SplitRuns<'a> {
     queries: Vec<&'a String>,
-    texts: Vec<&'a str>,
+    texts: Vec<Cow<'a, str>>,
     pub student: Runs,
     pub reranked: Option<Runs>,
 }

@@ -25,12 +25,12 @@ pub struct Depth {
 /// The student's run: for each query (`ids` with their `texts`), its top `top_k`
 /// documents of `corpus` (`embeddings`: the corpus's, in its order), the query itself left
 /// out as BEIR does.
-pub fn retrieve(
+pub fn retrieve<S: AsRef<str> + Sync>(
     student: &BiEncoder,
     embeddings: &Tensor,
     corpus: &Texts,
     ids: &[&String],
-    texts: &[&str],
+    texts: &[S],
     depth: Depth,
 ) -> Result<Runs> {
     let q = student
@@ -75,27 +75,43 @@ impl Reranker<'_> {
 
 /// The teacher's run: each query's top `k` documents of `run` (in TREC order) scored by
 /// the reranker's model; every query of `ids` has an entry. `texts[i]` is the text of
-/// `ids[i]`; `progress` is called with the number of pairs scored after each batch.
-pub fn rerank(
+/// `ids[i]`; `progress` is called with the number of pairs scored after each batch. The
+/// documents' texts are read a chunk of pairs at a time, on the thread that tokenizes
+/// ahead of the device; a document not in `corpus` reads as an empty text.
+pub fn rerank<S: AsRef<str> + Sync>(
     reranker: Reranker,
     run: &Runs,
-    (ids, texts): (&[&String], &[&str]),
+    (ids, texts): (&[&String], &[S]),
     corpus: &Texts,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Runs> {
-    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    // (query row, document row in the corpus) of each pair, and its owners.
+    let mut rows: Vec<(usize, Option<usize>)> = Vec::new();
     let mut owners: Vec<(&String, String)> = Vec::new();
-    for (qid, text) in ids.iter().zip(texts) {
+    for (q, qid) in ids.iter().enumerate() {
         let mut ordered = run.get(*qid).cloned().unwrap_or_default();
         trec_order(&mut ordered);
         for (doc, _) in ordered.into_iter().take(reranker.k) {
-            pairs.push((text, corpus.text(&doc).unwrap_or_default()));
+            rows.push((q, corpus.position(&doc)));
             owners.push((*qid, doc));
         }
     }
+    let chunks = rows
+        .chunks(crate::model::batching::chunk_rows())
+        .map(|chunk| {
+            let known: Vec<usize> = chunk.iter().filter_map(|&(_, d)| d).collect();
+            let mut docs = corpus.gather(&known)?.into_iter();
+            Ok(chunk
+                .iter()
+                .map(|&(q, d)| {
+                    let doc = d.and_then(|_| docs.next()).unwrap_or_default();
+                    (texts[q].as_ref(), doc)
+                })
+                .collect())
+        });
     let scores = reranker
         .model
-        .score(&pairs, reranker.batch_size, progress)?;
+        .score_stream(chunks, reranker.batch_size, progress)?;
     let mut out = Runs::new();
     for qid in ids {
         out.insert((*qid).clone(), Vec::new());

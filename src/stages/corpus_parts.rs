@@ -52,12 +52,7 @@ pub fn encode(
         .collect();
     {
         let events = &mut *env.events;
-        let chunks = missing.iter().map(|&j| {
-            Ok((
-                corpus.texts[range(j)].iter().map(String::as_str).collect(),
-                j,
-            ))
-        });
+        let chunks = missing.iter().map(|&j| Ok((corpus.range(range(j))?, j)));
         student.encode_stream(
             student.prompt(Side::Document),
             chunks,

@@ -313,10 +313,10 @@ fn search_chunk(
     queries: &[(String, Vec<String>)],
 ) -> Result<Found> {
     let cfg = &p.mine;
-    let texts: Vec<&str> = queries
+    let texts = queries
         .iter()
-        .map(|(q, _)| ds.queries.text(q).unwrap_or_default())
-        .collect();
+        .map(|(q, _)| Ok(ds.queries.text(q)?.unwrap_or_default()))
+        .collect::<Result<Vec<_>>>()?;
     let q = student
         .encode(
             crate::model::Side::Query,

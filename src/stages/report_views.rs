@@ -148,13 +148,18 @@ pub fn query_changes(p: &Pipeline, n: usize) -> Result<Vec<Table>> {
                         .as_ref()
                         .or(b.as_ref())
                         .map_or(String::from("-"), |(_, id)| {
-                            let text: String =
-                                ds.corpus.text(id).unwrap_or("").chars().take(80).collect();
+                            let text = ds.corpus.text(id).ok().flatten().unwrap_or_default();
+                            let text: String = text.chars().take(80).collect();
                             format!("{id}: {text}")
                         });
                     let before = ndcg[&(d.name.clone(), "base".into(), q.clone())];
                     vec![
-                        ds.queries.text(q).unwrap_or("").to_string(),
+                        ds.queries
+                            .text(q)
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default()
+                            .into_owned(),
                         fmt(before),
                         fmt(before + change),
                         rank(&b),

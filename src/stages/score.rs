@@ -16,6 +16,7 @@ use crate::pipeline::events::Event;
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
+use rayon::prelude::*;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -164,7 +165,7 @@ impl Stage for Score {
                 for (k, tokenizer) in tokenizers.iter().enumerate() {
                     let in_fold: Vec<usize> = rows.clone().filter(|&i| fold(i) == k).collect();
                     let pairs = in_fold
-                        .iter()
+                        .par_iter()
                         .map(|&i| pair_texts(datasets, candidates, i))
                         .collect::<Result<Vec<_>>>()?;
                     parts.push((in_fold, tokenizer.encode_pairs(&pairs)?));
@@ -273,13 +274,13 @@ fn pair_texts(
         .ok_or_else(|| missing("dataset", &t.dataset[i]))?;
     let q = ds
         .queries
-        .text(&t.query_id[i])
+        .text(&t.query_id[i])?
         .ok_or_else(|| missing("query", &t.query_id[i]))?;
     let d = ds
         .corpus
-        .text(&t.doc_id[i])
+        .text(&t.doc_id[i])?
         .ok_or_else(|| missing("document", &t.doc_id[i]))?;
-    Ok((q.to_string(), d.to_string()))
+    Ok((q.into_owned(), d.into_owned()))
 }
 
 /// A candidate is a likely false negative when its teacher score comes within

@@ -182,15 +182,9 @@ fn encode_corpus(
     let rows = crate::model::batching::chunk_rows();
     {
         let events = &mut *env.events;
-        let chunks = ds
-            .corpus
-            .texts
-            .chunks(rows)
-            .enumerate()
-            .map(|(k, c)| Ok((c.iter().map(String::as_str).collect(), k * rows)));
         student.encode_stream(
             student.prompt(crate::model::Side::Document),
-            chunks,
+            ds.corpus.chunks(rows),
             env.pipeline.student.batch_size,
             &mut |n| {
                 events.emit(Event::WorkProgress {
@@ -455,7 +449,7 @@ pub fn student_ndcg10(
 ) -> Result<f64> {
     let corpus = student.encode_to_device(
         crate::model::Side::Document,
-        &ds.corpus.texts,
+        &ds.corpus,
         p.student.batch_size,
         &mut |_| {},
     )?;

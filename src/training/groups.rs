@@ -181,9 +181,11 @@ impl TrainingSet {
         let mut groups: Vec<QueryGroup> = Vec::new();
         let mut index: BTreeMap<(String, String), usize> = BTreeMap::new();
         let mut stats = GroupStats::default();
-        // Texts by (dataset, document id): each document's text is copied once.
+        // Texts by (dataset, document id): each document's text is copied once, read
+        // after the loop (on rayon's pool: a corpus on disk is read line by line).
         let mut texts: Vec<String> = Vec::new();
         let mut doc_text: HashMap<(&str, &str), TextId> = HashMap::new();
+        let mut to_read: Vec<(TextId, &Dataset, usize)> = Vec::new();
         for i in 0..table.len() {
             let (ds_name, qid, did) = (&table.dataset[i], &table.query_id[i], &table.doc_id[i]);
             let ds = datasets.get(ds_name).ok_or_else(|| Error::TrainingData {
@@ -201,8 +203,8 @@ impl TrainingSet {
             let g = match index.get(&key) {
                 Some(&g) => g,
                 None => {
-                    let text = ds.queries.text(qid).ok_or_else(|| missing("query", qid))?;
-                    texts.push(text.to_string());
+                    let text = ds.queries.text(qid)?.ok_or_else(|| missing("query", qid))?;
+                    texts.push(text.into_owned());
                     let positive_ids =
                         ds.qrels
                             .values()
@@ -225,11 +227,12 @@ impl TrainingSet {
             let text = match doc_text.get(&(ds_name.as_str(), did.as_str())) {
                 Some(&t) => t,
                 None => {
-                    let text = ds
+                    let row = ds
                         .corpus
-                        .text(did)
+                        .position(did)
                         .ok_or_else(|| missing("document", did))?;
-                    texts.push(text.to_string());
+                    texts.push(String::new());
+                    to_read.push((texts.len() - 1, ds, row));
                     doc_text.insert((ds_name, did), texts.len() - 1);
                     texts.len() - 1
                 }
@@ -250,6 +253,14 @@ impl TrainingSet {
             } else {
                 group.negatives.push(doc);
             }
+        }
+        use rayon::prelude::*;
+        let read = to_read
+            .par_iter()
+            .map(|&(_, ds, row)| Ok(ds.corpus.get(row)?.into_owned()))
+            .collect::<Result<Vec<String>>>()?;
+        for ((slot, _, _), text) in to_read.into_iter().zip(read) {
+            texts[slot] = text;
         }
         let before = groups.len();
         groups.retain(|g| !g.negatives.is_empty() && !g.positives.is_empty());
