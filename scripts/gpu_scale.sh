@@ -68,7 +68,7 @@ t = time.time()
 p = subprocess.run([os.environ["DISTILL"], "-q", "run", pipe, "--only", stage] + os.environ["STAGE_ARGS"].split(),
                    stdout=subprocess.DEVNULL, stderr=open(os.environ["OUT"] + f"/{stage}.log", "w"))
 wall = time.time() - t
-rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9  # KiB
 m = json.load(open(f"/tmp/scale-runs/{os.path.basename(pipe)[:-5]}/{stage}/manifest.json")) if p.returncode == 0 else {}
 rows, secs = m.get("rows", 0), m.get("seconds", float("nan"))
 peak = json.dumps(m.get("summary", {}).get("peak_gpu_memory_gib", "-"))
