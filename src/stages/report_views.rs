@@ -144,30 +144,25 @@ pub fn query_changes(p: &Pipeline, n: usize) -> Result<Vec<Table>> {
                         r.as_ref().map_or("-".into(), |r| r.0.to_string())
                     };
                     // The relevant document the distilled student ranks first (else the base's).
-                    let doc = dd
-                        .as_ref()
-                        .or(b.as_ref())
-                        .map_or(String::from("-"), |(_, id)| {
-                            let text = ds.corpus.text(id).ok().flatten().unwrap_or_default();
+                    let doc = match dd.as_ref().or(b.as_ref()) {
+                        None => String::from("-"),
+                        Some((_, id)) => {
+                            let text = ds.corpus.text(id)?.unwrap_or_default();
                             let text: String = text.chars().take(80).collect();
                             format!("{id}: {text}")
-                        });
+                        }
+                    };
                     let before = ndcg[&(d.name.clone(), "base".into(), q.clone())];
-                    vec![
-                        ds.queries
-                            .text(q)
-                            .ok()
-                            .flatten()
-                            .unwrap_or_default()
-                            .into_owned(),
+                    Ok(vec![
+                        ds.queries.text(q)?.unwrap_or_default().into_owned(),
                         fmt(before),
                         fmt(before + change),
                         rank(&b),
                         rank(&dd),
                         doc,
-                    ]
+                    ])
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             if rows.is_empty() {
                 let none = match title.starts_with("improved") {
                     true => "no query's nDCG@10 rose".to_string(),
