@@ -91,10 +91,10 @@ impl Progress {
 }
 
 /// Start this process's peak resident set size afresh from its current size (Linux:
-/// `/proc/self/clear_refs`), so that [`peak_rss_bytes`] measures what comes after; where the
-/// system has no such reset, the peak stays the process's.
-pub fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+/// `/proc/self/clear_refs`), so that [`peak_rss_bytes`] measures what comes after. False
+/// where the system has no such reset (the peak then stays the whole process's).
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// This process's peak resident set size in bytes (`VmHWM` of `/proc/self/status`), where

@@ -49,9 +49,29 @@ impl TextFile {
     }
 
     /// The texts of rows `rows`, whose ids must be `ids`: one read of the bytes from the
-    /// first line to the last, each line parsed again (on rayon's pool). A line that no
-    /// longer parses, or holds another id, means the file changed since it was loaded.
+    /// first line to the last, each line parsed again (on rayon's pool), then the file's
+    /// stamp checked ([`TextFile::check_stamp`]). A line that no longer parses, or holds
+    /// another id, means the file changed since it was loaded.
     fn read(&self, rows: Range<usize>, ids: &[String]) -> Result<Vec<String>> {
+        let texts = self.read_unchecked(rows.clone(), ids)?;
+        self.check_stamp(self.offsets.get(rows.start).copied().unwrap_or(0))?;
+        Ok(texts)
+    }
+
+    /// The file's length and modification time are those it had when it was opened (the
+    /// error names the line at `offset`).
+    fn check_stamp(&self, offset: u64) -> Result<()> {
+        match stamp(&self.file) {
+            Ok(s) if s == self.stamp => Ok(()),
+            _ => Err(self.changed(
+                offset,
+                "its length or modification time is not what it was".into(),
+            )),
+        }
+    }
+
+    /// [`TextFile::read`] without the stamp check.
+    fn read_unchecked(&self, rows: Range<usize>, ids: &[String]) -> Result<Vec<String>> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -62,10 +82,6 @@ impl TextFile {
         self.file
             .read_exact_at(&mut bytes, from)
             .map_err(|e| self.changed(from, format!("cannot read it again ({e})")))?;
-        if stamp(&self.file).ok() != Some(self.stamp) {
-            let what = "its length or modification time is not what it was".to_string();
-            return Err(self.changed(from, what));
-        }
         let parse = |(i, id): (usize, &String)| {
             let at = (self.offsets[i] - from) as usize;
             let raw = &bytes[at..at + self.lens[i] as usize];
@@ -83,13 +99,21 @@ impl TextFile {
         }
     }
 
-    /// The error for a file that changed under a run, naming the line at `offset`.
+    /// The error for a file that changed under a run, naming the line at `offset` in the
+    /// file as it now is (counted through the open file, a block at a time).
     fn changed(&self, offset: u64, what: String) -> Error {
-        use std::io::Read;
-        let mut head = Vec::new();
-        let line = std::fs::File::open(&self.path)
-            .and_then(|f| f.take(offset).read_to_end(&mut head))
-            .map_or(0, |_| head.iter().filter(|&&b| b == b'\n').count() + 1);
+        use std::os::unix::fs::FileExt;
+        let (mut line, mut at, mut block) = (1, 0u64, vec![0u8; 1 << 20]);
+        while at < offset {
+            let want = block.len().min((offset - at) as usize);
+            match self.file.read_at(&mut block[..want], at) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    line += block[..n].iter().filter(|&&b| b == b'\n').count();
+                    at += n as u64;
+                }
+            }
+        }
         Error::Input {
             path: self.path.clone(),
             line,
@@ -101,11 +125,12 @@ impl TextFile {
 }
 
 impl Texts {
-    /// Every record `reader` keeps; with `on_disk` (a plain JSONL file), the texts are
-    /// left in the file.
-    fn read(mut reader: TextReader, path: &Path, on_disk: bool) -> Result<(Self, Skipped)> {
-        // Opened (and its stamp taken) before the lines are read, so that a change while
-        // they are read shows too.
+    /// Every record of `path` that `policy` keeps; with `on_disk` (a plain JSONL file),
+    /// the texts are left in the file.
+    fn read(path: &Path, policy: ReadPolicy, on_disk: bool) -> Result<(Self, Skipped)> {
+        // Opened, and its stamp taken, before the reader opens it: if it is replaced in
+        // between, the two are different files (checked below); if it is written while
+        // its lines are read, the stamp tells on the first read.
         let opened = match on_disk {
             true => {
                 let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -114,6 +139,7 @@ impl Texts {
             }
             false => None,
         };
+        let mut reader = TextReader::open(path, TextFormat::Jsonl, policy)?;
         let mut t = Texts::default();
         let mut offsets = Vec::new();
         let mut lens = Vec::new();
@@ -127,6 +153,17 @@ impl Texts {
             }
         }
         if let Some((file, stamp)) = opened {
+            use std::os::unix::fs::MetadataExt;
+            let same = match (file.metadata(), std::fs::metadata(path)) {
+                (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+                _ => false,
+            };
+            if !same {
+                return Err(Error::io(
+                    path,
+                    std::io::Error::other("the file was replaced while it was read; rerun"),
+                ));
+            }
             offsets.shrink_to_fit();
             lens.shrink_to_fit();
             t.file = Some(Arc::new(TextFile {
@@ -214,10 +251,24 @@ impl Texts {
         self.position(id).map(|i| self.get(i)).transpose()
     }
 
-    /// The texts of rows `rows` (any order, repeats allowed), read on rayon's pool.
+    /// The texts of rows `rows` (any order, repeats allowed), read on rayon's pool; the
+    /// file's stamp is checked once, after them all.
     pub fn gather(&self, rows: &[usize]) -> Result<Vec<Cow<'_, str>>> {
         use rayon::prelude::*;
-        rows.par_iter().map(|&i| self.get(i)).collect()
+        let on_disk = self.on_disk_len();
+        let texts = rows
+            .par_iter()
+            .map(|&i| match &self.file {
+                Some(f) if i < on_disk => f
+                    .read_unchecked(i..i + 1, &self.ids[i..i + 1])
+                    .map(|mut t| Cow::Owned(t.pop().unwrap_or_default())),
+                _ => self.get(i),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if let (Some(f), Some(&first)) = (&self.file, rows.iter().find(|&&i| i < on_disk)) {
+            f.check_stamp(f.offsets[first])?;
+        }
+        Ok(texts)
     }
 
     /// The texts in chunks of `rows` (the last one shorter), each with its first row: read
@@ -366,13 +417,11 @@ impl Dataset {
             strict,
             allow_empty: false,
         };
-        let read = |path: &Path, on_disk: bool| {
-            let reader = TextReader::open(path, TextFormat::Jsonl, policy)?;
-            Texts::read(reader, path, on_disk)
-        };
+        // Only a regular file is read back by offset (not a pipe, not a gzip stream).
         let corpus_file = corpus_path(dir);
-        let (corpus, corpus_skipped) = read(&corpus_file, !is_gzip(&corpus_file))?;
-        let (queries, queries_skipped) = read(&queries_path(dir), false)?;
+        let on_disk = !is_gzip(&corpus_file) && corpus_file.is_file();
+        let (corpus, corpus_skipped) = Texts::read(&corpus_file, policy, on_disk)?;
+        let (queries, queries_skipped) = Texts::read(&queries_path(dir), policy, false)?;
         let mut warnings = LoadWarnings {
             corpus: corpus_skipped,
             queries: queries_skipped,

@@ -238,11 +238,17 @@ fn a_corpus_written_over_under_a_loaded_dataset_is_an_error_and_one_renamed_over
     write(d.path(), "new.jsonl", other);
     std::fs::rename(d.path().join("new.jsonl"), &path).unwrap();
     assert_eq!(ds.corpus.all().unwrap(), ["A one", "two"]);
-    // Written in place (same length: only the modification time tells).
+    // Written in place, the same id and length: only the modification time tells.
     let ds = Dataset::load(d.path(), &[], true).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
-    std::fs::write(&path, "{\"_id\": \"y\", \"text\": \"other\"}\n").unwrap();
-    let err = ds.corpus.text("x").unwrap_err().to_string();
-    let want = format!("{}:1: the file changed after it was loaded", path.display());
-    assert!(err.starts_with(&want), "{err}");
+    std::fs::write(&path, other.replace("other", "OTHER")).unwrap();
+    for err in [
+        ds.corpus.text("x").unwrap_err(),
+        ds.corpus.gather(&[0, 0]).unwrap_err(),
+    ] {
+        let err = err.to_string();
+        let want = format!("{}:1: the file changed after it was loaded", path.display());
+        assert!(err.starts_with(&want), "{err}");
+        assert!(err.contains("modification time"), "{err}");
+    }
 }

@@ -62,8 +62,7 @@ impl Lines {
     }
 
     /// As [`Lines::next_line`], with the offset of the line's first byte in the
-    /// (decompressed) stream: in a plain file, where the line can be read again
-    /// ([`read_span`]).
+    /// (decompressed) stream: in a plain file, where the line can be read again.
     pub fn next_line_at(&mut self) -> Result<Option<(usize, u64, String)>> {
         let at = self.consumed;
         let mut buf = Vec::new();

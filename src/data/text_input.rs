@@ -86,7 +86,7 @@ pub fn read_texts_with(
 }
 
 /// Check every line of `path` under `policy` as [`TextReader`] reads it, keeping nothing
-/// but the ids seen: the number of records kept, or the first error.
+/// but the ids seen (and each one's line): the number of records kept, or the first error.
 pub fn count_texts(path: &Path, format: TextFormat, policy: ReadPolicy) -> Result<usize> {
     let mut reader = TextReader::open(path, format, policy)?;
     let mut n = 0;
@@ -100,7 +100,8 @@ pub fn count_texts(path: &Path, format: TextFormat, policy: ReadPolicy) -> Resul
 /// file and line: malformed JSON, a missing `_id`/`text`, a line that is not
 /// `id<TAB>text` in a TSV file, invalid UTF-8, corrupt gzip data always; duplicate ids
 /// and empty texts when strict. Blank lines are skipped, except in plain text (where they
-/// are texts, with their ids). Only the ids seen so far are kept, for the duplicate check.
+/// are texts, with their ids). Only the ids seen so far are kept (with their lines), for the
+/// duplicate check.
 ///
 /// Lines are read in blocks of [`BLOCK_LINES`] and parsed on rayon's pool (JSON parsing
 /// was a loading stage's largest cost at a million passages); the checks and the errors

@@ -85,8 +85,8 @@ pub enum Event {
         seconds: f64,
         rows: u64,
         summary: serde_json::Value,
-        /// The process's peak resident set while the stage ran, where the system reports
-        /// it (Linux).
+        /// This process's peak resident set while the stage ran, where the system can
+        /// reset and report it (Linux); workers that a stage started report their own.
         #[serde(skip_serializing_if = "Option::is_none")]
         peak_rss_bytes: Option<u64>,
     },

@@ -564,7 +564,7 @@ fn run_stage(
     });
     let started_unix = unix_now();
     let clock = Instant::now();
-    crate::progress::reset_peak_rss();
+    let peak_reset = crate::progress::reset_peak_rss();
     let mut env = StageEnv {
         pipeline: p,
         name,
@@ -640,7 +640,7 @@ fn run_stage(
         seconds,
         rows,
         summary,
-        peak_rss_bytes: crate::progress::peak_rss_bytes(),
+        peak_rss_bytes: peak_reset.then(crate::progress::peak_rss_bytes).flatten(),
     });
     Ok(Some(manifest))
 }
