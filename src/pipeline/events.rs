@@ -157,7 +157,9 @@ impl EventSink {
             if let Some(m) = value.as_object_mut() {
                 m.insert("unix".into(), super::manifest::unix_now().into());
             }
-            let _ = writeln!(f, "{value}");
+            // One write per line: the `--gpus` workers and ranks append to the same file,
+            // and a line written in pieces interleaved with theirs.
+            let _ = f.write_all(format!("{value}\n").as_bytes());
         }
         if let Some(line) = self.line(&event) {
             eprintln!("{line}");
@@ -206,6 +208,41 @@ impl EventSink {
             )),
             Event::StageFailed { stage, error } => Some(format!("{stage}: failed: {error}")),
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sinks_appending_to_one_log_at_once_write_whole_lines() {
+        // As the `--gpus` workers do: each its own handle on the same file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let (sinks, events) = (4, 300);
+        std::thread::scope(|s| {
+            for k in 0..sinks {
+                let path = &path;
+                s.spawn(move || {
+                    let mut sink = EventSink::new(Some(path), Verbosity::Quiet).unwrap();
+                    for i in 0..events {
+                        sink.emit(Event::Note {
+                            stage: format!("worker {k}"),
+                            message: format!("event {i} {}", "x".repeat(200)),
+                        });
+                    }
+                });
+            }
+        });
+        let log = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), sinks * events);
+        for line in lines {
+            let e: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|err| panic!("a torn line ({err}): {line}"));
+            assert_eq!(e["event"], "note");
         }
     }
 }
