@@ -69,6 +69,9 @@ impl DeviceSpec {
 pub enum Precision {
     /// bf16 on CUDA, fp32 on CPU.
     Auto,
+    /// bf16 wherever the processor computes it natively (CUDA, or a CPU with bf16
+    /// instructions), fp32 elsewhere.
+    Fast,
     Fp32,
     Bf16,
 }
@@ -78,11 +81,12 @@ impl std::str::FromStr for Precision {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "auto" => Ok(Precision::Auto),
+            "fast" => Ok(Precision::Fast),
             "fp32" | "float32" => Ok(Precision::Fp32),
             "bf16" | "bfloat16" => Ok(Precision::Bf16),
             _ => Err(Error::Setting {
                 key: "precision".into(),
-                message: format!("`{s}` is not one of auto, fp32, bf16"),
+                message: format!("`{s}` is not one of auto, fast, fp32, bf16"),
             }),
         }
     }
@@ -90,13 +94,35 @@ impl std::str::FromStr for Precision {
 
 impl Precision {
     /// The tensor kind used on `device`: `auto` is bf16 on CUDA and fp32 on CPU (the
-    /// exact-parity path). bf16 on CPU is allowed; it is fast only where the processor
-    /// has bf16 instructions (AVX512_BF16 or AMX).
+    /// exact-parity path); `fast` is bf16 on the CPU too where it has bf16 instructions
+    /// (AVX512_BF16, which the processors with AMX also have; BF16 on Arm). bf16 on any
+    /// CPU is allowed; it is fast only on those.
     pub fn resolve(self, device: Device) -> Result<Kind> {
+        Ok(self.resolve_with(device, cpu_has_bf16()))
+    }
+
+    fn resolve_with(self, device: Device, cpu_bf16: bool) -> Kind {
         match (self, device) {
-            (Precision::Fp32, _) | (Precision::Auto, Device::Cpu) => Ok(Kind::Float),
-            (Precision::Auto, _) | (Precision::Bf16, _) => Ok(Kind::BFloat16),
+            (Precision::Fast, Device::Cpu) if cpu_bf16 => Kind::BFloat16,
+            (Precision::Fp32, _) | (Precision::Auto | Precision::Fast, Device::Cpu) => Kind::Float,
+            (Precision::Auto | Precision::Fast | Precision::Bf16, _) => Kind::BFloat16,
         }
+    }
+}
+
+/// Whether this CPU has bf16 matrix instructions (what oneDNN needs for fast bf16 GEMMs).
+pub fn cpu_has_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("bf16")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
     }
 }
 
@@ -107,7 +133,8 @@ pub struct Runtime {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
-    /// auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.
+    /// auto (bf16 on CUDA, fp32 on CPU), fast (bf16 on CUDA and on CPUs with bf16
+    /// instructions, fp32 on others), fp32 or bf16.
     #[arg(long, default_value = "auto")]
     pub precision: Precision,
     /// Texts (or query-document pairs) per batch (batches are sorted by length).
@@ -159,5 +186,11 @@ mod tests {
             Precision::Fp32.resolve(Device::Cuda(0)).unwrap(),
             Kind::Float
         );
+        assert_eq!("fast".parse::<Precision>().unwrap(), Precision::Fast);
+        let fast = |device, cpu_bf16| Precision::Fast.resolve_with(device, cpu_bf16);
+        assert_eq!(fast(Device::Cpu, true), Kind::BFloat16);
+        assert_eq!(fast(Device::Cpu, false), Kind::Float);
+        assert_eq!(fast(Device::Cuda(0), false), Kind::BFloat16);
+        assert_eq!(Precision::Auto.resolve_with(Device::Cpu, true), Kind::Float);
     }
 }

@@ -95,7 +95,7 @@ impl TextFile {
         if rows.len() < 64 {
             rows.into_iter().map(parse).collect()
         } else {
-            rows.into_par_iter().map(parse).collect()
+            in_order(rows.into_par_iter().map(parse))
         }
     }
 
@@ -256,15 +256,14 @@ impl Texts {
     pub fn gather(&self, rows: &[usize]) -> Result<Vec<Cow<'_, str>>> {
         use rayon::prelude::*;
         let on_disk = self.on_disk_len();
-        let texts = rows
-            .par_iter()
-            .map(|&i| match &self.file {
+        let texts = in_order(rows.par_iter().map(|&i| {
+            match &self.file {
                 Some(f) if i < on_disk => f
                     .read_unchecked(i..i + 1, &self.ids[i..i + 1])
                     .map(|mut t| Cow::Owned(t.pop().unwrap_or_default())),
                 _ => self.get(i),
-            })
-            .collect::<Result<Vec<_>>>()?;
+            }
+        }))?;
         if let (Some(f), Some(&first)) = (&self.file, rows.iter().find(|&&i| i < on_disk)) {
             f.check_stamp(f.offsets[first])?;
         }
@@ -281,6 +280,35 @@ impl Texts {
             .step_by(rows.max(1))
             .map(move |start| Ok((self.range(start..(start + rows).min(self.len()))?, start)))
     }
+}
+
+/// The texts of `rows`, each a row of some `Texts` (several datasets' corpora, say): one
+/// [`Texts::gather`] per source, so a file's stamp is checked once per source.
+pub fn gather_from<'a>(rows: &[(&'a Texts, usize)]) -> Result<Vec<Cow<'a, str>>> {
+    let mut sources: Vec<(&'a Texts, Vec<usize>)> = Vec::new();
+    for (k, &(texts, _)) in rows.iter().enumerate() {
+        match sources.iter_mut().find(|(s, _)| std::ptr::eq(*s, texts)) {
+            Some((_, ks)) => ks.push(k),
+            None => sources.push((texts, vec![k])),
+        }
+    }
+    let mut out = vec![Cow::Borrowed(""); rows.len()];
+    for (texts, ks) in sources {
+        let wanted: Vec<usize> = ks.iter().map(|&k| rows[k].1).collect();
+        for (k, text) in ks.into_iter().zip(texts.gather(&wanted)?) {
+            out[k] = text;
+        }
+    }
+    Ok(out)
+}
+
+/// Results computed on rayon's pool, failing with the error of the first failing item in
+/// their order (rayon's own collect returns whichever failed first in time).
+fn in_order<T: Send>(
+    items: impl rayon::iter::IndexedParallelIterator<Item = Result<T>>,
+) -> Result<Vec<T>> {
+    let all: Vec<Result<T>> = items.collect();
+    all.into_iter().collect()
 }
 
 /// Relevance judgements of one split: query id -> (doc id -> grade), sorted by id.

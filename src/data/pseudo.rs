@@ -77,6 +77,7 @@ impl Scope {
 
 /// Inverse document frequencies of a corpus's words, `ln(N / (1 + df))`, a word being its
 /// lowercased letters and digits.
+#[derive(Default)]
 pub struct Idf {
     docs: f64,
     df: HashMap<String, u32>,
@@ -91,10 +92,7 @@ fn word_key(w: &str) -> String {
 
 impl Idf {
     pub fn new<S: AsRef<str>>(texts: impl IntoIterator<Item = S>) -> Self {
-        let mut idf = Idf {
-            docs: 0.0,
-            df: HashMap::new(),
-        };
+        let mut idf = Idf::default();
         for t in texts {
             idf.add(t.as_ref());
         }
@@ -324,7 +322,7 @@ pub fn add_to(
     let rows = 4096;
     let idf = match windows == Windows::Informative {
         true => {
-            let mut idf = Idf::new(std::iter::empty::<&str>());
+            let mut idf = Idf::default();
             for chunk in ds.corpus.chunks(rows) {
                 chunk?.0.iter().for_each(|t| idf.add(t));
             }

@@ -71,20 +71,6 @@ pub struct ReadPolicy {
     pub allow_empty: bool,
 }
 
-/// Read every text of `path` under `policy` ([`TextReader`]).
-pub fn read_texts_with(
-    path: &Path,
-    format: TextFormat,
-    policy: ReadPolicy,
-) -> Result<(Vec<TextRecord>, Skipped)> {
-    let mut reader = TextReader::open(path, format, policy)?;
-    let mut records = Vec::new();
-    while let Some(record) = reader.next_record()? {
-        records.push(record);
-    }
-    Ok((records, reader.skipped))
-}
-
 /// Check every line of `path` under `policy` as [`TextReader`] reads it, keeping nothing
 /// but the ids seen (and each one's line): the number of records kept, or the first error.
 pub fn count_texts(path: &Path, format: TextFormat, policy: ReadPolicy) -> Result<usize> {

@@ -3,6 +3,20 @@ use super::*;
 use crate::data::lines::tests::gzip;
 use std::io::Write;
 
+/// Every text of `path` under `policy`, read through [`TextReader`].
+fn read_texts_with(
+    path: &Path,
+    format: TextFormat,
+    policy: ReadPolicy,
+) -> Result<(Vec<TextRecord>, Skipped)> {
+    let mut reader = TextReader::open(path, format, policy)?;
+    let mut records = Vec::new();
+    while let Some(record) = reader.next_record()? {
+        records.push(record);
+    }
+    Ok((records, reader.skipped))
+}
+
 /// Every text of `path`: duplicate ids are errors, empty texts are kept.
 fn read_texts(path: &std::path::Path, format: TextFormat) -> Result<Vec<TextRecord>> {
     let policy = ReadPolicy {

@@ -213,6 +213,107 @@ impl HostBatch {
     }
 }
 
+/// Token slots that one more padded batch is counted as costing (its launches, its smaller
+/// matrix products) when [`PaddedBatches::by_length`] decides where to cut.
+const BATCH_COST: usize = 256;
+
+/// The padded batches of one training micro-batch, and where each of its rows lands: one
+/// batch as given, or rows cut into batches by length so that short rows are not padded to
+/// the longest (half of a CPU step's token slots were padding in the demo's batches).
+pub struct PaddedBatches {
+    pub batches: Vec<HostBatch>,
+    /// Row `i` of the micro-batch is row `from[i]` of the batches' outputs, concatenated;
+    /// `None` when they are in order.
+    from: Option<Vec<i64>>,
+}
+
+impl PaddedBatches {
+    /// The batches, run in the order given and concatenated as they are.
+    pub fn in_order(batches: Vec<HostBatch>) -> Self {
+        PaddedBatches {
+            batches,
+            from: None,
+        }
+    }
+
+    /// `items` in batches of similar length: sorted by length (ties in order) and cut
+    /// where the padding saved outweighs [`BATCH_COST`] (exact, over every cut).
+    pub fn by_length(items: &[&Encoded], pad_id: i64, device: Device) -> Self {
+        let lens: Vec<usize> = items.iter().map(|e| e.len()).collect();
+        let groups = length_groups(&lens, BATCH_COST);
+        let order: Vec<usize> = groups.concat();
+        let mut from = vec![0i64; order.len()];
+        for (at, &row) in order.iter().enumerate() {
+            from[row] = at as i64;
+        }
+        let sorted = order.iter().enumerate().all(|(at, &row)| at == row);
+        PaddedBatches {
+            batches: groups
+                .iter()
+                .map(|g| {
+                    let rows: Vec<&Encoded> = g.iter().map(|&i| items[i]).collect();
+                    HostBatch::new(&rows, pad_id, device)
+                })
+                .collect(),
+            from: (!sorted).then_some(from),
+        }
+    }
+
+    /// Run `forward` over each batch on `device`, and the outputs' rows in the
+    /// micro-batch's order.
+    pub fn run(self, device: Device, mut forward: impl FnMut(&Batch) -> Tensor) -> Tensor {
+        let mut outputs: Vec<Tensor> = self
+            .batches
+            .into_iter()
+            .map(|h| forward(&h.upload(device)))
+            .collect();
+        let all = match outputs.len() {
+            1 => outputs.remove(0),
+            _ => Tensor::cat(&outputs, 0),
+        };
+        match self.from {
+            Some(from) => all.index_select(0, &upload(&Tensor::from_slice(&from), device)),
+            None => all,
+        }
+    }
+}
+
+/// Rows (indices into `lens`) in groups whose padded size plus `batch_cost` a group is
+/// least: the rows sorted by length, stably, and cut by dynamic programming over the cuts
+/// (only where the length changes: a cut between equal lengths saves no padding).
+fn length_groups(lens: &[usize], batch_cost: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| lens[i]);
+    let n = order.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut cuts: Vec<usize> = (1..n)
+        .filter(|&i| lens[order[i - 1]] < lens[order[i]])
+        .collect();
+    cuts.insert(0, 0);
+    cuts.push(n);
+    // best[c]: least cost of the rows before cuts[c]; from[c]: the cut its last group
+    // starts at.
+    let mut best = vec![0usize; cuts.len()];
+    let mut from = vec![0usize; cuts.len()];
+    for c in 1..cuts.len() {
+        let width = lens[order[cuts[c] - 1]].max(1);
+        (best[c], from[c]) = (0..c)
+            .map(|b| (best[b] + (cuts[c] - cuts[b]) * width + batch_cost, b))
+            .min()
+            .unwrap_or((0, 0));
+    }
+    let mut groups = Vec::new();
+    let mut c = cuts.len() - 1;
+    while c > 0 {
+        groups.push(order[cuts[from[c]]..cuts[c]].to_vec());
+        c = from[c];
+    }
+    groups.reverse();
+    groups
+}
+
 impl Batch {
     /// Pad `items` to the longest one and move them to `device`. On CUDA everything
     /// (ids, mask, segments and the packing of the real tokens) travels as one pinned
@@ -336,5 +437,75 @@ mod tests {
     #[test]
     fn empty_input_gives_no_batches() {
         assert!(length_sorted_batches(&[], 8, None).is_empty());
+        assert!(length_groups(&[], BATCH_COST).is_empty());
+    }
+
+    /// The least cost over every way of cutting the sorted rows, by brute force.
+    fn least_cost(sorted: &[usize], cost: usize) -> usize {
+        (1..=sorted.len())
+            .map(|first| {
+                let own = first * sorted[first - 1].max(1) + cost;
+                match first == sorted.len() {
+                    true => own,
+                    false => own + least_cost(&sorted[first..], cost),
+                }
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn length_groups_cut_where_padding_outweighs_a_batch() {
+        // Ten short rows and two long: in one batch, 12 x 100 + 256 = 1,456 slots; cut in
+        // two, 10 x 5 + 2 x 100 + 2 x 256 = 762.
+        let mut lens = vec![100, 5, 5, 5, 5, 5, 100, 5, 5, 5, 5, 5];
+        let groups = length_groups(&lens, BATCH_COST);
+        assert_eq!(
+            groups,
+            vec![vec![1, 2, 3, 4, 5, 7, 8, 9, 10, 11], vec![0, 6]]
+        );
+        // Close lengths stay in one batch (ties keep their order).
+        lens = vec![30, 31, 30, 32];
+        assert_eq!(length_groups(&lens, BATCH_COST), vec![vec![0, 2, 1, 3]]);
+        // The cuts found are the least cost over every cut, on varied lengths.
+        let mut seed = 7u64;
+        for n in 1..12 {
+            let lens: Vec<usize> = (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    1 + (seed >> 33) as usize % 120
+                })
+                .collect();
+            let groups = length_groups(&lens, 40);
+            let cost: usize = groups
+                .iter()
+                .map(|g| g.len() * g.iter().map(|&i| lens[i]).max().unwrap() + 40)
+                .sum();
+            let mut sorted = lens.clone();
+            sorted.sort();
+            assert_eq!(cost, least_cost(&sorted, 40), "{lens:?}");
+            let mut all = groups.concat();
+            all.sort();
+            assert_eq!(all, (0..n).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn padded_batches_by_length_give_rows_back_in_order() {
+        let items: Vec<Encoded> = [90usize, 2, 2, 90, 2, 2, 2, 2, 2, 2, 2, 2]
+            .iter()
+            .enumerate()
+            .map(|(r, &len)| Encoded {
+                ids: (0..len as i64).map(|t| 100 * r as i64 + t).collect(),
+                type_ids: vec![0; len],
+            })
+            .collect();
+        let refs: Vec<&Encoded> = items.iter().collect();
+        let batches = PaddedBatches::by_length(&refs, 0, Device::Cpu);
+        assert!(batches.batches.len() > 1);
+        // Each row's first token id names the row: the rows come back in input order.
+        let first = batches.run(Device::Cpu, |b| b.input_ids.select(1, 0));
+        let want: Vec<i64> = (0..items.len() as i64).map(|r| 100 * r).collect();
+        assert_eq!(Vec::<i64>::try_from(first).unwrap(), want);
     }
 }

@@ -6,7 +6,7 @@
 use super::paths::score::OUTPUT;
 use super::paths::StageId;
 use super::{Outcome, Stage, StageEnv};
-use crate::data::beir::Dataset;
+use crate::data::beir::{gather_from, Dataset};
 use crate::data::pairs::{PairTable, ScoreShard};
 use crate::error::{Error, Result};
 use crate::model::tokenizer::Encoded;
@@ -16,8 +16,8 @@ use crate::pipeline::events::Event;
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
-use rayon::prelude::*;
 use serde_json::json;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::Kind;
@@ -164,10 +164,7 @@ impl Stage for Score {
                 let mut parts = Vec::with_capacity(tokenizers.len());
                 for (k, tokenizer) in tokenizers.iter().enumerate() {
                     let in_fold: Vec<usize> = rows.clone().filter(|&i| fold(i) == k).collect();
-                    let pairs = in_fold
-                        .par_iter()
-                        .map(|&i| pair_texts(datasets, candidates, i))
-                        .collect::<Result<Vec<_>>>()?;
+                    let pairs = pair_texts(datasets, candidates, &in_fold)?;
                     parts.push((in_fold, tokenizer.encode_pairs(&pairs)?));
                 }
                 Ok(parts)
@@ -260,27 +257,40 @@ fn load_texts(p: &Pipeline) -> Result<BTreeMap<String, Dataset>> {
         .collect()
 }
 
-fn pair_texts(
-    datasets: &BTreeMap<String, Dataset>,
+/// The query and document texts of the candidates' rows `rows`, each source read with one
+/// gather.
+fn pair_texts<'a>(
+    datasets: &'a BTreeMap<String, Dataset>,
     t: &PairTable,
-    i: usize,
-) -> Result<(String, String)> {
-    let missing = |what: &str, id: &str| Error::TrainingData {
-        dataset: Some(t.dataset[i].clone()),
-        message: format!("{what} `{id}` of the candidates is not in it (did the dataset change?)"),
-    };
-    let ds = datasets
-        .get(&t.dataset[i])
-        .ok_or_else(|| missing("dataset", &t.dataset[i]))?;
-    let q = ds
-        .queries
-        .text(&t.query_id[i])?
-        .ok_or_else(|| missing("query", &t.query_id[i]))?;
-    let d = ds
-        .corpus
-        .text(&t.doc_id[i])?
-        .ok_or_else(|| missing("document", &t.doc_id[i]))?;
-    Ok((q.into_owned(), d.into_owned()))
+    rows: &[usize],
+) -> Result<Vec<(Cow<'a, str>, Cow<'a, str>)>> {
+    let mut queries = Vec::with_capacity(rows.len());
+    let mut docs = Vec::with_capacity(rows.len());
+    for &i in rows {
+        let missing = |what: &str, id: &str| Error::TrainingData {
+            dataset: Some(t.dataset[i].clone()),
+            message: format!(
+                "{what} `{id}` of the candidates is not in it (did the dataset change?)"
+            ),
+        };
+        let ds = datasets
+            .get(&t.dataset[i])
+            .ok_or_else(|| missing("dataset", &t.dataset[i]))?;
+        let q = ds.queries.position(&t.query_id[i]);
+        queries.push((
+            &ds.queries,
+            q.ok_or_else(|| missing("query", &t.query_id[i]))?,
+        ));
+        let d = ds.corpus.position(&t.doc_id[i]);
+        docs.push((
+            &ds.corpus,
+            d.ok_or_else(|| missing("document", &t.doc_id[i]))?,
+        ));
+    }
+    Ok(gather_from(&queries)?
+        .into_iter()
+        .zip(gather_from(&docs)?)
+        .collect())
 }
 
 /// A candidate is a likely false negative when its teacher score comes within

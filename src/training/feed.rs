@@ -14,7 +14,7 @@ pub trait Prepare: Sync {
 }
 
 /// A micro-batch prepared on the host: its batches, in the order the task runs them.
-pub type Prepared = Vec<crate::model::batching::HostBatch>;
+pub type Prepared = crate::model::batching::PaddedBatches;
 
 /// The examples of a micro-batch of `len` that a process represents: all of them alone;
 /// as rank `rank` of `size`, its slice (the first example when the slice is empty, so
@@ -194,7 +194,11 @@ mod tests {
                 })
                 .collect();
             let items: Vec<&Encoded> = rows.iter().collect();
-            Ok(vec![HostBatch::new(&items, 0, Device::Cpu)])
+            Ok(Prepared::in_order(vec![HostBatch::new(
+                &items,
+                0,
+                Device::Cpu,
+            )]))
         }
     }
 
@@ -212,7 +216,7 @@ mod tests {
     fn ids(prepared: Vec<Prepared>) -> Vec<i64> {
         let batch = prepared
             .into_iter()
-            .flatten()
+            .flat_map(|p| p.batches)
             .next()
             .unwrap()
             .upload(Device::Cpu);

@@ -1,7 +1,7 @@
 //! Training groups: for every training query, its positives and its negatives (with
 //! teacher scores when they exist), and a seeded plan of (query, positive, negatives)
 //! examples per epoch.
-use crate::data::beir::Dataset;
+use crate::data::beir::{gather_from, Dataset, Texts};
 use crate::data::pairs::PairTable;
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
@@ -254,13 +254,12 @@ impl TrainingSet {
                 group.negatives.push(doc);
             }
         }
-        use rayon::prelude::*;
-        let read = to_read
-            .par_iter()
-            .map(|&(_, ds, row)| Ok(ds.corpus.get(row)?.into_owned()))
-            .collect::<Result<Vec<String>>>()?;
-        for ((slot, _, _), text) in to_read.into_iter().zip(read) {
-            texts[slot] = text;
+        let rows: Vec<(&Texts, usize)> = to_read
+            .iter()
+            .map(|&(_, ds, row)| (&ds.corpus, row))
+            .collect();
+        for ((slot, _, _), text) in to_read.iter().zip(gather_from(&rows)?) {
+            texts[*slot] = text.into_owned();
         }
         let before = groups.len();
         groups.retain(|g| !g.negatives.is_empty() && !g.positives.is_empty());

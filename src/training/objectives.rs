@@ -116,13 +116,17 @@ impl<'a> StudentObjective<'a> {
 }
 
 impl StudentBatches<'_> {
-    fn batch(&self, texts: &[TextId]) -> HostBatch {
+    /// The texts' batches: one when the model packs (no padding), else cut by length.
+    fn batches(&self, texts: &[TextId]) -> Prepared {
         let owned: Vec<Encoded> = texts
             .iter()
             .map(|&t| self.tokens.get(self.slot[t]))
             .collect();
         let items: Vec<&Encoded> = owned.iter().collect();
-        HostBatch::new(&items, self.pad_id, self.device)
+        match self.packs {
+            true => Prepared::in_order(vec![HostBatch::new(&items, self.pad_id, self.device)]),
+            false => Prepared::by_length(&items, self.pad_id, self.device),
+        }
     }
 
     /// The texts of a micro-batch: per example its query, then its positive and
@@ -148,14 +152,12 @@ impl StudentBatches<'_> {
 }
 
 impl Prepare for StudentBatches<'_> {
-    /// Packed batches have no padding, so queries and documents share one batch (one
-    /// forward: one cast of the weights, half the launches); padded, they run apart.
+    /// Queries and documents share the batches: packed, one batch without padding (one
+    /// forward: one cast of the weights, half the launches); padded, batches of similar
+    /// length (queries are short, documents vary).
     fn prepare(&self, examples: &[Example]) -> Result<Prepared> {
         let (queries, docs, _, _) = self.texts(examples);
-        Ok(match self.packs {
-            true => vec![self.batch(&[&queries[..], &docs[..]].concat())],
-            false => vec![self.batch(&queries), self.batch(&docs)],
-        })
+        Ok(self.batches(&[&queries[..], &docs[..]].concat()))
     }
 }
 
@@ -172,15 +174,8 @@ impl Task for StudentObjective<'_> {
     fn represent_prepared(&self, examples: &[Example], prepared: Prepared) -> Result<Tensor> {
         let b = examples.len() as i64;
         let device = self.model.device();
-        let mut embedded = prepared
-            .into_iter()
-            .map(|h| self.model.forward_t(&h.upload(device), true));
-        let (first, second) = (embedded.next(), embedded.next());
-        let (q, d) = match (first, second) {
-            (Some(all), None) => (all.narrow(0, 0, b), all.narrow(0, b, all.size()[0] - b)),
-            (Some(q), Some(d)) => (q, d),
-            _ => unreachable!("the student's preparer makes one or two batches"),
-        };
+        let all = prepared.run(device, |batch| self.model.forward_t(batch, true));
+        let (q, d) = (all.narrow(0, 0, b), all.narrow(0, b, all.size()[0] - b));
         let dim = q.size()[1];
         let k = d.size()[0] / b.max(1);
         Ok(Tensor::cat(&[q.unsqueeze(1), d.view([b, k, dim])], 1).view([b * (1 + k), dim]))
@@ -282,6 +277,8 @@ struct TeacherBatches<'a> {
     tokenizer: &'a crate::model::tokenizer::TextTokenizer,
     set: &'a TrainingSet,
     device: tch::Device,
+    /// Whether the model runs packed batches (no padding to save).
+    packs: bool,
 }
 
 impl Prepare for TeacherBatches<'_> {
@@ -300,11 +297,11 @@ impl Prepare for TeacherBatches<'_> {
         }
         let encoded = self.tokenizer.encode_pairs(&pairs)?;
         let items: Vec<_> = encoded.iter().collect();
-        Ok(vec![HostBatch::new(
-            &items,
-            self.tokenizer.pad_id(),
-            self.device,
-        )])
+        let pad = self.tokenizer.pad_id();
+        Ok(match self.packs {
+            true => Prepared::in_order(vec![HostBatch::new(&items, pad, self.device)]),
+            false => Prepared::by_length(&items, pad, self.device),
+        })
     }
 }
 
@@ -317,6 +314,7 @@ impl<'a> TeacherObjective<'a> {
                 tokenizer: &model.tokenizer,
                 set,
                 device: model.device(),
+                packs: model.bert.packs_on(model.device()),
             },
         }
     }
@@ -334,14 +332,9 @@ impl Task for TeacherObjective<'_> {
 
     fn represent_prepared(&self, _examples: &[Example], prepared: Prepared) -> Result<Tensor> {
         let device = self.model.device();
-        let mut logits: Vec<Tensor> = prepared
-            .into_iter()
-            .map(|h| self.model.forward_t(&h.upload(device), true).select(1, 0))
-            .collect();
-        Ok(match logits.len() {
-            1 => logits.remove(0),
-            _ => Tensor::cat(&logits, 0),
-        })
+        Ok(prepared.run(device, |batch| {
+            self.model.forward_t(batch, true).select(1, 0)
+        }))
     }
 
     fn loss_from(&self, examples: &[Example], reps: &Tensor) -> Result<Terms> {
