@@ -9,6 +9,7 @@
 # smoke test with a small N), without the device setup.
 # TEACHER_FAST=1: a teacher of one epoch in large batches (about 400 steps at 100k
 # queries), for measuring the other stages' speed only.
+# MINE_EXTRA=$'corpus_chunk = 262144': more keys of the [mine] table.
 # STAGE_ARGS="--gpus 2 --force": appended to each stage's `distill run` (a second call with
 # it redoes the given stages on two GPUs over the same run).
 set -euo pipefail
@@ -47,6 +48,7 @@ path = "$DATA"
 [mine]
 top_k = 100
 num_negatives = $NEG
+${MINE_EXTRA:-}
 [score]
 absolute_margin = 0.5
 [train]

@@ -218,16 +218,39 @@ pub fn read_batches(path: &Path) -> Result<Vec<RecordBatch>> {
 }
 
 /// Hand the record batches of `path` to `f` one at a time, so only one is in memory.
-pub fn for_each_batch(path: &Path, mut f: impl FnMut(RecordBatch) -> Result<()>) -> Result<()> {
+pub fn for_each_batch(path: &Path, f: impl FnMut(RecordBatch) -> Result<()>) -> Result<()> {
+    batches_of(path, None, f)
+}
+
+/// [`for_each_batch`] with only the columns `names` read (those the file has): a reader
+/// of a few columns of a large table skips the others' pages.
+pub fn for_each_batch_of(
+    path: &Path,
+    names: &[&str],
+    f: impl FnMut(RecordBatch) -> Result<()>,
+) -> Result<()> {
+    batches_of(path, Some(names), f)
+}
+
+fn batches_of(
+    path: &Path,
+    names: Option<&[&str]>,
+    mut f: impl FnMut(RecordBatch) -> Result<()>,
+) -> Result<()> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let perr = |source| Error::Parquet {
         path: path.to_path_buf(),
         source,
     };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(perr)?
-        .build()
-        .map_err(perr)?;
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(perr)?;
+    if let Some(names) = names {
+        let mask = parquet::arrow::ProjectionMask::columns(
+            builder.parquet_schema(),
+            names.iter().copied(),
+        );
+        builder = builder.with_projection(mask);
+    }
+    let reader = builder.build().map_err(perr)?;
     for b in reader {
         f(b.map_err(|source| Error::Arrow {
             path: path.to_path_buf(),
@@ -287,6 +310,21 @@ mod tests {
         t.is_false_negative = Some(vec![false, true]);
         t.write(&d.path().join("s.parquet")).unwrap();
         assert_eq!(PairTable::read(&d.path().join("s.parquet")).unwrap(), t);
+        // Read by column: only those asked for (and in the file) come back.
+        let mut seen = Vec::new();
+        let names = ["teacher_score", "dataset", "no_such_column"];
+        for_each_batch_of(&d.path().join("s.parquet"), &names, |b| {
+            let schema = b.schema();
+            let fields = schema.fields().iter().map(|f| f.name().clone());
+            seen.push((fields.collect::<Vec<_>>(), b.num_rows()));
+            let scores = b.column_by_name("teacher_score").unwrap();
+            let scores = scores.as_any().downcast_ref::<Float32Array>().unwrap();
+            assert_eq!(scores.values().to_vec(), vec![2.0, -1.0]);
+            Ok(())
+        })
+        .unwrap();
+        let want = vec!["dataset".to_string(), "teacher_score".to_string()];
+        assert_eq!(seen, vec![(want, 2)]);
         let s = ScoreShard {
             start: 10,
             scores: vec![1.0, 2.0],

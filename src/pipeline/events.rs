@@ -75,6 +75,13 @@ pub enum Event {
         stage: String,
         items: Vec<String>,
     },
+    /// How long a part of a stage took (logged; printed with `--verbose`): where a
+    /// stage's time goes, on the machine that ran it.
+    Timing {
+        stage: String,
+        part: String,
+        seconds: f64,
+    },
     /// Something worth a line at normal verbosity (e.g. a result taken from the cache).
     Note {
         stage: String,
@@ -189,6 +196,11 @@ impl EventSink {
                 Some(format!("{stage}: health warning: {message}"))
             }
             Event::Note { stage, message } if normal => Some(format!("{stage}: {message}")),
+            Event::Timing {
+                stage,
+                part,
+                seconds,
+            } if verbose => Some(format!("{stage}: {part} took {seconds:.2} s")),
             Event::StageFinished {
                 stage,
                 seconds,

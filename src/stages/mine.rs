@@ -139,8 +139,10 @@ impl Stage for Mine {
 
     fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
         let p = env.pipeline;
+        let mut clock = std::time::Instant::now();
         let student =
             p.load_student(&p.student.path, env.device, env.kind, p.student.max_length)?;
+        env.timed("loading the student", &mut clock);
         let student_fp = fingerprint::directory(&p.student.path)?;
         let mut loaded = Vec::new();
         for d in p.trained() {
@@ -169,6 +171,7 @@ impl Stage for Mine {
             }
             loaded.push((d, ds, queries, dev.len()));
         }
+        env.timed("loading the datasets", &mut clock);
         let chunk = p.mine.query_chunk;
         let total: usize = loaded
             .iter()
@@ -190,6 +193,7 @@ impl Stage for Mine {
             first += shards;
             if !missing.is_empty() {
                 let corpus = super::shared::corpus_embeddings(env, &student, &student_fp, d, ds)?;
+                env.timed(&format!("embedding the corpus of {}", d.name), &mut clock);
                 let part = |s: usize| &queries[s * chunk..((s + 1) * chunk).min(queries.len())];
                 // The device searches chunk s + 1 while a thread turns chunk s into its
                 // table and writes it; each shard is reported once it is committed.
@@ -246,6 +250,7 @@ impl Stage for Mine {
                     }
                     result
                 })?;
+                env.timed(&format!("searching for {}'s queries", d.name), &mut clock);
             }
             let without = ds.qrels[&d.train_split].len() - queries.len() - dev;
             summary.insert(
@@ -276,6 +281,7 @@ impl Stage for Mine {
             all.extend(part);
         }
         all.write(&env.dir.join(OUTPUT))?;
+        env.timed("assembling the candidates", &mut clock);
         Ok(Outcome::Complete {
             outputs: vec![OUTPUT.into()],
             rows: all.len() as u64,

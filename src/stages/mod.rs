@@ -91,6 +91,18 @@ impl StageEnv<'_> {
         self.events.emit(event);
     }
 
+    /// Log how long `part` of the stage took since `since`, and start the next part's
+    /// clock.
+    pub fn timed(&mut self, part: &str, since: &mut std::time::Instant) {
+        let stage = self.name.to_string();
+        self.emit(Event::Timing {
+            stage,
+            part: part.into(),
+            seconds: since.elapsed().as_secs_f64(),
+        });
+        *since = std::time::Instant::now();
+    }
+
     pub fn warn(&mut self, message: String) {
         let stage = self.name.to_string();
         self.events.emit(Event::Warning { stage, message });

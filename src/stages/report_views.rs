@@ -2,12 +2,12 @@
 //! teacher's score distributions (from `score`'s table) and, per dataset, the queries the
 //! distilled student improved and hurt most (from `eval`'s per-query table and runs).
 use crate::data::beir::Dataset;
-use crate::data::pairs::{read_batches, PairTable};
+use crate::data::pairs::{for_each_batch_of, read_batches};
 use crate::error::{Error, Result};
 use crate::pipeline::Pipeline;
 use crate::render::{fmt, svg_histogram, Table};
 use crate::stages::paths::StageId;
-use arrow::array::{Array, Float64Array, StringArray};
+use arrow::array::{Array, BooleanArray, Float32Array, Float64Array, StringArray};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -18,15 +18,33 @@ pub fn score_histograms(p: &Pipeline) -> Result<Vec<(String, String)>> {
         .run_dir
         .join(StageId::Score.name())
         .join(crate::stages::paths::score::OUTPUT);
-    let table = PairTable::read(&path)?;
-    let Some(scores) = &table.teacher_score else {
-        return Ok(Vec::new());
-    };
-    let mut by_dataset: BTreeMap<&str, [Vec<f64>; 2]> = BTreeMap::new();
-    for (i, &s) in scores.iter().enumerate() {
-        let side = usize::from(!table.is_positive[i]);
-        by_dataset.entry(&table.dataset[i]).or_default()[side].push(s as f64);
-    }
+    // Three columns of the table, a batch at a time (the ids are not read: at 30M pairs
+    // the whole table would be gigabytes).
+    let mut by_dataset: BTreeMap<String, [Vec<f64>; 2]> = BTreeMap::new();
+    let names = ["dataset", "is_positive", "teacher_score"];
+    for_each_batch_of(&path, &names, |batch| {
+        let Some(scores) = batch.column_by_name("teacher_score") else {
+            return Ok(());
+        };
+        let scores = scores
+            .as_any()
+            .downcast_ref::<Float32Array>()
+            .ok_or_else(|| Error::output(&path, "column `teacher_score` is not float32"))?;
+        let positive = batch
+            .column_by_name("is_positive")
+            .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
+            .ok_or_else(|| Error::output(&path, "column `is_positive` is missing"))?;
+        let dataset = strings(&batch, "dataset", &path)?;
+        for i in 0..batch.num_rows() {
+            let side = usize::from(!(positive.is_valid(i) && positive.value(i)));
+            let entry = match by_dataset.get_mut(dataset.value(i)) {
+                Some(e) => e,
+                None => by_dataset.entry(dataset.value(i).to_string()).or_default(),
+            };
+            entry[side].push(scores.value(i) as f64);
+        }
+        Ok(())
+    })?;
     Ok(by_dataset
         .into_iter()
         .map(|(ds, [positives, negatives])| {

@@ -115,7 +115,9 @@ impl Stage for Score {
 
     fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
         let p = env.pipeline;
+        let mut clock = std::time::Instant::now();
         let candidates = PairTable::read(&candidates_path(p))?;
+        env.timed("reading the candidates", &mut clock);
         let size = p.score.shard_size;
         let total = candidates.len().div_ceil(size);
         super::write_plan(&env.partial, total)?;
@@ -143,7 +145,9 @@ impl Stage for Score {
                     folds,
                 )
             };
+            env.timed("loading the teacher", &mut clock);
             let datasets = load_texts(p)?;
+            env.timed("loading the datasets", &mut clock);
             let stage = env.name.to_string();
             let pairs_todo: usize = mine
                 .iter()
@@ -198,6 +202,7 @@ impl Stage for Score {
                 },
             )?;
             env.emit(Event::WorkFinished { stage });
+            env.timed("scoring", &mut clock);
         }
         let done = super::count_shards(&env.partial, "scores");
         // Workers never assemble: others may still be writing. A run without --shard does.
@@ -242,6 +247,7 @@ impl Stage for Score {
         table.teacher_score = Some(teacher_scores);
         table.is_false_negative = Some(flags);
         table.write(&env.dir.join(OUTPUT))?;
+        env.timed("assembling the scores", &mut clock);
         Ok(Outcome::Complete {
             outputs: vec![OUTPUT.into()],
             rows: table.len() as u64,
