@@ -23,7 +23,7 @@ use crate::ranking::rerank::Depth;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 pub struct Eval;
 
@@ -345,6 +345,9 @@ impl Eval {
         loaded: &LoadedSplit,
     ) -> Result<UnitResult> {
         let p = env.pipeline;
+        // The corpus embedded for the dev slice serves the evaluation split too (at 8.8M
+        // passages, reading them back from the cache takes about 45 s).
+        let mut corpus = None;
         let dev = match loaded.dev.is_empty() {
             true => None,
             false => {
@@ -352,7 +355,10 @@ impl Eval {
                 let student = p.load_student(path, env.device, env.kind, max_length)?;
                 let fp = fingerprint::directory(path)?;
                 let (ds, dev) = (&loaded.ds, &loaded.dev);
-                let (m, _) = super::shared::evaluate_slice(env, (&student, &fp), None, d, ds, dev)?;
+                let embedded = super::shared::corpus_embeddings(env, &student, &fp, d, ds)?;
+                let (m, _) =
+                    super::shared::evaluate_slice(env, (&student, &embedded), None, ds, dev)?;
+                corpus = Some(embedded);
                 Some(super::shared::headline_measures(&m))
             }
         };
@@ -362,9 +368,9 @@ impl Eval {
             judged: &loaded.judged,
         };
         let eval = if label == "base" {
-            self.base_cached(env, teacher, path, &split)?
+            self.base_cached(env, teacher, path, &split, corpus)?
         } else {
-            self.system(env, teacher, (path, label), &split)?
+            self.system(env, teacher, (path, label), &split, corpus)?
         };
         Ok(UnitResult {
             queries: loaded.judged.len(),
@@ -377,12 +383,14 @@ impl Eval {
     /// One student on one dataset: its run (top-k, the query itself left out), the
     /// teacher's rerank of its top `rerank_k`, their measures, and per query the share
     /// of the teacher's top 10 found in the student's own top 10. Writes both TREC runs.
+    /// `corpus`: the corpus as this student embedded it, when the unit has it already.
     fn system(
         &self,
         env: &mut StageEnv,
         teacher: &CrossEncoder,
         (path, label): (&Path, &str),
         split: &Split,
+        corpus: Option<Tensor>,
     ) -> Result<SystemEval> {
         let Split { d, ds, judged } = *split;
         let p = env.pipeline;
@@ -392,8 +400,13 @@ impl Eval {
             _ => None,
         };
         let student = p.load_student(path, env.device, env.kind, max_length)?;
-        let fp = fingerprint::directory(path)?;
-        let corpus = super::shared::corpus_embeddings(env, &student, &fp, d, ds)?;
+        let corpus = match corpus {
+            Some(c) => c,
+            None => {
+                let fp = fingerprint::directory(path)?;
+                super::shared::corpus_embeddings(env, &student, &fp, d, ds)?
+            }
+        };
         let depth = Depth {
             top_k: p.eval.top_k,
             corpus_chunk: p.mine.corpus_chunk,
@@ -414,6 +427,7 @@ impl Eval {
         teacher: &CrossEncoder,
         path: &Path,
         split: &Split,
+        corpus: Option<Tensor>,
     ) -> Result<SystemEval> {
         let d = split.d;
         let p = env.pipeline;
@@ -458,7 +472,7 @@ impl Eval {
             });
             return Ok(hit);
         }
-        let fresh = self.system(env, teacher, (path, "base"), split)?;
+        let fresh = self.system(env, teacher, (path, "base"), split, corpus)?;
         std::fs::create_dir_all(&cache).map_err(|e| Error::io(&cache, e))?;
         for (file, name) in files.iter().zip(names) {
             copy_atomic(&env.dir.join(file), &cache.join(name))?;

@@ -226,21 +226,18 @@ pub fn headline_measures(m: &Measures) -> serde_json::Value {
 /// `eval.rerank_k`, on the queries of `judged`: their mean measures.
 pub fn evaluate_slice(
     env: &mut StageEnv,
-    student: (&BiEncoder, &str),
+    (model, embeddings): (&BiEncoder, &Tensor),
     teacher: Option<&CrossEncoder>,
-    d: &DatasetRef,
     ds: &Dataset,
     judged: &BTreeMap<String, Judgements>,
 ) -> Result<(Measures, Option<Measures>)> {
     let p = env.pipeline;
-    let (model, fp) = student;
-    let embeddings = corpus_embeddings(env, model, fp, d, ds)?;
     let depth = Depth {
         top_k: p.eval.rerank_k,
         corpus_chunk: p.mine.corpus_chunk,
         batch_size: p.student.batch_size,
     };
-    let mut runs = evaluation::retrieve(model, &embeddings, ds, judged, depth)?;
+    let mut runs = evaluation::retrieve(model, embeddings, ds, judged, depth)?;
     if let Some(t) = teacher {
         runs.rerank(teacher_reranker(p, t), ds, &mut |_| {})?;
     }

@@ -295,8 +295,9 @@ fn dev_eval(env: &mut StageEnv, teacher_dir: &Path) -> Result<serde_json::Value>
                 out.insert(d.name.clone(), json!({"queries": 0}));
                 continue;
             }
+            let corpus = shared::corpus_embeddings(env, &student, &fp, d, &ds)?;
             let (s, t) =
-                shared::evaluate_slice(env, (&student, &fp), Some(&teacher), d, &ds, &dev)?;
+                shared::evaluate_slice(env, (&student, &corpus), Some(&teacher), &ds, &dev)?;
             let t = t.unwrap_or_default();
             let stage = env.name.to_string();
             env.emit(Event::Note {
