@@ -90,12 +90,11 @@ impl TextFile {
                 _ => Err(self.changed(self.offsets[i], format!("`{id}` is no longer there"))),
             }
         };
-        use rayon::prelude::*;
         let rows: Vec<(usize, &String)> = rows.zip(ids).collect();
         if rows.len() < 64 {
             rows.into_iter().map(parse).collect()
         } else {
-            in_order(rows.into_par_iter().map(parse))
+            in_order(&rows, |&row| parse(row))
         }
     }
 
@@ -254,16 +253,13 @@ impl Texts {
     /// The texts of rows `rows` (any order, repeats allowed), read on rayon's pool; the
     /// file's stamp is checked once, after them all.
     pub fn gather(&self, rows: &[usize]) -> Result<Vec<Cow<'_, str>>> {
-        use rayon::prelude::*;
         let on_disk = self.on_disk_len();
-        let texts = in_order(rows.par_iter().map(|&i| {
-            match &self.file {
-                Some(f) if i < on_disk => f
-                    .read_unchecked(i..i + 1, &self.ids[i..i + 1])
-                    .map(|mut t| Cow::Owned(t.pop().unwrap_or_default())),
-                _ => self.get(i),
-            }
-        }))?;
+        let texts = in_order(rows, |&i| match &self.file {
+            Some(f) if i < on_disk => f
+                .read_unchecked(i..i + 1, &self.ids[i..i + 1])
+                .map(|mut t| Cow::Owned(t.pop().unwrap_or_default())),
+            _ => self.get(i),
+        })?;
         if let (Some(f), Some(&first)) = (&self.file, rows.iter().find(|&&i| i < on_disk)) {
             f.check_stamp(f.offsets[first])?;
         }
@@ -283,7 +279,9 @@ impl Texts {
 }
 
 /// The texts of `rows`, each a row of some `Texts` (several datasets' corpora, say): one
-/// [`Texts::gather`] per source, so a file's stamp is checked once per source.
+/// [`Texts::gather`] per source, so a file's stamp is checked once per source. An error
+/// is the first failing row of the first source that fails (sources in the order they
+/// first appear in `rows`).
 pub fn gather_from<'a>(rows: &[(&'a Texts, usize)]) -> Result<Vec<Cow<'a, str>>> {
     let mut sources: Vec<(&'a Texts, Vec<usize>)> = Vec::new();
     for (k, &(texts, _)) in rows.iter().enumerate() {
@@ -302,13 +300,15 @@ pub fn gather_from<'a>(rows: &[(&'a Texts, usize)]) -> Result<Vec<Cow<'a, str>>>
     Ok(out)
 }
 
-/// Results computed on rayon's pool, failing with the error of the first failing item in
-/// their order (rayon's own collect returns whichever failed first in time).
-fn in_order<T: Send>(
-    items: impl rayon::iter::IndexedParallelIterator<Item = Result<T>>,
-) -> Result<Vec<T>> {
-    let all: Vec<Result<T>> = items.collect();
-    all.into_iter().collect()
+/// `f` of every item, computed on rayon's pool; on a failure, the error of the first
+/// failing item in their order (rayon's own collect returns whichever failed first in
+/// time), found by going through them again in order.
+fn in_order<I: Sync, T: Send>(items: &[I], f: impl Fn(&I) -> Result<T> + Sync) -> Result<Vec<T>> {
+    use rayon::prelude::*;
+    match items.par_iter().map(&f).collect::<Result<Vec<T>>>() {
+        Ok(all) => Ok(all),
+        Err(any) => Err(items.iter().find_map(|i| f(i).err()).unwrap_or(any)),
+    }
 }
 
 /// Relevance judgements of one split: query id -> (doc id -> grade), sorted by id.

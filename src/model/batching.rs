@@ -221,7 +221,7 @@ const BATCH_COST: usize = 256;
 /// batch as given, or rows cut into batches by length so that short rows are not padded to
 /// the longest (half of a CPU step's token slots were padding in the demo's batches).
 pub struct PaddedBatches {
-    pub batches: Vec<HostBatch>,
+    batches: Vec<HostBatch>,
     /// Row `i` of the micro-batch is row `from[i]` of the batches' outputs, concatenated;
     /// `None` when they are in order.
     from: Option<Vec<i64>>,
@@ -236,11 +236,28 @@ impl PaddedBatches {
         }
     }
 
-    /// `items` in batches of similar length: sorted by length (ties in order) and cut
-    /// where the padding saved outweighs [`BATCH_COST`] (exact, over every cut).
+    /// The batches of a training micro-batch for a model that `packs` or not: one packed
+    /// batch (no padding to save), or [`PaddedBatches::by_length`].
+    pub fn for_model(items: &[&Encoded], pad_id: i64, device: Device, packs: bool) -> Self {
+        match packs {
+            true => Self::in_order(vec![HostBatch::new(items, pad_id, device)]),
+            false => Self::by_length(items, pad_id, device),
+        }
+    }
+
+    /// `items` in batches of similar length on the CPU: sorted by length (ties in order)
+    /// and cut where the padding saved outweighs [`BATCH_COST`] (exact, over every cut).
+    /// On CUDA (where a batch costs more launches than the cost was measured for) and
+    /// when one batch is best, one batch in input order.
     pub fn by_length(items: &[&Encoded], pad_id: i64, device: Device) -> Self {
         let lens: Vec<usize> = items.iter().map(|e| e.len()).collect();
-        let groups = length_groups(&lens, BATCH_COST);
+        let groups = match device.is_cuda() {
+            true => Vec::new(),
+            false => length_groups(&lens, BATCH_COST),
+        };
+        if groups.len() <= 1 {
+            return Self::in_order(vec![HostBatch::new(items, pad_id, device)]);
+        }
         let order: Vec<usize> = groups.concat();
         let mut from = vec![0i64; order.len()];
         for (at, &row) in order.iter().enumerate() {
@@ -257,6 +274,11 @@ impl PaddedBatches {
                 .collect(),
             from: (!sorted).then_some(from),
         }
+    }
+
+    /// The batches, in the order they run.
+    pub fn batches(&self) -> &[HostBatch] {
+        &self.batches
     }
 
     /// Run `forward` over each batch on `device`, and the outputs' rows in the
@@ -491,6 +513,45 @@ mod tests {
     }
 
     #[test]
+    fn a_model_gives_the_same_rows_from_batches_cut_by_length_as_from_one_batch() {
+        let config = crate::model::hf_config::BertConfig {
+            vocab_size: 64,
+            hidden_size: 16,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 32,
+            hidden_dropout_prob: 0.0,
+            attention_probs_dropout_prob: 0.0,
+            max_position_embeddings: 128,
+            ..Default::default()
+        };
+        tch::manual_seed(11);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let bert = crate::model::bert::BertModel::new(vs.root() / "bert", &config);
+        let items: Vec<Encoded> = [3usize, 90, 4, 85, 5, 2, 6, 3, 4, 88, 2, 5]
+            .iter()
+            .enumerate()
+            .map(|(r, &len)| Encoded {
+                ids: (0..len as i64)
+                    .map(|t| 1 + (7 * r as i64 + t) % 60)
+                    .collect(),
+                type_ids: vec![0; len],
+            })
+            .collect();
+        let refs: Vec<&Encoded> = items.iter().collect();
+        let cut = PaddedBatches::by_length(&refs, 0, Device::Cpu);
+        assert!(cut.batches().len() > 1);
+        let one = PaddedBatches::in_order(vec![HostBatch::new(&refs, 0, Device::Cpu)]);
+        let first_token = |b: &Batch| bert.forward_t(b, false).select(1, 0);
+        let (a, b) = (
+            cut.run(Device::Cpu, first_token),
+            one.run(Device::Cpu, first_token),
+        );
+        let diff = (a - b).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
     fn padded_batches_by_length_give_rows_back_in_order() {
         let items: Vec<Encoded> = [90usize, 2, 2, 90, 2, 2, 2, 2, 2, 2, 2, 2]
             .iter()
@@ -502,7 +563,7 @@ mod tests {
             .collect();
         let refs: Vec<&Encoded> = items.iter().collect();
         let batches = PaddedBatches::by_length(&refs, 0, Device::Cpu);
-        assert!(batches.batches.len() > 1);
+        assert!(batches.batches().len() > 1);
         // Each row's first token id names the row: the rows come back in input order.
         let first = batches.run(Device::Cpu, |b| b.input_ids.select(1, 0));
         let want: Vec<i64> = (0..items.len() as i64).map(|r| 100 * r).collect();

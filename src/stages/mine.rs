@@ -142,8 +142,8 @@ impl Stage for Mine {
         let mut clock = std::time::Instant::now();
         let student =
             p.load_student(&p.student.path, env.device, env.kind, p.student.max_length)?;
-        env.timed("loading the student", &mut clock);
         let student_fp = fingerprint::directory(&p.student.path)?;
+        env.timed("loading the student", &mut clock);
         let mut loaded = Vec::new();
         for d in p.trained() {
             // What a non-strict load skipped was reported by the preflight check.

@@ -214,13 +214,9 @@ mod tests {
     }
 
     fn ids(prepared: Vec<Prepared>) -> Vec<i64> {
-        let batch = prepared
-            .into_iter()
-            .flat_map(|p| p.batches)
-            .next()
-            .unwrap()
-            .upload(Device::Cpu);
-        Vec::<i64>::try_from(batch.input_ids.view([-1])).unwrap()
+        let first = prepared.into_iter().next().unwrap();
+        let ids = first.run(Device::Cpu, |b| b.input_ids.shallow_clone());
+        Vec::<i64>::try_from(ids.view([-1])).unwrap()
     }
 
     #[test]

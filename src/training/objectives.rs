@@ -10,7 +10,6 @@ use super::losses;
 use super::trainer::Task;
 use crate::error::Result;
 use crate::model::batching::upload;
-use crate::model::batching::HostBatch;
 use crate::model::tokenizer::{Encoded, TokenStore};
 use crate::model::{BiEncoder, CrossEncoder, Side};
 use serde::{Deserialize, Serialize};
@@ -123,10 +122,7 @@ impl StudentBatches<'_> {
             .map(|&t| self.tokens.get(self.slot[t]))
             .collect();
         let items: Vec<&Encoded> = owned.iter().collect();
-        match self.packs {
-            true => Prepared::in_order(vec![HostBatch::new(&items, self.pad_id, self.device)]),
-            false => Prepared::by_length(&items, self.pad_id, self.device),
-        }
+        Prepared::for_model(&items, self.pad_id, self.device, self.packs)
     }
 
     /// The texts of a micro-batch: per example its query, then its positive and
@@ -298,10 +294,7 @@ impl Prepare for TeacherBatches<'_> {
         let encoded = self.tokenizer.encode_pairs(&pairs)?;
         let items: Vec<_> = encoded.iter().collect();
         let pad = self.tokenizer.pad_id();
-        Ok(match self.packs {
-            true => Prepared::in_order(vec![HostBatch::new(&items, pad, self.device)]),
-            false => Prepared::by_length(&items, pad, self.device),
-        })
+        Ok(Prepared::for_model(&items, pad, self.device, self.packs))
     }
 }
 
