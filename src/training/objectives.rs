@@ -9,7 +9,7 @@ use super::groups::{Example, TextId, TrainingSet};
 use super::losses;
 use super::trainer::Task;
 use crate::error::Result;
-use crate::model::batching::upload;
+use crate::model::batching::{upload, HostBatch};
 use crate::model::tokenizer::{Encoded, TokenStore};
 use crate::model::{BiEncoder, CrossEncoder, Side};
 use serde::{Deserialize, Serialize};
@@ -115,14 +115,19 @@ impl<'a> StudentObjective<'a> {
 }
 
 impl StudentBatches<'_> {
-    /// The texts' batches: one when the model packs (no padding), else cut by length.
-    fn batches(&self, texts: &[TextId]) -> Prepared {
-        let owned: Vec<Encoded> = texts
+    /// The texts' tokens.
+    fn encoded(&self, texts: &[TextId]) -> Vec<Encoded> {
+        texts
             .iter()
             .map(|&t| self.tokens.get(self.slot[t]))
-            .collect();
+            .collect()
+    }
+
+    /// One padded batch of the texts.
+    fn padded(&self, texts: &[TextId]) -> HostBatch {
+        let owned = self.encoded(texts);
         let items: Vec<&Encoded> = owned.iter().collect();
-        Prepared::for_model(&items, self.pad_id, self.device, self.packs)
+        HostBatch::new(&items, self.pad_id, self.device)
     }
 
     /// The texts of a micro-batch: per example its query, then its positive and
@@ -148,12 +153,26 @@ impl StudentBatches<'_> {
 }
 
 impl Prepare for StudentBatches<'_> {
-    /// Queries and documents share the batches: packed, one batch without padding (one
-    /// forward: one cast of the weights, half the launches); padded, batches of similar
-    /// length (queries are short, documents vary).
+    /// Packed, queries and documents share one batch without padding (one forward: one
+    /// cast of the weights, half the launches); padded on the CPU, batches cut by length
+    /// (queries are short, documents vary); padded on CUDA (fp32), where the cuts were
+    /// not measured, queries and documents run apart.
     fn prepare(&self, examples: &[Example]) -> Result<Prepared> {
         let (queries, docs, _, _) = self.texts(examples);
-        Ok(self.batches(&[&queries[..], &docs[..]].concat()))
+        if !self.packs && self.device.is_cuda() {
+            return Ok(Prepared::in_order(vec![
+                self.padded(&queries),
+                self.padded(&docs),
+            ]));
+        }
+        let owned = self.encoded(&[&queries[..], &docs[..]].concat());
+        let items: Vec<&Encoded> = owned.iter().collect();
+        Ok(Prepared::for_model(
+            &items,
+            self.pad_id,
+            self.device,
+            self.packs,
+        ))
     }
 }
 
