@@ -59,13 +59,32 @@ fn block_top_k(scores: &Tensor, k: i64, block: i64) -> Result<(Tensor, Tensor)> 
 }
 
 /// `queries`: `[nq, d]`, `corpus`: `[nc, d]` (same device and dtype). Scores are dot
-/// products in fp32.
+/// products in the embeddings' kind, ranked as their fp32 widening.
 pub fn top_k(queries: &Tensor, corpus: &Tensor, k: usize, corpus_chunk: usize) -> Result<Ranking> {
+    Ok(search(queries, corpus, k, corpus_chunk, &[])?.0)
+}
+
+/// [`top_k`], and for each `(query row, document row)` pair the document's score and its
+/// 1-based rank in the query's ranking of the whole corpus (1 + documents scoring
+/// strictly higher), counted in the same pass over the corpus: each chunk's scores serve
+/// both.
+pub fn search(
+    queries: &Tensor,
+    corpus: &Tensor,
+    k: usize,
+    corpus_chunk: usize,
+    pairs: &[(i64, i64)],
+) -> Result<(Ranking, Vec<(f32, i64)>)> {
     let _guard = tch::no_grad_guard();
+    let device = queries.device();
     let nc = corpus.size()[0];
     let nq = queries.size()[0];
     let k = (k as i64).min(nc);
     let chunk = (corpus_chunk as i64).max(1);
+    let ranks = Ranks::new(queries, corpus, pairs)?;
+    let mut above = ranks
+        .as_ref()
+        .map(|_| Tensor::zeros([pairs.len() as i64], (Kind::Int64, device)));
     let mut best: Option<(Tensor, Tensor)> = None;
     let mut start = 0i64;
     while start < nc {
@@ -78,24 +97,111 @@ pub fn top_k(queries: &Tensor, corpus: &Tensor, k: usize, corpus_chunk: usize) -
         let scores = queries
             .f_matmul(&block.tr())
             .ctx(|| "query x corpus scores".into())?;
-        let (v, i) = block_top_k(&scores, k.min(len), BLOCK)?;
-        let i = i + start;
-        best = Some(match best {
-            None => (v, i),
-            Some((bv, bi)) => {
-                let v = Tensor::cat(&[bv, v], 1);
-                let i = Tensor::cat(&[bi, i], 1);
-                let width = v.size()[1];
-                let (v2, pos) = v
-                    .f_topk(k.min(width), 1, true, true)
-                    .ctx(|| "merging top-k".into())?;
-                (v2, i.gather(1, &pos, false))
-            }
-        });
+        if let (Some(r), Some(above)) = (&ranks, above.as_mut()) {
+            *above += r.count_above(&scores, start)?;
+        }
+        if k > 0 {
+            let (v, i) = block_top_k(&scores, k.min(len), BLOCK)?;
+            let i = i + start;
+            best = Some(match best {
+                None => (v, i),
+                Some((bv, bi)) => {
+                    let v = Tensor::cat(&[bv, v], 1);
+                    let i = Tensor::cat(&[bi, i], 1);
+                    let width = v.size()[1];
+                    let (v2, pos) = v
+                        .f_topk(k.min(width), 1, true, true)
+                        .ctx(|| "merging top-k".into())?;
+                    (v2, i.gather(1, &pos, false))
+                }
+            });
+        }
         start += len;
     }
+    let ranking = to_host(best, nq, device)?;
+    let ranked = match (ranks, above) {
+        (Some(r), Some(above)) => {
+            let own =
+                Vec::<f32>::try_from(r.own.to_device(tch::Device::Cpu)).ctx(|| "scores".into())?;
+            let above =
+                Vec::<i64>::try_from(above.to_device(tch::Device::Cpu)).ctx(|| "ranks".into())?;
+            own.into_iter()
+                .zip(above)
+                .map(|(s, a)| (s, a + 1))
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    Ok((ranking, ranked))
+}
+
+/// What [`search`] needs to rank its pairs: each pair's own score (fp32) and, unless
+/// the pairs are the queries' rows in order, the score rows to compare it with.
+struct Ranks {
+    own: Tensor,
+    /// The query row of each pair; `None` when they are `0..nq`.
+    rows: Option<Tensor>,
+    /// The document row of each pair.
+    docs: Tensor,
+}
+
+impl Ranks {
+    fn new(queries: &Tensor, corpus: &Tensor, pairs: &[(i64, i64)]) -> Result<Option<Self>> {
+        if pairs.is_empty() {
+            return Ok(None);
+        }
+        let device = queries.device();
+        let qi: Vec<i64> = pairs.iter().map(|p| p.0).collect();
+        let di: Vec<i64> = pairs.iter().map(|p| p.1).collect();
+        let identity = qi.len() as i64 == queries.size()[0]
+            && qi.iter().enumerate().all(|(r, &q)| q == r as i64);
+        let qi = Tensor::from_slice(&qi).to_device(device);
+        let di = Tensor::from_slice(&di).to_device(device);
+        let q = queries
+            .f_index_select(0, &qi)
+            .ctx(|| "pair queries".into())?;
+        let d = corpus
+            .f_index_select(0, &di)
+            .ctx(|| "pair documents".into())?;
+        Ok(Some(Ranks {
+            own: (&q * &d).sum_dim_intlist([1].as_slice(), false, Kind::Float),
+            rows: (!identity).then_some(qi),
+            docs: di,
+        }))
+    }
+
+    /// For each pair, the documents of a chunk's `scores` (`[nq, len]`, from corpus row
+    /// `start`) other than the pair's own that score strictly above the pair's own score.
+    /// (The own document's score in the chunk is another GEMM's rounding of the own
+    /// score, which can land above it.)
+    fn count_above(&self, scores: &Tensor, start: i64) -> Result<Tensor> {
+        let rows = match &self.rows {
+            Some(qi) => scores
+                .f_index_select(0, qi)
+                .ctx(|| "pair score rows".into())?,
+            None => scores.shallow_clone(),
+        };
+        // bf16 scores against fp32 own scores: compared in fp32, without a wider copy.
+        let own = self.own.unsqueeze(1);
+        let above = rows
+            .gt_tensor(&own)
+            .sum_dim_intlist([1].as_slice(), false, Kind::Int64);
+        let len = scores.size()[1];
+        let column = &self.docs - start;
+        let inside = column.ge(0).logical_and(&column.lt(len));
+        let itself = rows
+            .gather(1, &column.clamp(0, len - 1).unsqueeze(1), false)
+            .gt_tensor(&own)
+            .squeeze_dim(1)
+            .logical_and(&inside);
+        Ok(above - itself.to_kind(Kind::Int64))
+    }
+}
+
+/// The merged top-k on the host, each row sorted best first (ties: lower index first).
+fn to_host(best: Option<(Tensor, Tensor)>, nq: i64, device: tch::Device) -> Result<Ranking> {
     let (v, i) = best.unwrap_or_else(|| {
-        let empty = Tensor::zeros([nq, 0], (Kind::Float, queries.device()));
+        let empty = Tensor::zeros([nq, 0], (Kind::Float, device));
         (empty.shallow_clone(), empty.to_kind(Kind::Int64))
     });
     // One copy of each matrix to the host (not one per row).
@@ -123,46 +229,6 @@ pub fn top_k(queries: &Tensor, corpus: &Tensor, k: usize, corpus_chunk: usize) -
         ranking.indices.push(pairs.iter().map(|p| p.1).collect());
     }
     Ok(ranking)
-}
-
-/// For each `(query row, document row)` pair: the document's score and its 1-based rank
-/// in the query's ranking of the whole corpus (1 + documents scoring strictly higher).
-pub fn score_and_rank(
-    queries: &Tensor,
-    corpus: &Tensor,
-    pairs: &[(i64, i64)],
-    corpus_chunk: usize,
-) -> Result<Vec<(f32, i64)>> {
-    if pairs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let _guard = tch::no_grad_guard();
-    let device = queries.device();
-    let qi = Tensor::from_slice(&pairs.iter().map(|p| p.0).collect::<Vec<_>>()).to_device(device);
-    let di = Tensor::from_slice(&pairs.iter().map(|p| p.1).collect::<Vec<_>>()).to_device(device);
-    let q = queries.index_select(0, &qi);
-    let d = corpus.index_select(0, &di);
-    let own = (&q * &d).sum_dim_intlist([1].as_slice(), false, Kind::Float);
-    let nc = corpus.size()[0];
-    let chunk = (corpus_chunk as i64).max(1);
-    let mut above = Tensor::zeros([pairs.len() as i64], (Kind::Int64, device));
-    let mut start = 0i64;
-    while start < nc {
-        let len = chunk.min(nc - start);
-        let block = corpus.narrow(0, start, len);
-        let s = q.matmul(&block.tr()).to_kind(Kind::Float);
-        above += s
-            .gt_tensor(&own.unsqueeze(1))
-            .sum_dim_intlist([1].as_slice(), false, Kind::Int64);
-        start += len;
-    }
-    let own = Vec::<f32>::try_from(own.to_device(tch::Device::Cpu)).ctx(|| "scores".into())?;
-    let above = Vec::<i64>::try_from(above.to_device(tch::Device::Cpu)).ctx(|| "ranks".into())?;
-    Ok(own
-        .into_iter()
-        .zip(above)
-        .map(|(s, a)| (s, a + 1))
-        .collect())
 }
 
 #[cfg(test)]
@@ -228,8 +294,39 @@ mod tests {
     fn rank_counts_strictly_better_documents() {
         let q = Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]);
         let c = Tensor::from_slice(&[0.5f32, 0.0, 0.9, 0.0, 0.1, 0.0, 0.9, 1.0]).view([4, 2]);
-        let r = score_and_rank(&q, &c, &[(0, 0), (0, 2), (0, 3), (0, 1)], 3).unwrap();
+        let rank = |pairs: &[(i64, i64)], chunk| search(&q, &c, 2, chunk, pairs).unwrap().1;
+        let r = rank(&[(0, 0), (0, 2), (0, 3), (0, 1)], 3);
         assert_eq!(r, vec![(0.5, 3), (0.1, 4), (0.9, 1), (0.9, 1)]);
-        assert_eq!(score_and_rank(&q, &c, &[(0, 2)], 1).unwrap()[0], (0.1, 4));
+        assert_eq!(rank(&[(0, 2)], 1)[0], (0.1, 4));
+    }
+
+    /// Ranks from the search's own pass equal a count over the whole score matrix (the
+    /// document itself left out: its score in another GEMM can round above its own), for
+    /// pairs that are the queries' rows in order and for any other pairs (several per
+    /// query, some queries without one); the top-k is the one `top_k` returns.
+    #[test]
+    fn ranks_from_the_search_pass_equal_brute_force() {
+        tch::manual_seed(11);
+        let q = Tensor::randn([6, 8], (Kind::Float, tch::Device::Cpu));
+        let c = Tensor::randn([53, 8], (Kind::Float, tch::Device::Cpu));
+        let s = Vec::<Vec<f32>>::try_from(q.matmul(&c.tr())).unwrap();
+        let identity: Vec<(i64, i64)> = (0..6).map(|r| (r, (7 * r + 3) % 53)).collect();
+        let other = vec![(0, 5), (0, 40), (2, 0), (2, 52), (5, 17), (5, 5), (5, 30)];
+        for pairs in [identity, other] {
+            for chunk in [7, 53, 100] {
+                let (ranking, ranked) = search(&q, &c, 10, chunk, &pairs).unwrap();
+                assert_eq!(ranking, top_k(&q, &c, 10, chunk).unwrap());
+                for (&(qr, d), &(score, rank)) in pairs.iter().zip(&ranked) {
+                    let own = s[qr as usize][d as usize];
+                    assert!((score - own).abs() < 1e-5, "{score} vs {own}");
+                    let others = s[qr as usize]
+                        .iter()
+                        .enumerate()
+                        .filter(|&(j, _)| j != d as usize);
+                    let above = others.filter(|&(_, &x)| x > score).count();
+                    assert_eq!(rank, above as i64 + 1, "pair ({qr}, {d}), chunk {chunk}");
+                }
+            }
+        }
     }
 }

@@ -139,6 +139,9 @@ impl Texts {
             false => None,
         };
         let mut reader = TextReader::open(path, TextFormat::Jsonl, policy)?;
+        if on_disk {
+            reader = reader.ids_only()?;
+        }
         let mut t = Texts::default();
         let mut offsets = Vec::new();
         let mut lens = Vec::new();

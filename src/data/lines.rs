@@ -22,6 +22,37 @@ pub fn format_extension(path: &Path) -> Option<&str> {
     inner.extension().and_then(|e| e.to_str())
 }
 
+/// Lines read together by [`Lines::next_block`].
+#[derive(Debug, Default)]
+pub struct LineBlock {
+    /// The lines' bytes, end to end.
+    pub bytes: Vec<u8>,
+    pub lines: Vec<RawLine>,
+}
+
+/// One line of a [`LineBlock`].
+#[derive(Debug, Clone)]
+pub struct RawLine {
+    /// 1-based.
+    pub number: usize,
+    /// Where the line starts in the (decompressed) stream.
+    pub offset: u64,
+    /// Its bytes in the block, without the line break (`\n`, `\r\n`).
+    pub range: std::ops::Range<usize>,
+}
+
+/// A block line's text, or the message for invalid UTF-8.
+pub fn line_text(bytes: &[u8]) -> std::result::Result<&str, String> {
+    std::str::from_utf8(bytes).map_err(utf8_message)
+}
+
+fn utf8_message(e: std::str::Utf8Error) -> String {
+    format!("invalid UTF-8 ({e})")
+}
+
+/// Read-ahead of a file's reader: large blocks, few system calls.
+const READ_BUFFER: usize = 1 << 18;
+
 /// The lines of a file, in order, numbered from 1.
 pub struct Lines {
     path: PathBuf,
@@ -30,6 +61,8 @@ pub struct Lines {
     line: usize,
     /// Bytes read so far: in a plain file, the offset of the next line.
     consumed: u64,
+    /// The room a block's bytes start with.
+    block_bytes: usize,
 }
 
 impl Lines {
@@ -38,9 +71,12 @@ impl Lines {
         let gzip = is_gzip(path);
         // MultiGzDecoder reads every member of a file that holds several (pigz, bgzip).
         let reader: Box<dyn BufRead + Send> = if gzip {
-            Box::new(BufReader::new(MultiGzDecoder::new(BufReader::new(file))))
+            Box::new(BufReader::with_capacity(
+                READ_BUFFER,
+                MultiGzDecoder::new(BufReader::new(file)),
+            ))
         } else {
-            Box::new(BufReader::new(file))
+            Box::new(BufReader::with_capacity(READ_BUFFER, file))
         };
         Ok(Lines {
             path: path.to_path_buf(),
@@ -48,6 +84,7 @@ impl Lines {
             gzip,
             line: 0,
             consumed: 0,
+            block_bytes: 0,
         })
     }
 
@@ -58,15 +95,62 @@ impl Lines {
     /// The next line's number and text (without `\n` or `\r\n`); `None` at the end.
     /// Invalid UTF-8 and corrupt gzip data are errors naming the file and line.
     pub fn next_line(&mut self) -> Result<Option<(usize, String)>> {
-        Ok(self.next_line_at()?.map(|(line, _, text)| (line, text)))
+        let mut buf = Vec::new();
+        let Some(line) = self.read_raw(&mut buf)? else {
+            return Ok(None);
+        };
+        buf.truncate(line.range.end);
+        let text = String::from_utf8(buf).map_err(|e| self.error(utf8_message(e.utf8_error())))?;
+        Ok(Some((line.number, text)))
     }
 
-    /// As [`Lines::next_line`], with the offset of the line's first byte in the
-    /// (decompressed) stream: in a plain file, where the line can be read again.
-    pub fn next_line_at(&mut self) -> Result<Option<(usize, u64, String)>> {
-        let at = self.consumed;
-        let mut buf = Vec::new();
-        let n = match self.reader.read_until(b'\n', &mut buf) {
+    /// Up to `max` lines, their bytes end to end in one buffer (no allocation per line,
+    /// and no UTF-8 check: [`line_text`] makes it where the line is parsed). A read error
+    /// after some lines comes back with them.
+    pub fn next_block(&mut self, max: usize) -> (LineBlock, Option<Error>) {
+        let mut block = LineBlock {
+            bytes: Vec::with_capacity(self.block_bytes),
+            lines: Vec::with_capacity(max),
+        };
+        while block.lines.len() < max {
+            match self.read_raw(&mut block.bytes) {
+                Ok(Some(line)) => block.lines.push(line),
+                Ok(None) => break,
+                Err(e) => return (block, Some(e)),
+            }
+        }
+        // The next block starts with room for this one's bytes (no doubling as it grows).
+        self.block_bytes = block.bytes.len().next_power_of_two();
+        (block, None)
+    }
+
+    /// Blocks of up to `max` lines ([`Lines::next_block`]) read on a thread of their
+    /// own, at most `depth` blocks ahead of the caller.
+    pub fn read_ahead(mut self, max: usize, depth: usize) -> Result<ReadAhead> {
+        let path = self.path.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel(depth);
+        std::thread::Builder::new()
+            .name("read-ahead".into())
+            .spawn(move || loop {
+                let (block, error) = self.next_block(max);
+                let last = block.lines.is_empty() || error.is_some();
+                // A send fails once the reader is dropped: the thread ends with it.
+                if tx.send((block, error)).is_err() || last {
+                    break;
+                }
+            })
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(ReadAhead {
+            path,
+            blocks: rx,
+            ended: false,
+        })
+    }
+
+    /// Append the next line's bytes (with its line break) to `buf`; `None` at the end.
+    fn read_raw(&mut self, buf: &mut Vec<u8>) -> Result<Option<RawLine>> {
+        let (at, start) = (self.consumed, buf.len());
+        let n = match self.reader.read_until(b'\n', buf) {
             Ok(n) => n,
             Err(e) if self.gzip => {
                 return Err(Error::Input {
@@ -82,11 +166,15 @@ impl Lines {
         }
         self.consumed += n as u64;
         self.line += 1;
-        let mut text = String::from_utf8(buf)
-            .map_err(|e| self.error(format!("invalid UTF-8 ({})", e.utf8_error())))?;
-        let kept = text.trim_end_matches(['\n', '\r']).len();
-        text.truncate(kept);
-        Ok(Some((self.line, at, text)))
+        let mut end = buf.len();
+        while end > start && matches!(buf[end - 1], b'\n' | b'\r') {
+            end -= 1;
+        }
+        Ok(Some(RawLine {
+            number: self.line,
+            offset: at,
+            range: start..end,
+        }))
     }
 
     /// An input error at the last line read.
@@ -95,6 +183,37 @@ impl Lines {
             path: self.path.clone(),
             line: self.line,
             message: message.into(),
+        }
+    }
+}
+
+/// The blocks of a [`Lines`] read on a thread ([`Lines::read_ahead`]).
+pub struct ReadAhead {
+    path: PathBuf,
+    blocks: std::sync::mpsc::Receiver<(LineBlock, Option<Error>)>,
+    ended: bool,
+}
+
+impl ReadAhead {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The next block, as [`Lines::next_block`] returns it; an empty block at the end.
+    pub fn next_block(&mut self) -> (LineBlock, Option<Error>) {
+        if self.ended {
+            return (LineBlock::default(), None);
+        }
+        match self.blocks.recv() {
+            Ok((block, error)) => {
+                self.ended = block.lines.is_empty() || error.is_some();
+                (block, error)
+            }
+            Err(_) => {
+                self.ended = true;
+                let lost = std::io::Error::other("the reading thread ended early");
+                (LineBlock::default(), Some(Error::io(&self.path, lost)))
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Texts to embed: a BEIR corpus/queries JSONL file (`_id`, `text`, optional `title`),
 //! `id<TAB>text` lines (MS MARCO's `collection.tsv`, `queries.*.tsv`) or plain text with
 //! one text per line; any of them gzip-compressed when the name ends in `.gz`.
-use crate::data::lines::{first_nonblank, format_extension, Lines};
+use crate::data::lines::{first_nonblank, format_extension, line_text, Lines, ReadAhead};
 use crate::error::Result;
 use std::collections::HashMap;
 use std::path::Path;
@@ -74,7 +74,7 @@ pub struct ReadPolicy {
 /// Check every line of `path` under `policy` as [`TextReader`] reads it, keeping nothing
 /// but the ids seen (and each one's line): the number of records kept, or the first error.
 pub fn count_texts(path: &Path, format: TextFormat, policy: ReadPolicy) -> Result<usize> {
-    let mut reader = TextReader::open(path, format, policy)?;
+    let mut reader = TextReader::open(path, format, policy)?.ids_only()?;
     let mut n = 0;
     while reader.next_record()?.is_some() {
         n += 1;
@@ -89,12 +89,14 @@ pub fn count_texts(path: &Path, format: TextFormat, policy: ReadPolicy) -> Resul
 /// are texts, with their ids). Only the ids seen so far are kept (with their lines), for the
 /// duplicate check.
 ///
-/// Lines are read in blocks of [`BLOCK_LINES`] and parsed on rayon's pool (JSON parsing
-/// was a loading stage's largest cost at a million passages); the checks and the errors
+/// Lines are read in blocks of [`BLOCK_LINES`] (for ids alone, on a thread of their own,
+/// a block ahead) and each block is parsed on rayon's pool (JSON parsing was a loading
+/// stage's largest cost at a million passages); the checks and the errors
 /// then go through the block in line order, so the first bad line is the one reported,
 /// as when reading line by line.
 pub struct TextReader {
-    lines: Lines,
+    /// The file's lines (read ahead on a thread for [`TextReader::ids_only`]).
+    lines: Source,
     format: TextFormat,
     detected_on: Option<usize>,
     policy: ReadPolicy,
@@ -106,12 +108,17 @@ pub struct TextReader {
     pending: std::collections::VecDeque<(usize, Span, Parsed)>,
     /// A read error met after the pending lines (returned once they are handed out).
     read_error: Option<crate::error::Error>,
+    /// Whether records carry their texts (else only ids: see [`TextReader::ids_only`]).
+    keep_text: bool,
     /// What the policy skipped so far.
     pub skipped: Skipped,
 }
 
 /// Lines parsed together.
 pub const BLOCK_LINES: usize = 4096;
+
+/// Blocks read ahead of the parsing.
+const READ_AHEAD: usize = 2;
 
 /// Where a line lies in its (decompressed) file: the offset of its first byte and its
 /// length without the line break.
@@ -121,10 +128,24 @@ pub struct Span {
     pub len: u32,
 }
 
+/// Where a reader's lines come from.
+enum Source {
+    Direct(Lines),
+    Ahead(ReadAhead),
+}
+
+/// How a reader parses its lines.
+struct Parsing {
+    format: TextFormat,
+    detected_on: Option<usize>,
+    keep_text: bool,
+}
+
 /// One line, parsed.
 enum Parsed {
     Blank,
-    Record(TextRecord),
+    /// The record, and whether its text is empty (or only whitespace).
+    Record(TextRecord, bool),
     Bad(String),
 }
 
@@ -132,7 +153,7 @@ impl TextReader {
     pub fn open(path: &Path, format: TextFormat, policy: ReadPolicy) -> Result<Self> {
         let (format, detected_on) = resolve_format(path, format)?;
         Ok(TextReader {
-            lines: Lines::open(path)?,
+            lines: Source::Direct(Lines::open(path)?),
             format,
             detected_on,
             policy,
@@ -140,26 +161,43 @@ impl TextReader {
             kept_lines: Vec::new(),
             pending: Default::default(),
             read_error: None,
+            keep_text: true,
             skipped: Skipped::default(),
         })
     }
 
+    /// Records without their texts (`text` is empty), checked as before: for a corpus
+    /// whose texts stay in the file, loading allocates no text.
+    /// Its lines are read ahead on a thread of their own, while a block is parsed.
+    pub fn ids_only(mut self) -> Result<Self> {
+        self.keep_text = false;
+        if let Source::Direct(lines) = self.lines {
+            self.lines = Source::Ahead(lines.read_ahead(BLOCK_LINES, READ_AHEAD)?);
+        }
+        Ok(self)
+    }
+
     /// Parse one line of this reader's format (no check across lines).
-    fn parse(format: TextFormat, detected_on: Option<usize>, line: usize, raw: String) -> Parsed {
-        match format {
+    fn parse(how: &Parsing, line: usize, raw: &str) -> Parsed {
+        let record = |id: String, text: &str| {
+            let empty = text.trim().is_empty();
+            let text = if how.keep_text {
+                text.to_string()
+            } else {
+                String::new()
+            };
+            Parsed::Record(TextRecord { id, text, line }, empty)
+        };
+        match how.format {
             TextFormat::Jsonl | TextFormat::Tsv if raw.trim().is_empty() => Parsed::Blank,
-            TextFormat::Jsonl => match parse_beir_line(&raw) {
-                Ok(r) => Parsed::Record(r),
+            TextFormat::Jsonl => match parse_beir(raw, how.keep_text) {
+                Ok((r, empty)) => Parsed::Record(TextRecord { line, ..r }, empty),
                 Err(m) => Parsed::Bad(m),
             },
-            TextFormat::Tsv => match split_tsv(&raw) {
-                Ok((id, text)) => Parsed::Record(TextRecord {
-                    id: id.to_string(),
-                    text: text.to_string(),
-                    line,
-                }),
+            TextFormat::Tsv => match split_tsv(raw) {
+                Ok((id, text)) => record(id.to_string(), text),
                 Err(m) => {
-                    let hint = detected_on.map(|at| {
+                    let hint = how.detected_on.map(|at| {
                         format!(
                             " (the file reads as `id<TAB>text` from its line {at}; \
                              `--format text` reads each line whole)"
@@ -168,39 +206,50 @@ impl TextReader {
                     Parsed::Bad(m + &hint.unwrap_or_default())
                 }
             },
-            TextFormat::Text | TextFormat::Auto => Parsed::Record(TextRecord {
-                id: line.to_string(),
-                text: raw,
-                line,
-            }),
+            TextFormat::Text | TextFormat::Auto => record(line.to_string(), raw),
         }
     }
 
-    /// Read the next block of lines and parse it. A read error (invalid UTF-8, corrupt
-    /// gzip) is returned once the lines before it have been handed out and checked.
+    /// Read the next block of lines and parse it (UTF-8 checks included) on rayon's pool.
+    /// A read error (corrupt gzip) is returned once the lines before it have been handed
+    /// out and checked.
     fn fill(&mut self) {
-        let mut raw = Vec::with_capacity(BLOCK_LINES);
-        while raw.len() < BLOCK_LINES {
-            match self.lines.next_line_at() {
-                Ok(Some(l)) => raw.push(l),
-                Ok(None) => break,
-                Err(e) => {
-                    self.read_error = Some(e);
-                    break;
-                }
-            }
-        }
-        let (format, detected_on) = (self.format, self.detected_on);
+        let (block, error) = match &mut self.lines {
+            Source::Direct(lines) => lines.next_block(BLOCK_LINES),
+            Source::Ahead(ahead) => ahead.next_block(),
+        };
+        self.read_error = error;
         use rayon::prelude::*;
-        let parsed: Vec<(usize, Span, Parsed)> = raw
+        let how = Parsing {
+            format: self.format,
+            detected_on: self.detected_on,
+            keep_text: self.keep_text,
+        };
+        let parsed: Vec<(usize, Span, Parsed)> = block
+            .lines
             .into_par_iter()
-            .map(|(line, offset, text)| {
-                let Ok(len) = u32::try_from(text.len()) else {
-                    let span = Span { offset, len: 0 };
-                    return (line, span, Parsed::Bad("a line longer than 4 GiB".into()));
+            .map(|l| {
+                let raw = &block.bytes[l.range];
+                let Ok(len) = u32::try_from(raw.len()) else {
+                    let span = Span {
+                        offset: l.offset,
+                        len: 0,
+                    };
+                    return (
+                        l.number,
+                        span,
+                        Parsed::Bad("a line longer than 4 GiB".into()),
+                    );
                 };
-                let span = Span { offset, len };
-                (line, span, Self::parse(format, detected_on, line, text))
+                let span = Span {
+                    offset: l.offset,
+                    len,
+                };
+                let parsed = match line_text(raw) {
+                    Ok(text) => Self::parse(&how, l.number, text),
+                    Err(m) => Parsed::Bad(m),
+                };
+                (l.number, span, parsed)
             })
             .collect();
         self.pending.extend(parsed);
@@ -228,14 +277,18 @@ impl TextReader {
                 };
             };
             let error = |message: String| crate::error::Error::Input {
-                path: self.lines.path().to_path_buf(),
+                path: match &self.lines {
+                    Source::Direct(lines) => lines.path(),
+                    Source::Ahead(ahead) => ahead.path(),
+                }
+                .to_path_buf(),
                 line,
                 message,
             };
-            let record = match parsed {
+            let (record, empty) = match parsed {
                 Parsed::Blank => continue,
                 Parsed::Bad(m) => return Err(error(m)),
-                Parsed::Record(r) => r,
+                Parsed::Record(r, empty) => (r, empty),
             };
             if let Some(first) = self.seen.get(&record.id).map(|&k| self.kept_lines[k]) {
                 if self.policy.strict {
@@ -247,7 +300,7 @@ impl TextReader {
                 self.skipped.duplicates.push((line, record.id));
                 continue;
             }
-            if !self.policy.allow_empty && record.text.trim().is_empty() {
+            if !self.policy.allow_empty && empty {
                 if self.policy.strict {
                     return Err(error(format!("empty text for `{}`", record.id)));
                 }
@@ -299,16 +352,25 @@ struct BeirLine<'a> {
 /// One BEIR JSONL object: the embedded text is `title + " " + text` when the title is
 /// non-empty, as BEIR does, else `text`.
 pub(crate) fn parse_beir_line(raw: &str) -> std::result::Result<TextRecord, String> {
-    if let Ok(line) = serde_json::from_str::<BeirLine>(raw) {
-        let text = match line.title.as_deref() {
-            None | Some("") => line.text.into_owned(),
-            Some(title) => format!("{title} {}", line.text),
+    parse_beir(raw, true).map(|(r, _)| r)
+}
+
+/// [`parse_beir_line`], and whether the embedded text is empty (or only whitespace);
+/// without `keep_text`, the record's text is left empty and not built.
+fn parse_beir(raw: &str, keep_text: bool) -> std::result::Result<(TextRecord, bool), String> {
+    // `title + " " + text` is blank exactly when both are.
+    let record = |id: String, title: &str, text: &str| {
+        let empty = title.trim().is_empty() && text.trim().is_empty();
+        let text = match (keep_text, title.is_empty()) {
+            (false, _) => String::new(),
+            (true, true) => text.to_string(),
+            (true, false) => format!("{title} {text}"),
         };
-        return Ok(TextRecord {
-            id: line.id.into_owned(),
-            text,
-            line: 0,
-        });
+        (TextRecord { id, text, line: 0 }, empty)
+    };
+    if let Ok(line) = serde_json::from_str::<BeirLine>(raw) {
+        let title = line.title.as_deref().unwrap_or("");
+        return Ok(record(line.id.into_owned(), title, &line.text));
     }
     let value: serde_json::Value =
         serde_json::from_str(raw).map_err(|e| format!("malformed JSON: {e}"))?;
@@ -331,12 +393,7 @@ pub(crate) fn parse_beir_line(raw: &str) -> std::result::Result<TextRecord, Stri
         Some(serde_json::Value::String(s)) => s.as_str(),
         Some(_) => return Err(format!("`title` of `{id}` must be a string")),
     };
-    let text = if title.is_empty() {
-        text.to_string()
-    } else {
-        format!("{title} {text}")
-    };
-    Ok(TextRecord { id, text, line: 0 })
+    Ok(record(id, title, text))
 }
 
 #[cfg(test)]

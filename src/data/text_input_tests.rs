@@ -251,3 +251,44 @@ fn blocks_parsed_in_parallel_hand_out_every_record_in_order_and_the_first_fault(
         );
     }
 }
+
+#[test]
+fn ids_only_keeps_and_skips_the_records_the_full_read_does() {
+    // Blank in every way a BEIR line can be: text, title + text, whitespace title.
+    let content = concat!(
+        "{\"_id\": \"a\", \"text\": \"x\"}\n",
+        "{\"_id\": \"b\", \"title\": \"  \", \"text\": \"\"}\n",
+        "{\"_id\": \"c\", \"title\": \"T\", \"text\": \" \"}\n",
+        "{\"_id\": \"d\", \"title\": null, \"text\": \"\\t\"}\n",
+        "{\"_id\": 5, \"title\": \"\", \"text\": \"y\"}\n",
+        "{\"_id\": \"a\", \"text\": \"again\"}\n",
+        "\n",
+        "{\"_id\": \"e\", \"title\": \"\", \"text\": \"\\n \"}\n",
+    );
+    let lenient = ReadPolicy {
+        strict: false,
+        allow_empty: false,
+    };
+    for ext in [".jsonl", ".tsv"] {
+        let content = match ext {
+            ".tsv" => "a\tx\nb\t \nc\tT\n\nd\t\na\tagain\n".to_string(),
+            _ => content.to_string(),
+        };
+        let f = file(content.as_bytes(), ext);
+        let (full, skipped) = read_texts_with(f.path(), TextFormat::Auto, lenient).unwrap();
+        let mut reader = TextReader::open(f.path(), TextFormat::Auto, lenient)
+            .unwrap()
+            .ids_only()
+            .unwrap();
+        let mut ids = Vec::new();
+        while let Some(r) = reader.next_record().unwrap() {
+            assert!(r.text.is_empty(), "{ext}: {r:?}");
+            ids.push((r.id, r.line));
+        }
+        let want: Vec<(String, usize)> = full.iter().map(|r| (r.id.clone(), r.line)).collect();
+        assert_eq!(ids, want, "{ext}");
+        assert_eq!(reader.skipped, skipped, "{ext}");
+        let kept = if ext == ".jsonl" { 3 } else { 2 };
+        assert_eq!(want.len(), kept, "{ext}: {want:?}");
+    }
+}

@@ -331,7 +331,6 @@ fn search_chunk(
             &mut |_| {},
         )?
         .to_device(corpus.device());
-    let ranking = retrieval::top_k(&q, corpus, cfg.top_k, cfg.corpus_chunk)?;
     let mut pos_pairs = Vec::new();
     for (row, (_, pos)) in queries.iter().enumerate() {
         for doc in pos {
@@ -340,7 +339,8 @@ fn search_chunk(
             }
         }
     }
-    let pos_scores = retrieval::score_and_rank(&q, corpus, &pos_pairs, cfg.corpus_chunk)?;
+    let (ranking, pos_scores) =
+        retrieval::search(&q, corpus, cfg.top_k, cfg.corpus_chunk, &pos_pairs)?;
     Ok(Found {
         ranking,
         pos_pairs,
