@@ -156,6 +156,38 @@ impl Runtime {
     }
 }
 
+/// libtorch's intra-op threads set to one while it lives, and set back on drop: host
+/// operations run inline on the thread that drives the GPU instead of waking a team of
+/// threads per operation, which would compete with the threads preparing the next work
+/// (one per core) and stall the launches.
+pub struct InlineHostOps(i32);
+
+impl InlineHostOps {
+    pub fn new() -> Self {
+        let before = tch::get_num_threads();
+        tch::set_num_threads(1);
+        InlineHostOps(before)
+    }
+
+    /// One while `device` is a GPU; nothing on the CPU, where libtorch's threads do the
+    /// model's own work.
+    pub fn on(device: Device) -> Option<Self> {
+        device.is_cuda().then(Self::new)
+    }
+}
+
+impl Default for InlineHostOps {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for InlineHostOps {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -307,6 +307,7 @@ impl BiEncoder {
         let tokenizer = &self.tokenizer;
         let mut tokens_seen = 0;
         crate::model::batching::prepare_ahead(
+            self.device(),
             chunks,
             |chunk| {
                 let (texts, tag) = chunk?;

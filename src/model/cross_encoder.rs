@@ -311,6 +311,7 @@ impl CrossEncoder {
         let tokenizer = &self.tokenizer;
         let mut scores = Vec::new();
         crate::model::batching::prepare_ahead(
+            self.device(),
             chunks,
             |chunk| tokenizer.encode_pairs(&chunk?),
             |encoded| {

@@ -174,6 +174,7 @@ impl Stage for Score {
                 Ok(parts)
             };
             crate::model::batching::prepare_ahead(
+                env.device,
                 mine.clone(),
                 |s| Ok((s, prepare(s)?)),
                 |(s, parts)| {

@@ -284,23 +284,6 @@ fn backward_shared(
     Ok((scaled.detach(), terms))
 }
 
-/// libtorch's intra-op threads set to one while it lives, and set back on drop.
-struct InlineHostOps(i32);
-
-impl InlineHostOps {
-    fn new() -> Self {
-        let before = tch::get_num_threads();
-        tch::set_num_threads(1);
-        InlineHostOps(before)
-    }
-}
-
-impl Drop for InlineHostOps {
-    fn drop(&mut self) {
-        tch::set_num_threads(self.0);
-    }
-}
-
 /// One optimizer step whose loss values are still on their way to the host.
 pub struct PendingStep {
     step: u64,
@@ -461,7 +444,7 @@ pub fn train(
     // On CUDA the host's tensors are a step's small buffers: libtorch's intra-op pool
     // only adds barriers (its threads, one per core, compete with the preparing thread,
     // the autograd thread and, under --gpus, the other ranks' threads), so it runs inline.
-    let _threads = cuda.map(|_| InlineHostOps::new());
+    let _threads = cuda.map(|_| crate::device::InlineHostOps::new());
     let mut trace = super::trace::StepTrace::from_env(
         &host.label(),
         checkpoints,
