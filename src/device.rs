@@ -159,7 +159,8 @@ impl Runtime {
 /// libtorch's intra-op threads set to one while it lives, and set back on drop: host
 /// operations run inline on the thread that drives the GPU instead of waking a team of
 /// threads per operation, which would compete with the threads preparing the next work
-/// (one per core) and stall the launches.
+/// (one per core) and stall the launches. The setting is libtorch's, for the process:
+/// other threads' host operations meanwhile run with it too.
 pub struct InlineHostOps(i32);
 
 impl InlineHostOps {

@@ -300,6 +300,30 @@ mod tests {
         assert_eq!(rank(&[(0, 2)], 1)[0], (0.1, 4));
     }
 
+    /// A chunk's count leaves out the pair's own document even when its score in the
+    /// chunk is above the own score, and counts every other document above it; bf16
+    /// scores are compared with fp32 own scores as their widening.
+    #[test]
+    fn count_above_leaves_the_document_itself_out() {
+        let ranks = Ranks {
+            own: Tensor::from_slice(&[0.5f32, 0.25]),
+            rows: None,
+            docs: Tensor::from_slice(&[5i64, 9]),
+        };
+        // Chunk of columns 4..8: row 0's own document (5) rounds above 0.5, column 6 is
+        // above too; row 1's own document (9) lies outside the chunk.
+        let scores =
+            Tensor::from_slice(&[0.1f32, 0.51, 0.75, 0.5, 0.3, 0.2, 0.25, 0.26]).view([2, 4]);
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let got = ranks.count_above(&scores.to_kind(kind), 4).unwrap();
+            assert_eq!(Vec::<i64>::try_from(&got).unwrap(), vec![1, 2], "{kind:?}");
+        }
+        // The same scores as columns 6..10: row 0's own document is outside the chunk,
+        // row 1's (9, column 3) rounds above its own score and is left out.
+        let got = ranks.count_above(&scores, 6).unwrap();
+        assert_eq!(Vec::<i64>::try_from(&got).unwrap(), vec![2, 1]);
+    }
+
     /// Ranks from the search's own pass equal a count over the whole score matrix (the
     /// document itself left out: its score in another GEMM can round above its own), for
     /// pairs that are the queries' rows in order and for any other pairs (several per

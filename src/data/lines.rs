@@ -125,7 +125,11 @@ impl Lines {
     }
 
     /// Blocks of up to `max` lines ([`Lines::next_block`]) read on a thread of their
-    /// own, at most `depth` blocks ahead of the caller.
+    /// own: `depth` blocks wait in the queue, so with the one being read and the one the
+    /// caller holds, `depth + 2` blocks exist at most. The thread ends at the end of the
+    /// file, at an error, or at its next block once the [`ReadAhead`] is dropped (on a
+    /// pipe that never delivers that block, it waits in its read until the process
+    /// ends).
     pub fn read_ahead(mut self, max: usize, depth: usize) -> Result<ReadAhead> {
         let path = self.path.clone();
         let (tx, rx) = std::sync::mpsc::sync_channel(depth);

@@ -90,7 +90,7 @@ pub fn count_texts(path: &Path, format: TextFormat, policy: ReadPolicy) -> Resul
 /// duplicate check.
 ///
 /// Lines are read in blocks of [`BLOCK_LINES`] (for ids alone, on a thread of their own,
-/// a block ahead) and each block is parsed on rayon's pool (JSON parsing was a loading
+/// a few blocks ahead) and each block is parsed on rayon's pool (JSON parsing was a loading
 /// stage's largest cost at a million passages); the checks and the errors
 /// then go through the block in line order, so the first bad line is the one reported,
 /// as when reading line by line.
@@ -117,7 +117,7 @@ pub struct TextReader {
 /// Lines parsed together.
 pub const BLOCK_LINES: usize = 4096;
 
-/// Blocks read ahead of the parsing.
+/// Blocks queued ahead of the parsing ([`Lines::read_ahead`]).
 const READ_AHEAD: usize = 2;
 
 /// Where a line lies in its (decompressed) file: the offset of its first byte and its

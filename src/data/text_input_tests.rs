@@ -224,7 +224,9 @@ fn blocks_parsed_in_parallel_hand_out_every_record_in_order_and_the_first_fault(
             "invalid UTF-8",
         ),
     ];
-    for (at, fault, needle) in faults {
+    // Both ways of reading: the full records, and ids alone with blocks read ahead.
+    for ((at, fault, needle), ids_only) in faults.into_iter().flat_map(|f| [(f, false), (f, true)])
+    {
         let f = long_file(at, fault);
         let mut reader = TextReader::open(
             f.path(),
@@ -235,6 +237,9 @@ fn blocks_parsed_in_parallel_hand_out_every_record_in_order_and_the_first_fault(
             },
         )
         .unwrap();
+        if ids_only {
+            reader = reader.ids_only().unwrap();
+        }
         let mut n = 0;
         let err = loop {
             match reader.next_record() {
@@ -244,7 +249,7 @@ fn blocks_parsed_in_parallel_hand_out_every_record_in_order_and_the_first_fault(
             }
         };
         // Every record before the fault, none after it.
-        assert_eq!(n, at - 1, "{err}");
+        assert_eq!(n, at - 1, "ids only: {ids_only}: {err}");
         assert!(
             err.contains(needle) && err.contains(&format!(":{at}:")),
             "{err}"
@@ -291,4 +296,36 @@ fn ids_only_keeps_and_skips_the_records_the_full_read_does() {
         let kept = if ext == ".jsonl" { 3 } else { 2 };
         assert_eq!(want.len(), kept, "{ext}: {want:?}");
     }
+}
+
+#[test]
+fn a_truncated_gzip_read_ahead_reports_the_lines_before_it_then_the_error() {
+    let f = long_file(0, b"");
+    let whole = gzip(&std::fs::read(f.path()).unwrap());
+    let cut = file(&whole[..whole.len() * 2 / 3], ".jsonl.gz");
+    let policy = ReadPolicy {
+        strict: true,
+        allow_empty: false,
+    };
+    let err = count_texts(cut.path(), TextFormat::Auto, policy).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("corrupt or truncated gzip data"),
+        "{message}"
+    );
+    assert!(
+        message.starts_with(&cut.path().display().to_string()),
+        "{message}"
+    );
+    // The records before the cut are handed out first, in order.
+    let mut reader = TextReader::open(cut.path(), TextFormat::Auto, policy)
+        .unwrap()
+        .ids_only()
+        .unwrap();
+    let mut n = 0;
+    while let Ok(Some(r)) = reader.next_record() {
+        n += 1;
+        assert_eq!(r.id, format!("d{n}"));
+    }
+    assert!(n > 4_096, "a block and more before the cut: {n}");
 }

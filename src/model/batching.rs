@@ -421,6 +421,14 @@ pub fn map_batches(
     let _guard = tch::no_grad_guard();
     let mut covered: Vec<usize> = batches.iter().flatten().copied().collect();
     covered.sort_unstable();
+    // Each row once: the output is not zeroed, so a row repeated would leave another
+    // row's slot unwritten.
+    if let Some(w) = covered.windows(2).find(|w| w[0] == w[1]) {
+        return Err(crate::error::Error::Setting {
+            key: "batches".into(),
+            message: format!("row {} is in more than one batch", w[0]),
+        });
+    }
     let mut slot = vec![0i64; encoded.len()];
     for (k, &row) in covered.iter().enumerate() {
         slot[row] = k as i64;
@@ -450,7 +458,7 @@ pub fn map_batches(
             shape[0] = covered.len() as i64;
             Tensor::empty(shape, (Kind::Float, order_on))
         });
-        let index = Tensor::from_slice(&index).to_device(order_on);
+        let index = upload(&Tensor::from_slice(&index), order_on);
         let _ = out.index_copy_(0, &index, &values);
     };
     for rows in batches {
@@ -484,6 +492,33 @@ mod tests {
         let mut all: Vec<usize> = batches.concat();
         all.sort();
         assert_eq!(all, (0..lengths.len()).collect::<Vec<_>>());
+    }
+
+    /// Rows come back in input order from any batching, and a row in two batches (which
+    /// would leave another slot of the unzeroed output unwritten) is refused.
+    #[test]
+    fn map_batches_orders_rows_and_refuses_a_row_twice() {
+        let encoded: Vec<Encoded> = (1..=4)
+            .map(|n| Encoded {
+                ids: vec![n; n as usize],
+                type_ids: vec![0; n as usize],
+            })
+            .collect();
+        // Each row's output: its first token id.
+        let first = |b: &Batch| b.input_ids.select(1, 0).to_kind(Kind::Float).unsqueeze(1);
+        let run = |batches: &[Vec<usize>]| {
+            map_batches(&encoded, batches, 0, Device::Cpu, &mut |_| {}, first)
+        };
+        let out = run(&[vec![3, 1], vec![0], vec![2]]).unwrap();
+        assert_eq!(
+            Vec::<f32>::try_from(out.flatten(0, -1)).unwrap(),
+            vec![1.0, 2.0, 3.0, 4.0]
+        );
+        let err = run(&[vec![3, 1], vec![1, 0], vec![2]]).unwrap_err();
+        assert!(
+            err.to_string().contains("row 1 is in more than one batch"),
+            "{err}"
+        );
     }
 
     #[test]
