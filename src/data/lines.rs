@@ -88,10 +88,6 @@ impl Lines {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The next line's number and text (without `\n` or `\r\n`); `None` at the end.
     /// Invalid UTF-8 and corrupt gzip data are errors naming the file and line.
     pub fn next_line(&mut self) -> Result<Option<(usize, String)>> {
@@ -199,10 +195,6 @@ pub struct ReadAhead {
 }
 
 impl ReadAhead {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The next block, as [`Lines::next_block`] returns it; an empty block at the end.
     pub fn next_block(&mut self) -> (LineBlock, Option<Error>) {
         if self.ended {

@@ -97,8 +97,10 @@ pub fn count_texts(path: &Path, format: TextFormat, policy: ReadPolicy) -> Resul
 pub struct TextReader {
     /// The file's lines (read ahead on a thread for [`TextReader::ids_only`]).
     lines: Source,
-    format: TextFormat,
-    detected_on: Option<usize>,
+    /// The file, for errors.
+    path: std::path::PathBuf,
+    /// How its lines are parsed.
+    how: Parsing,
     policy: ReadPolicy,
     /// The ids kept so far, each with its position among the records kept.
     seen: HashMap<String, usize, ahash::RandomState>,
@@ -108,8 +110,6 @@ pub struct TextReader {
     pending: std::collections::VecDeque<(usize, Span, Parsed)>,
     /// A read error met after the pending lines (returned once they are handed out).
     read_error: Option<crate::error::Error>,
-    /// Whether records carry their texts (else only ids: see [`TextReader::ids_only`]).
-    keep_text: bool,
     /// What the policy skipped so far.
     pub skipped: Skipped,
 }
@@ -138,6 +138,7 @@ enum Source {
 struct Parsing {
     format: TextFormat,
     detected_on: Option<usize>,
+    /// Whether records carry their texts (else only ids: see [`TextReader::ids_only`]).
     keep_text: bool,
 }
 
@@ -154,14 +155,17 @@ impl TextReader {
         let (format, detected_on) = resolve_format(path, format)?;
         Ok(TextReader {
             lines: Source::Direct(Lines::open(path)?),
-            format,
-            detected_on,
+            path: path.to_path_buf(),
+            how: Parsing {
+                format,
+                detected_on,
+                keep_text: true,
+            },
             policy,
             seen: HashMap::default(),
             kept_lines: Vec::new(),
             pending: Default::default(),
             read_error: None,
-            keep_text: true,
             skipped: Skipped::default(),
         })
     }
@@ -170,7 +174,7 @@ impl TextReader {
     /// whose texts stay in the file, loading allocates no text.
     /// Its lines are read ahead on a thread of their own, while a block is parsed.
     pub fn ids_only(mut self) -> Result<Self> {
-        self.keep_text = false;
+        self.how.keep_text = false;
         if let Source::Direct(lines) = self.lines {
             self.lines = Source::Ahead(lines.read_ahead(BLOCK_LINES, READ_AHEAD)?);
         }
@@ -220,11 +224,7 @@ impl TextReader {
         };
         self.read_error = error;
         use rayon::prelude::*;
-        let how = Parsing {
-            format: self.format,
-            detected_on: self.detected_on,
-            keep_text: self.keep_text,
-        };
+        let how = &self.how;
         let parsed: Vec<(usize, Span, Parsed)> = block
             .lines
             .into_par_iter()
@@ -246,7 +246,7 @@ impl TextReader {
                     len,
                 };
                 let parsed = match line_text(raw) {
-                    Ok(text) => Self::parse(&how, l.number, text),
+                    Ok(text) => Self::parse(how, l.number, text),
                     Err(m) => Parsed::Bad(m),
                 };
                 (l.number, span, parsed)
@@ -277,11 +277,7 @@ impl TextReader {
                 };
             };
             let error = |message: String| crate::error::Error::Input {
-                path: match &self.lines {
-                    Source::Direct(lines) => lines.path(),
-                    Source::Ahead(ahead) => ahead.path(),
-                }
-                .to_path_buf(),
+                path: self.path.clone(),
                 line,
                 message,
             };
