@@ -100,7 +100,7 @@ pub fn run(settings: &EncodeSettings) -> Result<EncodeSummary> {
     if settings.profile.is_some() {
         crate::ffi::profiler::profiler_start(device.is_cuda())?;
     }
-    let tokens = write_behind(writer, |queue| {
+    let (tokens, _) = write_behind(writer, |queue| {
         model.encode_stream(
             &prompt,
             chunks,

@@ -1,7 +1,47 @@
 //! Atomic file writes: write beside the target under a temporary name, then rename.
 use crate::error::{Error, Result};
+use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+
+/// Lower-case hex of `bytes` (how sha256 digests are written down).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A writer that hashes (sha256) every byte written through it: a file written through it
+/// has its content's digest when it is closed, without being read again.
+pub struct Sha256Writer<W> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: std::io::Write> Sha256Writer<W> {
+    pub fn new(inner: W) -> Self {
+        Sha256Writer {
+            inner,
+            hash: Sha256::new(),
+        }
+    }
+
+    /// The inner writer (flushed) and the hex sha256 of everything written.
+    pub fn finish(mut self) -> std::io::Result<(W, String)> {
+        self.inner.flush()?;
+        Ok((self.inner, hex(&self.hash.finalize())))
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Sha256Writer<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 /// The temporary path used while `path` is being written.
 pub fn temp_path(path: &Path) -> PathBuf {

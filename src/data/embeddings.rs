@@ -1,5 +1,5 @@
 //! Parquet file of embeddings: `id` (Utf8) and `embedding` (FixedSizeList<Float32, dim>).
-use crate::data::atomic::AtomicFile;
+use crate::data::atomic::{AtomicFile, Sha256Writer};
 use crate::error::{Error, Result};
 use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -24,7 +24,7 @@ pub fn embeddings_schema(dim: i32) -> Schema {
 /// nothing. Row groups are [`ROWS_PER_GROUP`] rows, so memory does not grow with the file.
 pub struct EmbeddingsWriter {
     file: AtomicFile,
-    writer: ArrowWriter<std::fs::File>,
+    writer: ArrowWriter<Sha256Writer<std::fs::File>>,
     schema: Arc<Schema>,
     dim: usize,
 }
@@ -43,12 +43,15 @@ impl EmbeddingsWriter {
             .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
             .build();
         let file = AtomicFile::create(path)?;
-        let writer = ArrowWriter::try_new(file.handle()?, schema.clone(), Some(props)).map_err(
-            |source| Error::Parquet {
-                path: path.to_path_buf(),
-                source,
-            },
-        )?;
+        let writer = ArrowWriter::try_new(
+            Sha256Writer::new(file.handle()?),
+            schema.clone(),
+            Some(props),
+        )
+        .map_err(|source| Error::Parquet {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(EmbeddingsWriter {
             file,
             writer,
@@ -87,25 +90,34 @@ impl EmbeddingsWriter {
         Ok(())
     }
 
-    /// Close the file and rename it into place.
-    pub fn finish(self) -> Result<()> {
+    /// Close the file and rename it into place; its content's sha256 (hex), hashed as it
+    /// was written.
+    pub fn finish(self) -> Result<String> {
         let path = self.file.path().to_path_buf();
-        self.writer
-            .close()
-            .map_err(|source| Error::Parquet { path, source })?;
-        self.file.commit()
+        // `into_inner` writes the footer (once: it is not to follow `close`).
+        let (_, digest) = self
+            .writer
+            .into_inner()
+            .map_err(|source| Error::Parquet {
+                path: path.clone(),
+                source,
+            })?
+            .finish()
+            .map_err(|e| Error::io(&path, e))?;
+        self.file.commit()?;
+        Ok(digest)
     }
 }
 
 /// Run `produce` with a function that queues rows (ids and row-major values) for
 /// `writer`, which writes them on its own thread, so compression and writing stay off
 /// the caller's path (a queue of two). The file is committed when `produce` and every
-/// write succeeded; otherwise nothing is left at its path, and a failed write's error is
-/// the one returned.
+/// write succeeded (with its content's sha256, hex); otherwise nothing is left at its
+/// path, and a failed write's error is the one returned.
 pub fn write_behind<R>(
     mut writer: EmbeddingsWriter,
     produce: impl FnOnce(&mut dyn FnMut(Vec<String>, Vec<f32>) -> Result<()>) -> Result<R>,
-) -> Result<R> {
+) -> Result<(R, String)> {
     let path = writer.file.path().to_path_buf();
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<String>, Vec<f32>)>(2);
@@ -125,8 +137,8 @@ pub fn write_behind<R>(
             .join()
             .unwrap_or_else(|e| std::panic::resume_unwind(e))?;
         let out = produced?;
-        writer.finish()?;
-        Ok(out)
+        let digest = writer.finish()?;
+        Ok((out, digest))
     })
 }
 
@@ -142,7 +154,7 @@ pub fn write_embeddings<S: AsRef<str>>(
 ) -> Result<()> {
     let mut w = EmbeddingsWriter::create(path, dim, metadata)?;
     w.write(ids, values)?;
-    w.finish()
+    w.finish().map(|_| ())
 }
 
 fn embeddings_batch<S: AsRef<str>>(
@@ -201,4 +213,51 @@ pub fn for_each_embeddings(
         let offset = emb.offset() * dim;
         f(id, &flat.values()[offset..offset + emb.len() * dim], dim)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest;
+
+    /// The digest `write_behind` gives is the sha256 of the committed file's content (what
+    /// a cache check reads it against), over row groups written in several pieces; a
+    /// failed produce leaves nothing at the path.
+    #[test]
+    fn write_behind_gives_the_written_files_sha256() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.parquet");
+        let dim = 3;
+        let ids: Vec<String> = (0..20_000).map(|i| format!("d{i}")).collect();
+        let values: Vec<f32> = (0..ids.len() * dim).map(|i| i as f32 * 0.25).collect();
+        let writer = EmbeddingsWriter::create(&path, dim, &[("k", "v".into())]).unwrap();
+        let (rows, digest) = write_behind(writer, |queue| {
+            for start in (0..ids.len()).step_by(7_000) {
+                let end = (start + 7_000).min(ids.len());
+                queue(
+                    ids[start..end].to_vec(),
+                    values[start * dim..end * dim].to_vec(),
+                )?;
+            }
+            Ok(ids.len())
+        })
+        .unwrap();
+        assert_eq!(rows, 20_000);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(
+            digest,
+            crate::data::atomic::hex(&sha2::Sha256::digest(&bytes))
+        );
+        let (got_ids, got_values, got_dim) = read_embeddings(&path).unwrap();
+        assert_eq!((got_ids, got_values, got_dim), (ids.clone(), values, dim));
+
+        let failed = dir.path().join("f.parquet");
+        let writer = EmbeddingsWriter::create(&failed, dim, &[]).unwrap();
+        let r = write_behind(writer, |queue| {
+            queue(ids[..2].to_vec(), vec![0.0; 2 * dim])?;
+            Err::<(), _>(Error::output(&failed, "stopped"))
+        });
+        assert!(r.is_err());
+        assert!(!failed.exists());
+    }
 }

@@ -2,6 +2,7 @@
 //! qrels (BEIR, TREC), Parquet outputs, atomic writes.
 pub mod atomic;
 pub mod beir;
+pub mod concat;
 pub mod dev;
 pub mod embeddings;
 pub mod lines;

@@ -416,6 +416,21 @@ pub fn map_batches(
     pad_id: i64,
     device: Device,
     progress: &mut dyn FnMut(usize),
+    forward: impl FnMut(&Batch) -> Tensor,
+) -> crate::error::Result<Tensor> {
+    let out = gather_batches(encoded, batches, pad_id, device, progress, forward)?;
+    Ok(out.to_device(Device::Cpu))
+}
+
+/// [`map_batches`], its output left where it was put in order: on a GPU when it has at
+/// most [`READBACK_ROWS`] rows (a caller that keeps it there copies nothing to the
+/// host), on the host otherwise.
+pub fn gather_batches(
+    encoded: &[Encoded],
+    batches: &[Vec<usize>],
+    pad_id: i64,
+    device: Device,
+    progress: &mut dyn FnMut(usize),
     mut forward: impl FnMut(&Batch) -> Tensor,
 ) -> crate::error::Result<Tensor> {
     let _guard = tch::no_grad_guard();
@@ -474,10 +489,7 @@ pub fn map_batches(
         progress(n);
     }
     flush(&mut pending, &mut out);
-    Ok(out.map_or_else(
-        || Tensor::zeros([0], (Kind::Float, Device::Cpu)),
-        |out| out.to_device(Device::Cpu),
-    ))
+    Ok(out.unwrap_or_else(|| Tensor::zeros([0], (Kind::Float, Device::Cpu))))
 }
 
 #[cfg(test)]

@@ -287,7 +287,9 @@ impl BiEncoder {
     /// is read and tokenized on a thread while the device encodes the current one (a
     /// queue of one chunk), each in length-sorted batches of at most `batch_size`. A chunk
     /// comes with a tag (its first row, its ids) that `sink` gets back with the chunk's
-    /// `[rows, dim]` fp32 CPU embeddings in input order, chunk after chunk. At most two
+    /// `[rows, dim]` fp32 embeddings in input order, chunk after chunk: on the device
+    /// when it is a GPU and the chunk has at most `READBACK_ROWS` rows (a copy into a
+    /// device matrix stays there), on the host otherwise. At most two
     /// chunks' tokens are held at once, so memory does not grow with the number of texts.
     /// A chunk that fails to read stops the stream with its error. Returns the number of
     /// tokens encoded.
@@ -315,7 +317,7 @@ impl BiEncoder {
             },
             |(tokens, tag)| {
                 tokens_seen += tokens.iter().map(Encoded::len).sum::<usize>();
-                let embeddings = self.encode_tokenized(&tokens, batch_size, progress)?;
+                let embeddings = self.encode_kept(&tokens, batch_size, progress)?;
                 sink(tag, embeddings)
             },
         )?;
@@ -372,9 +374,33 @@ impl BiEncoder {
         batch_size: usize,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Tensor> {
+        Ok(self
+            .encode_kept(encoded, batch_size, progress)?
+            .to_device(Device::Cpu))
+    }
+
+    /// [`BiEncoder::encode_tokenized`], the embeddings left where they were put in order
+    /// ([`crate::model::batching::gather_batches`]): on a GPU for a chunk of at most
+    /// its read-back rows.
+    fn encode_kept(
+        &self,
+        encoded: &[Encoded],
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Tensor> {
         let lengths: Vec<usize> = encoded.iter().map(Encoded::len).collect();
         let batches = crate::model::batching::length_sorted_batches(&lengths, batch_size, None);
-        self.encode_batches(encoded, &batches, progress)
+        if batches.is_empty() {
+            return Ok(Tensor::zeros([0, self.dim()], (Kind::Float, Device::Cpu)));
+        }
+        crate::model::batching::gather_batches(
+            encoded,
+            &batches,
+            self.tokenizer.pad_id(),
+            self.device(),
+            progress,
+            |batch| self.forward_t(batch, false),
+        )
     }
 
     /// The rows of `encoded` that `batches` (some of the length-sorted batches of

@@ -4,9 +4,7 @@ use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::Path;
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::data::atomic::hex;
 
 /// sha256 of a file's content, memoised for the process by (path, size, mtime): a run
 /// fingerprints the same model and dataset files for several stages.

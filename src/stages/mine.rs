@@ -11,13 +11,13 @@ use super::{Outcome, Stage, StageEnv};
 use crate::data::beir::{self, Dataset};
 use crate::data::pairs::PairTable;
 use crate::error::Result;
-use crate::model::BiEncoder;
 use crate::pipeline::config::{DatasetRef, PromptNames, Sampling};
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
 use crate::retrieval;
 use crate::rng::SplitMix64;
+use rayon::prelude::*;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -195,54 +195,92 @@ impl Stage for Mine {
                 let corpus = super::shared::corpus_embeddings(env, &student, &student_fp, d, ds)?;
                 env.timed(&format!("embedding the corpus of {}", d.name), &mut clock);
                 let part = |s: usize| &queries[s * chunk..((s + 1) * chunk).min(queries.len())];
-                // The device searches chunk s + 1 while a thread turns chunk s into its
-                // table and writes it; each shard is reported once it is committed.
+                // The device searches chunk s + 1 while threads turn the chunks before
+                // into their tables and write them; each shard is reported once it is
+                // committed (in any order: each is a file of its own).
                 std::thread::scope(|scope| -> Result<()> {
                     let (to_builder, jobs) =
-                        std::sync::mpsc::sync_channel::<(usize, std::path::PathBuf, Found)>(1);
+                        std::sync::mpsc::sync_channel::<(usize, std::path::PathBuf, Found)>(
+                            TABLE_BUILDERS,
+                        );
+                    let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs));
                     let (to_stage, written) = std::sync::mpsc::channel::<Result<usize>>();
-                    let builder = scope.spawn(move || {
-                        for (s, path, found) in jobs {
-                            let r = chunk_table(p, d, ds, part(s), found).write(&path);
-                            let failed = r.is_err();
-                            let _ = to_stage.send(r.map(|()| s));
-                            if failed {
-                                return;
-                            }
-                        }
-                    });
+                    let builders: Vec<_> = (0..TABLE_BUILDERS)
+                        .map(|_| {
+                            let (jobs, to_stage) = (jobs.clone(), to_stage.clone());
+                            scope.spawn(move || {
+                                let (mut building, mut writing) = (0.0, 0.0);
+                                loop {
+                                    let job = jobs.lock().map(|j| j.recv());
+                                    let Ok(Ok((s, path, found))) = job else {
+                                        break;
+                                    };
+                                    let clock = std::time::Instant::now();
+                                    let table = chunk_table(p, d, ds, part(s), found);
+                                    building += clock.elapsed().as_secs_f64();
+                                    let r = table.write(&path);
+                                    writing += clock.elapsed().as_secs_f64();
+                                    let failed = r.is_err();
+                                    let _ = to_stage.send(r.map(|()| s));
+                                    if failed {
+                                        break;
+                                    }
+                                }
+                                (building, writing - building)
+                            })
+                        })
+                        .collect();
+                    drop(to_stage);
                     let mut report = |env: &mut StageEnv, r: Result<usize>| -> Result<()> {
                         r?;
                         done += 1;
                         env.committed(done - 1, total);
                         Ok(())
                     };
-                    let mut result = Ok(());
-                    for &s in &missing {
-                        let found = match search_chunk(p, &student, &corpus, ds, part(s)) {
-                            Ok(f) => f,
-                            Err(e) => {
-                                result = Err(e);
-                                break;
+                    // Chunk s + 1's queries are tokenized while chunk s is encoded and
+                    // searched; each chunk is encoded in its own batches, so a resumed run
+                    // encodes its remaining chunks exactly as a whole run does.
+                    let mut times = SearchTimes::default();
+                    let chunks = missing.iter().map(|&s| Ok((query_texts(ds, part(s))?, s)));
+                    let streamed = student.encode_stream(
+                        student.prompt(crate::model::Side::Query),
+                        chunks,
+                        p.student.batch_size,
+                        &mut |_| {},
+                        &mut |s, q| {
+                            let clock = std::time::Instant::now();
+                            let found = search_chunk(p, &corpus, ds, part(s), &q)?;
+                            times.searching += clock.elapsed().as_secs_f64();
+                            let path = env.shard_path(&prefix, s);
+                            let sent = std::time::Instant::now();
+                            if to_builder.send((s, path.clone(), found)).is_err() {
+                                // The builder stopped on an error, which it sent first.
+                                for r in written.try_iter() {
+                                    report(env, r)?;
+                                }
+                                return Err(crate::error::Error::output(
+                                    &path,
+                                    "the candidate tables' writer stopped",
+                                ));
                             }
-                        };
-                        if to_builder
-                            .send((s, env.shard_path(&prefix, s), found))
-                            .is_err()
-                        {
-                            break; // the builder stopped on an error, reported below
-                        }
-                        while let Ok(r) = written.try_recv() {
-                            if let Err(e) = report(env, r) {
-                                result = Err(e);
+                            times.waiting += sent.elapsed().as_secs_f64();
+                            for r in written.try_iter() {
+                                report(env, r)?;
                             }
-                        }
-                        if result.is_err() {
-                            break;
-                        }
-                    }
+                            Ok(())
+                        },
+                    );
                     drop(to_builder);
-                    let _ = builder.join();
+                    let mut result = streamed.map(|_| ());
+                    let (mut building, mut writing) = (0.0, 0.0);
+                    for b in builders {
+                        let (b, w) = b.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+                        building += b;
+                        writing += w;
+                    }
+                    times.log(env);
+                    env.timing("of which building tables (builder threads)", building);
+                    env.timing("of which writing shards (builder threads)", writing);
                     for r in written.try_iter() {
                         if let (Err(e), true) = (report(env, r), result.is_ok()) {
                             result = Err(e);
@@ -263,28 +301,39 @@ impl Stage for Mine {
             let done = super::count_shards(&env.partial, "ds");
             return Ok(Outcome::Partial { done, total });
         }
-        // Assemble the shards in order.
-        let mut all = PairTable::default();
+        // Assemble the shards in order: their row groups are copied into one file as they
+        // are encoded; each shard is read (in parallel) for the summary's counts only.
+        let mut shards = Vec::new();
+        let mut rows = 0usize;
         for (di, (d, _, queries, _)) in loaded.iter().enumerate() {
-            let mut part = PairTable::default();
-            for s in 0..queries.len().div_ceil(chunk) {
-                part.extend(PairTable::read(&env.shard_path(&format!("ds{di}"), s))?);
-            }
-            let pos = part.is_positive.iter().filter(|&&b| b).count();
-            let neg = part.len() - pos;
-            let short = count_short(&part, p.mine.num_negatives);
+            let paths: Vec<std::path::PathBuf> = (0..queries.len().div_ceil(chunk))
+                .map(|s| env.shard_path(&format!("ds{di}"), s))
+                .collect();
+            let counts = paths
+                .par_iter()
+                .map(|path| {
+                    let part = PairTable::read(path)?;
+                    let pos = part.is_positive.iter().filter(|&&b| b).count();
+                    let short = count_short(&part, p.mine.num_negatives);
+                    Ok((pos, part.len() - pos, short))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let (pos, neg, short) = counts
+                .iter()
+                .fold((0, 0, 0), |a, c| (a.0 + c.0, a.1 + c.1, a.2 + c.2));
             if let Some(entry) = summary.get_mut(&d.name).and_then(|v| v.as_object_mut()) {
                 entry.insert("positives".into(), pos.into());
                 entry.insert("negatives".into(), neg.into());
                 entry.insert("queries_with_fewer_negatives".into(), short.into());
             }
-            all.extend(part);
+            rows += pos + neg;
+            shards.extend(paths);
         }
-        all.write(&env.dir.join(OUTPUT))?;
+        crate::data::concat::concat_files(&shards, &env.dir.join(OUTPUT))?;
         env.timed("assembling the candidates", &mut clock);
         Ok(Outcome::Complete {
             outputs: vec![OUTPUT.into()],
-            rows: all.len() as u64,
+            rows: rows as u64,
             summary: serde_json::Value::Object(summary),
         })
     }
@@ -302,6 +351,11 @@ fn count_short(t: &PairTable, n: usize) -> usize {
     per.values().filter(|&&c| c < n).count()
 }
 
+/// Threads that build and write the candidate tables of searched query chunks (at 1M
+/// passages on an H200 a chunk's table took longer to build and write, 47 ms, than its
+/// search).
+const TABLE_BUILDERS: usize = 3;
+
 /// What the device found for one chunk of training queries: the student's top-k of each
 /// query, and each labelled positive's (query row, corpus row) with its score and rank.
 struct Found {
@@ -310,27 +364,44 @@ struct Found {
     pos_scores: Vec<(f32, i64)>,
 }
 
-/// Encode one chunk of training queries and search the corpus for them.
+/// Where the search's time goes, summed over its query chunks (logged as timing events
+/// within "searching for ...").
+#[derive(Default)]
+struct SearchTimes {
+    /// On the device (the queries' encoding is queued before it and waited for in it).
+    searching: f64,
+    /// The device idle while the table builder is still on the chunk before.
+    waiting: f64,
+}
+
+impl SearchTimes {
+    fn log(&self, env: &mut StageEnv) {
+        env.timing("of which encoding and searching", self.searching);
+        env.timing("of which waiting for the table builder", self.waiting);
+    }
+}
+
+/// The texts of a chunk of training queries.
+fn query_texts<'a>(
+    ds: &'a Dataset,
+    queries: &[(String, Vec<String>)],
+) -> Result<Vec<std::borrow::Cow<'a, str>>> {
+    queries
+        .iter()
+        .map(|(q, _)| Ok(ds.queries.text(q)?.unwrap_or_default()))
+        .collect()
+}
+
+/// Search the corpus for one chunk of training queries, `q` their embeddings.
 fn search_chunk(
     p: &Pipeline,
-    student: &BiEncoder,
     corpus: &Tensor,
     ds: &Dataset,
     queries: &[(String, Vec<String>)],
+    q: &Tensor,
 ) -> Result<Found> {
     let cfg = &p.mine;
-    let texts = queries
-        .iter()
-        .map(|(q, _)| Ok(ds.queries.text(q)?.unwrap_or_default()))
-        .collect::<Result<Vec<_>>>()?;
-    let q = student
-        .encode(
-            crate::model::Side::Query,
-            &texts,
-            p.student.batch_size,
-            &mut |_| {},
-        )?
-        .to_device(corpus.device());
+    let q = q.to_device(corpus.device());
     let mut pos_pairs = Vec::new();
     for (row, (_, pos)) in queries.iter().enumerate() {
         for doc in pos {

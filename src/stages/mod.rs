@@ -103,6 +103,17 @@ impl StageEnv<'_> {
         *since = std::time::Instant::now();
     }
 
+    /// Log the time a part of the stage took in all (summed over its occurrences, which
+    /// may overlap other parts: a part within a part).
+    pub fn timing(&mut self, part: &str, seconds: f64) {
+        let stage = self.name.to_string();
+        self.emit(Event::Timing {
+            stage,
+            part: part.into(),
+            seconds,
+        });
+    }
+
     pub fn warn(&mut self, message: String) {
         let stage = self.name.to_string();
         self.events.emit(Event::Warning { stage, message });

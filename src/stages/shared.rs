@@ -48,8 +48,12 @@ pub fn cache_entry_ok(env: &mut StageEnv, path: &std::path::Path) -> bool {
 
 /// Record a cache entry's content (after the entry itself is in place).
 pub fn record_cache_entry(path: &std::path::Path) -> Result<()> {
-    let h = fingerprint::content(path)?;
-    crate::data::atomic::write_bytes(&sha256_record(path), h.as_bytes())
+    write_cache_record(path, &fingerprint::content(path)?)
+}
+
+/// Record `digest` as the content of the cache entry at `path` (in place already).
+fn write_cache_record(path: &std::path::Path, digest: &str) -> Result<()> {
+    crate::data::atomic::write_bytes(&sha256_record(path), digest.as_bytes())
 }
 
 fn sha256_record(path: &std::path::Path) -> std::path::PathBuf {
@@ -104,13 +108,18 @@ pub fn corpus_embeddings(
         ),
     ];
     let writer = EmbeddingsWriter::create(&path, dim, &meta)?;
-    write_behind(writer, |queue| {
+    let ((), digest) = write_behind(writer, |queue| {
+        // A chunk's embeddings, on the device when it is a GPU, are copied into the matrix
+        // there and once to the host for the cache.
         let mut store = |start: usize, emb: Tensor| -> Result<()> {
+            let rows = emb.size()[0];
+            matrix
+                .narrow(0, start as i64, rows)
+                .f_copy_(&emb)
+                .ctx(|| "copying embeddings".into())?;
             let values =
                 Vec::<f32>::try_from(emb.flatten(0, -1)).ctx(|| "reading embeddings".into())?;
-            let rows = values.len() / dim.max(1);
-            fill(&matrix, start, &values)?;
-            queue(ids[start..start + rows].to_vec(), values)
+            queue(ids[start..start + rows as usize].to_vec(), values)
         };
         // `--shard` workers share the encoding, part by part.
         match env.shard {
@@ -125,7 +134,8 @@ pub fn corpus_embeddings(
             None => encode_corpus(env, student, d, ds, &mut store),
         }
     })?;
-    record_cache_entry(&path)?;
+    // Hashed as it was written: a cache entry of 1M embeddings is 1.5 GB to read again.
+    write_cache_record(&path, &digest)?;
     Ok(matrix)
 }
 
