@@ -1,13 +1,11 @@
 //! Parquet tables of (query, document) pairs: `candidates` (stage mine) and
 //! `teacher_scores` (stage score), plus the score stage's shards.
-use crate::data::atomic::write_atomic;
 use crate::error::{Error, Result};
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Float32Array, Int32Array, RecordBatch, StringArray, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use std::path::Path;
 use std::sync::Arc;
@@ -196,16 +194,7 @@ pub fn write_batch(path: &Path, schema: Arc<Schema>, batch: &RecordBatch) -> Res
     let props = WriterProperties::builder()
         .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
         .build();
-    write_atomic(path, |file| {
-        let perr = |source| Error::Parquet {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut w = ArrowWriter::try_new(file, schema, Some(props)).map_err(perr)?;
-        w.write(batch).map_err(perr)?;
-        w.close().map_err(perr)?;
-        Ok(())
-    })
+    crate::data::concat::write_batch_parallel(path, schema, batch, props)
 }
 
 pub fn read_batches(path: &Path) -> Result<Vec<RecordBatch>> {
