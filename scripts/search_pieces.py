@@ -4,10 +4,16 @@
 # merge that `retrieval::search` does, and with a rank count and the copy back as well.
 # Prints milliseconds per query chunk and seconds per 100k queries (BENCHMARKS.md, "Where
 # mine's time goes at 1M"). Usage, on the device machine: python3 scripts/search_pieces.py
+# (--small: smaller shapes, for a smoke test on the CPU).
 import torch, time, sys
 torch.manual_seed(0)
-dev = "cuda"
+dev = "cuda" if torch.cuda.is_available() else "cpu"
 nq_total, nc, d, k = 100_000, 1_000_000, 384, 100
+if "--small" in sys.argv:  # a smoke test on the CPU
+    nq_total, nc = 2_048, 300_000
+def sync():
+    if dev == "cuda":
+        torch.cuda.synchronize()
 def normal(n):
     t = torch.randn(n, d, device=dev)
     return t / t.norm(dim=1, keepdim=True)
@@ -23,10 +29,10 @@ def block_top_k(s, k, block=128):
     v, pos = vals.topk(k, 1, True, False)
     return v, cols.gather(1, pos)
 def timeit(name, f, reps=3):
-    f(); torch.cuda.synchronize()
+    f(); sync()
     t = time.time()
     for _ in range(reps): f()
-    torch.cuda.synchronize()
+    sync()
     dt = (time.time()-t)/reps
     print(f"{name:60s} {dt*1000:9.1f} ms", flush=True)
     return dt
@@ -34,38 +40,32 @@ for kind in [torch.float32, torch.bfloat16]:
     Ck = C.to(kind)
     for qc, cc in [(1024, 65536), (4096, 65536), (1024, 262144)]:
         q = Q[:qc].to(kind)
-        nchunks = (nc + cc - 1)//cc
-        scale = (nq_total/qc)  # per 100k queries
+        scale = 100_000 / q.shape[0]  # per 100k queries (over this corpus)
         def gemm():
             for s in range(0, nc, cc):
                 x = q @ Ck[s:s+cc].T
-        def gemm_topk():
+        own = torch.rand(q.shape[0], device=dev)
+        def search(count):
             best = None
+            above = torch.zeros(q.shape[0], dtype=torch.long, device=dev)
             for s in range(0, nc, cc):
                 x = q @ Ck[s:s+cc].T
+                if count:
+                    above += (x > own.unsqueeze(1)).sum(1)
                 v, i = block_top_k(x, k)
                 i = i + s
                 if best is None: best = (v, i)
                 else:
                     v = torch.cat([best[0], v], 1); i = torch.cat([best[1], i], 1)
                     v2, pos = v.topk(k, 1, True, True); best = (v2, i.gather(1, pos))
-        own = torch.rand(qc, device=dev)
-        def full():
-            best = None; above = torch.zeros(qc, dtype=torch.long, device=dev)
-            for s in range(0, nc, cc):
-                x = q @ Ck[s:s+cc].T
-                above += (x > own.unsqueeze(1)).sum(1)
-                v, i = block_top_k(x, k)
-                i = i + s
-                if best is None: best = (v, i)
-                else:
-                    v = torch.cat([best[0], v], 1); i = torch.cat([best[1], i], 1)
-                    v2, pos = v.topk(k, 1, True, True); best = (v2, i.gather(1, pos))
-            best[0].float().cpu(); best[1].cpu(); above.cpu()
+            if count:
+                best[0].float().cpu(); best[1].cpu(); above.cpu()
+        gemm_topk = lambda: search(False)
+        full = lambda: search(True)
         for name, f in [("gemm", gemm), ("gemm+topk", gemm_topk), ("gemm+topk+count+copy", full)]:
             dt = timeit(f"{str(kind)[6:]} q{qc} c{cc} {name}", f)
             print(f"{'':60s}   -> {dt*scale:6.2f} s per 100k queries", flush=True)
-if hasattr(torch.ops.aten, "_mm_dtype") or True:
+if True:  # bf16 inputs with fp32 outputs (aten::mm.dtype, CUDA only)
     try:
         a = Q[:1024].bfloat16(); b = C[:65536].bfloat16()
         r = torch.mm(a, b.T, out_dtype=torch.float32)
