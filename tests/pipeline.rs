@@ -117,6 +117,18 @@ fn run_lib(path: &Path, opts: &RunOptions) -> runner::RunReport {
     runner::run(&p, opts).unwrap()
 }
 
+/// The partial folder a stage left in its folder `stage_dir`.
+fn partial_dir(stage_dir: &Path) -> PathBuf {
+    std::fs::read_dir(stage_dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|d| {
+            let name = d.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with(".partial-")
+        })
+        .unwrap()
+}
+
 fn output(path: &Path, stage: &str, file: &str) -> PairTable {
     let p = Pipeline::load(path).unwrap();
     PairTable::read(&p.run_dir.join(stage).join(file)).unwrap()
@@ -438,17 +450,7 @@ fn a_truncated_score_shard_is_redone_and_the_stage_completes_as_uninterrupted() 
     let out = distill(&["-q", "run", p], &[("DISTILL_FAULT_AFTER_SHARDS", "3")]);
     assert!(!out.status.success(), "the fault did not fire");
     // A committed shard cut in half, as a full disk or a torn copy can leave it.
-    let score_dir = Pipeline::load(&path).unwrap().run_dir.join("score");
-    let partial = std::fs::read_dir(&score_dir)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|d| {
-            d.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(".partial-")
-        })
-        .unwrap();
+    let partial = partial_dir(&Pipeline::load(&path).unwrap().run_dir.join("score"));
     let shard = partial.join("scores-00001.parquet");
     let bytes = std::fs::read(&shard).unwrap();
     std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
@@ -510,4 +512,55 @@ fn a_corrupted_embedding_cache_entry_is_recomputed_with_a_warning() {
     )
     .unwrap();
     assert_eq!(first, second);
+}
+
+/// When every thread that writes mine's candidate tables fails (each shard's path is taken
+/// by a directory), the stage fails with the error naming a shard, instead of the search
+/// waiting for writers that are gone; nothing is assembled.
+#[test]
+fn mine_fails_naming_the_shard_when_its_table_writers_all_fail() {
+    let f = Fixture::new();
+    // Pseudo-queries make the training split 77 queries: 20 chunks of 4, more than the
+    // writers and their queue hold.
+    let data = generated("beir_tiny");
+    let path = f.write_full("blocked", &data, "pseudo_queries = 1", "", "");
+    let p = path.to_str().unwrap();
+    let out = distill(
+        &["-q", "run", p, "--only", "mine"],
+        &[("DISTILL_FAULT_AFTER_SHARDS", "1")],
+    );
+    assert!(!out.status.success(), "the fault did not fire");
+    let mine_dir = Pipeline::load(&path).unwrap().run_dir.join("mine");
+    let partial = partial_dir(&mine_dir);
+    let mut blocked = 0;
+    for s in 0..40 {
+        let shard = partial.join(format!("ds0-{s:05}.parquet"));
+        if !shard.exists() {
+            std::fs::create_dir_all(shard.join("taken")).unwrap();
+            blocked += 1;
+        }
+    }
+    assert!(blocked >= 19, "only {blocked} shards left to write");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["-q", "run", p, "--only", "mine"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("mine still running 120 s after its writers failed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "mine succeeded with no shard writable");
+    assert!(err.contains(".parquet"), "{err}");
+    assert!(err.contains("ds0-0"), "the error names no shard: {err}");
+    assert!(!mine_dir.join("candidates.parquet").exists());
 }

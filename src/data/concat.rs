@@ -22,18 +22,19 @@ use std::sync::Arc;
 /// writer's schema among it) is the output's, so Arrow readers see the same columns.
 /// Column statistics and page indexes are carried over.
 pub fn concat_files(inputs: &[PathBuf], output: &Path) -> Result<()> {
-    let opened = inputs
+    // Footers first (the schemas checked before anything is written); each file is opened
+    // again when its turn comes, so a join of many shards holds one open at a time.
+    let footers = inputs
         .iter()
         .map(|path| {
             let file = File::open(path).map_err(|e| Error::io(path, e))?;
-            let metadata = read_metadata(&file, path)?;
-            Ok((path.clone(), file, metadata))
+            Ok((path, read_metadata(&file, path)?))
         })
         .collect::<Result<Vec<_>>>()?;
-    let Some((first, _, head)) = opened.first() else {
+    let Some(&(first, ref head)) = footers.first() else {
         return Err(Error::output(output, "no files to join"));
     };
-    for (path, _, metadata) in &opened[1..] {
+    for (path, metadata) in &footers[1..] {
         if metadata.file_metadata().schema() != head.file_metadata().schema() {
             return Err(Error::config(
                 path,
@@ -45,9 +46,10 @@ pub fn concat_files(inputs: &[PathBuf], output: &Path) -> Result<()> {
         }
     }
     write_atomic(output, |file| {
-        let mut writer = start(file, head, output)?;
-        for (path, input, metadata) in &opened {
-            append(&mut writer, input, metadata, path, output)?;
+        let mut writer = start(file, head, WriterProperties::default(), output)?;
+        for (path, metadata) in &footers {
+            let input = File::open(path).map_err(|e| Error::io(path, e))?;
+            append(&mut writer, &input, metadata, path, output)?;
         }
         writer
             .close()
@@ -59,11 +61,15 @@ pub fn concat_files(inputs: &[PathBuf], output: &Path) -> Result<()> {
 /// Rows per slice that [`write_batch_parallel`] encodes on one thread.
 const SLICE_ROWS: usize = 1 << 17;
 
-/// Write `batch` to `path` (atomically) with `props`, as [`ArrowWriter`] would; a batch of
-/// more than [`SLICE_ROWS`] rows with slices of that many rows encoded in parallel (a wave of one slice per thread at a
-/// time, so memory holds one wave's encoded bytes) and joined in order: each slice is a
-/// row group of its own (more, where `props` caps a group at fewer rows). The same batch
-/// always gives the same bytes.
+/// Slices [`write_batch_parallel`] holds encoded at once, at most (a wave: one per thread
+/// of rayon's pool, up to this many).
+const MAX_WAVE: usize = 8;
+
+/// Write `batch` to `path` (atomically) with `props`, as [`ArrowWriter`] would. A batch of
+/// more than [`SLICE_ROWS`] rows is cut into slices of that many rows, encoded in parallel
+/// (a wave of at most [`MAX_WAVE`] at a time, so memory holds one wave's encoded bytes)
+/// and joined in order: each slice is a row group of its own (more, where `props` caps a
+/// group at fewer rows). The same batch always gives the same bytes.
 pub fn write_batch_parallel(
     path: &Path,
     schema: Arc<Schema>,
@@ -83,7 +89,7 @@ pub fn write_batch_parallel(
         });
     }
     let starts: Vec<usize> = (0..rows).step_by(SLICE_ROWS).collect();
-    let wave = rayon::current_num_threads().max(1);
+    let wave = rayon::current_num_threads().clamp(1, MAX_WAVE);
     write_atomic(path, |file| {
         let mut file = Some(file);
         let mut writer: Option<SerializedFileWriter<File>> = None;
@@ -107,7 +113,7 @@ pub fn write_batch_parallel(
                 .collect::<Result<Vec<_>>>()?;
             for (bytes, metadata) in &parts {
                 if let Some(f) = file.take() {
-                    writer = Some(start(f, metadata, path)?);
+                    writer = Some(start(f, metadata, props.clone(), path)?);
                 }
                 if let Some(w) = writer.as_mut() {
                     append(w, bytes, metadata, path, path)?;
@@ -139,14 +145,17 @@ fn read_metadata<R: ChunkReader>(reader: &R, label: &Path) -> Result<ParquetMeta
         .map_err(|source| parquet_error(label, source))
 }
 
-/// A writer of `head`'s schema and key-value metadata.
+/// A writer of `head`'s schema and key-value metadata (an Arrow writer's schema among
+/// it), with `props` for the rest.
 fn start<W: std::io::Write + Send>(
     out: W,
     head: &ParquetMetaData,
+    props: WriterProperties,
     output: &Path,
 ) -> Result<SerializedFileWriter<W>> {
     let meta = head.file_metadata();
-    let props = WriterProperties::builder()
+    let props = props
+        .into_builder()
         .set_key_value_metadata(meta.key_value_metadata().cloned())
         .build();
     SerializedFileWriter::new(out, meta.schema_descr().root_schema_ptr(), Arc::new(props))

@@ -100,6 +100,26 @@ impl PairTable {
         write_batch(path, schema, &batch)
     }
 
+    /// The `query_id` and `is_positive` columns of the table at `path` alone (a reader
+    /// of a few columns skips the others' pages).
+    pub fn read_queries_and_positives(path: &Path) -> Result<(Vec<String>, Vec<bool>)> {
+        let (mut queries, mut positive) = (Vec::new(), Vec::new());
+        for_each_batch_of(path, &["query_id", "is_positive"], |batch| {
+            let c = Columns {
+                path,
+                batch: &batch,
+            };
+            queries.extend(c.strings("query_id")?);
+            positive.extend(
+                c.get::<BooleanArray>("is_positive")?
+                    .iter()
+                    .map(|b| b.unwrap_or(false)),
+            );
+            Ok(())
+        })?;
+        Ok((queries, positive))
+    }
+
     pub fn read(path: &Path) -> Result<Self> {
         let mut t = PairTable::default();
         for batch in read_batches(path)? {

@@ -399,6 +399,8 @@ impl Eval {
             "base" => p.student.max_length,
             _ => None,
         };
+        let mut clock = std::time::Instant::now();
+        let part = |what: &str| format!("{label} student on {}'s {}: {what}", d.name, d.eval_split);
         let student = p.load_student(path, env.device, env.kind, max_length)?;
         let corpus = match corpus {
             Some(c) => c,
@@ -407,13 +409,18 @@ impl Eval {
                 super::shared::corpus_embeddings(env, &student, &fp, d, ds)?
             }
         };
+        env.timed(&part("loading it and its corpus embeddings"), &mut clock);
         let depth = Depth {
             top_k: p.eval.top_k,
             corpus_chunk: p.mine.corpus_chunk,
             batch_size: p.student.batch_size,
         };
         let mut runs = evaluation::retrieve(&student, &corpus, ds, judged, depth)?;
-        runs.rerank(super::shared::teacher_reranker(p, teacher), ds, &mut |_| {})?;
+        env.timed(&part("encoding the queries and searching"), &mut clock);
+        let reranker = super::shared::teacher_reranker(p, teacher);
+        let pairs = reranker.pairs(&runs.student);
+        runs.rerank(reranker, ds, &mut |_| {})?;
+        env.timed(&part(&format!("reranking {pairs} pairs")), &mut clock);
         runs.write(&env.dir, &d.name, label)?;
         Ok(runs.measure(judged))
     }

@@ -230,7 +230,9 @@ impl Stage for Mine {
                             })
                         })
                         .collect();
-                    drop(to_stage);
+                    // Only the builders hold the jobs' receiver: once they have all stopped
+                    // (each stops at its first error), a send fails instead of waiting.
+                    drop((to_stage, jobs));
                     let mut report = |env: &mut StageEnv, r: Result<usize>| -> Result<()> {
                         r?;
                         done += 1;
@@ -254,7 +256,8 @@ impl Stage for Mine {
                             let path = env.shard_path(&prefix, s);
                             let sent = std::time::Instant::now();
                             if to_builder.send((s, path.clone(), found)).is_err() {
-                                // The builder stopped on an error, which it sent first.
+                                // Every builder stopped, each on an error it sent first
+                                // (or a panic, raised at the join).
                                 for r in written.try_iter() {
                                     report(env, r)?;
                                 }
@@ -312,10 +315,10 @@ impl Stage for Mine {
             let counts = paths
                 .par_iter()
                 .map(|path| {
-                    let part = PairTable::read(path)?;
-                    let pos = part.is_positive.iter().filter(|&&b| b).count();
-                    let short = count_short(&part, p.mine.num_negatives);
-                    Ok((pos, part.len() - pos, short))
+                    let (queries, positive) = PairTable::read_queries_and_positives(path)?;
+                    let pos = positive.iter().filter(|&&b| b).count();
+                    let short = count_short(&queries, &positive, p.mine.num_negatives);
+                    Ok((pos, positive.len() - pos, short))
                 })
                 .collect::<Result<Vec<_>>>()?;
             let (pos, neg, short) = counts
@@ -339,12 +342,12 @@ impl Stage for Mine {
     }
 }
 
-/// Queries with fewer than `n` negatives.
-fn count_short(t: &PairTable, n: usize) -> usize {
+/// Queries with fewer than `n` negatives, from each row's query and positive flag.
+fn count_short(queries: &[String], positive: &[bool], n: usize) -> usize {
     let mut per: BTreeMap<&str, usize> = BTreeMap::new();
-    for i in 0..t.len() {
-        let e = per.entry(&t.query_id[i]).or_insert(0);
-        if !t.is_positive[i] {
+    for (q, &is_positive) in queries.iter().zip(positive) {
+        let e = per.entry(q).or_insert(0);
+        if !is_positive {
             *e += 1;
         }
     }
