@@ -380,8 +380,7 @@ impl BiEncoder {
     }
 
     /// [`BiEncoder::encode_tokenized`], the embeddings left where they were put in order
-    /// ([`crate::model::batching::gather_batches`]): on a GPU for a chunk of at most
-    /// its read-back rows.
+    /// ([`BiEncoder::gather`]).
     fn encode_kept(
         &self,
         encoded: &[Encoded],
@@ -390,17 +389,7 @@ impl BiEncoder {
     ) -> Result<Tensor> {
         let lengths: Vec<usize> = encoded.iter().map(Encoded::len).collect();
         let batches = crate::model::batching::length_sorted_batches(&lengths, batch_size, None);
-        if batches.is_empty() {
-            return Ok(Tensor::zeros([0, self.dim()], (Kind::Float, Device::Cpu)));
-        }
-        crate::model::batching::gather_batches(
-            encoded,
-            &batches,
-            self.tokenizer.pad_id(),
-            self.device(),
-            progress,
-            |batch| self.forward_t(batch, false),
-        )
+        self.gather(encoded, &batches, progress)
     }
 
     /// The rows of `encoded` that `batches` (some of the length-sorted batches of
@@ -413,19 +402,31 @@ impl BiEncoder {
         batches: &[Vec<usize>],
         progress: &mut dyn FnMut(usize),
     ) -> Result<Tensor> {
-        let out = crate::model::batching::map_batches(
+        Ok(self
+            .gather(encoded, batches, progress)?
+            .to_device(Device::Cpu))
+    }
+
+    /// [`BiEncoder::encode_batches`], the embeddings left where they were put in order
+    /// ([`crate::model::batching::gather_batches`]): on a GPU for at most its read-back
+    /// rows, on the host otherwise.
+    fn gather(
+        &self,
+        encoded: &[Encoded],
+        batches: &[Vec<usize>],
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Tensor> {
+        if batches.is_empty() {
+            return Ok(Tensor::zeros([0, self.dim()], (Kind::Float, Device::Cpu)));
+        }
+        crate::model::batching::gather_batches(
             encoded,
             batches,
             self.tokenizer.pad_id(),
             self.device(),
             progress,
             |batch| self.forward_t(batch, false),
-        )?;
-        Ok(if batches.is_empty() {
-            Tensor::zeros([0, self.dim()], (Kind::Float, Device::Cpu))
-        } else {
-            out
-        })
+        )
     }
 }
 
