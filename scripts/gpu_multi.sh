@@ -8,7 +8,8 @@
 # Usage: bash scripts/gpu_multi.sh PIPELINE [STAGES_ON_ONE_GPU]
 #   STAGES_ON_ONE_GPU: "all" (default) or "none" (two GPUs only).
 # PROFILE=FROM..TO: a Kineto trace of those optimizer steps of every training stage on
-# every rank (DISTILL_PROFILE_STEPS), summarised here; rank 0's come back gzipped.
+# every rank (DISTILL_PROFILE_STEPS), summarised here; rank 0's come back gzipped. Both
+# runs' log.jsonl come back gzipped (log-one, log-two).
 set -euo pipefail
 source "$(dirname "$0")/device_setup.sh"
 P=$1
@@ -84,6 +85,9 @@ if [ -n "${PROFILE:-}" ]; then
   done > "$OUT/profiles.txt" 2>&1
   tar czf "$OUT/traces.tgz" /tmp/multi/profile-*/*rank0.json 2>/dev/null || true
 fi
+for side in one two; do
+  [ -f /tmp/multi/$side/$side-gpu/log.jsonl ] && gzip -c /tmp/multi/$side/$side-gpu/log.jsonl > "$OUT/log-$side.jsonl.gz"
+done
 python3 - "$two_wall" "$one_wall" <<'PY' | tee "$OUT/summary.txt"
 import json, os, sys
 runs = {"one GPU": "/tmp/multi/one/one-gpu", "two GPUs": "/tmp/multi/two/two-gpu"}

@@ -147,10 +147,32 @@ pub struct Packing {
     pub index: Tensor,
     /// `[tokens]` int64: the column of each real token (its position id).
     pub positions: Tensor,
-    /// `[batch + 1]` int32: offset of each row's first token, then the total.
+    /// `[sequences + 1]` int32: offset of each row's first token, then of each filler
+    /// sequence's, then the total.
     pub cu_seqlens: Tensor,
     /// Longest row.
     pub max_len: i64,
+    /// Real tokens: the first `tokens` entries of `index` and `positions`; the rest are
+    /// filler ([`packed_rows`]).
+    pub tokens: i64,
+}
+
+/// The rows a batch of `tokens` real tokens is packed into: rounded up to a multiple of
+/// 2^(floor(log2 tokens) - 5), at most 1/32 more (32 sizes an octave). The encoder's
+/// matrix products take the packed rows as a dimension, and cuBLAS chooses a kernel for
+/// each new shape on the host (about 250 us for a product of 60k to 120k rows on an H200,
+/// against 25 us for a shape seen before, BENCHMARKS.md): with the token count of every
+/// batch new, a training step paid that choice for each of its products. The filler rows
+/// are sequences of their own (copies of the batch's first token), so attention keeps
+/// them apart, and the encoder's output drops them: no real token's value or gradient
+/// depends on them beyond the rounding of the products they widen.
+pub fn packed_rows(tokens: usize) -> usize {
+    if tokens == 0 {
+        return 0;
+    }
+    let log2 = usize::BITS - 1 - tokens.leading_zeros();
+    let step = 1usize << log2.saturating_sub(5);
+    tokens.div_ceil(step) * step
 }
 
 /// The host side of a [`Batch`]: the padded ids, mask and segments (and, for CUDA, the
@@ -162,7 +184,12 @@ pub struct HostBatch {
     all: Tensor,
     rows: usize,
     width: usize,
+    /// Real tokens.
     tokens: usize,
+    /// Packed rows ([`packed_rows`]) when packed.
+    slots: usize,
+    /// The rows' sequences and the filler sequences, when packed.
+    sequences: usize,
     unpadded: bool,
     packed: bool,
 }
@@ -171,14 +198,37 @@ impl HostBatch {
     /// Pad `items` to the longest one, for `device`: on CUDA with the packing of the real
     /// tokens, in pinned memory.
     pub fn new(items: &[&Encoded], pad_id: i64, device: Device) -> HostBatch {
+        let batch = Self::build(items, pad_id, device.is_cuda());
+        match batch.packed {
+            true => HostBatch {
+                all: crate::ffi::memory::pin(&batch.all).unwrap_or(batch.all),
+                ..batch
+            },
+            false => batch,
+        }
+    }
+
+    /// [`HostBatch::new`] in ordinary memory, packed or not.
+    fn build(items: &[&Encoded], pad_id: i64, packed: bool) -> HostBatch {
         let rows = items.len();
         let width = items.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
         let plane = rows * width;
         let tokens: usize = items.iter().map(|e| e.len()).sum();
-        let packed = device.is_cuda();
-        // [ids | mask | segments] (rows x width each), then on CUDA [index | positions]
-        // (tokens each) and the row offsets (rows + 1).
-        let extra = if packed { 2 * tokens + rows + 1 } else { 0 };
+        let (slots, fillers) = match packed {
+            true => {
+                let slots = packed_rows(tokens);
+                (slots, (slots - tokens).div_ceil(width))
+            }
+            false => (0, 0),
+        };
+        // [ids | mask | segments] (rows x width each), then when packed [index | positions]
+        // (`slots` each: the real tokens, then the filler rows) and the sequence offsets
+        // (rows, then the filler sequences of at most `width` rows, + 1).
+        let extra = if packed {
+            2 * slots + rows + fillers + 1
+        } else {
+            0
+        };
         let mut host = vec![0i64; 3 * plane + extra];
         host[..plane].fill(pad_id);
         let mut at = 3 * plane;
@@ -190,26 +240,33 @@ impl HostBatch {
             if packed {
                 for c in 0..e.len() {
                     host[at] = (off + c) as i64;
-                    host[at + tokens] = c as i64;
+                    host[at + slots] = c as i64;
                     at += 1;
                 }
             }
         }
         if packed {
-            let cu = 3 * plane + 2 * tokens;
-            for (r, e) in items.iter().enumerate() {
-                host[cu + r + 1] = host[cu + r] + e.len() as i64;
+            // Filler rows: index 0 (the first row's first token), positions counted within
+            // each filler sequence.
+            for f in 0..slots - tokens {
+                host[3 * plane + slots + tokens + f] = (f % width) as i64;
+            }
+            let cu = 3 * plane + 2 * slots;
+            let lengths = items
+                .iter()
+                .map(|e| e.len())
+                .chain((0..fillers).map(|f| (slots - tokens - f * width).min(width)));
+            for (r, len) in lengths.enumerate() {
+                host[cu + r + 1] = host[cu + r] + len as i64;
             }
         }
-        let all = Tensor::from_slice(&host);
         HostBatch {
-            all: match packed {
-                true => crate::ffi::memory::pin(&all).unwrap_or(all),
-                false => all,
-            },
+            all: Tensor::from_slice(&host),
             rows,
             width,
             tokens,
+            slots,
+            sequences: rows + fillers,
             unpadded: items.iter().all(|e| e.len() == width),
             packed,
         }
@@ -224,7 +281,7 @@ impl HostBatch {
             all.narrow(0, i * plane as i64, plane as i64)
                 .view([rows as i64, width as i64])
         };
-        let (t, base) = (self.tokens as i64, 3 * plane as i64);
+        let (t, base) = (self.slots as i64, 3 * plane as i64);
         Batch {
             input_ids: grid(0),
             attention_mask: grid(1),
@@ -234,9 +291,10 @@ impl HostBatch {
                 index: all.narrow(0, base, t),
                 positions: all.narrow(0, base + t, t),
                 cu_seqlens: all
-                    .narrow(0, base + 2 * t, rows as i64 + 1)
+                    .narrow(0, base + 2 * t, self.sequences as i64 + 1)
                     .to_kind(Kind::Int),
                 max_len: width as i64,
+                tokens: self.tokens as i64,
             }),
         }
     }

@@ -161,3 +161,58 @@ fn padded_batches_by_length_give_rows_back_in_order() {
     let want: Vec<i64> = (0..items.len() as i64).map(|r| 100 * r).collect();
     assert_eq!(Vec::<i64>::try_from(first).unwrap(), want);
 }
+
+/// Packed rows: never fewer than the tokens, at most 1/32 more, and 32 sizes an octave
+/// (so a training step's matrix products repeat their shapes).
+#[test]
+fn packed_rows_round_up_by_at_most_a_thirty_second() {
+    assert_eq!(packed_rows(0), 0);
+    assert_eq!(
+        (1..64).map(packed_rows).collect::<Vec<_>>(),
+        (1..64).collect::<Vec<_>>()
+    );
+    for t in [64usize, 65, 1000, 1025, 99_999, 100_000, 131_071, 131_073] {
+        let p = packed_rows(t);
+        assert!(p >= t && (p - t) * 32 <= t, "{t} -> {p}");
+    }
+    assert_eq!(packed_rows(1000), 1008);
+    let sizes: std::collections::BTreeSet<usize> = (65_537..=131_072).map(packed_rows).collect();
+    assert_eq!(sizes.len(), 32);
+}
+
+/// A packed batch: the real tokens' flat places and columns, then filler rows (index 0,
+/// positions counted within each filler sequence of at most the batch's width), and the
+/// offsets of the rows' and the filler sequences.
+#[test]
+fn a_packed_batch_lays_out_its_tokens_then_filler_sequences() {
+    // 20 rows of 50 tokens: 1,000 tokens in 1,008 slots, one filler sequence of 8.
+    let encoded: Vec<Encoded> = (0..20)
+        .map(|r| Encoded {
+            ids: vec![r + 1; 50],
+            type_ids: vec![0; 50],
+        })
+        .collect();
+    let refs: Vec<&Encoded> = encoded.iter().collect();
+    let batch = HostBatch::build(&refs, 0, true).upload(Device::Cpu);
+    let p = batch.packing.expect("packed");
+    let ints = |t: &Tensor| Vec::<i64>::try_from(t.to_kind(Kind::Int64)).unwrap();
+    let (index, positions, cu) = (ints(&p.index), ints(&p.positions), ints(&p.cu_seqlens));
+    assert_eq!((p.tokens, index.len(), p.max_len), (1000, 1008, 50));
+    assert_eq!(index[..3], [0, 1, 2]);
+    assert_eq!(index[999], 999);
+    assert_eq!(index[1000..], [0; 8]);
+    assert_eq!(positions[998..1002], [48, 49, 0, 1]);
+    assert_eq!(positions[1007], 7);
+    assert_eq!(cu.len(), 22);
+    assert_eq!((cu[1], cu[20], cu[21]), (50, 1000, 1008));
+    // A batch whose tokens need no filler has none.
+    let small: Vec<&Encoded> = refs[..1].to_vec();
+    let p = HostBatch::build(&small, 0, true)
+        .upload(Device::Cpu)
+        .packing
+        .unwrap();
+    assert_eq!(
+        (p.tokens, p.index.size()[0], ints(&p.cu_seqlens)),
+        (50, 50, vec![0, 50])
+    );
+}

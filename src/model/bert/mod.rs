@@ -232,8 +232,10 @@ impl BertModel {
             }
             let (b, l) = batch.input_ids.size2().unwrap_or((0, 0));
             let h = hidden.size()[1];
+            // The real tokens back in their places; the filler rows are dropped.
+            let real = |t: &Tensor| t.narrow(0, 0, p.tokens);
             return Tensor::zeros([b * l, h], (hidden.kind(), hidden.device()))
-                .index_copy(0, &p.index, &hidden)
+                .index_copy(0, &real(&p.index), &real(&hidden))
                 .view([b, l, h]);
         }
         let mask = (!batch.unpadded).then(|| batch.attention_mask.gt(0).unsqueeze(1).unsqueeze(1));
