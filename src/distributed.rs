@@ -289,10 +289,19 @@ mod tests {
                     let g = Tensor::from_slice(&[1.0f32 + rank as f32, 10.0]);
                     let h = Tensor::from_slice(&[100.0f64 * (rank + 1) as f64]);
                     w.sum(&[&g, &h]).unwrap();
+                    // Views lying end to end in one buffer are summed on it in place; out
+                    // of order they go through a copy, with the same result.
+                    let buf = Tensor::from_slice(&[1.0f32, 2.0, 3.0]) * (rank as f64 + 1.0);
+                    let (a, b) = (buf.narrow(0, 0, 1), buf.narrow(0, 1, 2));
+                    w.sum(&[&a, &b]).unwrap();
+                    let once = Vec::<f32>::try_from(&buf).unwrap();
+                    w.sum(&[&b, &a]).unwrap();
+                    assert_eq!(once, vec![3.0, 6.0, 9.0]);
                     // Rank 0 gives one row, rank 1 two (rank 0 pads to two).
                     let local = Tensor::full([2, 3], rank as f64 + 1.0, (Kind::Float, Device::Cpu));
                     let all = w.gather_rows(&local, &[1, 2]).unwrap();
                     let agreed = w.agree(7 + rank as i64).unwrap();
+                    assert_eq!(Vec::<f32>::try_from(&buf).unwrap(), vec![6.0, 12.0, 18.0]);
                     (
                         Vec::<f32>::try_from(g).unwrap(),
                         Vec::<f64>::try_from(h).unwrap(),

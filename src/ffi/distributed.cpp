@@ -135,20 +135,47 @@ extern "C" void distill_pg_free(void* group) {
   delete g;
 }
 
-// Sum `n` tensors of one dtype over the group, in place: flattened into one buffer (one
+// The `n` tensors as one flat tensor over their memory when they lie end to end in one
+// buffer, in order (an optimizer's gradients made views of one buffer); undefined otherwise.
+static at::Tensor end_to_end(at::Tensor** ts, size_t n) {
+  const auto& first = *ts[0];
+  auto size = static_cast<int64_t>(first.element_size());
+  auto start = static_cast<const char*>(first.data_ptr());
+  int64_t total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const auto& t = *ts[i];
+    if (!t.is_contiguous() || t.device() != first.device() ||
+        !t.storage().is_alias_of(first.storage()) ||
+        static_cast<const char*>(t.data_ptr()) != start + total * size) {
+      return at::Tensor();
+    }
+    total += t.numel();
+  }
+  // as_strided checks that the storage holds `total` elements from the first's offset.
+  return first.as_strided({total}, {1});
+}
+
+// Sum `n` tensors of one dtype over the group, in place: when they lie end to end in one
+// buffer, one collective on that memory; otherwise flattened into one buffer (one
 // collective), then copied back by one multi-tensor copy (`_foreach_copy_`: a launch or
 // two on CUDA, where a copy per tensor cost the host a launch each).
 extern "C" int distill_pg_allreduce_sum(void* group, at::Tensor** ts, size_t n, char* err,
                                         size_t err_len) {
   try {
     auto& backend = static_cast<Group*>(group)->backend;
-    std::vector<at::Tensor> parts;
-    parts.reserve(n);
     for (size_t i = 0; i < n; ++i) {
       TORCH_CHECK(ts[i]->scalar_type() == ts[0]->scalar_type(),
                   "allreduce_sum: tensors of different dtypes");
-      parts.push_back(ts[i]->reshape({-1}));
     }
+    if (n == 0) return 0;
+    if (auto whole = end_to_end(ts, n); whole.defined()) {
+      std::vector<at::Tensor> flat{whole};
+      wait(backend->allreduce(flat, c10d::AllreduceOptions{}));
+      return 0;
+    }
+    std::vector<at::Tensor> parts;
+    parts.reserve(n);
+    for (size_t i = 0; i < n; ++i) parts.push_back(ts[i]->reshape({-1}));
     std::vector<at::Tensor> flat{at::cat(parts)};
     wait(backend->allreduce(flat, c10d::AllreduceOptions{}));
     std::vector<at::Tensor> dst, src;

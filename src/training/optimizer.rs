@@ -93,6 +93,43 @@ impl AdamW {
             .collect()
     }
 
+    /// Make the gradients that exist views of one buffer, in parameter order, with their
+    /// values, so that a data-parallel sum of them is one collective on that memory, in
+    /// place, with nothing copied in or out ([`crate::distributed::World::sum`]); backward
+    /// passes add into the views in place. A parameter without a gradient keeps none (the
+    /// update skips it, as before). Nothing changes when the gradients differ in dtype or
+    /// device.
+    pub fn flatten_grads(&mut self) -> Result<()> {
+        let grads: Vec<(&Tensor, Tensor)> = self
+            .params
+            .iter()
+            .map(|p| (&p.param, p.param.grad()))
+            .filter(|(_, g)| g.defined())
+            .collect();
+        let Some((_, first)) = grads.first() else {
+            return Ok(());
+        };
+        let (kind, device) = (first.kind(), first.device());
+        if grads
+            .iter()
+            .any(|(_, g)| g.kind() != kind || g.device() != device)
+        {
+            return Ok(());
+        }
+        let _guard = tch::no_grad_guard();
+        let total: i64 = grads.iter().map(|(_, g)| g.numel() as i64).sum();
+        let flat = Tensor::zeros([total], (kind, device));
+        let mut at = 0;
+        for (param, old) in &grads {
+            let n = old.numel() as i64;
+            let mut view = flat.narrow(0, at, n).view(old.size().as_slice());
+            view.copy_(old);
+            crate::ffi::autograd::set_grad(param, &view)?;
+            at += n;
+        }
+        Ok(())
+    }
+
     pub fn zero_grad(&mut self) {
         if self.fused() {
             let grads = self.grads();
@@ -222,6 +259,44 @@ mod tests {
         assert!(decays("encoder.layer.0.attention.self.query.weight"));
         assert!(!decays("encoder.layer.0.attention.self.query.bias"));
         assert!(!decays("embeddings.LayerNorm.weight"));
+    }
+
+    /// Flattened, the gradients are views of one buffer that backward passes add into in
+    /// place (what lets a data-parallel sum run on that buffer): the first pass's values
+    /// are kept, the second's added, in parameter order, and zeroing clears it.
+    #[test]
+    fn flattened_gradients_accumulate_in_one_buffer() {
+        let a = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[3.0f32, 4.0, 5.0])
+            .view([3, 1])
+            .set_requires_grad(true);
+        let mut opt = AdamW::new(
+            [
+                ("a".into(), a.shallow_clone()),
+                ("b".into(), b.shallow_clone()),
+            ]
+            .into(),
+            AdamWConfig::default(),
+        );
+        let loss = || (&a * 2.0).sum(Kind::Float) + (&b * &b).sum(Kind::Float);
+        // Before any backward pass there is no gradient to flatten.
+        opt.flatten_grads().unwrap();
+        assert!(opt.grads().is_empty());
+        loss().backward();
+        opt.flatten_grads().unwrap();
+        loss().backward();
+        let grads = opt.grads();
+        assert_eq!(grads.len(), 2);
+        // One storage: b's gradient starts where a's ends.
+        let (pa, pb) = (grads[0].data_ptr() as usize, grads[1].data_ptr() as usize);
+        assert_eq!(pb - pa, 2 * 4);
+        let flat = grads[0].as_strided([5], [1], None);
+        assert_eq!(
+            Vec::<f32>::try_from(&flat).unwrap(),
+            vec![4.0, 4.0, 12.0, 16.0, 20.0]
+        );
+        opt.zero_grad();
+        assert_eq!(flat.abs().sum(Kind::Float).double_value(&[]), 0.0);
     }
 
     #[test]

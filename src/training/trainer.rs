@@ -452,6 +452,7 @@ pub fn train(
         cuda,
     )?;
     let rank_of = world.map(|w| (w.rank(), w.size()));
+    let first_step = opt.step;
     super::feed::ahead(task.preparer(), rank_of, |ahead| {
         // Step s + 1's micro-batches are sent to the preparing thread before step s runs.
         let mut next = (opt.step < total_steps).then(|| steps.batches(opt.step));
@@ -488,6 +489,11 @@ pub fn train(
                 world,
             )?;
             record.epoch = epoch;
+            // After a first step has shown which parameters get gradients, each step's
+            // sum over the ranks is one collective on one buffer, in place.
+            if world.is_some() && step == first_step {
+                opt.flatten_grads()?;
+            }
             if let Some(t) = trace.as_mut() {
                 t.after(opt.step)?;
             }
