@@ -85,6 +85,7 @@ impl BenchSettings {
         Kernels {
             packed_attention: self.packed,
             fused_add_norm: self.fused,
+            ..Kernels::default()
         }
     }
 }
@@ -327,6 +328,7 @@ fn path_differences(
         let kernels = Kernels {
             packed_attention,
             fused_add_norm,
+            ..Kernels::default()
         };
         run(kernels, inputs)
     };

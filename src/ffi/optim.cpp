@@ -2,6 +2,8 @@
 // `torch.optim.AdamW(fused=True)` and `clip_grad_norm_(foreach=True)` use: one launch for
 // all parameters instead of one per parameter and operation. Conventions: common.h.
 #include <ATen/core/Tensor.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/_foreach_copy.h>
 #include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/_foreach_norm.h>
 #include <ATen/ops/_foreach_zero.h>
@@ -66,6 +68,50 @@ extern "C" at::Tensor* distill_clip_grad_norm(at::Tensor** grads, size_t n, doub
 extern "C" int distill_zero_grads(at::Tensor** grads, size_t n, char* err, size_t err_len) {
   try {
     at::_foreach_zero_(gather(grads, n));
+    return 0;
+  } catch (const std::exception& e) {
+    distill::report(e, err, err_len);
+    return -1;
+  }
+}
+
+// Copy src[i] into dst[i] (of the same shapes, any dtypes) with one multi-tensor copy:
+// the compute copies' refresh from the fp32 masters.
+extern "C" int distill_copy_all(at::Tensor** dst, at::Tensor** src, size_t n, char* err,
+                                size_t err_len) {
+  try {
+    at::NoGradGuard no_grad;
+    at::_foreach_copy_(gather(dst, n), gather(src, n), /*non_blocking=*/false);
+    return 0;
+  } catch (const std::exception& e) {
+    distill::report(e, err, err_len);
+    return -1;
+  }
+}
+
+// For each i, rows [offsets[i], offsets[i] + rows[i]) of leaves[i]'s gradient, when it
+// has one, added into masters[i]'s gradient in the master's dtype, or copied to be it
+// where the master has none; then every leaf's gradient cleared (the next backward pass
+// makes a new one without adding). The compute copies' transfer after a backward pass.
+extern "C" int distill_add_grads(at::Tensor** masters, at::Tensor** leaves, int64_t* offsets,
+                                 int64_t* rows, size_t n, char* err, size_t err_len) {
+  try {
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < n; ++i) {
+      const auto& g = leaves[i]->grad();
+      if (!g.defined()) continue;
+      // A part that fills its leaf (every layer but Q, K and V) is the gradient itself.
+      auto part = offsets[i] == 0 && rows[i] == g.size(0) && g.sizes() == masters[i]->sizes()
+                      ? g
+                      : g.narrow(0, offsets[i], rows[i]).view(masters[i]->sizes());
+      auto& mg = masters[i]->mutable_grad();
+      if (mg.defined()) {
+        mg.add_(part);
+      } else {
+        mg = part.to(masters[i]->scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+      }
+    }
+    for (size_t i = 0; i < n; ++i) leaves[i]->mutable_grad().reset();
     return 0;
   } catch (const std::exception& e) {
     distill::report(e, err, err_len);

@@ -37,6 +37,22 @@ mod sys {
             err: *mut c_char,
             err_len: usize,
         ) -> i32;
+        pub fn distill_copy_all(
+            dst: *const *const TensorHandle,
+            src: *const *const TensorHandle,
+            n: usize,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> i32;
+        pub fn distill_add_grads(
+            masters: *const *const TensorHandle,
+            leaves: *const *const TensorHandle,
+            offsets: *const i64,
+            rows: *const i64,
+            n: usize,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> i32;
     }
 }
 
@@ -132,6 +148,64 @@ pub fn zero_grads(grads: &[&Tensor]) -> Result<()> {
     {
         let _ = grads;
         Err(super::unavailable("zeroing gradients"))
+    }
+}
+
+/// Copy `src[i]` into `dst[i]` (same shapes, any dtypes) with one multi-tensor copy.
+pub fn copy_all(dst: &[&Tensor], src: &[&Tensor]) -> Result<()> {
+    if dst.len() != src.len() {
+        return Err(Error::torch(
+            "copying tensors",
+            tch::TchError::Shape("tensor lists of different lengths".into()),
+        ));
+    }
+    #[cfg(distill_ffi)]
+    {
+        let (d, s) = (super::handles(dst), super::handles(src));
+        super::status("copying tensors", |err, len| {
+            // SAFETY: as in fused_adamw.
+            unsafe { sys::distill_copy_all(d.as_ptr(), s.as_ptr(), d.len(), err, len) }
+        })
+    }
+    #[cfg(not(distill_ffi))]
+    {
+        Err(super::unavailable("copying tensors"))
+    }
+}
+
+/// For each i, rows `spans[i]` (offset, count) of `leaves[i]`'s gradient, when it has
+/// one, added into `masters[i]`'s gradient (in the master's dtype), or copied to be it
+/// where the master has none; then the leaves' gradients cleared.
+pub fn add_grads(masters: &[&Tensor], leaves: &[&Tensor], spans: &[(i64, i64)]) -> Result<()> {
+    if masters.len() != leaves.len() || masters.len() != spans.len() {
+        return Err(Error::torch(
+            "adding gradients",
+            tch::TchError::Shape("lists of different lengths".into()),
+        ));
+    }
+    #[cfg(distill_ffi)]
+    {
+        let (m, l) = (super::handles(masters), super::handles(leaves));
+        let offsets: Vec<i64> = spans.iter().map(|s| s.0).collect();
+        let rows: Vec<i64> = spans.iter().map(|s| s.1).collect();
+        super::status("adding gradients", |err, len| {
+            // SAFETY: as in fused_adamw; `offsets` and `rows` hold `m.len()` values.
+            unsafe {
+                sys::distill_add_grads(
+                    m.as_ptr(),
+                    l.as_ptr(),
+                    offsets.as_ptr(),
+                    rows.as_ptr(),
+                    m.len(),
+                    err,
+                    len,
+                )
+            }
+        })
+    }
+    #[cfg(not(distill_ffi))]
+    {
+        Err(super::unavailable("adding gradients"))
     }
 }
 

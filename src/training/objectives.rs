@@ -182,6 +182,10 @@ impl Task for StudentObjective<'_> {
         self.represent_prepared(examples, self.host.prepare(examples)?)
     }
 
+    fn compute_copies(&self) -> Vec<&crate::model::bert::ComputeCopies> {
+        self.model.bert.compute_copies().into_iter().collect()
+    }
+
     fn preparer(&self) -> Option<&dyn Prepare> {
         Some(&self.host)
     }
@@ -336,6 +340,10 @@ impl Task for TeacherObjective<'_> {
     /// Per example `1 + k` rows: the logit of its positive, then its negatives'.
     fn represent(&self, examples: &[Example]) -> Result<Tensor> {
         self.represent_prepared(examples, self.host.prepare(examples)?)
+    }
+
+    fn compute_copies(&self) -> Vec<&crate::model::bert::ComputeCopies> {
+        self.model.bert.compute_copies().into_iter().collect()
     }
 
     fn preparer(&self) -> Option<&dyn Prepare> {

@@ -155,6 +155,12 @@ pub trait Task {
         let _ = prepared;
         self.represent(examples)
     }
+    /// The compute copies of the models the task trains (mixed precision), which
+    /// [`optimizer_step`] refreshes before the step's forwards and whose gradients it moves
+    /// to the masters after each backward pass; none by default.
+    fn compute_copies(&self) -> Vec<&crate::model::bert::ComputeCopies> {
+        Vec::new()
+    }
 }
 
 /// The representations of the examples in `range` of `batch`, from `prepared` when a
@@ -205,6 +211,12 @@ pub fn optimizer_step(
     world: Option<&World>,
 ) -> Result<PendingStep> {
     opt.zero_grad();
+    // The models' compute copies hold this step's weights until the update (retired when
+    // `copies` is dropped, on an error too).
+    let copies = crate::model::bert::Refreshed(task.compute_copies());
+    for c in &copies.0 {
+        c.refresh()?;
+    }
     let (mut losses, mut terms_of) = (Vec::new(), Vec::new());
     let mut prepared = prepared.map(Vec::into_iter);
     for batch in batches {
@@ -220,9 +232,13 @@ pub fn optimizer_step(
             }
             Some(w) => backward_shared(task, batch, ready, share, w)?,
         };
+        for c in &copies.0 {
+            c.transfer()?;
+        }
         losses.push(loss.detach());
         terms_of.push(terms);
     }
+    drop(copies);
     if let Some(w) = world {
         let grads = opt.grads();
         w.sum(&grads.iter().collect::<Vec<_>>())?;

@@ -40,10 +40,18 @@ impl Task for Table {
     }
 }
 
+/// The same table on every thread: from a seeded generator of its own, not the global one
+/// (which this binary's tests, run in parallel, share: two ranks seeding and drawing it in
+/// turn got different tables).
 fn table() -> Table {
-    tch::manual_seed(5);
+    let mut rng = crate::rng::SplitMix64::for_key(5, "table");
+    let values: Vec<f32> = (0..40 * 8)
+        .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0)
+        .collect();
     Table {
-        emb: Tensor::randn([40, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true),
+        emb: Tensor::from_slice(&values)
+            .view([40, 8])
+            .set_requires_grad(true),
         loss: LossConfig {
             margin_mse: 0.0,
             kl: 1.0,
@@ -112,4 +120,136 @@ fn gathered_ranks_give_the_one_process_loss_and_gradient_and_misalignment_would_
         assert!(diff < 1e-6, "gradient differs by {diff}");
         assert!(grad.abs().sum(Kind::Float).double_value(&[]) > 1e-3);
     }
+}
+
+/// A small BERT trained on a fixed batch: each example's texts encoded, their mean token
+/// states pulled towards zero.
+struct Encoder {
+    vs: tch::nn::VarStore,
+    bert: crate::model::bert::BertModel,
+    texts: Vec<crate::model::tokenizer::Encoded>,
+    /// Two forwards a micro-batch (as the CPU's batches cut by length), not one.
+    split: bool,
+}
+
+impl Encoder {
+    /// With the weights of `like` when given. Without dropout: the tests of this binary
+    /// run in parallel and share the generator.
+    fn new(copies: bool, split: bool, like: Option<&tch::nn::VarStore>) -> Encoder {
+        let config = crate::model::hf_config::BertConfig {
+            vocab_size: 64,
+            hidden_size: 32,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 64,
+            max_position_embeddings: 64,
+            hidden_dropout_prob: 0.0,
+            attention_probs_dropout_prob: 0.0,
+            ..Default::default()
+        };
+        let mut vs = tch::nn::VarStore::new(Device::Cpu);
+        let mut bert = crate::model::bert::BertModel::new(vs.root() / "bert", &config);
+        if let Some(like) = like {
+            vs.copy(like).unwrap();
+        }
+        bert.set_compute_kind(Kind::BFloat16);
+        bert.set_kernels(crate::model::bert::Kernels {
+            compute_copies: copies,
+            ..Default::default()
+        });
+        let texts = (0..8)
+            .map(|r: i64| crate::model::tokenizer::Encoded {
+                ids: (0..5 + 3 * r).map(|t| 1 + (11 * r + 5 * t) % 60).collect(),
+                type_ids: vec![0; 5 + 3 * r as usize],
+            })
+            .collect();
+        Encoder {
+            vs,
+            bert,
+            texts,
+            split,
+        }
+    }
+}
+
+impl Task for Encoder {
+    fn represent(&self, examples: &[Example]) -> Result<Tensor> {
+        let items: Vec<&crate::model::tokenizer::Encoded> = examples
+            .iter()
+            .flat_map(|e| [e.query, e.positive])
+            .map(|t| &self.texts[t])
+            .collect();
+        let cut = if self.split { items.len() / 2 } else { 0 };
+        let parts = [&items[..cut], &items[cut..]]
+            .into_iter()
+            .filter(|part| !part.is_empty())
+            .map(|part| {
+                let batch = crate::model::batching::HostBatch::new(part, 0, Device::Cpu)
+                    .upload(Device::Cpu);
+                let hidden = self.bert.forward_t(&batch, true).to_kind(Kind::Float);
+                let pooled = self.bert.pool(&hidden.to_kind(Kind::BFloat16));
+                hidden.mean_dim(1, false, Kind::Float) + pooled.to_kind(Kind::Float)
+            })
+            .collect::<Vec<_>>();
+        Ok(Tensor::cat(&parts, 0))
+    }
+
+    fn loss_from(&self, _: &[Example], reps: &Tensor) -> Result<Terms> {
+        Ok(((reps - 0.5).square().mean(Kind::Float), Vec::new()))
+    }
+
+    fn compute_copies(&self) -> Vec<&crate::model::bert::ComputeCopies> {
+        self.bert.compute_copies().into_iter().collect()
+    }
+}
+
+/// Mixed precision (bf16 activations over fp32 weights, here on the CPU): training with
+/// the linear layers' compute copies ends with the same weights, to the bit, as casting
+/// in every forward, over steps of two micro-batches (so the copies' gradients are moved
+/// to the masters after each backward pass), with one forward a micro-batch and with
+/// two (the second casts: summed into the copies, its gradient would be rounded to bf16);
+/// the copies serve only inside a step.
+#[test]
+fn compute_copies_train_to_the_weights_of_casting_in_every_forward() {
+    for split in [false, true] {
+        copies_against_casts(split);
+    }
+}
+
+fn copies_against_casts(split: bool) {
+    let examples: Vec<Example> = (0..4)
+        .map(|i| Example {
+            query: 2 * i,
+            positive: 2 * i + 1,
+            negatives: Vec::new(),
+        })
+        .collect();
+    let start = Encoder::new(false, split, None);
+    let run = |copies: bool| {
+        let task = Encoder::new(copies, split, Some(&start.vs));
+        assert_eq!(task.compute_copies().len(), usize::from(copies));
+        let mut opt = crate::training::optimizer::AdamW::new(
+            task.vs.variables().into_iter().collect(),
+            Default::default(),
+        );
+        for _ in 0..3 {
+            let micro = [examples[..2].to_vec(), examples[2..].to_vec()];
+            super::optimizer_step(&task, &mut opt, &micro, None, 1.0, 1e-3, None).unwrap();
+            if let Some(c) = task.compute_copies().first() {
+                assert!(!c.available(), "the copies outlived the step");
+            }
+        }
+        let mut weights: Vec<(String, Tensor)> = task.vs.variables().into_iter().collect();
+        weights.sort_by(|a, b| a.0.cmp(&b.0));
+        weights
+    };
+    let (with, without) = (run(true), run(false));
+    assert_eq!(with.len(), without.len());
+    let mut moved = 0.0;
+    for ((name, a), (_, b)) in with.iter().zip(&without) {
+        let diff = (a - b).abs().max().double_value(&[]);
+        assert_eq!(diff, 0.0, "{name} differs by {diff} (split: {split})");
+        moved += a.abs().sum(Kind::Float).double_value(&[]);
+    }
+    assert!(moved > 0.0);
 }

@@ -1,4 +1,5 @@
 //! BERT self-attention through libtorch's `scaled_dot_product_attention`.
+use super::ComputeCopies;
 use crate::model::batching::Packing;
 use crate::model::hf_config::BertConfig;
 use std::sync::atomic::AtomicBool;
@@ -41,19 +42,29 @@ impl BertAttention {
     /// `hidden`: `[batch, seq, hidden]` (padded) or `[tokens, hidden]` (packed). Returns
     /// the same shape. `fused`: the model's fused add + LayerNorm switch (see
     /// `Norm::add_forward`).
+    /// The linear layers in the groups their compute copies are made in: Q, K and V
+    /// together, the output alone.
+    pub fn linear_groups(&self) -> Vec<Vec<&nn::Linear>> {
+        vec![
+            vec![&self.query, &self.key, &self.value],
+            vec![&self.output],
+        ]
+    }
+
     pub fn forward_t(
         &self,
         hidden: &Tensor,
         attend: &Attend,
         fused: &AtomicBool,
+        copies: Option<&ComputeCopies>,
         train: bool,
     ) -> Tensor {
         let dropout = if train { self.attention_dropout } else { 0.0 };
         let context = match attend {
             Attend::Padded(mask) => {
-                let q = super::linear(&self.query, hidden);
-                let k = super::linear(&self.key, hidden);
-                let v = super::linear(&self.value, hidden);
+                let q = super::linear_in(&self.query, hidden, copies);
+                let k = super::linear_in(&self.key, hidden, copies);
+                let v = super::linear_in(&self.value, hidden, copies);
                 let (b, l, h) = hidden.size3().unwrap_or((0, 0, 0));
                 let split = |x: Tensor| x.view([b, l, self.heads, self.head_dim]).transpose(1, 2);
                 let context = Tensor::scaled_dot_product_attention(
@@ -74,11 +85,19 @@ impl BertAttention {
                 let (t, h) = hidden.size2().unwrap_or((0, 0));
                 let kind = hidden.kind();
                 let (lq, lk, lv) = (&self.query, &self.key, &self.value);
-                let w = Tensor::cat(&[&lq.ws, &lk.ws, &lv.ws], 0).to_kind(kind);
-                let b = match (&lq.bs, &lk.bs, &lv.bs) {
-                    (Some(a), Some(b), Some(c)) => Some(Tensor::cat(&[a, b, c], 0).to_kind(kind)),
-                    _ => None,
-                };
+                let copy = copies
+                    .filter(|c| c.kind() == kind)
+                    .and_then(|c| c.group(&[lq, lk, lv]));
+                let (w, b) = copy.unwrap_or_else(|| {
+                    let w = Tensor::cat(&[&lq.ws, &lk.ws, &lv.ws], 0).to_kind(kind);
+                    let b = match (&lq.bs, &lk.bs, &lv.bs) {
+                        (Some(a), Some(b), Some(c)) => {
+                            Some(Tensor::cat(&[a, b, c], 0).to_kind(kind))
+                        }
+                        _ => None,
+                    };
+                    (w, b)
+                });
                 // One unbind, not three selects: in training its backward is one stack,
                 // where each select's backward fills a zeroed copy of the whole output.
                 let qkv = hidden
@@ -97,7 +116,8 @@ impl BertAttention {
                 .view([t, h])
             }
         };
-        let out = super::linear(&self.output, &context).dropout(self.hidden_dropout, train);
+        let out =
+            super::linear_in(&self.output, &context, copies).dropout(self.hidden_dropout, train);
         self.layer_norm.add_forward(&out, hidden, fused)
     }
 }

@@ -1,5 +1,6 @@
 //! One BERT transformer layer: attention, then the GELU feed-forward block.
 use super::attention::{Attend, BertAttention};
+use super::ComputeCopies;
 use crate::model::hf_config::BertConfig;
 use std::sync::atomic::AtomicBool;
 use tch::{nn, Tensor};
@@ -41,23 +42,35 @@ impl BertLayer {
         }
     }
 
+    /// The layer's linear layers in the groups their compute copies are made in.
+    pub fn linear_groups(&self) -> Vec<Vec<&nn::Linear>> {
+        let mut groups = self.attention.linear_groups();
+        groups.push(vec![&self.intermediate]);
+        groups.push(vec![&self.output]);
+        groups
+    }
+
     /// `[batch, seq, hidden]` -> `[batch, seq, hidden]`, or packed `[tokens, hidden]`;
     /// `fused`: the model's fused add + LayerNorm switch (see `Norm::add_forward`).
+    /// `copies`: the model's compute copies when they serve this forward.
     pub fn forward_t(
         &self,
         hidden: &Tensor,
         attend: &Attend,
         fused: &AtomicBool,
+        copies: Option<&ComputeCopies>,
         train: bool,
     ) -> Tensor {
-        let attended = self.attention.forward_t(hidden, attend, fused, train);
-        let x = super::linear(&self.intermediate, &attended);
+        let attended = self
+            .attention
+            .forward_t(hidden, attend, fused, copies, train);
+        let x = super::linear_in(&self.intermediate, &attended, copies);
         let x = match self.activation {
             Activation::Gelu => x.gelu("none"),
             Activation::GeluTanh => x.gelu("tanh"),
             Activation::Relu => x.relu(),
         };
-        let x = super::linear(&self.output, &x).dropout(self.hidden_dropout, train);
+        let x = super::linear_in(&self.output, &x, copies).dropout(self.hidden_dropout, train);
         self.layer_norm.add_forward(&x, &attended, fused)
     }
 }

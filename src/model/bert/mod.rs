@@ -1,8 +1,11 @@
 //! BERT encoder on tch, laid out as Hugging Face's `BertModel` so that checkpoint
 //! import is a name mapping: `embeddings.*`, `encoder.layer.N.*`, `pooler.dense.*`.
 mod attention;
+mod copies;
 mod embeddings;
 mod layer;
+
+pub use copies::{ComputeCopies, Refreshed};
 
 use crate::model::batching::Batch;
 use crate::model::hf_config::BertConfig;
@@ -15,7 +18,19 @@ use tch::{nn, nn::Module, Kind, Tensor};
 /// A linear layer computed in the dtype of its input (weights cast to it): fp32 master
 /// weights run in bf16 when the activations are bf16, and a no-op cast otherwise.
 pub(crate) fn linear(l: &nn::Linear, x: &Tensor) -> Tensor {
+    linear_in(l, x, None)
+}
+
+/// [`linear`] with the layer's compute copy from `copies` (which the forward has taken,
+/// see [`ComputeCopies::take`]) when they are in the input's dtype.
+fn linear_in(l: &nn::Linear, x: &Tensor, copies: Option<&ComputeCopies>) -> Tensor {
     let kind = x.kind();
+    if let Some((w, b)) = copies
+        .filter(|c| c.kind() == kind)
+        .and_then(|c| c.linear(l))
+    {
+        return x.linear(&w, b.as_ref());
+    }
     let bias = l.bs.as_ref().map(|b| b.to_kind(kind));
     x.linear(&l.ws.to_kind(kind), bias.as_ref())
 }
@@ -48,6 +63,10 @@ pub struct Kernels {
     /// The fused add + LayerNorm kernel for inference on CUDA in bf16/fp16; off, aten's add
     /// and layer_norm kernels.
     pub fused_add_norm: bool,
+    /// In training with activations in another dtype than the weights, the linear layers'
+    /// weights copied once per optimizer step ([`ComputeCopies`]); off, cast in every
+    /// forward. The values are the same.
+    pub compute_copies: bool,
 }
 
 impl Default for Kernels {
@@ -55,6 +74,7 @@ impl Default for Kernels {
         Kernels {
             packed_attention: true,
             fused_add_norm: true,
+            compute_copies: true,
         }
     }
 }
@@ -158,6 +178,8 @@ pub struct BertModel {
     /// Whether the fused add + LayerNorm kernel runs: `kernels.fused_add_norm`, until the
     /// kernel first fails (then off, see [`Norm::add_forward`]).
     fused_add_norm: AtomicBool,
+    /// The linear layers' compute copies, made when training first asks for them.
+    copies: std::sync::OnceLock<Option<ComputeCopies>>,
 }
 
 impl BertModel {
@@ -175,7 +197,40 @@ impl BertModel {
             head_dim: config.head_dim(),
             kernels: Kernels::default(),
             fused_add_norm: AtomicBool::new(Kernels::default().fused_add_norm),
+            copies: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The compute copies of the linear layers for training, made on the first call: on
+    /// CUDA, when [`Kernels::compute_copies`] is on, the activations' dtype is not the
+    /// weights' and the C++ side is built in; None otherwise. (The CPU's training batches
+    /// are cut by length into several forwards, which cast; the unit tests make copies on
+    /// the CPU too.)
+    pub fn compute_copies(&self) -> Option<&ComputeCopies> {
+        self.copies
+            .get_or_init(|| {
+                let wanted = self.kernels.compute_copies
+                    && (self.pooler.ws.device().is_cuda() || cfg!(test))
+                    && crate::ffi::available()
+                    && self.compute != self.pooler.ws.kind();
+                wanted.then(|| ComputeCopies::new(&self.linear_groups(), self.compute))
+            })
+            .as_ref()
+    }
+
+    /// The linear layers in the groups their copies are made in: Q, K and V together (the
+    /// packed path multiplies them as one), every other layer of the encoder alone. (The
+    /// pooler casts: the cross-encoder pools in fp32.)
+    fn linear_groups(&self) -> Vec<Vec<&nn::Linear>> {
+        self.layers
+            .iter()
+            .flat_map(BertLayer::linear_groups)
+            .collect()
+    }
+
+    /// The compute copies, when this forward takes them (see [`ComputeCopies::take`]).
+    fn take_copies(&self) -> Option<&ComputeCopies> {
+        self.copies.get()?.as_ref().filter(|c| c.take(self.compute))
     }
 
     /// Choose the kernels this model runs (both on by default); setting them turns the
@@ -183,11 +238,13 @@ impl BertModel {
     pub fn set_kernels(&mut self, kernels: Kernels) {
         self.kernels = kernels;
         *self.fused_add_norm.get_mut() = kernels.fused_add_norm;
+        self.copies = std::sync::OnceLock::new();
     }
 
     /// Run the encoder with activations in `kind` (e.g. bf16 over fp32 master weights).
     pub fn set_compute_kind(&mut self, kind: Kind) {
         self.compute = kind;
+        self.copies = std::sync::OnceLock::new();
     }
 
     pub fn compute_kind(&self) -> Kind {
@@ -227,8 +284,15 @@ impl BertModel {
                     train,
                 )
                 .to_kind(self.compute);
+            let copies = self.take_copies();
             for layer in &self.layers {
-                hidden = layer.forward_t(&hidden, &Attend::Packed(p), &self.fused_add_norm, train);
+                hidden = layer.forward_t(
+                    &hidden,
+                    &Attend::Packed(p),
+                    &self.fused_add_norm,
+                    copies,
+                    train,
+                );
             }
             let (b, l) = batch.input_ids.size2().unwrap_or((0, 0));
             let h = hidden.size()[1];
@@ -249,11 +313,13 @@ impl BertModel {
                 train,
             )
             .to_kind(self.compute);
+        let copies = self.take_copies();
         for layer in &self.layers {
             hidden = layer.forward_t(
                 &hidden,
                 &Attend::Padded(mask.as_ref()),
                 &self.fused_add_norm,
+                copies,
                 train,
             );
         }
