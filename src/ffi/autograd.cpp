@@ -8,6 +8,17 @@
 // Whether autograd records operations on this thread (torch.is_grad_enabled()).
 extern "C" int distill_grad_enabled() { return at::GradMode::is_enabled() ? 1 : 0; }
 
+// Clear the gradients of `n` tensors (`t.grad = None` in Python).
+extern "C" int distill_reset_grads(at::Tensor** ts, size_t n, char* err, size_t err_len) {
+  try {
+    for (size_t i = 0; i < n; ++i) ts[i]->mutable_grad().reset();
+    return 0;
+  } catch (const std::exception& e) {
+    distill::report(e, err, err_len);
+    return -1;
+  }
+}
+
 // Make `grad` the gradient of `param` (`param.grad = grad` in Python): the backward pass
 // then adds into it in place.
 extern "C" int distill_set_grad(at::Tensor* param, at::Tensor* grad, char* err, size_t err_len) {

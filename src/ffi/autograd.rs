@@ -8,6 +8,12 @@ mod sys {
     use std::os::raw::c_char;
     extern "C" {
         pub fn distill_grad_enabled() -> i32;
+        pub fn distill_reset_grads(
+            ts: *const *const TensorHandle,
+            n: usize,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> i32;
         pub fn distill_set_grad(
             param: *const TensorHandle,
             grad: *const TensorHandle,
@@ -28,6 +34,24 @@ pub fn grad_enabled() -> bool {
     #[cfg(not(distill_ffi))]
     {
         true
+    }
+}
+
+/// Clear the gradients of `tensors` (`t.grad = None` in Python).
+pub fn reset_grads(tensors: &[&Tensor]) -> Result<()> {
+    #[cfg(distill_ffi)]
+    {
+        let h = super::handles(tensors);
+        super::status("clearing gradients", |err, len| {
+            // SAFETY: the handles point to live tensors for the call; the function catches
+            // C++ exceptions.
+            unsafe { sys::distill_reset_grads(h.as_ptr(), h.len(), err, len) }
+        })
+    }
+    #[cfg(not(distill_ffi))]
+    {
+        let _ = tensors;
+        Err(super::unavailable("clearing gradients"))
     }
 }
 

@@ -265,6 +265,7 @@ mod tests {
     /// place (what lets a data-parallel sum run on that buffer): the first pass's values
     /// are kept, the second's added, in parameter order, and zeroing clears it.
     #[test]
+    #[cfg(distill_ffi)]
     fn flattened_gradients_accumulate_in_one_buffer() {
         let a = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
         let b = Tensor::from_slice(&[3.0f32, 4.0, 5.0])

@@ -12,7 +12,9 @@
 //! backward pass [`ComputeCopies::transfer`] adds the leaves' gradients, widened to fp32,
 //! into the masters' (or makes them the masters' where there were none) and clears the
 //! leaves'. The values are those of the casts: a bf16 gradient widened to fp32 and added
-//! to the master's is what the cast's backward and the accumulation computed.
+//! to the master's is what the cast's backward and the accumulation computed. (With one
+//! forward a backward pass, as the packed path runs, to the bit; a second forward in a
+//! pass casts, and its gradient reaches the master in another order of fp32 sums.)
 use crate::error::Result;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,7 +61,8 @@ fn key(l: &nn::Linear) -> usize {
 
 impl ComputeCopies {
     /// Copies in `kind` of `groups` of linear layers (each group's layers take the same
-    /// input width; all have biases or none do).
+    /// input width). A group whose layers do not all have biases, or all lack them, gets
+    /// no copies: its layers cast.
     pub fn new(groups: &[Vec<&nn::Linear>], kind: Kind) -> Self {
         let _guard = tch::no_grad_guard();
         let mut copies = ComputeCopies {
@@ -71,7 +74,10 @@ impl ComputeCopies {
             live: AtomicBool::new(false),
             taken: AtomicBool::new(false),
         };
-        for group in groups.iter().filter(|g| !g.is_empty()) {
+        let uniform = |g: &&Vec<&nn::Linear>| {
+            g.iter().all(|l| l.bs.is_some()) || g.iter().all(|l| l.bs.is_none())
+        };
+        for group in groups.iter().filter(|g| !g.is_empty()).filter(uniform) {
             let rows: i64 = group.iter().map(|l| l.ws.size()[0]).sum();
             let first = &group[0].ws;
             let leaf_w = copies.leaf(&[rows, first.size()[1]], first.device());
@@ -178,6 +184,8 @@ impl ComputeCopies {
     /// live: forwards with autograd recording use them until [`ComputeCopies::retire`].
     pub fn refresh(&self) -> Result<()> {
         let _guard = tch::no_grad_guard();
+        // A step that failed between a backward pass and its transfer leaves gradients.
+        crate::ffi::autograd::reset_grads(&self.leaves.iter().collect::<Vec<_>>())?;
         let views: Vec<&Tensor> = self.views.iter().collect();
         let masters: Vec<&Tensor> = self.parts.iter().map(|p| &p.master).collect();
         crate::ffi::optim::copy_all(&views, &masters)?;
