@@ -56,6 +56,17 @@ mod sys {
     }
 }
 
+/// An error unless every list length in `lengths` is the same (`what`: the operation).
+fn same_lengths(what: &str, lengths: &[usize]) -> Result<()> {
+    match lengths.windows(2).all(|w| w[0] == w[1]) {
+        true => Ok(()),
+        false => Err(Error::torch(
+            what,
+            tch::TchError::Shape("lists of different lengths".into()),
+        )),
+    }
+}
+
 /// One fused AdamW update of `params` (all on one device, fp32), as
 /// `torch.optim.AdamW(fused=True)`; `steps` hold the step number after this update.
 #[allow(clippy::too_many_arguments)]
@@ -69,13 +80,14 @@ pub fn fused_adamw(
     (beta1, beta2, weight_decay, eps): (f64, f64, f64, f64),
 ) -> Result<()> {
     let n = params.len();
-    let same = [grads.len(), exp_avgs.len(), exp_avg_sqs.len(), steps.len()];
-    if same.iter().any(|&m| m != n) {
-        return Err(Error::torch(
-            "fused AdamW",
-            tch::TchError::Shape("tensor lists of different lengths".into()),
-        ));
-    }
+    let lengths = [
+        n,
+        grads.len(),
+        exp_avgs.len(),
+        exp_avg_sqs.len(),
+        steps.len(),
+    ];
+    same_lengths("fused AdamW", &lengths)?;
     #[cfg(distill_ffi)]
     {
         use super::handles;
@@ -153,12 +165,7 @@ pub fn zero_grads(grads: &[&Tensor]) -> Result<()> {
 
 /// Copy `src[i]` into `dst[i]` (same shapes, any dtypes) with one multi-tensor copy.
 pub fn copy_all(dst: &[&Tensor], src: &[&Tensor]) -> Result<()> {
-    if dst.len() != src.len() {
-        return Err(Error::torch(
-            "copying tensors",
-            tch::TchError::Shape("tensor lists of different lengths".into()),
-        ));
-    }
+    same_lengths("copying tensors", &[dst.len(), src.len()])?;
     #[cfg(distill_ffi)]
     {
         let (d, s) = (super::handles(dst), super::handles(src));
@@ -177,12 +184,10 @@ pub fn copy_all(dst: &[&Tensor], src: &[&Tensor]) -> Result<()> {
 /// one, added into `masters[i]`'s gradient (in the master's dtype), or copied to be it
 /// where the master has none; then the leaves' gradients cleared.
 pub fn add_grads(masters: &[&Tensor], leaves: &[&Tensor], spans: &[(i64, i64)]) -> Result<()> {
-    if masters.len() != leaves.len() || masters.len() != spans.len() {
-        return Err(Error::torch(
-            "adding gradients",
-            tch::TchError::Shape("lists of different lengths".into()),
-        ));
-    }
+    same_lengths(
+        "adding gradients",
+        &[masters.len(), leaves.len(), spans.len()],
+    )?;
     #[cfg(distill_ffi)]
     {
         let (m, l) = (super::handles(masters), super::handles(leaves));

@@ -213,10 +213,7 @@ pub fn optimizer_step(
     opt.zero_grad();
     // The models' compute copies hold this step's weights until the update (retired when
     // `copies` is dropped, on an error too).
-    let copies = crate::model::bert::Refreshed(task.compute_copies());
-    for c in &copies.0 {
-        c.refresh()?;
-    }
+    let copies = crate::model::bert::Refreshed::new(task.compute_copies())?;
     let (mut losses, mut terms_of) = (Vec::new(), Vec::new());
     let mut prepared = prepared.map(Vec::into_iter);
     for batch in batches {
@@ -232,9 +229,7 @@ pub fn optimizer_step(
             }
             Some(w) => backward_shared(task, batch, ready, share, w)?,
         };
-        for c in &copies.0 {
-            c.transfer()?;
-        }
+        copies.transfer()?;
         losses.push(loss.detach());
         terms_of.push(terms);
     }

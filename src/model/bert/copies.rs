@@ -145,7 +145,8 @@ impl ComputeCopies {
             && !self.taken.swap(true, Ordering::Relaxed)
     }
 
-    /// Whether a forward could take the copies now (live and not taken), for the tests.
+    /// Whether a forward could take the copies now (live and not taken).
+    #[cfg(test)]
     pub fn available(&self) -> bool {
         self.live.load(Ordering::Relaxed) && !self.taken.load(Ordering::Relaxed)
     }
@@ -212,8 +213,25 @@ impl ComputeCopies {
     }
 }
 
-/// Retires `copies` when dropped: an optimizer step that fails half-way leaves none live.
-pub struct Refreshed<'a>(pub Vec<&'a ComputeCopies>);
+/// Compute copies refreshed for one optimizer step, retired when dropped (so a step that
+/// fails half-way leaves none live).
+pub struct Refreshed<'a>(Vec<&'a ComputeCopies>);
+
+impl<'a> Refreshed<'a> {
+    /// Refresh `copies` ([`ComputeCopies::refresh`]) for a step.
+    pub fn new(copies: Vec<&'a ComputeCopies>) -> Result<Self> {
+        let refreshed = Refreshed(copies);
+        for c in &refreshed.0 {
+            c.refresh()?;
+        }
+        Ok(refreshed)
+    }
+
+    /// After a backward pass: [`ComputeCopies::transfer`] of each.
+    pub fn transfer(&self) -> Result<()> {
+        self.0.iter().try_for_each(|c| c.transfer())
+    }
+}
 
 impl Drop for Refreshed<'_> {
     fn drop(&mut self) {
