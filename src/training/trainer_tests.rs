@@ -155,6 +155,7 @@ impl Encoder {
         bert.set_compute_kind(Kind::BFloat16);
         bert.set_kernels(crate::model::bert::Kernels {
             compute_copies: copies,
+            low_precision_norms: false,
             ..Default::default()
         });
         let texts = (0..8)
@@ -208,7 +209,7 @@ impl Task for Encoder {
 }
 
 /// Mixed precision (bf16 activations over fp32 weights, here on the CPU): training with
-/// the linear layers' compute copies ends with the same weights, to the bit, as casting
+/// the linear layers' compute copies (the LayerNorms in fp32) ends with the same weights, to the bit, as casting
 /// in every forward, over steps of two micro-batches (so the copies' gradients are moved
 /// to the masters after each backward pass), with one forward a micro-batch and with
 /// two (the second casts: summed into the copies, its gradient would be rounded to bf16);

@@ -1,5 +1,5 @@
 //! BERT self-attention through libtorch's `scaled_dot_product_attention`.
-use super::ComputeCopies;
+use super::{Affine, ComputeCopies};
 use crate::model::batching::Packing;
 use crate::model::hf_config::BertConfig;
 use std::sync::atomic::AtomicBool;
@@ -39,18 +39,22 @@ impl BertAttention {
         }
     }
 
+    /// The linear layers in the groups their compute copies are made in: Q, K and V
+    /// together, the output alone; with `norms`, the LayerNorm alone.
+    pub fn copy_groups(&self, norms: bool) -> Vec<Vec<Affine<'_>>> {
+        let mut groups = vec![
+            [&self.query, &self.key, &self.value]
+                .map(Affine::linear)
+                .to_vec(),
+            vec![Affine::linear(&self.output)],
+        ];
+        groups.extend(self.layer_norm.copy_group(norms));
+        groups
+    }
+
     /// `hidden`: `[batch, seq, hidden]` (padded) or `[tokens, hidden]` (packed). Returns
     /// the same shape. `fused`: the model's fused add + LayerNorm switch (see
     /// `Norm::add_forward`).
-    /// The linear layers in the groups their compute copies are made in: Q, K and V
-    /// together, the output alone.
-    pub fn linear_groups(&self) -> Vec<Vec<&nn::Linear>> {
-        vec![
-            vec![&self.query, &self.key, &self.value],
-            vec![&self.output],
-        ]
-    }
-
     pub fn forward_t(
         &self,
         hidden: &Tensor,
@@ -118,7 +122,7 @@ impl BertAttention {
         };
         let out =
             super::linear_in(&self.output, &context, copies).dropout(self.hidden_dropout, train);
-        self.layer_norm.add_forward(&out, hidden, fused)
+        self.layer_norm.add_forward(&out, hidden, fused, copies)
     }
 }
 

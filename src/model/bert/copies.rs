@@ -1,13 +1,14 @@
-//! Compute copies: the low-precision weights of a model's linear layers in
-//! mixed-precision training, made once per optimizer step from the fp32 masters, where
+//! Compute copies: the low-precision weights of a model's linear layers (and LayerNorms,
+//! see [`crate::model::bert::Kernels::low_precision_norms`]) in mixed-precision
+//! training, made once per optimizer step from the fp32 masters, where
 //! before every forward cast each weight (and every backward ran that cast's node and an
 //! accumulation into the master's gradient). A trace of the teacher's step on an H200
 //! showed those casts as 74 forward operations and 74 backward nodes of about 330, the
 //! host time that bounds a step on two GPUs (BENCHMARKS.md).
 //!
-//! Each group of linear layers (Q, K and V together, as the packed path multiplies them in
-//! one product; every other layer alone) has one leaf tensor for its weights and one for
-//! its biases, rows end to end. [`ComputeCopies::refresh`] copies the masters into them
+//! Each group of layers (Q, K and V together, as the packed path multiplies them in one
+//! product; every other layer alone) has one leaf tensor for its weights and one for its
+//! biases, rows end to end. [`ComputeCopies::refresh`] copies the masters into them
 //! with one multi-tensor copy; the forward uses them while they are live; after each
 //! backward pass [`ComputeCopies::transfer`] adds the leaves' gradients, widened to fp32,
 //! into the masters' (or makes them the masters' where there were none) and clears the
@@ -28,14 +29,39 @@ struct Part {
     rows: i64,
 }
 
-/// The compute copies of a model's linear layers.
+/// A layer's parameters as the copies see them: a weight (a linear layer's `[out, in]`,
+/// a LayerNorm's `[width]`) and its bias, if it has one.
+#[derive(Clone, Copy)]
+pub struct Affine<'a> {
+    pub weight: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+}
+
+impl<'a> Affine<'a> {
+    pub fn linear(l: &'a nn::Linear) -> Self {
+        Affine {
+            weight: &l.ws,
+            bias: l.bs.as_ref(),
+        }
+    }
+
+    /// A LayerNorm's weight and bias; None for a LayerNorm without a weight.
+    pub fn norm(ln: &'a nn::LayerNorm) -> Option<Self> {
+        Some(Affine {
+            weight: ln.ws.as_ref()?,
+            bias: ln.bs.as_ref(),
+        })
+    }
+}
+
+/// The compute copies of a model's linear layers (and LayerNorms).
 pub struct ComputeCopies {
     kind: Kind,
     leaves: Vec<Tensor>,
     parts: Vec<Part>,
     /// Per part, the view of its leaf that [`ComputeCopies::refresh`] copies into.
     views: Vec<Tensor>,
-    /// By a linear layer's master weight (its data pointer): its weight part and bias part.
+    /// By a layer's master weight (its data pointer): its weight part and bias part.
     by_weight: HashMap<usize, (usize, Option<usize>)>,
     /// Whether the copies hold the masters' current values (from a refresh to the end of
     /// the optimizer step).
@@ -55,15 +81,15 @@ impl std::fmt::Debug for ComputeCopies {
     }
 }
 
-fn key(l: &nn::Linear) -> usize {
-    l.ws.data_ptr() as usize
+fn key(weight: &Tensor) -> usize {
+    weight.data_ptr() as usize
 }
 
 impl ComputeCopies {
-    /// Copies in `kind` of `groups` of linear layers (each group's layers take the same
-    /// input width). A group whose layers do not all have biases, or all lack them, gets
-    /// no copies: its layers cast.
-    pub fn new(groups: &[Vec<&nn::Linear>], kind: Kind) -> Self {
+    /// Copies in `kind` of `groups` of layers (each group's weights have the same shape
+    /// past their first dimension, as linear layers that take one input). A group whose
+    /// layers do not all have biases, or all lack them, gets no copies: its layers cast.
+    pub fn new(groups: &[Vec<Affine>], kind: Kind) -> Self {
         let _guard = tch::no_grad_guard();
         let mut copies = ComputeCopies {
             kind,
@@ -74,26 +100,28 @@ impl ComputeCopies {
             live: AtomicBool::new(false),
             taken: AtomicBool::new(false),
         };
-        let uniform = |g: &&Vec<&nn::Linear>| {
-            g.iter().all(|l| l.bs.is_some()) || g.iter().all(|l| l.bs.is_none())
+        let uniform = |g: &&Vec<Affine>| {
+            g.iter().all(|l| l.bias.is_some()) || g.iter().all(|l| l.bias.is_none())
         };
         for group in groups.iter().filter(|g| !g.is_empty()).filter(uniform) {
-            let rows: i64 = group.iter().map(|l| l.ws.size()[0]).sum();
-            let first = &group[0].ws;
-            let leaf_w = copies.leaf(&[rows, first.size()[1]], first.device());
+            let rows: i64 = group.iter().map(|l| l.weight.size()[0]).sum();
+            let first = group[0].weight;
+            let mut shape = first.size();
+            shape[0] = rows;
+            let leaf_w = copies.leaf(&shape, first.device());
             let leaf_b = group
                 .iter()
-                .all(|l| l.bs.is_some())
+                .all(|l| l.bias.is_some())
                 .then(|| copies.leaf(&[rows], first.device()));
             let mut offset = 0;
             for l in group {
-                let n = l.ws.size()[0];
-                let w = copies.part(&l.ws, leaf_w, offset, n);
-                let b = match (leaf_b, &l.bs) {
+                let n = l.weight.size()[0];
+                let w = copies.part(l.weight, leaf_w, offset, n);
+                let b = match (leaf_b, l.bias) {
                     (Some(leaf), Some(bs)) => Some(copies.part(bs, leaf, offset, n)),
                     _ => None,
                 };
-                copies.by_weight.insert(key(l), (w, b));
+                copies.by_weight.insert(key(l.weight), (w, b));
                 offset += n;
             }
         }
@@ -153,7 +181,16 @@ impl ComputeCopies {
 
     /// The copy of linear layer `l` (weight, bias), if it has one.
     pub fn linear(&self, l: &nn::Linear) -> Option<(Tensor, Option<Tensor>)> {
-        let &(w, b) = self.by_weight.get(&key(l))?;
+        self.of(&l.ws)
+    }
+
+    /// The copy of LayerNorm `ln` (weight, bias), if it has one.
+    pub fn norm(&self, ln: &nn::LayerNorm) -> Option<(Tensor, Option<Tensor>)> {
+        self.of(ln.ws.as_ref()?)
+    }
+
+    fn of(&self, weight: &Tensor) -> Option<(Tensor, Option<Tensor>)> {
+        let &(w, b) = self.by_weight.get(&key(weight))?;
         Some((self.tensor(w), b.map(|b| self.tensor(b))))
     }
 
@@ -162,7 +199,7 @@ impl ComputeCopies {
     pub fn group(&self, layers: &[&nn::Linear]) -> Option<(Tensor, Option<Tensor>)> {
         let parts: Vec<(usize, Option<usize>)> = layers
             .iter()
-            .map(|l| self.by_weight.get(&key(l)).copied())
+            .map(|l| self.by_weight.get(&key(&l.ws)).copied())
             .collect::<Option<_>>()?;
         let (w0, b0) = *parts.first()?;
         let leaf = self.parts[w0].leaf;
@@ -240,3 +277,7 @@ impl Drop for Refreshed<'_> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "copies_tests.rs"]
+mod tests;

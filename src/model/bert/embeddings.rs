@@ -50,7 +50,12 @@ impl BertEmbeddings {
         let x = self.word_embeddings.forward(input_ids)
             + self.token_type_embeddings.forward(token_type_ids);
         self.layer_norm
-            .add_forward(&x, &self.position_embeddings.forward(&positions), fused)
+            .add_forward(
+                &x,
+                &self.position_embeddings.forward(&positions),
+                fused,
+                None,
+            )
             .dropout(self.dropout, train)
     }
 }

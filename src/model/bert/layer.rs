@@ -1,6 +1,6 @@
 //! One BERT transformer layer: attention, then the GELU feed-forward block.
 use super::attention::{Attend, BertAttention};
-use super::ComputeCopies;
+use super::{Affine, ComputeCopies};
 use crate::model::hf_config::BertConfig;
 use std::sync::atomic::AtomicBool;
 use tch::{nn, Tensor};
@@ -42,11 +42,13 @@ impl BertLayer {
         }
     }
 
-    /// The layer's linear layers in the groups their compute copies are made in.
-    pub fn linear_groups(&self) -> Vec<Vec<&nn::Linear>> {
-        let mut groups = self.attention.linear_groups();
-        groups.push(vec![&self.intermediate]);
-        groups.push(vec![&self.output]);
+    /// The layer's linear layers (and with `norms` its LayerNorms) in the groups their
+    /// compute copies are made in.
+    pub fn copy_groups(&self, norms: bool) -> Vec<Vec<Affine<'_>>> {
+        let mut groups = self.attention.copy_groups(norms);
+        groups.push(vec![Affine::linear(&self.intermediate)]);
+        groups.push(vec![Affine::linear(&self.output)]);
+        groups.extend(self.layer_norm.copy_group(norms));
         groups
     }
 
@@ -71,6 +73,6 @@ impl BertLayer {
             Activation::Relu => x.relu(),
         };
         let x = super::linear_in(&self.output, &x, copies).dropout(self.hidden_dropout, train);
-        self.layer_norm.add_forward(&x, &attended, fused)
+        self.layer_norm.add_forward(&x, &attended, fused, copies)
     }
 }

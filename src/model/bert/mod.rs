@@ -5,7 +5,7 @@ mod copies;
 mod embeddings;
 mod layer;
 
-pub use copies::{ComputeCopies, Refreshed};
+pub use copies::{Affine, ComputeCopies, Refreshed};
 
 use crate::model::batching::Batch;
 use crate::model::hf_config::BertConfig;
@@ -67,6 +67,13 @@ pub struct Kernels {
     /// weights copied once per optimizer step ([`ComputeCopies`]); off, cast in every
     /// forward. The values are the same.
     pub compute_copies: bool,
+    /// With the compute copies, the encoder layers' LayerNorms run in the activations'
+    /// dtype on copies of their weights too (aten takes their statistics in fp32 and
+    /// rounds the output once, as the cast after an fp32 LayerNorm does; only the weight
+    /// and bias are rounded to the activations' dtype, as the linear layers' are); off,
+    /// they run in fp32 on the masters, as under torch's autocast, with the activations
+    /// cast up before and down after, forward and backward.
+    pub low_precision_norms: bool,
 }
 
 impl Default for Kernels {
@@ -75,11 +82,23 @@ impl Default for Kernels {
             packed_attention: true,
             fused_add_norm: true,
             compute_copies: true,
+            low_precision_norms: true,
         }
     }
 }
 
 impl Norm {
+    /// The LayerNorm's weight and bias, for compute copies.
+    fn affine(&self) -> Option<Affine<'_>> {
+        Affine::norm(&self.ln)
+    }
+
+    /// The LayerNorm as a group of compute copies of its own, when `norms`
+    /// ([`Kernels::low_precision_norms`]).
+    fn copy_group(&self, norms: bool) -> Option<Vec<Affine<'_>>> {
+        self.affine().filter(|_| norms).map(|a| vec![a])
+    }
+
     /// LayerNorm computed in the dtype of its weights (fp32 for training, for stability),
     /// returned in the dtype of its input.
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -94,11 +113,32 @@ impl Norm {
     /// or for shapes the kernel does not cover (a broadcast residual, a width that is not a
     /// multiple of 64), as `forward(x + residual)`. Should the kernel fail to load, compile
     /// or launch, `fused` is turned off (for the model) with one notice, and aten runs.
-    pub fn add_forward(&self, x: &Tensor, residual: &Tensor, fused: &AtomicBool) -> Tensor {
+    /// With `copies` (the forward's compute copies) holding this LayerNorm's weights in the
+    /// input's dtype, it runs in that dtype on them ([`Kernels::low_precision_norms`]).
+    pub fn add_forward(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        fused: &AtomicBool,
+        copies: Option<&ComputeCopies>,
+    ) -> Tensor {
         if let Some(y) = self.fused(x, residual, fused) {
             return y;
         }
-        self.forward(&(x + residual))
+        let sum = x + residual;
+        match copies
+            .filter(|c| c.kind() == sum.kind())
+            .and_then(|c| c.norm(&self.ln))
+        {
+            Some((w, b)) => sum.layer_norm(
+                &self.ln.normalized_shape,
+                Some(&w),
+                b.as_ref(),
+                self.eps,
+                true,
+            ),
+            None => self.forward(&sum),
+        }
     }
 
     fn fused(&self, x: &Tensor, residual: &Tensor, on: &AtomicBool) -> Option<Tensor> {
@@ -213,18 +253,21 @@ impl BertModel {
                     && (self.pooler.ws.device().is_cuda() || cfg!(test))
                     && crate::ffi::available()
                     && self.compute != self.pooler.ws.kind();
-                wanted.then(|| ComputeCopies::new(&self.linear_groups(), self.compute))
+                wanted.then(|| ComputeCopies::new(&self.copy_groups(), self.compute))
             })
             .as_ref()
     }
 
-    /// The linear layers in the groups their copies are made in: Q, K and V together (the
-    /// packed path multiplies them as one), every other layer of the encoder alone. (The
-    /// pooler casts: the cross-encoder pools in fp32.)
-    fn linear_groups(&self) -> Vec<Vec<&nn::Linear>> {
+    /// The layers in the groups their copies are made in: Q, K and V together (the packed
+    /// path multiplies them as one), every other linear layer of the encoder alone, and
+    /// with [`Kernels::low_precision_norms`] each encoder layer's LayerNorms alone. (The
+    /// pooler casts: the cross-encoder pools in fp32; the embeddings' LayerNorm takes the
+    /// fp32 sum of the embeddings.)
+    fn copy_groups(&self) -> Vec<Vec<Affine<'_>>> {
+        let norms = self.kernels.low_precision_norms;
         self.layers
             .iter()
-            .flat_map(BertLayer::linear_groups)
+            .flat_map(|l| l.copy_groups(norms))
             .collect()
     }
 
