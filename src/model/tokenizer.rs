@@ -58,6 +58,11 @@ impl TokenStore {
         self.ends.is_empty()
     }
 
+    /// The number of tokens of entry `i`.
+    pub fn tokens(&self, i: usize) -> usize {
+        self.ends[i] - if i == 0 { 0 } else { self.ends[i - 1] }
+    }
+
     /// Entry `i`, as it was pushed.
     pub fn get(&self, i: usize) -> Encoded {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };

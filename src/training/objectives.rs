@@ -68,6 +68,8 @@ struct StudentBatches<'a> {
     device: tch::Device,
     /// Whether the model runs packed batches, where queries and documents share one.
     packs: bool,
+    /// The encoder's width, for [`Prepare::cost`].
+    hidden: i64,
 }
 
 impl<'a> StudentObjective<'a> {
@@ -109,6 +111,7 @@ impl<'a> StudentObjective<'a> {
                 pad_id: model.tokenizer.pad_id(),
                 device,
                 packs: model.bert.packs_on(device),
+                hidden: model.spec.config.hidden_size,
             },
         })
     }
@@ -173,6 +176,16 @@ impl Prepare for StudentBatches<'_> {
             self.device,
             self.packs,
         ))
+    }
+
+    /// The example's query and documents, by their tokens.
+    fn cost(&self, example: &Example) -> f64 {
+        let (queries, docs, _, _) = self.texts(std::slice::from_ref(example));
+        queries
+            .iter()
+            .chain(&docs)
+            .map(|&t| super::feed::sequence_cost(self.tokens.tokens(self.slot[t]), self.hidden))
+            .sum()
     }
 }
 
@@ -298,6 +311,8 @@ struct TeacherBatches<'a> {
     device: tch::Device,
     /// Whether the model runs packed batches (no padding to save).
     packs: bool,
+    /// The encoder's width, for [`Prepare::cost`].
+    hidden: i64,
 }
 
 impl Prepare for TeacherBatches<'_> {
@@ -319,6 +334,22 @@ impl Prepare for TeacherBatches<'_> {
         let pad = self.tokenizer.pad_id();
         Ok(Prepared::for_model(&items, pad, self.device, self.packs))
     }
+
+    /// The example's pairs, by their tokens estimated from their characters (about four a
+    /// token in English WordPiece, three special tokens, cut at the tokenizer's length):
+    /// tokenizing here would double the host's work, which bounds the teacher's step.
+    fn cost(&self, example: &Example) -> f64 {
+        let g = &self.set.groups[example.query];
+        let query = self.set.texts[g.text].len();
+        let most = self.tokenizer.max_length();
+        std::iter::once(&g.positives[example.positive])
+            .chain(example.negatives.iter().map(|&n| &g.negatives[n]))
+            .map(|d| {
+                let tokens = (3 + (query + self.set.texts[d.text].len()) / 4).min(most);
+                super::feed::sequence_cost(tokens, self.hidden)
+            })
+            .sum()
+    }
 }
 
 impl<'a> TeacherObjective<'a> {
@@ -331,6 +362,7 @@ impl<'a> TeacherObjective<'a> {
                 set,
                 device: model.device(),
                 packs: model.bert.packs_on(model.device()),
+                hidden: model.config.hidden_size,
             },
         }
     }

@@ -463,10 +463,26 @@ pub fn train(
         cuda,
     )?;
     let rank_of = world.map(|w| (w.rank(), w.size()));
+    // With several ranks, each micro-batch ordered so that the ranks' slices carry
+    // near-equal work (every rank orders the same batch alike).
+    let mut batches_of = |step: u64| {
+        let (epoch, batches) = steps.batches(step);
+        match (rank_of, task.preparer()) {
+            (Some((_, size)), Some(p)) if size > 1 => {
+                let cost = |e: &Example| p.cost(e);
+                let ordered = batches
+                    .into_iter()
+                    .map(|b| super::feed::balanced(b, size, cost))
+                    .collect();
+                (epoch, ordered)
+            }
+            _ => (epoch, batches),
+        }
+    };
     let first_step = opt.step;
     super::feed::ahead(task.preparer(), rank_of, |ahead| {
         // Step s + 1's micro-batches are sent to the preparing thread before step s runs.
-        let mut next = (opt.step < total_steps).then(|| steps.batches(opt.step));
+        let mut next = (opt.step < total_steps).then(|| batches_of(opt.step));
         if let Some((_, b)) = &next {
             ahead.send(b.clone());
         }
@@ -474,7 +490,7 @@ pub fn train(
             let step = opt.step;
             let prepared = ahead.receive()?;
             if step + 1 < total_steps {
-                let following = steps.batches(step + 1);
+                let following = batches_of(step + 1);
                 ahead.send(following.1.clone());
                 next = Some(following);
             }
