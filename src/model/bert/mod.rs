@@ -60,8 +60,9 @@ pub struct Kernels {
     /// CUDA batches packed, with variable-length flash attention; off, padded through
     /// `scaled_dot_product_attention`.
     pub packed_attention: bool,
-    /// The fused add + LayerNorm kernel for inference on CUDA in bf16/fp16; off, aten's add
-    /// and layer_norm kernels.
+    /// The fused add + LayerNorm kernel for inference on CUDA in bf16/fp16, and in training
+    /// the LayerNorms on compute copies through `ffi::layer_norm::train_layer_norm` (its
+    /// weight gradient by a kernel of ours on CUDA); off, aten's add and layer_norm.
     pub fused_add_norm: bool,
     /// In training with activations in another dtype than the weights, the linear layers'
     /// weights copied once per optimizer step ([`ComputeCopies`]); off, cast in every
@@ -130,13 +131,21 @@ impl Norm {
             .filter(|c| c.kind() == sum.kind())
             .and_then(|c| c.norm(&self.ln))
         {
-            Some((w, b)) => sum.layer_norm(
-                &self.ln.normalized_shape,
-                Some(&w),
-                b.as_ref(),
-                self.eps,
-                true,
-            ),
+            Some((w, b)) => {
+                if let (Some(b), true) = (&b, fused.load(Ordering::Relaxed)) {
+                    match crate::ffi::layer_norm::train_layer_norm(&sum, &w, b, self.eps) {
+                        Ok(y) => return y,
+                        Err(e) => turn_off(fused, "LayerNorm for training", &e),
+                    }
+                }
+                sum.layer_norm(
+                    &self.ln.normalized_shape,
+                    Some(&w),
+                    b.as_ref(),
+                    self.eps,
+                    true,
+                )
+            }
             None => self.forward(&sum),
         }
     }
@@ -167,15 +176,18 @@ impl Norm {
         match crate::ffi::layer_norm::add_layer_norm(x, residual, w, b, self.eps) {
             Ok(y) => Some(y),
             Err(e) => {
-                if on.swap(false, Ordering::Relaxed) {
-                    if let Ok(mut n) = NOTICES.lock() {
-                        n.push(format!(
-                            "fused add + LayerNorm turned off, aten runs instead: {e}"
-                        ));
-                    }
-                }
+                turn_off(on, "fused add + LayerNorm", &e);
                 None
             }
+        }
+    }
+}
+
+/// A kernel of ours failed: the model's LayerNorm kernels off (`on`), with one notice.
+fn turn_off(on: &AtomicBool, what: &str, e: &crate::error::Error) {
+    if on.swap(false, Ordering::Relaxed) {
+        if let Ok(mut n) = NOTICES.lock() {
+            n.push(format!("{what} turned off, aten runs instead: {e}"));
         }
     }
 }
