@@ -21,6 +21,7 @@
 #include <atomic>
 #include <vector>
 #include <c10/core/DeviceGuard.h>
+#include <c10/util/Exception.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <cstdint>
 #include <exception>
@@ -242,7 +243,8 @@ std::tuple<at::Tensor, at::Tensor> weight_grads(const at::Tensor& dy, const at::
   int64_t h = x.size(-1), rows = x.numel() / h, tiles = h / 32;
   auto dyc = dy.contiguous(), xc = x.contiguous(), mc = mean.contiguous(), rc = rstd.contiguous();
   c10::DeviceGuard guard(xc.device());
-  // About 2,048 blocks, each over at least 64 rows.
+  // At most about 2,048 blocks, the rows split in parts of about 64 or more (fewer when
+  // there are fewer rows than parts would need).
   int64_t blocks_y = std::max<int64_t>(1, std::min<int64_t>((rows + 63) / 64, 2048 / tiles));
   int64_t per_block = std::max<int64_t>(1, (rows + blocks_y - 1) / blocks_y);
   blocks_y = std::max<int64_t>(1, (rows + per_block - 1) / per_block);
@@ -266,6 +268,11 @@ std::tuple<at::Tensor, at::Tensor> weight_grads(const at::Tensor& dy, const at::
   return {sums[0].to(kind), sums[1].to(kind)};
 }
 
+// Whether the weight-gradient kernel has failed in this process, and how many backward
+// passes fell back to aten's because it did.
+std::atomic<bool> failed{false};
+std::atomic<int64_t> fallbacks{0};
+
 // LayerNorm over the last dimension for training: aten's forward and input gradient; the
 // weight's and bias's gradients by `weight_grads` where it covers the tensors (else, or
 // should it fail, aten's).
@@ -283,7 +290,6 @@ struct TrainNorm : public torch::autograd::Function<TrainNorm> {
     const auto &x = saved[0], &weight = saved[1], &bias = saved[2], &mean = saved[3],
                &rstd = saved[4];
     // Once the kernel has failed (no NVRTC, say), aten's for the rest of the process.
-    static std::atomic<bool> failed{false};
     auto dy = grads[0].contiguous();
     std::vector<int64_t> shape{x.size(-1)};
     bool split = !failed.load() && weight_grads_cover(x, mean, rstd);
@@ -292,8 +298,11 @@ struct TrainNorm : public torch::autograd::Function<TrainNorm> {
     if (split) {
       try {
         std::tie(dw, db) = weight_grads(dy, x, mean, rstd, weight.scalar_type());
+      } catch (const c10::OutOfMemoryError&) {
+        throw;  // as aten's own allocations would
       } catch (const std::exception&) {
         failed.store(true);
+        fallbacks.fetch_add(1);
         auto again = at::native_layer_norm_backward(dy, x, shape, mean, rstd, weight, bias,
                                                     {false, true, true});
         dw = std::get<1>(again);
@@ -377,6 +386,10 @@ extern "C" at::Tensor* distill_train_layer_norm(at::Tensor* x, at::Tensor* weigh
     return nullptr;
   }
 }
+
+// How many backward passes of `distill_train_layer_norm` fell back to aten's weight
+// gradients because the kernel failed (its first failure turns it off for the process).
+extern "C" int64_t distill_train_layer_norm_fallbacks() { return fallbacks.load(); }
 
 // Compile the add + LayerNorm kernel for hidden size `h`, bf16, to PTX for `arch`
 // ("compute_90"): checks that NVRTC is present and accepts the source, without a GPU.

@@ -32,8 +32,10 @@ pub fn sequence_cost(tokens: usize, hidden: i64) -> f64 {
 /// ([`crate::distributed::World::slice`]: as many examples each as before) carry near-equal
 /// `cost`: the examples go, the costliest first, to the rank with the least so far that has
 /// room, and each rank keeps its examples in batch order. The ranks wait for the slowest
-/// at every gather and sum; the loss is a sum over the batch's examples (with in-batch
-/// negatives over all of them), the same in any order up to the rounding of its sums.
+/// at every gather and sum; the losses are means over the batch's queries (with in-batch
+/// negatives over all of them), the same in any order up to the rounding of their sums
+/// (`objectives` tests). On the CPU too, where batches are padded and their cost is
+/// rather their count times their longest text: the order is then a guess, never wrong.
 /// Every rank reorders the same batch alike.
 pub fn balanced(batch: Vec<Example>, size: usize, cost: impl Fn(&Example) -> f64) -> Vec<Example> {
     let n = batch.len();

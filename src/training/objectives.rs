@@ -335,7 +335,7 @@ impl Prepare for TeacherBatches<'_> {
         Ok(Prepared::for_model(&items, pad, self.device, self.packs))
     }
 
-    /// The example's pairs, by their tokens estimated from their characters (about four a
+    /// The example's pairs, by their tokens estimated from their UTF-8 bytes (about four a
     /// token in English WordPiece, three special tokens, cut at the tokenizer's length):
     /// tokenizing here would double the host's work, which bounds the teacher's step.
     fn cost(&self, example: &Example) -> f64 {

@@ -103,3 +103,54 @@ fn the_teachers_terms_sum_to_its_loss() {
     let want = (ce([2.0, 0.5, -1.0]) + ce([0.0, 1.0, 0.3])) / 2.0;
     assert!((value(&listwise) - want).abs() < 1e-5);
 }
+
+/// Data-parallel ranks take each micro-batch reordered (`feed::balanced`): the student's
+/// loss and every term, with symmetric InfoNCE and a masked in-batch document, are the
+/// same for the queries in another order (with their documents, teacher scores and mask
+/// rows and columns), up to float rounding.
+#[test]
+fn the_students_loss_does_not_depend_on_the_order_of_the_queries() {
+    let (q, d, teacher) = batch();
+    let mut masked = [false; 8];
+    masked[2] = true;
+    let mut c = config(1.0, 2.0, 0.5);
+    c.infonce_symmetric = true;
+    let (total, terms) = student_loss(&q, &d, &teacher, &masked, &c);
+    // Query 1 first: documents [2, 3, 0, 1], teacher scores likewise, and the mask's
+    // rows swapped and its columns permuted alike.
+    let order = [1i64, 0];
+    let docs = [2i64, 3, 0, 1];
+    let q2 = q.index_select(0, &Tensor::from_slice(&order));
+    let d2 = d.index_select(0, &Tensor::from_slice(&docs));
+    let teacher2: Vec<f32> = docs.iter().map(|&j| teacher[j as usize]).collect();
+    let masked2: Vec<bool> = order
+        .iter()
+        .flat_map(|&i| docs.iter().map(move |&j| (i, j)))
+        .map(|(i, j)| masked[(i * 4 + j) as usize])
+        .collect();
+    let (total2, terms2) = student_loss(&q2, &d2, &teacher2, &masked2, &c);
+    assert!((value(&total) - value(&total2)).abs() < 1e-5);
+    for ((name, a), (_, b)) in terms.iter().zip(&terms2) {
+        assert!((value(a) - value(b)).abs() < 1e-5, "{name}");
+    }
+    // The mask mattered: without it the loss differs.
+    let (open, _) = student_loss(&q, &d, &teacher, &[false; 8], &c);
+    assert!((value(&open) - value(&total)).abs() > 1e-3);
+}
+
+/// The teacher's listwise and pointwise losses are means over the queries: the same for
+/// the queries' rows in another order.
+#[test]
+fn the_teachers_loss_does_not_depend_on_the_order_of_the_queries() {
+    let logits = Tensor::from_slice(&[2.0f32, 0.5, -1.0, 0.0, 1.0, 0.3]).view([2, 3]);
+    let swapped = logits.index_select(0, &Tensor::from_slice(&[1i64, 0]));
+    for loss in [
+        TeacherLoss::Listwise,
+        TeacherLoss::Bce,
+        TeacherLoss::ListwiseBce,
+    ] {
+        let (a, _) = teacher_loss(&logits, loss);
+        let (b, _) = teacher_loss(&swapped, loss);
+        assert!((value(&a) - value(&b)).abs() < 1e-6);
+    }
+}

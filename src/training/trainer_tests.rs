@@ -209,11 +209,11 @@ impl Task for Encoder {
 }
 
 /// Mixed precision (bf16 activations over fp32 weights, here on the CPU): training with
-/// the linear layers' compute copies (the LayerNorms in fp32) ends with the same weights, to the bit, as casting
-/// in every forward, over steps of two micro-batches (so the copies' gradients are moved
-/// to the masters after each backward pass), with one forward a micro-batch and with
-/// two (the second casts: summed into the copies, its gradient would be rounded to bf16);
-/// the copies serve only inside a step.
+/// the linear layers' compute copies (the LayerNorms in fp32) ends with the same weights,
+/// to the bit, as casting in every forward, over steps of two micro-batches (so the
+/// copies' gradients are moved to the masters after each backward pass), with one forward
+/// a micro-batch and with two (the second casts: summed into the copies, its gradient
+/// would be rounded to bf16); the copies serve only inside a step.
 #[test]
 fn compute_copies_train_to_the_weights_of_casting_in_every_forward() {
     for split in [false, true] {

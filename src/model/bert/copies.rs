@@ -12,8 +12,10 @@
 //! with one multi-tensor copy; the forward uses them while they are live; after each
 //! backward pass [`ComputeCopies::transfer`] adds the leaves' gradients, widened to fp32,
 //! into the masters' (or makes them the masters' where there were none) and clears the
-//! leaves'. The values are those of the casts: a bf16 gradient widened to fp32 and added
-//! to the master's is what the cast's backward and the accumulation computed. (With one
+//! leaves'. For the linear layers the values are those of the casts: a bf16 gradient
+//! widened to fp32 and added to the master's is what the cast's backward and the
+//! accumulation computed. (A LayerNorm's copies serve a bf16 LayerNorm, where casting ran
+//! an fp32 one: see `Kernels::low_precision_norms`.) (With one
 //! forward a backward pass, as the packed path runs, to the bit; a second forward in a
 //! pass casts, and its gradient reaches the master in another order of fp32 sums.)
 use crate::error::Result;
@@ -278,6 +280,6 @@ impl Drop for Refreshed<'_> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, distill_ffi))]
 #[path = "copies_tests.rs"]
 mod tests;

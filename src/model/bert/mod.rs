@@ -53,7 +53,7 @@ pub(crate) fn layer_norm(p: nn::Path, config: &BertConfig) -> Norm {
     }
 }
 
-/// The kernels a model runs where it has a choice; both on by default. Off, it runs what
+/// The kernels a model runs where it has a choice; all on by default. Off, it runs what
 /// transformers runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kernels {
@@ -66,12 +66,14 @@ pub struct Kernels {
     pub fused_add_norm: bool,
     /// In training with activations in another dtype than the weights, the linear layers'
     /// weights copied once per optimizer step ([`ComputeCopies`]); off, cast in every
-    /// forward. The values are the same.
+    /// forward. The linear layers' values are the same either way (off, the LayerNorms
+    /// run in fp32 too: see `low_precision_norms`).
     pub compute_copies: bool,
     /// With the compute copies, the encoder layers' LayerNorms run in the activations'
     /// dtype on copies of their weights too (aten takes their statistics in fp32 and
-    /// rounds the output once, as the cast after an fp32 LayerNorm does; only the weight
-    /// and bias are rounded to the activations' dtype, as the linear layers' are); off,
+    /// rounds the output once, as the cast after an fp32 LayerNorm does; the weight and
+    /// bias are rounded to the activations' dtype, and so are their gradients once a
+    /// backward pass before they are added to the masters', as the linear layers' are); off,
     /// they run in fp32 on the masters, as under torch's autocast, with the activations
     /// cast up before and down after, forward and backward.
     pub low_precision_norms: bool,
@@ -110,12 +112,14 @@ impl Norm {
     /// `LayerNorm(x + residual)`, the post-LN residual of BERT. While `fused` is on (the
     /// model's [`Kernels::fused_add_norm`]), in inference on CUDA with bf16/fp16 weights it
     /// runs as one kernel (`ffi::layer_norm::add_layer_norm`: the rounding of aten's two
-    /// kernels in one pass over memory); everywhere else, and whenever autograd records,
-    /// or for shapes the kernel does not cover (a broadcast residual, a width that is not a
-    /// multiple of 64), as `forward(x + residual)`. Should the kernel fail to load, compile
-    /// or launch, `fused` is turned off (for the model) with one notice, and aten runs.
-    /// With `copies` (the forward's compute copies) holding this LayerNorm's weights in the
-    /// input's dtype, it runs in that dtype on them ([`Kernels::low_precision_norms`]).
+    /// kernels in one pass over memory). In training, with `copies` (the forward's compute
+    /// copies) holding this LayerNorm's weights in the input's dtype, it runs in that dtype
+    /// on them ([`Kernels::low_precision_norms`]), through
+    /// `ffi::layer_norm::train_layer_norm` while `fused` is on. Everywhere else (autograd
+    /// recording without copies, shapes the inference kernel does not cover: a broadcast
+    /// residual, a width that is not a multiple of 64) as `forward(x + residual)`. Should a
+    /// kernel of ours fail, `fused` is turned off (for the model) with one notice, and aten
+    /// runs.
     pub fn add_forward(
         &self,
         x: &Tensor,
@@ -230,7 +234,8 @@ pub struct BertModel {
     /// Whether the fused add + LayerNorm kernel runs: `kernels.fused_add_norm`, until the
     /// kernel first fails (then off, see [`Norm::add_forward`]).
     fused_add_norm: AtomicBool,
-    /// The linear layers' compute copies, made when training first asks for them.
+    /// The compute copies (linear layers, and the layers' LayerNorms), made when training
+    /// first asks for them.
     copies: std::sync::OnceLock<Option<ComputeCopies>>,
 }
 
@@ -253,7 +258,7 @@ impl BertModel {
         }
     }
 
-    /// The compute copies of the linear layers for training, made on the first call: on
+    /// The compute copies for training ([`Self::copy_groups`]), made on the first call: on
     /// CUDA, when [`Kernels::compute_copies`] is on, the activations' dtype is not the
     /// weights' and the C++ side is built in; None otherwise. (The CPU's training batches
     /// are cut by length into several forwards, which cast; the unit tests make copies on
@@ -288,8 +293,8 @@ impl BertModel {
         self.copies.get()?.as_ref().filter(|c| c.take(self.compute))
     }
 
-    /// Choose the kernels this model runs (both on by default); setting them turns the
-    /// fused add + LayerNorm kernel back on after a failure, if chosen.
+    /// Choose the kernels this model runs (all on by default); setting them turns our
+    /// LayerNorm kernels back on after a failure, if chosen.
     pub fn set_kernels(&mut self, kernels: Kernels) {
         self.kernels = kernels;
         *self.fused_add_norm.get_mut() = kernels.fused_add_norm;
