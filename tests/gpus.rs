@@ -129,6 +129,18 @@ fn two_workers_give_the_single_process_outputs_byte_for_byte() {
         log.contains("of 4 corpus parts encoded here"),
         "no shared corpus encoding"
     );
+    // Eval's reranking parts wait for every student's retrieval: the workers ran again
+    // and did them, so the parent only assembled.
+    let eval_partials: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "stage_partial" && e["stage"] == "eval")
+        .collect();
+    assert!(eval_partials.len() >= 4, "{eval_partials:?}");
+    assert!(
+        eval_partials.iter().any(|e| e["done"] == e["total"]),
+        "the workers left units to the parent: {eval_partials:?}"
+    );
     let compared = ["mine", "score", "eval"];
     let (a, b) = (files(&run_dir(&single), &compared), files(&dir, &compared));
     assert!(a.keys().any(|k| k.ends_with("metrics.json")));

@@ -6,6 +6,7 @@ use distill::data::pairs::PairTable;
 use distill::pipeline::runner::{self, RunOptions, StageState};
 use distill::pipeline::Pipeline;
 use distill::progress::Verbosity;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// A pipeline file in `dir` over the tiny fixtures; `extra` is appended to `[mine]` /
@@ -378,6 +379,73 @@ fn killed_mine_resumes_to_the_same_candidates() {
 #[test]
 fn killed_score_resumes_to_the_same_scores() {
     kill_and_resume("score", "3");
+}
+
+/// Every file of a stage's output folder (partial folders aside), by relative path.
+fn stage_files(path: &Path, stage: &str) -> BTreeMap<String, Vec<u8>> {
+    let dir = Pipeline::load(path).unwrap().run_dir.join(stage);
+    let mut out = BTreeMap::new();
+    let mut todo = vec![dir.clone()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()) {
+            let name = e.strip_prefix(&dir).unwrap().display().to_string();
+            if name.starts_with(".partial-") || name == "manifest.json" {
+                continue;
+            }
+            match e.is_dir() {
+                true => todo.push(e),
+                false => {
+                    out.insert(name, std::fs::read(&e).unwrap());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn killed_eval_resumes_to_the_same_metrics_and_runs() {
+    let f = Fixture::new();
+    let reference = f.write("ref", "", "");
+    run_lib(&reference, &quiet());
+    let path = f.write("killed", "", "");
+    run_lib(&path, &quiet());
+    let p = path.to_str().unwrap();
+    // Killed after the students' retrievals and a first reranking part, forced again.
+    let out = distill(
+        &["-q", "run", p, "--only", "eval", "--force"],
+        &[("DISTILL_FAULT_AFTER_SHARDS", "3")],
+    );
+    assert!(!out.status.success(), "the fault did not fire");
+    let dir = Pipeline::load(&path).unwrap().run_dir.join("eval");
+    assert!(!dir.join("manifest.json").exists());
+    let units = std::fs::read_dir(partial_dir(&dir))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("unit-")
+        })
+        .count();
+    assert_eq!(units, 3);
+    let out = distill(&["-q", "run", p], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, b) = (stage_files(&reference, "eval"), stage_files(&path, "eval"));
+    assert!(
+        a.keys().any(|k| k.ends_with("+teacher.trec")),
+        "{:?}",
+        a.keys()
+    );
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (name, bytes) in &a {
+        assert!(bytes == &b[name], "{name} differs after resume");
+    }
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! `distill report RUN_DIR...` over fixture runs (one real tiny run, copied as later
-//! nights with changed numbers), and the base student's evaluation cached across runs.
+//! nights with changed numbers), and the base student's run cached across runs.
 use crate::common::distill_output as distill;
 use crate::common::*;
 use crate::train::{pipeline, run_ok};
@@ -186,15 +186,15 @@ fn base_student_evaluation_is_cached_across_runs() {
     let entries = std::fs::read_dir(p.cache_dir.join("eval")).unwrap().count();
     assert_eq!(entries, 1, "one cache entry per dataset");
 
-    // Evaluating again (another night) takes the base student's numbers from the cache
-    // and gives the same bytes.
+    // Evaluating again (another night) takes the base student's run from the cache and
+    // gives the same bytes (the teacher reranks its candidates with the others').
     let o = distill(
         &["run", path.to_str().unwrap(), "--only", "eval", "--force"],
         &[],
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("base student's evaluation from"), "{err}");
+    assert!(err.contains("base student's run from"), "{err}");
     assert_eq!(std::fs::read(eval.join("metrics.json")).unwrap(), metrics);
     assert_eq!(
         std::fs::read(eval.join("runs/animals.base+teacher.trec")).unwrap(),

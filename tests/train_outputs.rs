@@ -63,6 +63,10 @@ fn trained_models_load_in_sentence_transformers() {
 fn eval_reports_metrics_that_pytrec_eval_recomputes_from_its_run_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = pipeline(dir.path(), "eval");
+    // The teacher reranks fewer than the students retrieve, so their top documents differ.
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n[eval]\nrerank_k = 5\n");
+    std::fs::write(&path, text).unwrap();
     run_ok(&path, &[]);
     let run = Pipeline::load(&path).unwrap().run_dir;
     let metrics: serde_json::Value = read_json(&run.join("eval/metrics.json"));
@@ -103,6 +107,54 @@ fn eval_reports_metrics_that_pytrec_eval_recomputes_from_its_run_files() {
                 "{tag} {m}: {got} vs pytrec_eval {want}"
             );
         }
+    }
+    // The teacher scores each (query, document) once for every student: each reranked run
+    // holds its student's top `rerank_k` (TREC order), with the same score wherever a pair
+    // recurs, and that score is the teacher's own for the pair.
+    let k = 5;
+    let read = |tag: &str| {
+        let file = run.join(format!("eval/runs/animals.{tag}.trec"));
+        distill::ranking::trec::read_run(&file, |_, _| Ok(())).unwrap()
+    };
+    let mut seen: std::collections::BTreeMap<(String, String), f64> = Default::default();
+    let mut recurring = 0;
+    for model in ["base", "distilled"] {
+        let (student, reranked) = (read(model), read(&format!("{model}+teacher")));
+        assert_eq!(student.len(), reranked.len());
+        for (q, docs) in &student {
+            let mut top: Vec<(String, f64)> = docs.clone();
+            distill::ranking::metrics::trec_order(&mut top);
+            let mut want: Vec<&String> = top.iter().take(k).map(|(d, _)| d).collect();
+            let mut got: Vec<&String> = reranked[q].iter().map(|(d, _)| d).collect();
+            want.sort();
+            got.sort();
+            assert_eq!(got, want, "{model}: query {q}");
+            for (d, s) in &reranked[q] {
+                let prev = seen.insert((q.clone(), d.clone()), *s);
+                assert!(prev.is_none_or(|p| p == *s), "{q} {d}: {prev:?} vs {s}");
+                recurring += usize::from(prev.is_some());
+            }
+        }
+    }
+    assert!(recurring > 0, "no pair in both students' top {k}");
+    let p = Pipeline::load(&path).unwrap();
+    let data = distill::data::beir::Dataset::load(&p.datasets[0].path, &["test"], false).unwrap();
+    let teacher = distill::stages::paths::teacher_dir(&p);
+    let teacher =
+        distill::model::CrossEncoder::load(&teacher, Some(64), tch::Device::Cpu, Kind::Float)
+            .unwrap();
+    let pairs: Vec<(String, String)> = seen
+        .keys()
+        .take(40)
+        .map(|(q, d)| {
+            let q = data.queries.text(q).unwrap().unwrap().into_owned();
+            (q, data.corpus.text(d).unwrap().unwrap().into_owned())
+        })
+        .collect();
+    let theirs = teacher.score(&pairs, 8, &mut |_| {}).unwrap();
+    assert_eq!(theirs.len(), seen.len().min(40));
+    for (((q, d), ours), s) in seen.iter().zip(&theirs) {
+        assert!((ours - *s as f64).abs() < 1e-5, "{q} {d}: {ours} vs {s}");
     }
     // Per-query rows: one per (model, judged query).
     let script = "import sys, pyarrow.parquet as pq\nt = pq.read_table(sys.argv[1])\nprint(t.num_rows, 'student ndcg@10' in t.column_names)";

@@ -408,7 +408,10 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
                     ),
                 });
                 begin_stage(&r, clear)
-                    .and_then(|()| w.run(&p.run_dir, name, mode, forced, cuda))
+                    .and_then(|()| match mode {
+                        Mode::Shards => shard_rounds(w, p, stage.as_ref(), &r, forced, cuda),
+                        _ => w.run(&p.run_dir, name, mode, forced, cuda),
+                    })
                     .and_then(|()| match mode {
                         // Every shard exists: the parent assembles them.
                         Mode::Shards => run_stage(
@@ -540,6 +543,28 @@ fn clear_partials(dir: &Path, keep: &Path, forced: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A sharded stage's workers, started again while a round commits shards and some
+/// remain: eval's reranking parts wait for every student's retrieval, which other
+/// workers may owe in the same round.
+fn shard_rounds(
+    w: &super::workers::Workers,
+    p: &Pipeline,
+    stage: &dyn Stage,
+    r: &Resolved,
+    forced: bool,
+    cuda: bool,
+) -> Result<()> {
+    let done = || stage.progress(p, &r.partial);
+    loop {
+        let before = done().map_or(0, |(d, _)| d);
+        w.run(&p.run_dir, stage.name(), Mode::Shards, forced, cuda)?;
+        match done() {
+            Some((d, total)) if d < total && d > before => continue,
+            _ => return Ok(()),
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -131,9 +131,74 @@ pub fn run_files(dataset: &str, label: &str) -> [String; 2] {
     ]
 }
 
+/// Each query's first `n` documents of `run` in TREC order, with their scores.
+pub fn top_of(run: &Runs, n: usize) -> Runs {
+    run.iter()
+        .map(|(q, docs)| {
+            let mut docs = docs.clone();
+            trec_order(&mut docs);
+            docs.truncate(n);
+            (q.clone(), docs)
+        })
+        .collect()
+}
+
+/// Per query of `queries`, the documents among the first `k` (TREC order) of any of
+/// `runs` for it, each once, in id order (scored 0: what a reranker scores once for
+/// several students).
+pub fn union(queries: &[&String], runs: &[&Runs], k: usize) -> Runs {
+    queries
+        .iter()
+        .map(|q| {
+            let mut docs = std::collections::BTreeSet::new();
+            for run in runs {
+                let mut ranked = run.get(*q).cloned().unwrap_or_default();
+                trec_order(&mut ranked);
+                docs.extend(ranked.into_iter().take(k).map(|(d, _)| d));
+            }
+            let docs = docs.into_iter().map(|d| (d, 0.0)).collect();
+            ((*q).clone(), docs)
+        })
+        .collect()
+}
+
+/// The reranked run of one student out of a reranker's scores of a union: per query of
+/// `queries`, the first `k` of its `candidates` (TREC order) with their scores in
+/// `scores`. A candidate without a score is an error naming `source`.
+pub fn reranked_from(
+    queries: &[&String],
+    candidates: &Runs,
+    k: usize,
+    scores: &Runs,
+    source: &Path,
+) -> Result<Runs> {
+    let mut out = Runs::new();
+    for q in queries {
+        let scored: std::collections::HashMap<&str, f32> = scores
+            .get(*q)
+            .map(|docs| docs.iter().map(|(d, s)| (d.as_str(), *s)).collect())
+            .unwrap_or_default();
+        let mut ordered = candidates.get(*q).cloned().unwrap_or_default();
+        trec_order(&mut ordered);
+        let docs = ordered
+            .into_iter()
+            .take(k)
+            .map(|(d, _)| match scored.get(d.as_str()) {
+                Some(&s) => Ok((d, s)),
+                None => Err(Error::Output {
+                    path: source.to_path_buf(),
+                    message: format!("no reranker score for query `{q}` and document `{d}`"),
+                }),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.insert((*q).clone(), docs);
+    }
+    Ok(out)
+}
+
 /// Per query, the share of `reranked`'s top 10 found in `student`'s top 10 (0 for a
 /// query the reranker returned nothing for).
-fn top10_recall(queries: &[&String], student: &Runs, reranked: &Runs) -> BTreeMap<String, f64> {
+pub fn top10_recall(queries: &[&String], student: &Runs, reranked: &Runs) -> BTreeMap<String, f64> {
     let top10 = |run: &Runs, qid: &String| {
         let mut r = run.get(qid).cloned().unwrap_or_default();
         trec_order(&mut r);
@@ -155,13 +220,13 @@ fn top10_recall(queries: &[&String], student: &Runs, reranked: &Runs) -> BTreeMa
 }
 
 /// One system's results on one split: per judged query, its measures.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Default)]
 pub struct SystemRun {
     pub per_query: Vec<(String, Measures)>,
 }
 
 impl SystemRun {
-    fn of(run: &Runs, judged: &Qrels) -> Self {
+    pub fn of(run: &Runs, judged: &Qrels) -> Self {
         SystemRun {
             per_query: rerank::per_query(run, judged),
         }
@@ -276,3 +341,7 @@ impl PerQueryTable {
         )
     }
 }
+
+#[cfg(test)]
+#[path = "evaluation_tests.rs"]
+mod tests;

@@ -12,18 +12,23 @@ use super::shared::upstream_output;
 use super::{Outcome, Stage, StageEnv};
 use crate::data::beir::Dataset;
 use crate::error::{Error, Result};
+use crate::model::BiEncoder;
 use crate::model::CrossEncoder;
 use crate::pipeline::config::{DatasetRef, PromptNames};
 use crate::pipeline::fingerprint;
 use crate::pipeline::manifest::Manifest;
 use crate::pipeline::Pipeline;
-use crate::ranking::evaluation::{self, run_files, PerQueryTable, SystemEval};
+use crate::ranking::evaluation::{self, run_files, PerQueryTable, SystemEval, SystemRun};
 use crate::ranking::metrics::Judgements;
-use crate::ranking::rerank::Depth;
+use crate::ranking::rerank::{Depth, Runs};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
+
+#[path = "eval_parts.rs"]
+mod parts;
+use parts::{rerank_part, RerankedPart, RERANK_PARTS};
 
 pub struct Eval;
 
@@ -167,9 +172,13 @@ impl Stage for Eval {
         super::read_plan(partial).map(|total| (count_units(partial), total))
     }
 
-    /// Unit by unit (a student on a dataset, see [`units`]), each committed in the
-    /// partial folder; a `--shard` worker does the units it owns, a run without it the
-    /// rest, and assembles `metrics.json` and the per-query table from every unit.
+    /// Unit by unit (see [`Unit`]), each committed in the partial folder: every
+    /// student's retrieval, then the teacher's scores of the union of their top
+    /// `rerank_k`, a part of each dataset's queries at a time. A `--shard` worker does the
+    /// units it owns (a reranking part once the dataset's retrievals are all committed;
+    /// `distill run --gpus N` starts the workers again while that makes progress), a run
+    /// without it the rest, and assembles `metrics.json`, the teacher's runs and the
+    /// per-query table from every unit.
     fn run(&self, env: &mut StageEnv) -> Result<Outcome> {
         let p = env.pipeline;
         let runs_dir = env.dir.join("runs");
@@ -178,25 +187,52 @@ impl Stage for Eval {
         super::write_plan(&env.partial, units.len())?;
         let mut teacher: Option<CrossEncoder> = None;
         let mut split: Option<(usize, LoadedSplit)> = None;
-        for (u, &(di, label, ref path)) in units.iter().enumerate() {
+        for (u, unit) in units.iter().enumerate() {
             let file = unit_path(&env.partial, u);
-            let read = crate::error::read_json::<UnitResult>;
-            if env.shard.is_some_and(|w| !w.owns(u)) || env.usable_shard(&file, read) {
+            if env.shard.is_some_and(|w| !w.owns(u)) || usable(env, unit, &file) {
                 continue;
             }
-            if teacher.is_none() {
-                let dir = super::paths::teacher_dir(p);
-                let t = CrossEncoder::load(&dir, p.teacher.max_length, env.device, env.kind)?;
-                teacher = Some(t);
+            let di = unit.dataset();
+            let retrievals = retrieval_units(&units, di);
+            if matches!(unit, Unit::Rerank { .. })
+                && !retrievals
+                    .iter()
+                    .all(|&r| unit_path(&env.partial, r).exists())
+            {
+                continue; // a worker's part whose retrievals other workers still owe
             }
             if split.as_ref().is_none_or(|(i, _)| *i != di) {
                 split = Some((di, LoadedSplit::load(p, &p.datasets[di])?));
             }
-            let (Some(teacher), Some((_, loaded))) = (&teacher, &split) else {
-                continue; // both were just set
+            let Some((_, loaded)) = &split else {
+                continue; // just set
             };
-            let result = self.unit(env, teacher, (label, path), &p.datasets[di], loaded)?;
-            crate::data::atomic::write_json(&file, &result)?;
+            let d = &p.datasets[di];
+            match unit {
+                Unit::Retrieve { label, path, .. } => {
+                    let result = self.retrieve(env, (label, path), d, loaded)?;
+                    crate::data::atomic::write_json(&file, &result)?;
+                }
+                &Unit::Rerank { part, .. } => {
+                    if teacher.is_none() {
+                        let dir = super::paths::teacher_dir(p);
+                        let t =
+                            CrossEncoder::load(&dir, p.teacher.max_length, env.device, env.kind)?;
+                        teacher = Some(t);
+                    }
+                    let Some(teacher) = &teacher else {
+                        continue; // just set
+                    };
+                    let mut students = Vec::new();
+                    for &r in &retrievals {
+                        let path = unit_path(&env.partial, r);
+                        let run = crate::error::read_json::<Retrieved>(&path)?.run;
+                        students.push((path, run.candidates));
+                    }
+                    let scored = rerank_part(env, teacher, (d, loaded), part, &students)?;
+                    crate::data::atomic::write_json(&file, &scored)?;
+                }
+            }
             env.committed(u, units.len());
         }
         let done = count_units(&env.partial);
@@ -207,64 +243,150 @@ impl Stage for Eval {
                 total: units.len(),
             });
         }
-        let mut metrics = serde_json::Map::new();
-        let mut table = PerQueryTable::default();
-        let mut outputs = vec![METRICS.to_string(), PER_QUERY.to_string()];
-        let results = (0..units.len())
-            .map(|u| crate::error::read_json::<UnitResult>(&unit_path(&env.partial, u)))
-            .collect::<Result<Vec<_>>>()?;
-        for (di, d) in p.datasets.iter().enumerate() {
-            let per_student: Vec<(&str, &UnitResult)> = units
-                .iter()
-                .zip(&results)
-                .filter(|((i, ..), _)| *i == di)
-                .map(|((_, label, _), r)| (*label, r))
-                .collect();
-            let queries = per_student.first().map_or(0, |(_, r)| r.queries);
-            let mut per_dataset = serde_json::Map::new();
-            per_dataset.insert("queries".into(), queries.into());
-            if d.watch {
-                per_dataset.insert("role".into(), "watch".into());
-            }
-            if let Some(dev_queries) = per_student.first().and_then(|(_, r)| r.dev_queries) {
-                let mut on_dev = serde_json::Map::new();
-                on_dev.insert("queries".into(), dev_queries.into());
-                for (label, r) in &per_student {
-                    on_dev.insert((*label).into(), r.dev.clone().unwrap_or_default());
-                }
-                per_dataset.insert("dev".into(), serde_json::Value::Object(on_dev));
-            }
-            for (label, r) in &per_student {
-                per_dataset.insert((*label).into(), r.eval.summary());
-                outputs.extend(run_files(&d.name, label));
-                table.push(&d.name, label, &r.eval);
-            }
-            // What the teacher's loss terms add over the same recipe without them.
-            if p.train.baseline.is_some() {
-                let student = |m: &str| per_dataset[m]["student"]["ndcg@10"].as_f64();
-                if let (Some(d), Some(b)) = (student("distilled"), student("baseline")) {
-                    per_dataset.insert("gain_from_teacher".into(), json!(d - b));
-                }
-            }
-            metrics.insert(d.name.clone(), serde_json::Value::Object(per_dataset));
-        }
-        crate::data::atomic::write_json(&env.dir.join(METRICS), &metrics)?;
-        let n = table.len();
-        table.write(&env.dir.join(PER_QUERY))?;
-        Ok(Outcome::Complete {
-            outputs,
-            rows: n as u64,
-            summary: serde_json::Value::Object(metrics),
-        })
+        assemble(env, &units)
     }
 }
 
-/// Eval's units of work, in order: (dataset index, student label, student folder) for
-/// every dataset and every student of [`students`].
-fn units(p: &Pipeline) -> Vec<(usize, &'static str, PathBuf)> {
-    (0..p.datasets.len())
-        .flat_map(|di| students(p).into_iter().map(move |(l, path)| (di, l, path)))
+/// Every unit's results into `metrics.json`, the teacher's TREC runs and the per-query
+/// table (every unit is committed).
+fn assemble(env: &mut StageEnv, units: &[Unit]) -> Result<Outcome> {
+    let p = env.pipeline;
+    let mut metrics = serde_json::Map::new();
+    let mut table = PerQueryTable::default();
+    let mut outputs = vec![METRICS.to_string(), PER_QUERY.to_string()];
+    for (di, d) in p.datasets.iter().enumerate() {
+        let mut parts = Vec::new();
+        for (u, unit) in units.iter().enumerate() {
+            if matches!(unit, &Unit::Rerank { dataset, .. } if dataset == di) {
+                let path = unit_path(&env.partial, u);
+                parts.push(crate::error::read_json::<RerankedPart>(&path)?);
+            }
+        }
+        let mut per_dataset = serde_json::Map::new();
+        per_dataset.insert("queries".into(), 0.into());
+        if d.watch {
+            per_dataset.insert("role".into(), "watch".into());
+        }
+        let mut per_student: Vec<(&str, SystemEval)> = Vec::new();
+        for (s, u) in retrieval_units(units, di).into_iter().enumerate() {
+            let Unit::Retrieve { label, .. } = &units[u] else {
+                continue;
+            };
+            let r: Retrieved = crate::error::read_json(&unit_path(&env.partial, u))?;
+            // The parts in order: their queries are contiguous ranges in id order.
+            let mut reranked = Runs::new();
+            let mut teacher = SystemRun {
+                per_query: Vec::new(),
+            };
+            let mut recall = BTreeMap::new();
+            for part in &mut parts {
+                let Some(e) = part.students.get_mut(s) else {
+                    return Err(Error::Output {
+                        path: env.partial.clone(),
+                        message: format!("a reranking part of {} lacks student `{label}`", d.name),
+                    });
+                };
+                let e = std::mem::take(e);
+                reranked.extend(e.run.into_runs());
+                teacher.per_query.extend(e.teacher.per_query);
+                recall.extend(e.recall);
+            }
+            let files = run_files(&d.name, label);
+            let tag = format!("distill-{label}+teacher");
+            crate::ranking::trec::write_run(&env.dir.join(&files[1]), &reranked, &tag)?;
+            per_dataset.insert("queries".into(), r.queries.into());
+            if let Some(dev_queries) = r.dev_queries {
+                let on_dev = per_dataset
+                    .entry("dev")
+                    .or_insert_with(|| json!({ "queries": dev_queries }));
+                on_dev[*label] = r.dev.unwrap_or_default();
+            }
+            let eval = SystemEval {
+                student: r.run.student,
+                teacher: Some(teacher),
+                recall,
+            };
+            per_student.push((label, eval));
+        }
+        for (label, e) in &per_student {
+            per_dataset.insert((*label).into(), e.summary());
+            outputs.extend(run_files(&d.name, label));
+            table.push(&d.name, label, e);
+        }
+        // What the teacher's loss terms add over the same recipe without them.
+        if p.train.baseline.is_some() {
+            let student = |m: &str| per_dataset[m]["student"]["ndcg@10"].as_f64();
+            if let (Some(d), Some(b)) = (student("distilled"), student("baseline")) {
+                per_dataset.insert("gain_from_teacher".into(), json!(d - b));
+            }
+        }
+        metrics.insert(d.name.clone(), serde_json::Value::Object(per_dataset));
+    }
+    crate::data::atomic::write_json(&env.dir.join(METRICS), &metrics)?;
+    let n = table.len();
+    table.write(&env.dir.join(PER_QUERY))?;
+    Ok(Outcome::Complete {
+        outputs,
+        rows: n as u64,
+        summary: serde_json::Value::Object(metrics),
+    })
+}
+
+/// Eval's units of work, in order.
+enum Unit {
+    /// A student's run on a dataset's evaluation split (and its dev slice).
+    Retrieve {
+        dataset: usize,
+        label: &'static str,
+        path: PathBuf,
+    },
+    /// The teacher's scores of a part of a dataset's queries: each query with the union of
+    /// the students' top `rerank_k`.
+    Rerank { dataset: usize, part: usize },
+}
+
+impl Unit {
+    fn dataset(&self) -> usize {
+        match *self {
+            Unit::Retrieve { dataset, .. } | Unit::Rerank { dataset, .. } => dataset,
+        }
+    }
+}
+
+/// Every dataset's retrievals (one per student of [`students`]), then every dataset's
+/// reranking parts.
+fn units(p: &Pipeline) -> Vec<Unit> {
+    let datasets = 0..p.datasets.len();
+    let retrieve = datasets.clone().flat_map(|dataset| {
+        students(p)
+            .into_iter()
+            .map(move |(label, path)| Unit::Retrieve {
+                dataset,
+                label,
+                path,
+            })
+    });
+    let rerank = datasets
+        .flat_map(|dataset| (0..RERANK_PARTS).map(move |part| Unit::Rerank { dataset, part }));
+    retrieve.chain(rerank).collect()
+}
+
+/// The indices of dataset `di`'s retrieval units.
+fn retrieval_units(units: &[Unit], di: usize) -> Vec<usize> {
+    units
+        .iter()
+        .enumerate()
+        .filter(|(_, u)| matches!(u, Unit::Retrieve { dataset, .. } if *dataset == di))
+        .map(|(i, _)| i)
         .collect()
+}
+
+/// Whether unit `unit`'s committed file reads back (one that does not is removed).
+fn usable(env: &mut StageEnv, unit: &Unit, file: &Path) -> bool {
+    match unit {
+        Unit::Retrieve { .. } => env.usable_shard(file, crate::error::read_json::<Retrieved>),
+        Unit::Rerank { .. } => env.usable_shard(file, crate::error::read_json::<RerankedPart>),
+    }
 }
 
 fn unit_path(partial: &Path, u: usize) -> PathBuf {
@@ -283,16 +405,27 @@ fn count_units(partial: &Path) -> usize {
     })
 }
 
-/// One unit's results: the student on the split (its TREC runs are in the stage folder)
-/// and, with a dev slice, its headline measures there.
+/// A retrieval unit's results: the student on the split (its TREC run is in the stage
+/// folder), its candidates for the teacher and, with a dev slice, its headline measures
+/// there.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct UnitResult {
+struct Retrieved {
     /// Judged queries of the split.
     queries: usize,
     /// Queries of the dev slice (none when it is off or empty).
     dev_queries: Option<usize>,
     dev: Option<serde_json::Value>,
-    eval: SystemEval,
+    #[serde(flatten)]
+    run: StudentRun,
+}
+
+/// What a student's retrieval leaves for the rest of the stage (and what the base
+/// student's cache entry holds): its per-query measures and, per judged query, its first
+/// `max(rerank_k, 10)` documents in TREC order with their scores.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StudentRun {
+    student: SystemRun,
+    candidates: Runs,
 }
 
 /// A dataset's evaluation split as loaded (and its dev slice).
@@ -333,32 +466,35 @@ fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
 }
 
 impl Eval {
-    /// One unit: the student `label` (at `path`) on a dataset's split, its headline
-    /// measures on the dev slice (when there is one) and its evaluation (the base
+    /// A retrieval unit: the student `label` (at `path`) on a dataset's split, its
+    /// headline measures on the dev slice (when there is one) and its run (the base
     /// student's from the cache when it can).
-    fn unit(
+    fn retrieve(
         &self,
         env: &mut StageEnv,
-        teacher: &CrossEncoder,
         (label, path): (&str, &Path),
         d: &DatasetRef,
         loaded: &LoadedSplit,
-    ) -> Result<UnitResult> {
+    ) -> Result<Retrieved> {
         let p = env.pipeline;
+        // The base student reads at the pipeline's length; the trained ones at the length
+        // they were trained and saved with.
+        let max_length = (label == "base").then_some(p.student.max_length).flatten();
+        let mut student = None;
         // The corpus embedded for the dev slice serves the evaluation split too (at 8.8M
         // passages, reading them back from the cache takes about 45 s).
         let mut corpus = None;
         let dev = match loaded.dev.is_empty() {
             true => None,
             false => {
-                let max_length = (label == "base").then_some(p.student.max_length).flatten();
-                let student = p.load_student(path, env.device, env.kind, max_length)?;
+                let model = p.load_student(path, env.device, env.kind, max_length)?;
                 let fp = fingerprint::directory(path)?;
                 let (ds, dev) = (&loaded.ds, &loaded.dev);
-                let embedded = super::shared::corpus_embeddings(env, &student, &fp, d, ds)?;
+                let embedded = super::shared::corpus_embeddings(env, &model, &fp, d, ds)?;
                 let (m, _) =
-                    super::shared::evaluate_slice(env, (&student, &embedded), None, ds, dev)?;
+                    super::shared::evaluate_slice(env, (&model, &embedded), None, ds, dev)?;
                 corpus = Some(embedded);
+                student = Some(model);
                 Some(super::shared::headline_measures(&m))
             }
         };
@@ -367,42 +503,38 @@ impl Eval {
             ds: &loaded.ds,
             judged: &loaded.judged,
         };
-        let eval = if label == "base" {
-            self.base_cached(env, teacher, path, &split, corpus)?
-        } else {
-            self.system(env, teacher, (path, label), &split, corpus)?
+        let run = match label {
+            "base" => self.base_cached(env, path, &split, (student, corpus))?,
+            _ => self.system(env, (path, label), &split, (student, corpus))?,
         };
-        Ok(UnitResult {
+        Ok(Retrieved {
             queries: loaded.judged.len(),
             dev_queries: (!loaded.dev.is_empty()).then_some(loaded.dev.len()),
             dev,
-            eval,
+            run,
         })
     }
 
-    /// One student on one dataset: its run (top-k, the query itself left out), the
-    /// teacher's rerank of its top `rerank_k`, their measures, and per query the share
-    /// of the teacher's top 10 found in the student's own top 10. Writes both TREC runs.
-    /// `corpus`: the corpus as this student embedded it, when the unit has it already.
+    /// One student on one dataset: its run (top-k, the query itself left out), written as
+    /// its TREC run, its measures and its candidates for the teacher. `loaded`: the
+    /// student and the corpus as it embedded it, when the unit has them already.
     fn system(
         &self,
         env: &mut StageEnv,
-        teacher: &CrossEncoder,
         (path, label): (&Path, &str),
         split: &Split,
-        corpus: Option<Tensor>,
-    ) -> Result<SystemEval> {
+        loaded: (Option<BiEncoder>, Option<Tensor>),
+    ) -> Result<StudentRun> {
         let Split { d, ds, judged } = *split;
         let p = env.pipeline;
-        // The distilled student reads at the length it was trained and saved with.
-        let max_length = match label {
-            "base" => p.student.max_length,
-            _ => None,
-        };
+        let max_length = (label == "base").then_some(p.student.max_length).flatten();
         let mut clock = std::time::Instant::now();
         let part = |what: &str| format!("{label} student on {}'s {}: {what}", d.name, d.eval_split);
-        let student = p.load_student(path, env.device, env.kind, max_length)?;
-        let corpus = match corpus {
+        let student = match loaded.0 {
+            Some(s) => s,
+            None => p.load_student(path, env.device, env.kind, max_length)?,
+        };
+        let corpus = match loaded.1 {
             Some(c) => c,
             None => {
                 let fp = fingerprint::directory(path)?;
@@ -415,76 +547,64 @@ impl Eval {
             corpus_chunk: p.mine.corpus_chunk,
             batch_size: p.student.batch_size,
         };
-        let mut runs = evaluation::retrieve(&student, &corpus, ds, judged, depth)?;
+        let runs = evaluation::retrieve(&student, &corpus, ds, judged, depth)?;
         env.timed(&part("encoding the queries and searching"), &mut clock);
-        let reranker = super::shared::teacher_reranker(p, teacher);
-        let pairs = reranker.pairs(&runs.student);
-        runs.rerank(reranker, ds, &mut |_| {})?;
-        env.timed(&part(&format!("reranking {pairs} pairs")), &mut clock);
         runs.write(&env.dir, &d.name, label)?;
-        Ok(runs.measure(judged))
+        Ok(StudentRun {
+            student: SystemRun::of(&runs.student, judged),
+            candidates: evaluation::top_of(&runs.student, p.eval.rerank_k.max(10)),
+        })
     }
 
-    /// The base student's evaluation, from `<output_root>/cache/eval` when the same
-    /// student, teacher, dataset files and eval settings were evaluated before (the base
-    /// student does not change from night to night; its numbers need computing once).
+    /// The base student's run, from `<output_root>/cache/eval` when the same student,
+    /// dataset files and eval settings were evaluated before (the base student does not
+    /// change from night to night; its run needs computing once). The teacher reranks its
+    /// candidates with the others' every night.
     fn base_cached(
         &self,
         env: &mut StageEnv,
-        teacher: &CrossEncoder,
         path: &Path,
         split: &Split,
-        corpus: Option<Tensor>,
-    ) -> Result<SystemEval> {
+        loaded: (Option<BiEncoder>, Option<Tensor>),
+    ) -> Result<StudentRun> {
         let d = split.d;
         let p = env.pipeline;
         let mut data = BTreeMap::new();
         super::shared::dataset_inputs(d, &[&d.eval_split], &mut data)?;
         let key = fingerprint::json(&json!({
+            "entry": "student run",
             "student": fingerprint::directory(path)?,
-            "teacher": fingerprint::directory(&super::paths::teacher_dir(p))?,
             "data": data,
             "split": d.eval_split,
             "strict": d.strict,
             "eval": p.eval,
             "corpus_chunk": p.mine.corpus_chunk,
             "student_max_seq_length": p.student.max_length,
-            "teacher_max_length": p.teacher.max_length,
             "precision": super::shared::kind_name(env.kind),
             "device": format!("{:?}", env.device),
             "distill_version": env!("CARGO_PKG_VERSION"),
         }));
         let cache = p.cache_dir.join("eval").join(key);
         let result = cache.join("result.json");
-        let files = run_files(&d.name, "base");
-        let names = ["student.trec", "teacher.trec"];
-        let entries = [result.clone(), cache.join(names[0]), cache.join(names[1])];
-        let hit = result.exists()
-            && entries
-                .iter()
-                .all(|f| super::shared::cache_entry_ok(env, f));
+        let file = run_files(&d.name, "base")[0].clone();
+        let trec = cache.join("student.trec");
+        let hit = [&result, &trec]
+            .iter()
+            .all(|f| f.exists() && super::shared::cache_entry_ok(env, f));
         if hit {
-            let hit: SystemEval = crate::error::read_json(&result)?;
-            for (file, name) in files.iter().zip(names) {
-                copy_atomic(&cache.join(name), &env.dir.join(file))?;
-            }
+            let hit: StudentRun = crate::error::read_json(&result)?;
+            copy_atomic(&trec, &env.dir.join(&file))?;
             let stage = env.name.to_string();
             env.emit(crate::pipeline::events::Event::Note {
                 stage,
-                message: format!(
-                    "{}: base student's evaluation from {}",
-                    d.name,
-                    cache.display()
-                ),
+                message: format!("{}: base student's run from {}", d.name, cache.display()),
             });
             return Ok(hit);
         }
-        let fresh = self.system(env, teacher, (path, "base"), split, corpus)?;
+        let fresh = self.system(env, (path, "base"), split, loaded)?;
         std::fs::create_dir_all(&cache).map_err(|e| Error::io(&cache, e))?;
-        for (file, name) in files.iter().zip(names) {
-            copy_atomic(&env.dir.join(file), &cache.join(name))?;
-            super::shared::record_cache_entry(&cache.join(name))?;
-        }
+        copy_atomic(&env.dir.join(&file), &trec)?;
+        super::shared::record_cache_entry(&trec)?;
         // Written last: a cache entry without result.json (and its record) is never read.
         crate::data::atomic::write_json(&result, &fresh)?;
         super::shared::record_cache_entry(&result)?;

@@ -1,0 +1,135 @@
+//! Eval's reranking parts: the teacher scores each (query, document) of a part of a
+//! dataset's judged queries once, for every student whose top `rerank_k` holds it, and
+//! each student's rerank of its own candidates comes out of those scores.
+use super::LoadedSplit;
+use crate::error::{Error, Result};
+use crate::model::CrossEncoder;
+use crate::pipeline::config::DatasetRef;
+use crate::ranking::evaluation::{self, SystemRun};
+use crate::ranking::rerank::{self, Reranker, Runs};
+use crate::stages::StageEnv;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Reranking parts per dataset: its judged queries (in id order) in this many contiguous
+/// parts, whatever the number of workers (a part's pairs, and so its scores, are the
+/// same however the stage is run).
+pub const RERANK_PARTS: usize = 4;
+
+/// The teacher's scores of one part of a dataset's judged queries: each query against the
+/// union of `students`' candidates for it, every pair scored once.
+pub fn rerank_part(
+    env: &mut StageEnv,
+    teacher: &CrossEncoder,
+    (d, loaded): (&DatasetRef, &LoadedSplit),
+    part: usize,
+    students: &[(PathBuf, Runs)],
+) -> Result<RerankedPart> {
+    let mut clock = std::time::Instant::now();
+    let (ids, texts) = evaluation::judged_texts(&loaded.ds, &loaded.judged)?;
+    let range = part_range(ids.len(), part);
+    let (ids, texts) = (&ids[range.clone()], &texts[range]);
+    let k = env.pipeline.eval.rerank_k;
+    let runs: Vec<&Runs> = students.iter().map(|(_, c)| c).collect();
+    let union = evaluation::union(ids, &runs, k);
+    let reranker = Reranker {
+        k: usize::MAX,
+        ..crate::stages::shared::teacher_reranker(env.pipeline, teacher)
+    };
+    let pairs = reranker.pairs(&union);
+    let read = students
+        .iter()
+        .map(|(_, s)| {
+            ids.iter()
+                .filter_map(|q| s.get(*q))
+                .map(|c| c.len().min(k))
+                .sum::<usize>()
+        })
+        .sum::<usize>();
+    let scores = rerank::rerank(
+        reranker,
+        &union,
+        (ids, texts),
+        &loaded.ds.corpus,
+        &mut |_| {},
+    )?;
+    let part_name = format!(
+        "teacher on {}'s {}, part {} of {RERANK_PARTS}: reranking {pairs} pairs (the union of {} students' {read})",
+        d.name,
+        d.eval_split,
+        part + 1,
+        students.len()
+    );
+    env.timed(&part_name, &mut clock);
+    let students = students
+        .iter()
+        .map(|(source, candidates)| {
+            let reranked = evaluation::reranked_from(ids, candidates, k, &scores, source)?;
+            Ok(PartEval {
+                teacher: SystemRun::of(&reranked, &loaded.judged),
+                recall: evaluation::top10_recall(ids, candidates, &reranked),
+                run: Bits::of(reranked)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(RerankedPart { students })
+}
+
+/// The `part`-th of [`RERANK_PARTS`] contiguous ranges of `n` queries.
+fn part_range(n: usize, part: usize) -> std::ops::Range<usize> {
+    (part * n / RERANK_PARTS)..((part + 1) * n / RERANK_PARTS)
+}
+
+/// A reranking part's results: per student (in the order of its retrieval units), the
+/// teacher's rerank of its candidates over the part's queries.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct RerankedPart {
+    pub students: Vec<PartEval>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+pub struct PartEval {
+    pub run: Bits,
+    /// The reranked run's measures, per query.
+    pub teacher: SystemRun,
+    /// Per query, the share of the teacher's top 10 in the student's own top 10.
+    pub recall: BTreeMap<String, f64>,
+}
+
+/// A run with its scores as f32 bits (exact through JSON).
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+pub struct Bits(BTreeMap<String, Vec<(String, u32)>>);
+
+impl Bits {
+    /// `run`'s scores; a score that is not finite is an error naming the pair.
+    fn of(run: Runs) -> Result<Self> {
+        let mut queries = BTreeMap::new();
+        for (q, docs) in run {
+            let mut bits = Vec::with_capacity(docs.len());
+            for (d, s) in docs {
+                if !s.is_finite() {
+                    return Err(Error::Setting {
+                        key: "teacher".into(),
+                        message: format!("the teacher scored query `{q}` and document `{d}` {s}"),
+                    });
+                }
+                bits.push((d, s.to_bits()));
+            }
+            queries.insert(q, bits);
+        }
+        Ok(Bits(queries))
+    }
+
+    pub fn into_runs(self) -> Runs {
+        self.0
+            .into_iter()
+            .map(|(q, docs)| {
+                let docs = docs
+                    .into_iter()
+                    .map(|(d, b)| (d, f32::from_bits(b)))
+                    .collect();
+                (q, docs)
+            })
+            .collect()
+    }
+}
