@@ -3,7 +3,10 @@
 // bf16/fp16 activations on CUDA. And LayerNorm for training (`distill_train_layer_norm`):
 // aten's forward and input gradient, with the weight's and bias's gradients taken by a
 // kernel that splits the rows over blocks (aten's, below 64k rows, runs one block per 32
-// columns over all rows: 12 blocks at MiniLM's width, 189 us a call at 44k rows on an H200). There is no CUDA compiler at build time, so the kernel is
+// columns over all rows: 12 blocks at MiniLM's width, 189 us a call at 44k rows on an H200).
+// And the linear layers for training (`distill_train_linear`): aten's forward and
+// products, the bias's gradient (a sum over the rows) by a column-sum kernel of the same
+// kind. There is no CUDA compiler at build time, so the kernel is
 // compiled at run time by NVRTC and launched through the CUDA driver API, both loaded with
 // dlopen (nvrtc.h): nothing extra is linked, and a machine without them keeps aten's
 // kernels. Conventions of the entry points: common.h.
@@ -12,7 +15,9 @@
 // add's output is), then mean and biased variance are taken in fp32 and the result is
 // (v - mean) * rsqrt(var + eps) * gamma + beta, rounded once.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/linear.h>
 #include <ATen/ops/native_layer_norm.h>
 #include <ATen/ops/native_layer_norm_backward.h>
 #include <ATen/ops/zeros.h>
@@ -135,6 +140,59 @@ extern "C" __global__ void __launch_bounds__(256) layer_norm_weight_grads(
     part_b[(long long)blockIdx.y * H + c] = b;
   }
 }
+// A bias's gradient, the column sums of dy ([rows, w] with w a multiple of 4, read as
+// 8-byte words: 4 columns a lane): block (x, y) of 8 warps sums columns 128x .. 128x + 127
+// over its part of the rows (per_block of them from y * per_block, each warp every 8th
+// row), in fp32, into row y of `part` ([blocks_y, w]).
+extern "C" __global__ void __launch_bounds__(256) column_sums(
+    const uint2* __restrict__ dy, float* __restrict__ part, long long rows,
+    long long per_block, long long w) {
+  long long groups = w / 4, g = (long long)blockIdx.x * 32 + threadIdx.x;
+  long long first = (long long)blockIdx.y * per_block;
+  long long end = first + per_block < rows ? first + per_block : rows;
+  float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+  if (g < groups) {
+#pragma unroll 4
+    for (long long r = first + threadIdx.y; r < end; r += 8) {
+      uint2 v = dy[r * groups + g];
+      s0 += to_f(v.x & 0xffffu);
+      s1 += to_f(v.x >> 16);
+      s2 += to_f(v.y & 0xffffu);
+      s3 += to_f(v.y >> 16);
+    }
+  }
+  __shared__ float sh[8][128];
+  int c = threadIdx.x * 4;
+  sh[threadIdx.y][c] = s0;
+  sh[threadIdx.y][c + 1] = s1;
+  sh[threadIdx.y][c + 2] = s2;
+  sh[threadIdx.y][c + 3] = s3;
+  __syncthreads();
+  if (threadIdx.y == 0 && g < groups) {
+#pragma unroll
+    for (int k = 1; k < 8; ++k) {
+      s0 += sh[k][c];
+      s1 += sh[k][c + 1];
+      s2 += sh[k][c + 2];
+      s3 += sh[k][c + 3];
+    }
+    float* out = part + (long long)blockIdx.y * w + 4 * g;
+    out[0] = s0;
+    out[1] = s1;
+    out[2] = s2;
+    out[3] = s3;
+  }
+}
+// The parts' sums, column by column in part order, rounded once: out[c] = sum_y part[y, c].
+extern "C" __global__ void column_sums_finish(const float* __restrict__ part,
+                                              u16* __restrict__ out, long long parts,
+                                              long long w) {
+  long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= w) return;
+  float s = 0.f;
+  for (long long y = 0; y < parts; ++y) s += part[y * w + c];
+  out[c] = (u16)from_f(s);
+}
 )CUDA";
 
 // Compile the kernel for hidden size `h` and dtype (bf16 or fp16) with NVRTC; `arch` is
@@ -178,6 +236,8 @@ struct Key {
 struct Kernels {
   CUfunction add_layer_norm;
   CUfunction weight_grads;
+  CUfunction column_sums;
+  CUfunction column_sums_finish;
 };
 
 // The compiled kernels for (device, hidden size, dtype), built on first use.
@@ -214,6 +274,10 @@ Kernels kernels(int device, int64_t h, bool bf16) {
                  "cuModuleGetFunction(add_layer_norm)");
   distill::check(drv.module_get_function(&k.weight_grads, module, "layer_norm_weight_grads"),
                  "cuModuleGetFunction(layer_norm_weight_grads)");
+  distill::check(drv.module_get_function(&k.column_sums, module, "column_sums"),
+                 "cuModuleGetFunction(column_sums)");
+  distill::check(drv.module_get_function(&k.column_sums_finish, module, "column_sums_finish"),
+                 "cuModuleGetFunction(column_sums_finish)");
   cache[key] = k;
   return k;
 }
@@ -312,7 +376,117 @@ struct TrainNorm : public torch::autograd::Function<TrainNorm> {
     return {dx, dw, db, at::Tensor()};
   }
 };
+
+// The column-sum kernels do not depend on the hidden size: they come from the module of
+// the smallest one.
+constexpr int64_t kColumnModuleH = 64;
+
+// Whether the column-sum kernels cover dy ([rows, w]): CUDA bf16/fp16, w a multiple of 4.
+bool column_sums_cover(const at::Tensor& dy) {
+  auto dtype = dy.scalar_type();
+  return dy.is_cuda() && (dtype == at::kBFloat16 || dtype == at::kHalf) && dy.dim() == 2 &&
+         dy.size(1) > 0 && dy.size(1) % 4 == 0;
+}
+
+// The column sums of dy ([rows, w]) in its dtype, by the split kernel and its finish.
+at::Tensor column_sums(const at::Tensor& dy) {
+  int64_t rows = dy.size(0), w = dy.size(1), tiles = (w + 127) / 128;
+  auto c = dy.contiguous();
+  if (reinterpret_cast<uintptr_t>(c.const_data_ptr()) % 8 != 0) c = c.clone();
+  c10::DeviceGuard guard(c.device());
+  // At most about 2,048 blocks, the rows split in parts of about 64 or more.
+  int64_t blocks_y = std::max<int64_t>(1, std::min<int64_t>((rows + 63) / 64, 2048 / tiles));
+  int64_t per_block = std::max<int64_t>(1, (rows + blocks_y - 1) / blocks_y);
+  blocks_y = std::max<int64_t>(1, (rows + per_block - 1) / per_block);
+  auto out = at::empty({w}, c.options());
+  if (rows == 0) return out.zero_();
+  auto part = at::empty({blocks_y, w}, c.options().dtype(at::kFloat));
+  auto k = kernels(c.device().index(), kColumnModuleH, c.scalar_type() == at::kBFloat16);
+  void* stream = stream_of(c);
+  const void* pd = c.const_data_ptr();
+  void* pp = part.mutable_data_ptr();
+  long long n = rows, per = per_block, width = w, parts = blocks_y;
+  void* args[] = {&pd, &pp, &n, &per, &width};
+  distill::check(distill::driver().launch(k.column_sums, static_cast<unsigned>(tiles),
+                                          static_cast<unsigned>(blocks_y), 1, 32, 8, 1, 0,
+                                          stream, args, nullptr),
+                 "cuLaunchKernel(column_sums)");
+  const void* ppc = pp;
+  void* po = out.mutable_data_ptr();
+  void* finish[] = {&ppc, &po, &parts, &width};
+  distill::check(distill::driver().launch(k.column_sums_finish,
+                                          static_cast<unsigned>((w + 255) / 256), 1, 1, 256, 1,
+                                          1, 0, stream, finish, nullptr),
+                 "cuLaunchKernel(column_sums_finish)");
+  return out;
+}
+
+// Whether the column-sum kernel has failed in this process, and how many backward passes
+// of `TrainLinear` fell back to aten's sum because it did.
+std::atomic<bool> linear_failed{false};
+std::atomic<int64_t> linear_fallbacks{0};
+
+// A linear layer for training: aten's `linear` forward; in backward the input's and the
+// weight's gradients as aten's addmm backward takes them for a contiguous weight
+// (grad.mm(weight) and grad^T.mm(x)), the bias's by the column-sum kernel where it covers the gradient (else,
+// or should it fail, aten's sum over the rows).
+struct TrainLinear : public torch::autograd::Function<TrainLinear> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const at::Tensor& weight, const at::Tensor& bias) {
+    ctx->save_for_backward({x, weight});
+    return at::linear(x, weight, bias);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &x = saved[0], &weight = saved[1];
+    int64_t out = weight.size(0), in = weight.size(1);
+    auto dy = grads[0].contiguous().view({-1, out});
+    at::Tensor dx, dw, db;
+    if (ctx->needs_input_grad(0)) dx = dy.mm(weight).view(x.sizes());
+    if (ctx->needs_input_grad(1)) dw = dy.t().mm(x.reshape({-1, in}));
+    if (ctx->needs_input_grad(2)) {
+      if (!linear_failed.load() && column_sums_cover(dy)) {
+        try {
+          db = column_sums(dy);
+        } catch (const c10::OutOfMemoryError&) {
+          throw;  // as aten's own allocations would
+        } catch (const std::exception&) {
+          linear_failed.store(true);
+          linear_fallbacks.fetch_add(1);
+        }
+      }
+      if (!db.defined()) db = dy.sum(0);
+    }
+    return {dx, dw, db};
+  }
+};
 }  // namespace
+
+// A linear layer of `x` with `weight` and `bias` (x's dtype and device) for training:
+// differentiable, its bias gradient by the column-sum kernel on CUDA (`TrainLinear`).
+// Returns a new tensor, or nullptr on an error.
+extern "C" at::Tensor* distill_train_linear(at::Tensor* x, at::Tensor* weight, at::Tensor* bias,
+                                            char* err, size_t err_len) {
+  try {
+    TORCH_CHECK(weight->dim() == 2 && x->dim() >= 1 && x->size(-1) == weight->size(1),
+                "train_linear: x's width must be the weight's input width");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight->size(0),
+                "train_linear: the bias must have one value per output");
+    for (const at::Tensor* t : {weight, bias})
+      TORCH_CHECK(t->scalar_type() == x->scalar_type() && t->device() == x->device(),
+                  "train_linear: weight and bias must be x's dtype and device");
+    return new at::Tensor(TrainLinear::apply(*x, *weight, *bias));
+  } catch (const std::exception& e) {
+    distill::report(e, err, err_len);
+    return nullptr;
+  }
+}
+
+// How many backward passes of `distill_train_linear` fell back to aten's bias gradient
+// because the kernel failed (its first failure turns it off for the process).
+extern "C" int64_t distill_train_linear_fallbacks() { return linear_fallbacks.load(); }
 
 // LayerNorm(x + residual) over the last dimension, for contiguous CUDA bf16/fp16 tensors of
 // the same shape and dtype, with weight and bias of that dtype. Returns a new tensor, or

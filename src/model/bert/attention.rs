@@ -66,9 +66,9 @@ impl BertAttention {
         let dropout = if train { self.attention_dropout } else { 0.0 };
         let context = match attend {
             Attend::Padded(mask) => {
-                let q = super::linear_in(&self.query, hidden, copies);
-                let k = super::linear_in(&self.key, hidden, copies);
-                let v = super::linear_in(&self.value, hidden, copies);
+                let q = super::linear_in(&self.query, hidden, copies, fused);
+                let k = super::linear_in(&self.key, hidden, copies, fused);
+                let v = super::linear_in(&self.value, hidden, copies, fused);
                 let (b, l, h) = hidden.size3().unwrap_or((0, 0, 0));
                 let split = |x: Tensor| x.view([b, l, self.heads, self.head_dim]).transpose(1, 2);
                 let context = Tensor::scaled_dot_product_attention(
@@ -92,6 +92,7 @@ impl BertAttention {
                 let copy = copies
                     .filter(|c| c.kind() == kind)
                     .and_then(|c| c.group(&[lq, lk, lv]));
+                let on_copies = copy.is_some();
                 let (w, b) = copy.unwrap_or_else(|| {
                     let w = Tensor::cat(&[&lq.ws, &lk.ws, &lv.ws], 0).to_kind(kind);
                     let b = match (&lq.bs, &lk.bs, &lv.bs) {
@@ -104,10 +105,11 @@ impl BertAttention {
                 });
                 // One unbind, not three selects: in training its backward is one stack,
                 // where each select's backward fills a zeroed copy of the whole output.
-                let qkv = hidden
-                    .linear(&w, b.as_ref())
-                    .view([t, 3, self.heads, self.head_dim])
-                    .unbind(1);
+                let qkv = match on_copies {
+                    true => super::linear_on_copies(hidden, &w, b.as_ref(), fused),
+                    false => hidden.linear(&w, b.as_ref()),
+                };
+                let qkv = qkv.view([t, 3, self.heads, self.head_dim]).unbind(1);
                 crate::ffi::attention::varlen_attention(
                     &qkv[0],
                     &qkv[1],
@@ -120,8 +122,8 @@ impl BertAttention {
                 .view([t, h])
             }
         };
-        let out =
-            super::linear_in(&self.output, &context, copies).dropout(self.hidden_dropout, train);
+        let out = super::linear_in(&self.output, &context, copies, fused)
+            .dropout(self.hidden_dropout, train);
         self.layer_norm.add_forward(&out, hidden, fused, copies)
     }
 }

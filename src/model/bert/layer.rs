@@ -66,13 +66,14 @@ impl BertLayer {
         let attended = self
             .attention
             .forward_t(hidden, attend, fused, copies, train);
-        let x = super::linear_in(&self.intermediate, &attended, copies);
+        let x = super::linear_in(&self.intermediate, &attended, copies, fused);
         let x = match self.activation {
             Activation::Gelu => x.gelu("none"),
             Activation::GeluTanh => x.gelu("tanh"),
             Activation::Relu => x.relu(),
         };
-        let x = super::linear_in(&self.output, &x, copies).dropout(self.hidden_dropout, train);
+        let x =
+            super::linear_in(&self.output, &x, copies, fused).dropout(self.hidden_dropout, train);
         self.layer_norm.add_forward(&x, &attended, fused, copies)
     }
 }

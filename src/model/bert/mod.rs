@@ -18,21 +18,41 @@ use tch::{nn, nn::Module, Kind, Tensor};
 /// A linear layer computed in the dtype of its input (weights cast to it): fp32 master
 /// weights run in bf16 when the activations are bf16, and a no-op cast otherwise.
 pub(crate) fn linear(l: &nn::Linear, x: &Tensor) -> Tensor {
-    linear_in(l, x, None)
+    linear_in(l, x, None, &AtomicBool::new(false))
 }
 
 /// [`linear`] with the layer's compute copy from `copies` (which the forward has taken,
-/// see [`ComputeCopies::take`]) when they are in the input's dtype.
-fn linear_in(l: &nn::Linear, x: &Tensor, copies: Option<&ComputeCopies>) -> Tensor {
+/// see [`ComputeCopies::take`]) when they are in the input's dtype, through
+/// [`linear_on_copies`] (`fused`: the model's switch).
+fn linear_in(
+    l: &nn::Linear,
+    x: &Tensor,
+    copies: Option<&ComputeCopies>,
+    fused: &AtomicBool,
+) -> Tensor {
     let kind = x.kind();
     if let Some((w, b)) = copies
         .filter(|c| c.kind() == kind)
         .and_then(|c| c.linear(l))
     {
-        return x.linear(&w, b.as_ref());
+        return linear_on_copies(x, &w, b.as_ref(), fused);
     }
     let bias = l.bs.as_ref().map(|b| b.to_kind(kind));
     x.linear(&l.ws.to_kind(kind), bias.as_ref())
+}
+
+/// `x.linear(w, b)` in training on compute copies: on CUDA while `fused` is on (the
+/// model's [`Kernels::fused_add_norm`]) through `ffi::layer_norm::train_linear`, whose bias
+/// gradient is a kernel of ours (aten's products otherwise); elsewhere aten's `linear`.
+/// Should the function fail, `fused` is turned off with one notice, and aten runs.
+fn linear_on_copies(x: &Tensor, w: &Tensor, b: Option<&Tensor>, fused: &AtomicBool) -> Tensor {
+    if let (Some(b), true) = (b, x.device().is_cuda() && fused.load(Ordering::Relaxed)) {
+        match crate::ffi::layer_norm::train_linear(x, w, b) {
+            Ok(y) => return y,
+            Err(e) => turn_off(fused, "linear layers for training", &e),
+        }
+    }
+    x.linear(w, b)
 }
 
 /// A BERT LayerNorm (Hugging Face keys `LayerNorm.{weight,bias}`), with its epsilon.
@@ -62,7 +82,9 @@ pub struct Kernels {
     pub packed_attention: bool,
     /// The fused add + LayerNorm kernel for inference on CUDA in bf16/fp16, and in training
     /// the LayerNorms on compute copies through `ffi::layer_norm::train_layer_norm` (its
-    /// weight gradient by a kernel of ours on CUDA); off, aten's add and layer_norm.
+    /// weight gradient by a kernel of ours on CUDA) and the linear layers on CUDA compute
+    /// copies through `ffi::layer_norm::train_linear` (their bias gradient by a kernel of
+    /// ours); off, aten's add, layer_norm and linear.
     pub fused_add_norm: bool,
     /// In training with activations in another dtype than the weights, the linear layers'
     /// weights copied once per optimizer step ([`ComputeCopies`]); off, cast in every
