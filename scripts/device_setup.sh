@@ -7,4 +7,14 @@ mkdir -p "$OUT" ../shared/data models
 export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__)+"/lib")')
 tar xzf .device/data.tgz -C ../shared/data
 rm -rf models/all-MiniLM-L6-v2 && cp -r .device/minilm models/all-MiniLM-L6-v2
-gunzip -c .device/distill.gz > /tmp/distill && chmod +x /tmp/distill
+# A carried file, gzip (NAME.gz) or xz (NAME.xz: smaller, for calls that carry several
+# binaries within the 64 MiB), unpacked to DEST as an executable.
+unpack() {
+  if [ -f ".device/$1.xz" ]; then
+    python3 -c "import lzma,shutil,sys;shutil.copyfileobj(lzma.open(sys.argv[1]),open(sys.argv[2],'wb'))" ".device/$1.xz" "$2"
+  else
+    gunzip -c ".device/$1.gz" > "$2"
+  fi
+  chmod +x "$2"
+}
+unpack distill /tmp/distill

@@ -183,15 +183,24 @@ extern "C" __global__ void __launch_bounds__(256) column_sums(
     out[3] = s3;
   }
 }
-// The parts' sums, column by column in part order, rounded once: out[c] = sum_y part[y, c].
-extern "C" __global__ void column_sums_finish(const float* __restrict__ part,
-                                              u16* __restrict__ out, long long parts,
-                                              long long w) {
-  long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= w) return;
+// The parts' sums, rounded once: block x of 8 warps takes columns 32x .. 32x + 31, warp k
+// sums parts k, k + 8, ... in order, and the 8 warps' sums are added in order.
+extern "C" __global__ void __launch_bounds__(256) column_sums_finish(
+    const float* __restrict__ part, u16* __restrict__ out, long long parts, long long w) {
+  long long c = (long long)blockIdx.x * 32 + threadIdx.x;
   float s = 0.f;
-  for (long long y = 0; y < parts; ++y) s += part[y * w + c];
-  out[c] = (u16)from_f(s);
+  if (c < w) {
+#pragma unroll 4
+    for (long long y = threadIdx.y; y < parts; y += 8) s += part[y * w + c];
+  }
+  __shared__ float sh[8][32];
+  sh[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < w) {
+#pragma unroll
+    for (int k = 1; k < 8; ++k) s += sh[k][threadIdx.x];
+    out[c] = (u16)from_f(s);
+  }
 }
 )CUDA";
 
@@ -394,8 +403,9 @@ at::Tensor column_sums(const at::Tensor& dy) {
   auto c = dy.contiguous();
   if (reinterpret_cast<uintptr_t>(c.const_data_ptr()) % 8 != 0) c = c.clone();
   c10::DeviceGuard guard(c.device());
-  // At most about 2,048 blocks, the rows split in parts of about 64 or more.
-  int64_t blocks_y = std::max<int64_t>(1, std::min<int64_t>((rows + 63) / 64, 2048 / tiles));
+  // About 1,024 blocks (8 per SM on an H200), the rows split in parts of 64 or more: few
+  // enough parts for the finish to read them at once.
+  int64_t blocks_y = std::max<int64_t>(1, std::min<int64_t>((rows + 63) / 64, 1024 / tiles));
   int64_t per_block = std::max<int64_t>(1, (rows + blocks_y - 1) / blocks_y);
   blocks_y = std::max<int64_t>(1, (rows + per_block - 1) / per_block);
   auto out = at::empty({w}, c.options());
@@ -415,8 +425,8 @@ at::Tensor column_sums(const at::Tensor& dy) {
   void* po = out.mutable_data_ptr();
   void* finish[] = {&ppc, &po, &parts, &width};
   distill::check(distill::driver().launch(k.column_sums_finish,
-                                          static_cast<unsigned>((w + 255) / 256), 1, 1, 256, 1,
-                                          1, 0, stream, finish, nullptr),
+                                          static_cast<unsigned>((w + 31) / 32), 1, 1, 32, 8, 1,
+                                          0, stream, finish, nullptr),
                  "cuLaunchKernel(column_sums_finish)");
   return out;
 }
