@@ -6,8 +6,11 @@
 //!   `clip_grad_norm_(foreach=True)`, and zeroing gradients in one launch;
 //! - [`attention`]: variable-length (packed) flash attention;
 //! - [`profiler`]: libtorch's Kineto profiler;
-//! - [`layer_norm`]: residual add + LayerNorm in one CUDA kernel, compiled at run time by
-//!   NVRTC (loaded with the CUDA driver by `nvrtc.cpp`, which has no Rust side);
+//! - [`layer_norm`]: residual add + LayerNorm in one CUDA kernel, for inference and for
+//!   training, and LayerNorm's weight gradients in training;
+//! - [`linear`]: the linear layers for training, their bias gradients by a kernel of ours
+//!   (both compiled at run time by NVRTC from `kernels.cpp`, loaded with the CUDA driver by
+//!   `nvrtc.cpp`; neither has a Rust side);
 //! - [`autograd`]: whether autograd records on this thread;
 //! - [`distributed`]: c10d process groups (NCCL, Gloo) and their collectives;
 //! - [`process`]: the C library's `prctl`, so that workers die with their parent (no
@@ -23,6 +26,7 @@ pub mod attention;
 pub mod autograd;
 pub mod distributed;
 pub mod layer_norm;
+pub mod linear;
 pub mod memory;
 pub mod optim;
 pub mod process;

@@ -42,12 +42,12 @@ fn linear_in(
 }
 
 /// `x.linear(w, b)` in training on compute copies: on CUDA while `fused` is on (the
-/// model's [`Kernels::fused_add_norm`]) through `ffi::layer_norm::train_linear`, whose bias
+/// model's [`Kernels::fused_add_norm`]) through `ffi::linear::train_linear`, whose bias
 /// gradient is a kernel of ours (aten's products otherwise); elsewhere aten's `linear`.
 /// Should the function fail, `fused` is turned off with one notice, and aten runs.
 fn linear_on_copies(x: &Tensor, w: &Tensor, b: Option<&Tensor>, fused: &AtomicBool) -> Tensor {
     if let (Some(b), true) = (b, x.device().is_cuda() && fused.load(Ordering::Relaxed)) {
-        match crate::ffi::layer_norm::train_linear(x, w, b) {
+        match crate::ffi::linear::train_linear(x, w, b) {
             Ok(y) => return y,
             Err(e) => turn_off(fused, "linear layers for training", &e),
         }
@@ -81,9 +81,10 @@ pub struct Kernels {
     /// `scaled_dot_product_attention`.
     pub packed_attention: bool,
     /// The fused add + LayerNorm kernel for inference on CUDA in bf16/fp16, and in training
-    /// the LayerNorms on compute copies through `ffi::layer_norm::train_layer_norm` (its
-    /// weight gradient by a kernel of ours on CUDA) and the linear layers on CUDA compute
-    /// copies through `ffi::layer_norm::train_linear` (their bias gradient by a kernel of
+    /// the LayerNorms on compute copies with their residual add in one kernel on CUDA
+    /// (`ffi::layer_norm::train_add_layer_norm`; their weight gradients by a kernel of
+    /// ours) and the linear layers on CUDA compute
+    /// copies through `ffi::linear::train_linear` (their bias gradient by a kernel of
     /// ours); off, aten's add, layer_norm and linear.
     pub fused_add_norm: bool,
     /// In training with activations in another dtype than the weights, the linear layers'
@@ -136,8 +137,9 @@ impl Norm {
     /// runs as one kernel (`ffi::layer_norm::add_layer_norm`: the rounding of aten's two
     /// kernels in one pass over memory). In training, with `copies` (the forward's compute
     /// copies) holding this LayerNorm's weights in the input's dtype, it runs in that dtype
-    /// on them ([`Kernels::low_precision_norms`]), through
-    /// `ffi::layer_norm::train_layer_norm` while `fused` is on. Everywhere else (autograd
+    /// on them ([`Kernels::low_precision_norms`]) while `fused` is on: on CUDA the add and
+    /// the LayerNorm in one kernel (`ffi::layer_norm::train_add_layer_norm`), elsewhere
+    /// through `ffi::layer_norm::train_layer_norm`. Everywhere else (autograd
     /// recording without copies, shapes the inference kernel does not cover: a broadcast
     /// residual, a width that is not a multiple of 64) as `forward(x + residual)`. Should a
     /// kernel of ours fail, `fused` is turned off (for the model) with one notice, and aten
@@ -151,6 +153,18 @@ impl Norm {
     ) -> Tensor {
         if let Some(y) = self.fused(x, residual, fused) {
             return y;
+        }
+        let alike = x.kind() == residual.kind() && x.size() == residual.size();
+        if alike && x.device().is_cuda() && fused.load(Ordering::Relaxed) {
+            let on_copies = copies
+                .filter(|c| c.kind() == x.kind())
+                .and_then(|c| c.norm(&self.ln));
+            if let Some((w, Some(b))) = on_copies {
+                match crate::ffi::layer_norm::train_add_layer_norm(x, residual, &w, &b, self.eps) {
+                    Ok(y) => return y,
+                    Err(e) => turn_off(fused, "add + LayerNorm for training", &e),
+                }
+            }
         }
         let sum = x + residual;
         match copies
