@@ -18,7 +18,7 @@ GPU_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
 
 FAMILIES = [
     ("column sums finish", r"column_sums_finish"),  # distill's bias gradients
-    ("column sums", r"column_sums"),  # (ffi/layer_norm.cpp)
+    ("column sums", r"column_sums"),  # (ffi/kernels.cpp, ffi/linear.cpp)
     ("gemm", r"gemm|sm90_xmma|cutlass|ampere_|sm80_|nvjet|matmul|splitK|cublas"),
     ("attention", r"flash|fmha|attention|efficient_attention|mem_eff"),
     ("layernorm", r"layer_norm|LayerNorm|layernorm"),

@@ -224,7 +224,7 @@ std::string compile(int64_t h, bool bf16, const std::string& arch) {
     std::string log(n, '\0');
     api.log(prog, &log[0]);
     api.destroy(&prog);
-    throw std::runtime_error("NVRTC could not compile add_layer_norm for " + arch + ": " + log);
+    throw std::runtime_error("NVRTC could not compile distill's kernels for " + arch + ": " + log);
   }
   bool binary = arch.rfind("sm_", 0) == 0;
   size_t n = 0;

@@ -87,8 +87,8 @@ std::tuple<at::Tensor, at::Tensor> weight_grads(const at::Tensor& dy, const at::
   return {sums[0].to(kind), sums[1].to(kind)};
 }
 
-// Whether the weight-gradient kernel has failed in this process, and how many backward
-// passes fell back to aten's because it did.
+// Whether the weight-gradient kernel has failed in this process (then aten's gradients serve
+// for the rest of it), and how many times it failed.
 std::atomic<bool> failed{false};
 std::atomic<int64_t> fallbacks{0};
 
@@ -197,8 +197,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_norm_train(
   return {out, sum, mean, rstd};
 }
 
-// Whether the training add + LayerNorm kernel has failed in this process, and how many
-// forward passes took aten's add and layer_norm because it did.
+// Whether the training add + LayerNorm kernel has failed in this process (then aten's add
+// and layer_norm serve for the rest of it), and how many times it failed.
 std::atomic<bool> add_norm_failed{false};
 std::atomic<int64_t> add_norm_fallbacks{0};
 
@@ -330,10 +330,10 @@ extern "C" at::Tensor* distill_train_add_layer_norm(at::Tensor* x, at::Tensor* r
   }
 }
 
-// How many forward passes of `distill_train_add_layer_norm` took aten's add and layer_norm
-// because the kernel failed (its first failure turns it off for the process).
+// How many times the kernel of `distill_train_add_layer_norm` failed (its first failure
+// turns it off for the process).
 extern "C" int64_t distill_train_add_layer_norm_fallbacks() { return add_norm_fallbacks.load(); }
 
-// How many backward passes of `distill_train_layer_norm` fell back to aten's weight
-// gradients because the kernel failed (its first failure turns it off for the process).
+// How many times the weight-gradient kernel of `distill_train_layer_norm` failed (its first
+// failure turns it off for the process).
 extern "C" int64_t distill_train_layer_norm_fallbacks() { return fallbacks.load(); }

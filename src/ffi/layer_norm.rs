@@ -96,9 +96,9 @@ pub fn train_layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) ->
     }
 }
 
-/// How many backward passes of [`train_layer_norm`] took aten's weight gradients because
-/// the kernel failed (its first failure turns it off for the process); 0 without the C++
-/// side.
+/// How many times the weight-gradient kernel of [`train_layer_norm`] failed in this
+/// process (at most once a thread: its first failure turns it off, and aten's gradients
+/// serve from then on); 0 without the C++ side.
 pub fn train_layer_norm_fallbacks() -> i64 {
     #[cfg(distill_ffi)]
     {
@@ -141,9 +141,9 @@ pub fn train_add_layer_norm(
     }
 }
 
-/// How many forward passes of [`train_add_layer_norm`] took aten's add and layer_norm
-/// because the kernel failed (its first failure turns it off for the process); 0 without
-/// the C++ side.
+/// How many times the kernel of [`train_add_layer_norm`] failed in this process (its first
+/// failure turns it off, and aten's add and layer_norm serve from then on); 0 without the
+/// C++ side.
 pub fn train_add_layer_norm_fallbacks() -> i64 {
     #[cfg(distill_ffi)]
     {
@@ -247,7 +247,7 @@ mod tests {
         for rows in [1, 63, 1000, 44_032, 70_001] {
             against_aten(Device::Cuda(0), rows, false);
         }
-        // The kernel ran: no backward pass fell back to aten's weight gradients.
+        // The kernel ran: it never failed.
         assert_eq!(train_layer_norm_fallbacks(), before);
     }
 

@@ -64,8 +64,8 @@ at::Tensor column_sums(const at::Tensor& dy) {
   return out;
 }
 
-// Whether the column-sum kernel has failed in this process, and how many backward passes
-// of `TrainLinear` fell back to aten's sum because it did.
+// Whether the column-sum kernel has failed in this process (then aten's sum serves for the
+// rest of it), and how many times it failed.
 std::atomic<bool> linear_failed{false};
 std::atomic<int64_t> linear_fallbacks{0};
 
@@ -127,6 +127,6 @@ extern "C" at::Tensor* distill_train_linear(at::Tensor* x, at::Tensor* weight, a
   }
 }
 
-// How many backward passes of `distill_train_linear` fell back to aten's bias gradient
-// because the kernel failed (its first failure turns it off for the process).
+// How many times the column-sum kernel of `distill_train_linear` failed (its first failure
+// turns it off for the process).
 extern "C" int64_t distill_train_linear_fallbacks() { return linear_fallbacks.load(); }

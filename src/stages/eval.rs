@@ -4,8 +4,10 @@
 //! teacher reranks each student's top `rerank_k` (the student's recall against the
 //! teacher's precision); and the recall of the teacher's top 10 by the student's own top
 //! 10 says how much the reranker still adds. Outputs `metrics.json`,
-//! `per_query.parquet` and TREC run files. The work is done in units (a student on a
-//! dataset), each committed in the partial folder: `--shard I/N` workers split them.
+//! `per_query.parquet` and TREC run files. The work is done in units, each committed in
+//! the partial folder (`--shard I/N` workers split them): a student's retrieval on a
+//! dataset, and a part of a dataset's queries that the teacher scores against the union of
+//! the students' candidates ([`Unit`]).
 use super::paths::eval::{METRICS, PER_QUERY};
 use super::paths::StageId;
 use super::shared::upstream_output;
@@ -28,7 +30,7 @@ use tch::{Kind, Tensor};
 
 #[path = "eval_parts.rs"]
 mod parts;
-use parts::{rerank_part, RerankedPart, RERANK_PARTS};
+use parts::{rerank_part, Bits, RerankedPart, RERANK_PARTS};
 
 pub struct Eval;
 
@@ -193,13 +195,23 @@ impl Stage for Eval {
                 continue;
             }
             let di = unit.dataset();
-            let retrievals = retrieval_units(&units, di);
-            if matches!(unit, Unit::Rerank { .. })
-                && !retrievals
-                    .iter()
-                    .all(|&r| unit_path(&env.partial, r).exists())
-            {
-                continue; // a worker's part whose retrievals other workers still owe
+            // A part's students: every retrieval of its dataset, read back (before anything
+            // is loaded for it).
+            let mut students = Vec::new();
+            if let Unit::Rerank { .. } = unit {
+                for r in retrieval_units(&units, di) {
+                    let path = unit_path(&env.partial, r);
+                    match crate::error::read_json::<Retrieved>(&path) {
+                        Ok(got) => students.push((path, got.run.candidates.into_runs())),
+                        Err(e) if env.shard.is_none() => return Err(e),
+                        // A retrieval another worker still owes, or is redoing: the part
+                        // waits for a later round, or for the run that assembles.
+                        Err(_) => break,
+                    }
+                }
+                if students.len() < retrieval_units(&units, di).len() {
+                    continue;
+                }
             }
             if split.as_ref().is_none_or(|(i, _)| *i != di) {
                 split = Some((di, LoadedSplit::load(p, &p.datasets[di])?));
@@ -223,12 +235,6 @@ impl Stage for Eval {
                     let Some(teacher) = &teacher else {
                         continue; // just set
                     };
-                    let mut students = Vec::new();
-                    for &r in &retrievals {
-                        let path = unit_path(&env.partial, r);
-                        let run = crate::error::read_json::<Retrieved>(&path)?.run;
-                        students.push((path, run.candidates));
-                    }
                     let scored = rerank_part(env, teacher, (d, loaded), part, &students)?;
                     crate::data::atomic::write_json(&file, &scored)?;
                 }
@@ -353,22 +359,19 @@ impl Unit {
     }
 }
 
-/// Every dataset's retrievals (one per student of [`students`]), then every dataset's
-/// reranking parts.
+/// Dataset by dataset (so that a process loads each split once): its retrievals, one per
+/// student of [`students`], then its reranking parts.
 fn units(p: &Pipeline) -> Vec<Unit> {
-    let datasets = 0..p.datasets.len();
-    let retrieve = datasets.clone().flat_map(|dataset| {
-        students(p)
-            .into_iter()
-            .map(move |(label, path)| Unit::Retrieve {
-                dataset,
-                label,
-                path,
-            })
-    });
-    let rerank = datasets
-        .flat_map(|dataset| (0..RERANK_PARTS).map(move |part| Unit::Rerank { dataset, part }));
-    retrieve.chain(rerank).collect()
+    let mut out = Vec::new();
+    for dataset in 0..p.datasets.len() {
+        out.extend(students(p).into_iter().map(|(label, path)| Unit::Retrieve {
+            dataset,
+            label,
+            path,
+        }));
+        out.extend((0..RERANK_PARTS).map(|part| Unit::Rerank { dataset, part }));
+    }
+    out
 }
 
 /// The indices of dataset `di`'s retrieval units.
@@ -425,7 +428,7 @@ struct Retrieved {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StudentRun {
     student: SystemRun,
-    candidates: Runs,
+    candidates: Bits,
 }
 
 /// A dataset's evaluation split as loaded (and its dev slice).
@@ -552,7 +555,7 @@ impl Eval {
         runs.write(&env.dir, &d.name, label)?;
         Ok(StudentRun {
             student: SystemRun::of(&runs.student, judged),
-            candidates: evaluation::top_of(&runs.student, p.eval.rerank_k.max(10)),
+            candidates: Bits::exact(evaluation::top_of(&runs.student, p.eval.rerank_k.max(10))),
         })
     }
 
@@ -580,6 +583,7 @@ impl Eval {
             "eval": p.eval,
             "corpus_chunk": p.mine.corpus_chunk,
             "student_max_seq_length": p.student.max_length,
+            "student_prompts": p.student_prompts,
             "precision": super::shared::kind_name(env.kind),
             "device": format!("{:?}", env.device),
             "distill_version": env!("CARGO_PKG_VERSION"),

@@ -96,28 +96,33 @@ pub struct PartEval {
     pub recall: BTreeMap<String, f64>,
 }
 
-/// A run with its scores as f32 bits (exact through JSON).
+/// A run with its scores as f32 bits (exact through JSON, which has no NaN).
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 pub struct Bits(BTreeMap<String, Vec<(String, u32)>>);
 
 impl Bits {
-    /// `run`'s scores; a score that is not finite is an error naming the pair.
+    /// `run` as it is (a student's scores: a diverged student's NaN reads back as NaN).
+    pub fn exact(run: Runs) -> Self {
+        let bits = |docs: Vec<(String, f32)>| docs.into_iter().map(|(d, s)| (d, s.to_bits()));
+        Bits(
+            run.into_iter()
+                .map(|(q, docs)| (q, bits(docs).collect()))
+                .collect(),
+        )
+    }
+
+    /// The teacher's scores of `run`; a score that is not finite is an error naming the
+    /// pair.
     fn of(run: Runs) -> Result<Self> {
-        let mut queries = BTreeMap::new();
-        for (q, docs) in run {
-            let mut bits = Vec::with_capacity(docs.len());
-            for (d, s) in docs {
-                if !s.is_finite() {
-                    return Err(Error::Setting {
-                        key: "teacher".into(),
-                        message: format!("the teacher scored query `{q}` and document `{d}` {s}"),
-                    });
-                }
-                bits.push((d, s.to_bits()));
+        for (q, docs) in &run {
+            if let Some((d, s)) = docs.iter().find(|(_, s)| !s.is_finite()) {
+                return Err(Error::Setting {
+                    key: "teacher".into(),
+                    message: format!("the teacher scored query `{q}` and document `{d}` {s}"),
+                });
             }
-            queries.insert(q, bits);
         }
-        Ok(Bits(queries))
+        Ok(Bits::exact(run))
     }
 
     pub fn into_runs(self) -> Runs {
