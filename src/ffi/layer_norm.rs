@@ -58,19 +58,40 @@ pub fn add_layer_norm(
     bias: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
+    add_norm(AddNorm::Inference, [x, residual, weight, bias], eps)
+}
+
+/// Which add + LayerNorm entry point [`add_norm`] calls.
+#[derive(Clone, Copy)]
+enum AddNorm {
+    Inference,
+    Training,
+}
+
+/// `layer_norm(x + residual)` by the C++ entry point of `kind`, tensors in the order x,
+/// residual, weight, bias.
+fn add_norm(kind: AddNorm, tensors: [&Tensor; 4], eps: f64) -> Result<Tensor> {
+    let what = match kind {
+        AddNorm::Inference => "fused add + LayerNorm",
+        AddNorm::Training => "add + LayerNorm for training",
+    };
     #[cfg(distill_ffi)]
     {
-        let h = super::handles(&[x, residual, weight, bias]);
-        super::owned_tensor("fused add + LayerNorm", |err, len| {
+        let f = match kind {
+            AddNorm::Inference => sys::distill_add_layer_norm,
+            AddNorm::Training => sys::distill_train_add_layer_norm,
+        };
+        let h = super::handles(&tensors);
+        super::owned_tensor(what, |err, len| {
             // SAFETY: the handles point to live tensors for the duration of the call; the
             // function catches C++ exceptions.
-            unsafe { sys::distill_add_layer_norm(h[0], h[1], h[2], h[3], eps, err, len) }
+            unsafe { f(h[0], h[1], h[2], h[3], eps, err, len) }
         })
     }
     #[cfg(not(distill_ffi))]
     {
-        let _ = (x, residual, weight, bias, eps);
-        Err(super::unavailable("fused add + LayerNorm"))
+        let _ = (tensors, eps);
+        Err(super::unavailable(what))
     }
 }
 
@@ -125,20 +146,7 @@ pub fn train_add_layer_norm(
     bias: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    #[cfg(distill_ffi)]
-    {
-        let h = super::handles(&[x, residual, weight, bias]);
-        super::owned_tensor("add + LayerNorm for training", |err, len| {
-            // SAFETY: the handles point to live tensors for the duration of the call; the
-            // function catches C++ exceptions.
-            unsafe { sys::distill_train_add_layer_norm(h[0], h[1], h[2], h[3], eps, err, len) }
-        })
-    }
-    #[cfg(not(distill_ffi))]
-    {
-        let _ = (x, residual, weight, bias, eps);
-        Err(super::unavailable("add + LayerNorm for training"))
-    }
+    add_norm(AddNorm::Training, [x, residual, weight, bias], eps)
 }
 
 /// How many times the kernel of [`train_add_layer_norm`] failed in this process (its first

@@ -199,7 +199,8 @@ impl Stage for Eval {
             // is loaded for it).
             let mut students = Vec::new();
             if let Unit::Rerank { .. } = unit {
-                for r in retrieval_units(&units, di) {
+                let retrievals = retrieval_units(&units, di);
+                for &r in &retrievals {
                     let path = unit_path(&env.partial, r);
                     match crate::error::read_json::<Retrieved>(&path) {
                         Ok(got) => students.push((path, got.run.candidates.into_runs())),
@@ -209,7 +210,7 @@ impl Stage for Eval {
                         Err(_) => break,
                     }
                 }
-                if students.len() < retrieval_units(&units, di).len() {
+                if students.len() < retrievals.len() {
                     continue;
                 }
             }
