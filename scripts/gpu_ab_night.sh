@@ -11,7 +11,7 @@ set -euo pipefail
 source "$(dirname "$0")/device_setup.sh"
 P=$1
 NAME=$(python3 -c "import tomllib;print(tomllib.load(open('$P','rb'))['run']['name'])")
-unpack distill-old /tmp/distill-old
+case " ${BINS:-old new} " in *" old "*) unpack distill-old /tmp/distill-old ;; esac
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 for bin in ${BINS:-old new}; do
   B=/tmp/distill
@@ -30,7 +30,7 @@ if [ -n "${PROFILE:-}" ]; then
   for f in /tmp/ab-profile/*.json; do
     [ -f "$f" ] || continue
     echo "## $(basename "$f")"
-    python3 scripts/profile_summary.py "$f" --top 8 | head -n 40
+    python3 scripts/profile_summary.py "$f" --top 8 --host 15 | head -n 120
   done > "$OUT/profiles.txt" 2>&1
   tar czf "$OUT/traces.tgz" /tmp/ab-profile/teacher*.json /tmp/ab-profile/train*.json 2>/dev/null || true
 fi

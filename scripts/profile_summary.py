@@ -4,7 +4,10 @@
 For each trace: the profiled span, the GPU's busy time (union of kernel, memcpy and
 memset intervals), the number of kernels, and the kernels grouped into families (GEMM,
 attention, normalisation, elementwise, reduction, optimizer, copy) with their total time.
-With --top N, the N most expensive kernel names as well.
+With --top N, the N most expensive kernel names as well. With --host N, per host thread
+its busy time (the union of its outermost operator spans) and the N operators with the
+most self time (their span less their children's on the same thread), where the host
+bounds a step.
 
 Usage: scripts/profile_summary.py DIR/w3-distill.json DIR/w3-pytorch.json [--top 15]
 """
@@ -49,6 +52,32 @@ def union(intervals):
     return total
 
 
+def host_threads(host):
+    """Per thread: busy ms (outermost spans' union) and self ms per operator name."""
+    threads = defaultdict(list)
+    for e in host:
+        threads[e["tid"]].append(e)
+    out = {}
+    for tid, events in threads.items():
+        events.sort(key=lambda e: (e["ts"], -e["dur"]))
+        own = defaultdict(float)
+        stack = []  # [end, name, child time]
+        outer = []
+        for e in events:
+            while stack and stack[-1][0] <= e["ts"]:
+                end, name, children, dur = stack.pop()
+                own[name] += dur - children
+            if stack:
+                stack[-1][2] += e["dur"]
+            else:
+                outer.append((e["ts"], e["ts"] + e["dur"]))
+            stack.append([e["ts"] + e["dur"], e["name"], 0.0, e["dur"]])
+        for end, name, children, dur in stack:
+            own[name] += dur - children
+        out[tid] = (union(outer) / 1e3, {k: v / 1e3 for k, v in own.items()}, len(events))
+    return out
+
+
 def summarise(path):
     with open(path) as f:
         events = json.load(f)["traceEvents"]
@@ -71,6 +100,7 @@ def summarise(path):
         "syncs": syncs,
         "families": {k: v / 1e3 for k, v in families.items()},
         "names": {k: (v[0] / 1e3, v[1]) for k, v in names.items()},
+        "host": host_threads(host),
     }
 
 
@@ -78,6 +108,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("traces", nargs="+")
     ap.add_argument("--top", type=int, default=0)
+    ap.add_argument("--host", type=int, default=0)
     args = ap.parse_args()
     sums = [summarise(p) for p in args.traces]
     heads = [p.rsplit("/", 1)[-1] for p in args.traces]
@@ -93,6 +124,12 @@ def main():
             print(f"\n{head}: top {args.top} kernels (ms, count)")
             for name, (ms, n) in sorted(s["names"].items(), key=lambda kv: -kv[1][0])[: args.top]:
                 print(f"  {ms:8.2f} {n:5d}  {name[:150]}")
+        if args.host:
+            threads = sorted(s["host"].items(), key=lambda kv: -kv[1][0])
+            for tid, (busy, own, count) in threads[:4]:
+                print(f"\n{head}: host thread {tid}: busy {busy:.1f} ms, {count} events; top {args.host} by self time (ms)")
+                for name, ms in sorted(own.items(), key=lambda kv: -kv[1])[: args.host]:
+                    print(f"  {ms:8.2f}  {name[:120]}")
     return 0
 
 

@@ -137,6 +137,16 @@ pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     write_bytes(path, text.as_bytes())
 }
 
+/// Write `value` as compact JSON (one line) to `path` atomically: for a stage's own
+/// work files, which are large and read by no one else.
+pub fn write_json_compact(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let bytes = serde_json::to_vec(value).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    write_bytes(path, &bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

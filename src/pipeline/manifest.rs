@@ -107,14 +107,19 @@ impl Manifest {
                 return Err(Staleness::OutputChanged(name.clone()));
             }
         }
-        for (name, out) in &self.outputs {
-            let same =
-                super::fingerprint::content(&stage_dir.join(name)).is_ok_and(|h| h == out.sha256);
-            if !same {
-                return Err(Staleness::OutputModified(name.clone()));
-            }
+        // Hashed side by side; the first modified output in name order is reported.
+        use rayon::prelude::*;
+        let outputs: Vec<(&String, &OutputFile)> = self.outputs.iter().collect();
+        let same: Vec<bool> = outputs
+            .par_iter()
+            .map(|(name, out)| {
+                super::fingerprint::content(&stage_dir.join(name)).is_ok_and(|h| h == out.sha256)
+            })
+            .collect();
+        match outputs.iter().zip(same).find(|(_, same)| !same) {
+            Some(((name, _), _)) => Err(Staleness::OutputModified((*name).clone())),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Fingerprint of one output, for downstream stages.

@@ -630,20 +630,21 @@ fn run_stage(
             summary,
         } => (outputs, rows, summary),
     };
-    let mut files = BTreeMap::new();
-    for o in outputs {
-        let path = r.dir.join(&o);
-        let bytes = std::fs::metadata(&path)
-            .map_err(|e| Error::io(&path, e))?
-            .len();
-        files.insert(
-            o,
-            OutputFile {
-                sha256: fingerprint::file(&path)?,
-                bytes,
-            },
-        );
-    }
+    // The outputs hashed side by side (eval's TREC runs are hundreds of MB).
+    let files = {
+        use rayon::prelude::*;
+        outputs
+            .into_par_iter()
+            .map(|o| {
+                let path = r.dir.join(&o);
+                let bytes = std::fs::metadata(&path)
+                    .map_err(|e| Error::io(&path, e))?
+                    .len();
+                let sha256 = fingerprint::file(&path)?;
+                Ok((o, OutputFile { sha256, bytes }))
+            })
+            .collect::<Result<BTreeMap<_, _>>>()?
+    };
     let seconds = clock.elapsed().as_secs_f64();
     let manifest = Manifest {
         stage: name.into(),

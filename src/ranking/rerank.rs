@@ -124,11 +124,12 @@ pub fn rerank<S: AsRef<str> + Sync>(
 
 /// Per query of `run`, its measures against `judged`.
 pub fn per_query(run: &Runs, judged: &BTreeMap<String, Judgements>) -> Vec<(String, Measures)> {
-    run.iter()
-        .map(|(q, r)| {
-            let none = Judgements::default();
-            (q.clone(), evaluate(r, judged.get(q).unwrap_or(&none)))
-        })
+    use rayon::prelude::*;
+    let queries: Vec<(&String, &Vec<(String, f32)>)> = run.iter().collect();
+    let none = Judgements::default();
+    queries
+        .par_iter()
+        .map(|&(q, r)| (q.clone(), evaluate(r, judged.get(q).unwrap_or(&none))))
         .collect()
 }
 

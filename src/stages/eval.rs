@@ -224,7 +224,7 @@ impl Stage for Eval {
             match unit {
                 Unit::Retrieve { label, path, .. } => {
                     let result = self.retrieve(env, (label, path), d, loaded)?;
-                    crate::data::atomic::write_json(&file, &result)?;
+                    crate::data::atomic::write_json_compact(&file, &result)?;
                 }
                 &Unit::Rerank { part, .. } => {
                     if teacher.is_none() {
@@ -237,7 +237,7 @@ impl Stage for Eval {
                         continue; // just set
                     };
                     let scored = rerank_part(env, teacher, (d, loaded), part, &students)?;
-                    crate::data::atomic::write_json(&file, &scored)?;
+                    crate::data::atomic::write_json_compact(&file, &scored)?;
                 }
             }
             env.committed(u, units.len());
@@ -258,6 +258,7 @@ impl Stage for Eval {
 /// table (every unit is committed).
 fn assemble(env: &mut StageEnv, units: &[Unit]) -> Result<Outcome> {
     let p = env.pipeline;
+    let mut clock = std::time::Instant::now();
     let mut metrics = serde_json::Map::new();
     let mut table = PerQueryTable::default();
     let mut outputs = vec![METRICS.to_string(), PER_QUERY.to_string()];
@@ -332,6 +333,10 @@ fn assemble(env: &mut StageEnv, units: &[Unit]) -> Result<Outcome> {
     crate::data::atomic::write_json(&env.dir.join(METRICS), &metrics)?;
     let n = table.len();
     table.write(&env.dir.join(PER_QUERY))?;
+    env.timed(
+        "assembling the metrics, the teacher's TREC runs and the per-query table",
+        &mut clock,
+    );
     Ok(Outcome::Complete {
         outputs,
         rows: n as u64,
@@ -488,6 +493,7 @@ impl Eval {
         // The corpus embedded for the dev slice serves the evaluation split too (at 8.8M
         // passages, reading them back from the cache takes about 45 s).
         let mut corpus = None;
+        let mut clock = std::time::Instant::now();
         let dev = match loaded.dev.is_empty() {
             true => None,
             false => {
@@ -499,6 +505,11 @@ impl Eval {
                     super::shared::evaluate_slice(env, (&model, &embedded), None, ds, dev)?;
                 corpus = Some(embedded);
                 student = Some(model);
+                let part = format!(
+                    "{label} student on {}'s dev slice: loading it, embedding the corpus, searching",
+                    d.name
+                );
+                env.timed(&part, &mut clock);
                 Some(super::shared::headline_measures(&m))
             }
         };
@@ -554,10 +565,12 @@ impl Eval {
         let runs = evaluation::retrieve(&student, &corpus, ds, judged, depth)?;
         env.timed(&part("encoding the queries and searching"), &mut clock);
         runs.write(&env.dir, &d.name, label)?;
-        Ok(StudentRun {
+        let run = StudentRun {
             student: SystemRun::of(&runs.student, judged),
             candidates: Bits::exact(evaluation::top_of(&runs.student, p.eval.rerank_k.max(10))),
-        })
+        };
+        env.timed(&part("writing its TREC run, its measures"), &mut clock);
+        Ok(run)
     }
 
     /// The base student's run, from `<output_root>/cache/eval` when the same student,

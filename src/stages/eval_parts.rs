@@ -72,6 +72,15 @@ pub fn rerank_part(
             })
         })
         .collect::<Result<_>>()?;
+    env.timed(
+        &format!(
+            "teacher on {}'s {}, part {} of {RERANK_PARTS}: each student's rerank and measures",
+            d.name,
+            d.eval_split,
+            part + 1
+        ),
+        &mut clock,
+    );
     Ok(RerankedPart { students })
 }
 

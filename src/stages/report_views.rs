@@ -8,7 +8,7 @@ use crate::pipeline::Pipeline;
 use crate::render::{fmt, svg_histogram, Table};
 use crate::stages::paths::StageId;
 use arrow::array::{Array, BooleanArray, Float32Array, Float64Array, StringArray};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 /// Per trained dataset, an SVG histogram of the teacher's scores of the labelled
@@ -92,22 +92,33 @@ fn ndcg_by_query(path: &Path) -> Result<HashMap<(String, String, String), f64>> 
     Ok(out)
 }
 
-/// Per query of a TREC run file, its documents in rank order.
-fn read_run(path: &Path) -> Result<HashMap<String, Vec<String>>> {
+/// Per query of `wanted`, its documents in the order of the TREC run file at `path` (rank
+/// order, as eval writes it). Every line is checked; only the wanted queries' are kept
+/// (a run of 1,000 documents a query holds millions of lines).
+fn read_run(path: &Path, wanted: &HashSet<&str>) -> Result<HashMap<String, Vec<String>>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
     for (n, line) in text.lines().enumerate() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() != 6 {
-            return Err(Error::Input {
-                path: path.to_path_buf(),
-                line: n + 1,
-                message: "a TREC run line has 6 fields".into(),
-            });
+        let mut f = line.split_whitespace();
+        let (Some(q), Some(_), Some(d)) = (f.next(), f.next(), f.next()) else {
+            return Err(six_fields(path, n));
+        };
+        if f.count() != 3 {
+            return Err(six_fields(path, n));
         }
-        out.entry(f[0].into()).or_default().push(f[2].into());
+        if wanted.contains(q) {
+            out.entry(q.into()).or_default().push(d.into());
+        }
     }
     Ok(out)
+}
+
+fn six_fields(path: &Path, n: usize) -> Error {
+    Error::Input {
+        path: path.to_path_buf(),
+        line: n + 1,
+        message: "a TREC run line has 6 fields".into(),
+    }
 }
 
 /// Per dataset, the `n` judged queries whose nDCG@10 the distilled student raised most
@@ -122,10 +133,6 @@ pub fn query_changes(p: &Pipeline, n: usize) -> Result<Vec<Table>> {
     for d in &p.datasets {
         let ds = Dataset::load(&d.path, &[&d.eval_split], d.strict)?;
         let judged = &ds.qrels[&d.eval_split];
-        let runs = ["base", "distilled"]
-            .map(|label| read_run(&eval.join(format!("runs/{}.{label}.trec", d.name))));
-        let [base_run, distilled_run] = runs;
-        let (base_run, distilled_run) = (base_run?, distilled_run?);
         let mut changes: Vec<(f64, &String)> = judged
             .keys()
             .filter_map(|q| {
@@ -137,8 +144,13 @@ pub fn query_changes(p: &Pipeline, n: usize) -> Result<Vec<Table>> {
             })
             .collect();
         changes.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
-        let improved = changes.iter().take(n).filter(|c| c.0 > 0.0);
-        let hurt = changes.iter().rev().take(n).filter(|c| c.0 < 0.0);
+        let improved: Vec<_> = changes.iter().take(n).filter(|c| c.0 > 0.0).collect();
+        let hurt: Vec<_> = changes.iter().rev().take(n).filter(|c| c.0 < 0.0).collect();
+        let wanted: HashSet<&str> = improved.iter().chain(&hurt).map(|c| c.1.as_str()).collect();
+        let run =
+            |label: &str| read_run(&eval.join(format!("runs/{}.{label}.trec", d.name)), &wanted);
+        let (base_run, distilled_run) = rayon::join(|| run("base"), || run("distilled"));
+        let (base_run, distilled_run) = (base_run?, distilled_run?);
         let first_relevant = |run: &HashMap<String, Vec<String>>, q: &str| {
             let relevant = &judged[q];
             run.get(q).and_then(|docs| {
@@ -147,10 +159,7 @@ pub fn query_changes(p: &Pipeline, n: usize) -> Result<Vec<Table>> {
                     .map(|r| (r + 1, docs[r].clone()))
             })
         };
-        for (title, picked) in [
-            ("improved most", improved.collect::<Vec<_>>()),
-            ("hurt most", hurt.collect()),
-        ] {
+        for (title, picked) in [("improved most", improved), ("hurt most", hurt)] {
             let mut rows: Vec<Vec<String>> = picked
                 .into_iter()
                 .map(|&(change, q)| {

@@ -145,6 +145,7 @@ impl Stage for Teacher {
             (None, true) => return Ok(Outcome::Follower { rank }),
             (None, false) => {}
         }
+        let mut clock = std::time::Instant::now();
         let table = PairTable::read(
             &p.run_dir
                 .join(StageId::Mine.name())
@@ -170,7 +171,9 @@ impl Stage for Teacher {
         let checkpoints = env.partial.join("checkpoints");
         let stage = env.name;
         let w = world.as_ref();
+        env.timed("reading the candidates and the datasets", &mut clock);
         let curve = train_one(env, &cfg, &set, stage, &checkpoints, MODEL_DIR, w)?;
+        env.timed("training", &mut clock);
         let mut folds = Vec::new();
         for (k, fold_set) in fold_sets.iter().enumerate() {
             let name = format!("{stage} fold {k}");
@@ -184,6 +187,9 @@ impl Stage for Teacher {
                 "final_loss": c.loss.last(),
             }));
         }
+        if !fold_sets.is_empty() {
+            env.timed("training the fold teachers", &mut clock);
+        }
         if rank > 0 {
             return Ok(Outcome::Follower { rank });
         }
@@ -191,6 +197,7 @@ impl Stage for Teacher {
         // resumes from the last checkpoint, not from step 0. After the fold teachers, so
         // that data-parallel ranks do not wait for rank 0's check between two trainings.
         let dev = dev_eval(env, &env.dir.join(MODEL_DIR))?;
+        env.timed("the dev check", &mut clock);
         let mut outcome = super::finish_training(
             env,
             &curve,
