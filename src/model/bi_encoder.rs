@@ -247,8 +247,11 @@ impl BiEncoder {
     /// Differentiable forward: `[batch, dim]` fp32 embeddings, L2-normalised when the
     /// model has a Normalize module. Dropout is active when `train`.
     pub fn forward_t(&self, batch: &Batch, train: bool) -> Tensor {
-        let hidden = self.bert.forward_t(batch, train);
-        let pooled = self.spec.pooling.forward(&hidden, &batch.attention_mask);
+        let states = self.bert.token_states(batch, train);
+        let pooled = self
+            .spec
+            .pooling
+            .forward_states(states, &batch.attention_mask);
         if self.spec.normalize {
             l2_normalize(&pooled)
         } else {
@@ -445,3 +448,7 @@ fn tokenize_behind<S: AsRef<str> + Sync>(
         .collect();
     tokenizer.encode_texts(&prompted)
 }
+
+#[cfg(test)]
+#[path = "bi_encoder_tests.rs"]
+mod tests;

@@ -231,12 +231,12 @@ impl CrossEncoder {
 
     /// Differentiable forward: raw logits `[batch, num_labels]` in fp32.
     pub fn forward_t(&self, batch: &Batch, train: bool) -> Tensor {
-        let hidden = self.bert.forward_t(batch, train);
+        let first = self.bert.token_states(batch, train).first();
         // The head runs in fp32 whatever the encoder's precision: teacher margins are what
         // the student learns from, and bf16 would quantise them to steps of 1/32 near 5.
         let pooled = self
             .bert
-            .pool(&hidden.to_kind(Kind::Float))
+            .pool(&first.to_kind(Kind::Float))
             .dropout(self.classifier_dropout, train);
         crate::model::bert::linear(&self.classifier, &pooled).to_kind(Kind::Float)
     }

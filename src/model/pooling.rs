@@ -1,5 +1,6 @@
 //! sentence-transformers pooling: token states -> one vector per input.
 use crate::error::{Error, Result};
+use crate::model::bert::TokenStates;
 use crate::model::hf_config::PoolingConfig;
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -98,6 +99,49 @@ impl Pooling {
         hidden * self.modes.len() as i64
     }
 
+    /// [`Pooling::forward`] of a batch's token states: a packed batch's from its real
+    /// tokens alone, each row's sums taken over its own tokens in order (`segment_reduce`,
+    /// no atomics: the same bits on every run), where padding them would fill and read a
+    /// `[batch, seq, hidden]` tensor several times the tokens' size, forward and backward.
+    pub fn forward_states(&self, states: TokenStates, attention_mask: &Tensor) -> Tensor {
+        let TokenStates::Packed {
+            tokens,
+            starts,
+            lengths,
+            ..
+        } = states
+        else {
+            return self.forward(&states.padded(), attention_mask);
+        };
+        let hidden = tokens.to_kind(Kind::Float);
+        // unsafe_: the lengths are the packing's, which add up to the tokens (the check
+        // would read them back on the host, a wait per batch).
+        let segments = |reduce: &str, initial: f64| {
+            Tensor::segment_reduce(
+                &hidden,
+                reduce,
+                Some(&lengths),
+                None,
+                None,
+                0,
+                true,
+                initial,
+            )
+        };
+        let count = || lengths.to_kind(Kind::Float).clamp_min(1e-9).unsqueeze(1);
+        let parts: Vec<Tensor> = self
+            .modes
+            .iter()
+            .map(|mode| match mode {
+                PoolingMode::Cls => hidden.index_select(0, &starts),
+                PoolingMode::Max => segments("max", f64::NEG_INFINITY),
+                PoolingMode::Mean => segments("sum", 0.0) / count(),
+                PoolingMode::MeanSqrtLen => segments("sum", 0.0) / count().sqrt(),
+            })
+            .collect();
+        Self::concatenated(parts)
+    }
+
     /// `hidden`: `[batch, seq, hidden]` (any float dtype), `attention_mask`: `[batch, seq]`.
     /// Returns `[batch, dim]` in fp32, computed as sentence-transformers does.
     pub fn forward(&self, hidden: &Tensor, attention_mask: &Tensor) -> Tensor {
@@ -127,13 +171,14 @@ impl Pooling {
                 }
             })
             .collect();
-        if parts.len() == 1 {
-            parts
-                .into_iter()
-                .next()
-                .unwrap_or_else(|| hidden.select(1, 0))
-        } else {
-            Tensor::cat(&parts, 1)
+        Self::concatenated(parts)
+    }
+
+    /// The modes' vectors side by side (a mode alone as it is).
+    fn concatenated(mut parts: Vec<Tensor>) -> Tensor {
+        match parts.len() {
+            1 => parts.remove(0),
+            _ => Tensor::cat(&parts, 1),
         }
     }
 
@@ -199,6 +244,56 @@ mod tests {
         let s = pool(PoolingMode::MeanSqrtLen);
         assert!((s[0][0] - 9.0 / 3f32.sqrt()).abs() < 1e-6);
         assert!((s[1][1] - (-2.5 / 2f32.sqrt())).abs() < 1e-6);
+    }
+
+    /// The fixture's real tokens packed: its rows' 3 and 2 tokens end to end.
+    fn packed(hidden: &Tensor) -> TokenStates {
+        let index = Tensor::from_slice(&[0i64, 1, 2, 3, 4]);
+        TokenStates::Packed {
+            tokens: hidden.view([6, 2]).index_select(0, &index),
+            starts: Tensor::from_slice(&[0i64, 3]),
+            lengths: Tensor::from_slice(&[3i64, 2]),
+            index,
+            shape: (2, 3),
+        }
+    }
+
+    #[test]
+    fn packed_states_pool_and_backpropagate_as_the_padded_batch() {
+        let (h, m) = fixture();
+        let every = Pooling::new(vec![
+            PoolingMode::Cls,
+            PoolingMode::Max,
+            PoolingMode::Mean,
+            PoolingMode::MeanSqrtLen,
+        ]);
+        // A weight per output so that every mode's gradient reaches the tokens.
+        let w = Tensor::arange(8, (Kind::Float, tch::Device::Cpu))
+            .sin()
+            .view([1, 8]);
+        let run = |pack: bool| {
+            let x = h.copy().set_requires_grad(true);
+            let out = match pack {
+                true => every.forward_states(packed(&x), &m),
+                false => every.forward_states(TokenStates::Padded(x.shallow_clone()), &m),
+            };
+            (out.shallow_clone() * &w).sum(Kind::Float).backward();
+            (out.detach(), x.grad())
+        };
+        let ((a, ga), (b, gb)) = (run(true), run(false));
+        assert_eq!(rows(&a), rows(&b));
+        assert!((&a - every.forward(&h, &m)).abs().max().double_value(&[]) == 0.0);
+        let diff = (ga - &gb).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "{diff}");
+        // The padding position's value reached no output, so it gets no gradient.
+        assert_eq!(
+            Vec::<f32>::try_from(gb.view([-1]).narrow(0, 10, 2)).unwrap(),
+            [0.0, 0.0]
+        );
+        // Padded back, the packed states are the fixture with its padding zeroed.
+        let back = packed(&h).padded();
+        assert_eq!(rows(&back.view([6, 2]))[4], vec![2.0f32, -3.0]);
+        assert_eq!(rows(&back.view([6, 2]))[5], vec![0.0, 0.0]);
     }
 
     #[test]

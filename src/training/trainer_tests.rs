@@ -192,7 +192,7 @@ impl Task for Encoder {
                 if let Some(c) = self.bert.compute_copies() {
                     assert!(!c.available(), "a forward left the copies untaken");
                 }
-                let pooled = self.bert.pool(&hidden.to_kind(Kind::BFloat16));
+                let pooled = self.bert.pool(&hidden.select(1, 0).to_kind(Kind::BFloat16));
                 hidden.mean_dim(1, false, Kind::Float) + pooled.to_kind(Kind::Float)
             })
             .collect::<Vec<_>>();
