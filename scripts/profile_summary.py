@@ -9,7 +9,7 @@ its busy time (the union of its outermost operator spans) and the N operators wi
 most self time (their span less their children's on the same thread), where the host
 bounds a step.
 
-Usage: scripts/profile_summary.py DIR/w3-distill.json DIR/w3-pytorch.json [--top 15]
+Usage: scripts/profile_summary.py DIR/w3-distill.json DIR/w3-pytorch.json [--top 15] [--host 15]
 """
 import argparse
 import json
@@ -61,17 +61,19 @@ def host_threads(host):
     for tid, events in threads.items():
         events.sort(key=lambda e: (e["ts"], -e["dur"]))
         own = defaultdict(float)
-        stack = []  # [end, name, child time]
+        stack = []  # [end, name, children's time, duration]
         outer = []
         for e in events:
             while stack and stack[-1][0] <= e["ts"]:
                 end, name, children, dur = stack.pop()
                 own[name] += dur - children
+            # A child that outlasts its parent by the trace's rounding ends with it.
+            end = e["ts"] + e["dur"] if not stack else min(e["ts"] + e["dur"], stack[-1][0])
             if stack:
-                stack[-1][2] += e["dur"]
+                stack[-1][2] += end - e["ts"]
             else:
-                outer.append((e["ts"], e["ts"] + e["dur"]))
-            stack.append([e["ts"] + e["dur"], e["name"], 0.0, e["dur"]])
+                outer.append((e["ts"], end))
+            stack.append([end, e["name"], 0.0, end - e["ts"]])
         for end, name, children, dur in stack:
             own[name] += dur - children
         out[tid] = (union(outer) / 1e3, {k: v / 1e3 for k, v in own.items()}, len(events))

@@ -103,7 +103,15 @@ impl Pooling {
     /// tokens alone, each row's sums taken over its own tokens in order (`segment_reduce`,
     /// no atomics: the same bits on every run), where padding them would fill and read a
     /// `[batch, seq, hidden]` tensor several times the tokens' size, forward and backward.
+    /// With max pooling the batch is padded first: `segment_reduce`'s backward gives a
+    /// negative gradient whole to each of tied maxima (`amax` splits it among them).
     pub fn forward_states(&self, states: TokenStates, attention_mask: &Tensor) -> Tensor {
+        let states = match states {
+            TokenStates::Packed { .. } if self.modes.contains(&PoolingMode::Max) => {
+                TokenStates::Padded(states.padded())
+            }
+            other => other,
+        };
         let TokenStates::Packed {
             tokens,
             starts,
@@ -134,9 +142,9 @@ impl Pooling {
             .iter()
             .map(|mode| match mode {
                 PoolingMode::Cls => hidden.index_select(0, &starts),
-                PoolingMode::Max => segments("max", f64::NEG_INFINITY),
                 PoolingMode::Mean => segments("sum", 0.0) / count(),
                 PoolingMode::MeanSqrtLen => segments("sum", 0.0) / count().sqrt(),
+                PoolingMode::Max => unreachable!("max pooling pads the batch first"),
             })
             .collect();
         Self::concatenated(parts)
@@ -258,42 +266,73 @@ mod tests {
         }
     }
 
+    /// The pooled rows of `states` under `pool` and the gradient of `weight`-weighted rows
+    /// with respect to the fixture-shaped `x` behind them.
+    fn pooled_and_grad(
+        pool: &Pooling,
+        x: &Tensor,
+        pack: bool,
+        mask: &Tensor,
+        weight: &Tensor,
+    ) -> (Tensor, Tensor) {
+        let x = x.copy().set_requires_grad(true);
+        let states = match pack {
+            true => packed(&x),
+            false => TokenStates::Padded(x.shallow_clone()),
+        };
+        let out = pool.forward_states(states, mask);
+        (out.shallow_clone() * weight).sum(Kind::Float).backward();
+        (out.detach(), x.grad())
+    }
+
     #[test]
     fn packed_states_pool_and_backpropagate_as_the_padded_batch() {
         let (h, m) = fixture();
-        let every = Pooling::new(vec![
+        let modes = [
             PoolingMode::Cls,
-            PoolingMode::Max,
             PoolingMode::Mean,
             PoolingMode::MeanSqrtLen,
-        ]);
-        // A weight per output so that every mode's gradient reaches the tokens.
-        let w = Tensor::arange(8, (Kind::Float, tch::Device::Cpu))
+        ];
+        let pool = Pooling::new(modes.to_vec());
+        // A weight per output, some negative, so that every mode's gradient reaches the
+        // tokens.
+        let w = (Tensor::arange(6, (Kind::Float, tch::Device::Cpu)) * 2.1)
             .sin()
-            .view([1, 8]);
-        let run = |pack: bool| {
-            let x = h.copy().set_requires_grad(true);
-            let out = match pack {
-                true => every.forward_states(packed(&x), &m),
-                false => every.forward_states(TokenStates::Padded(x.shallow_clone()), &m),
-            };
-            (out.shallow_clone() * &w).sum(Kind::Float).backward();
-            (out.detach(), x.grad())
-        };
-        let ((a, ga), (b, gb)) = (run(true), run(false));
+            .view([1, 6]);
+        let (a, ga) = pooled_and_grad(&pool, &h, true, &m, &w);
+        let (b, gb) = pooled_and_grad(&pool, &h, false, &m, &w);
         assert_eq!(rows(&a), rows(&b));
-        assert!((&a - every.forward(&h, &m)).abs().max().double_value(&[]) == 0.0);
+        assert_eq!(rows(&a), rows(&pool.forward(&h, &m)));
         let diff = (ga - &gb).abs().max().double_value(&[]);
         assert!(diff < 1e-6, "{diff}");
         // The padding position's value reached no output, so it gets no gradient.
-        assert_eq!(
-            Vec::<f32>::try_from(gb.view([-1]).narrow(0, 10, 2)).unwrap(),
-            [0.0, 0.0]
-        );
+        let padding = gb.view([-1]).narrow(0, 10, 2);
+        assert_eq!(Vec::<f32>::try_from(padding).unwrap(), [0.0, 0.0]);
         // Padded back, the packed states are the fixture with its padding zeroed.
-        let back = packed(&h).padded();
-        assert_eq!(rows(&back.view([6, 2]))[4], vec![2.0f32, -3.0]);
-        assert_eq!(rows(&back.view([6, 2]))[5], vec![0.0, 0.0]);
+        let back = packed(&h).padded().view([6, 2]);
+        assert_eq!(rows(&back)[4], vec![2.0f32, -3.0]);
+        assert_eq!(rows(&back)[5], vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn max_pooling_splits_a_negative_gradient_among_tied_maxima_packed_or_not() {
+        // Row 0's first column peaks at 5.0 twice; its output is weighted -1.
+        let h = Tensor::from_slice(&[
+            5.0f32, 1.0, 5.0, 2.0, 3.0, 0.0, //
+            -1.0, 0.5, 2.0, -3.0, 100.0, 100.0,
+        ])
+        .view([2, 3, 2]);
+        let m = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 0]).view([2, 3]);
+        let pool = Pooling::new(vec![PoolingMode::Max]);
+        let w = Tensor::from_slice(&[-1.0f32, 1.0]).view([1, 2]);
+        for pack in [true, false] {
+            let (out, grad) = pooled_and_grad(&pool, &h, pack, &m, &w);
+            assert_eq!(rows(&out), vec![vec![5.0, 2.0], vec![2.0, 0.5]]);
+            let g = Vec::<f32>::try_from(grad.view([-1])).unwrap();
+            assert_eq!(g[0], -0.5, "packed: {pack}");
+            assert_eq!(g[2], -0.5, "packed: {pack}");
+            assert_eq!(g[4], 0.0, "packed: {pack}");
+        }
     }
 
     #[test]

@@ -630,10 +630,11 @@ fn run_stage(
             summary,
         } => (outputs, rows, summary),
     };
-    // The outputs hashed side by side (eval's TREC runs are hundreds of MB).
+    // The outputs hashed side by side (eval's TREC runs are hundreds of MB); the first
+    // failure in the outputs' order is the one reported.
     let files = {
         use rayon::prelude::*;
-        outputs
+        let hashed: Vec<Result<(String, OutputFile)>> = outputs
             .into_par_iter()
             .map(|o| {
                 let path = r.dir.join(&o);
@@ -643,7 +644,8 @@ fn run_stage(
                 let sha256 = fingerprint::file(&path)?;
                 Ok((o, OutputFile { sha256, bytes }))
             })
-            .collect::<Result<BTreeMap<_, _>>>()?
+            .collect();
+        hashed.into_iter().collect::<Result<BTreeMap<_, _>>>()?
     };
     let seconds = clock.elapsed().as_secs_f64();
     let manifest = Manifest {

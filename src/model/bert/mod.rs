@@ -440,15 +440,16 @@ impl BertModel {
     }
 }
 
-/// A batch's token states in the compute dtype, as [`Bert::token_states`] computed them.
+/// A batch's token states in the compute dtype, as [`BertModel::token_states`] computed them.
 pub enum TokenStates {
     /// `[batch, seq, hidden]`, padding positions masked out of attention.
     Padded(Tensor),
     /// The rows' real tokens end to end, `[tokens, hidden]`, in row order.
     Packed {
         tokens: Tensor,
-        /// `[batch]` int64: each row's first token in `tokens`, and its token count.
+        /// `[batch]` int64: each row's first token in `tokens`.
         starts: Tensor,
+        /// `[batch]` int64: each row's token count (at least 1: every text has [CLS]).
         lengths: Tensor,
         /// `[tokens]` int64: each token's flat place (`row * seq + column`) when padded.
         index: Tensor,
