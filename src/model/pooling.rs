@@ -106,42 +106,34 @@ impl Pooling {
     /// With max pooling the batch is padded first: `segment_reduce`'s backward gives a
     /// negative gradient whole to each of tied maxima (`amax` splits it among them).
     pub fn forward_states(&self, states: TokenStates, attention_mask: &Tensor) -> Tensor {
-        let states = match states {
-            TokenStates::Packed { .. } if self.modes.contains(&PoolingMode::Max) => {
-                TokenStates::Padded(states.padded())
+        match states {
+            TokenStates::Packed {
+                tokens,
+                starts,
+                lengths,
+                ..
+            } if !self.modes.contains(&PoolingMode::Max) => {
+                self.forward_packed(&tokens, &starts, &lengths)
             }
-            other => other,
-        };
-        let TokenStates::Packed {
-            tokens,
-            starts,
-            lengths,
-            ..
-        } = states
-        else {
-            return self.forward(&states.padded(), attention_mask);
-        };
+            other => self.forward(&other.padded(), attention_mask),
+        }
+    }
+
+    /// The modes other than max over packed `tokens` `[tokens, hidden]`, rows starting at
+    /// `starts` with `lengths` tokens each.
+    fn forward_packed(&self, tokens: &Tensor, starts: &Tensor, lengths: &Tensor) -> Tensor {
         let hidden = tokens.to_kind(Kind::Float);
         // unsafe_: the lengths are the packing's, which add up to the tokens (the check
         // would read them back on the host, a wait per batch).
         let segments = |reduce: &str, initial: f64| {
-            Tensor::segment_reduce(
-                &hidden,
-                reduce,
-                Some(&lengths),
-                None,
-                None,
-                0,
-                true,
-                initial,
-            )
+            Tensor::segment_reduce(&hidden, reduce, Some(lengths), None, None, 0, true, initial)
         };
         let count = || lengths.to_kind(Kind::Float).clamp_min(1e-9).unsqueeze(1);
         let parts: Vec<Tensor> = self
             .modes
             .iter()
             .map(|mode| match mode {
-                PoolingMode::Cls => hidden.index_select(0, &starts),
+                PoolingMode::Cls => hidden.index_select(0, starts),
                 PoolingMode::Mean => segments("sum", 0.0) / count(),
                 PoolingMode::MeanSqrtLen => segments("sum", 0.0) / count().sqrt(),
                 PoolingMode::Max => unreachable!("max pooling pads the batch first"),
