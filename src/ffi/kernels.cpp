@@ -204,6 +204,24 @@ extern "C" __global__ void __launch_bounds__(256) column_sums_finish(
     out[c] = (u16)from_f(s);
   }
 }
+// The compute copies' gradients moved to the masters' (copies.rs): for each of `count`
+// spans k (blockIdx.y), dst[k][i] += widen(src[k][i]) in fp32, each sum rounded once, as
+// aten's add of a 16-bit tensor into an fp32 one computes it; one launch for every layer.
+#define MAX_SPANS 64
+struct Spans {
+  const u16* src[MAX_SPANS];
+  float* dst[MAX_SPANS];
+  long long n[MAX_SPANS];
+};
+extern "C" __global__ void __launch_bounds__(256) add_widened(Spans s, int count) {
+  int k = blockIdx.y;
+  if (k >= count) return;
+  const u16* __restrict__ src = s.src[k];
+  float* __restrict__ dst = s.dst[k];
+  long long n = s.n[k], stride = (long long)gridDim.x * blockDim.x;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    dst[i] += to_f(src[i]);
+}
 )CUDA";
 
 }  // namespace
@@ -288,6 +306,8 @@ Kernels get(int device, int64_t h, bool bf16) {
                  "cuModuleGetFunction(column_sums)");
   distill::check(drv.module_get_function(&k.column_sums_finish, module, "column_sums_finish"),
                  "cuModuleGetFunction(column_sums_finish)");
+  distill::check(drv.module_get_function(&k.add_widened, module, "add_widened"),
+                 "cuModuleGetFunction(add_widened)");
   cache[key] = k;
   return k;
 }

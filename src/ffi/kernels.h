@@ -1,8 +1,9 @@
 // distill's CUDA kernels (kernels.cpp): one NVRTC module per device, hidden size and dtype,
 // compiled from one source on first use and launched through the CUDA driver API (both
 // loaded with dlopen, nvrtc.h): the fused add + LayerNorm for inference and for training,
-// the LayerNorm's weight gradients (layer_norm.cpp) and the column sums of the linear
-// layers' bias gradients (linear.cpp).
+// the LayerNorm's weight gradients (layer_norm.cpp), the column sums of the linear
+// layers' bias gradients (linear.cpp) and the compute copies' gradients added into the
+// masters' (optim.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,7 +21,15 @@ struct Kernels {
   CUfunction weight_grads;
   CUfunction column_sums;
   CUfunction column_sums_finish;
+  CUfunction add_widened;
 };
+
+// The spans one launch of `add_widened` takes (its `MAX_SPANS`).
+constexpr int kMaxSpans = 64;
+
+// The kernels that do not depend on the hidden size (the column sums, `add_widened`) come
+// from the module of the smallest one.
+constexpr int64_t kAnyModuleH = 64;
 
 // The compiled kernels for (device, hidden size, dtype), built on first use.
 Kernels get(int device, int64_t h, bool bf16);

@@ -18,10 +18,6 @@
 #include "kernels.h"
 
 namespace {
-// The column-sum kernels do not depend on the hidden size: they come from the module of
-// the smallest one.
-constexpr int64_t kColumnModuleH = 64;
-
 // Whether the column-sum kernels cover dy ([rows, w]): CUDA bf16/fp16, w a multiple of 4.
 bool column_sums_cover(const at::Tensor& dy) {
   auto dtype = dy.scalar_type();
@@ -44,7 +40,7 @@ at::Tensor column_sums(const at::Tensor& dy) {
   if (rows == 0) return out.zero_();
   auto part = at::empty({blocks_y, w}, c.options().dtype(at::kFloat));
   bool bf16 = c.scalar_type() == at::kBFloat16;
-  auto k = distill::kernels::get(c.device().index(), kColumnModuleH, bf16);
+  auto k = distill::kernels::get(c.device().index(), distill::kernels::kAnyModuleH, bf16);
   void* stream = distill::kernels::stream_of(c);
   const void* pd = c.const_data_ptr();
   void* pp = part.mutable_data_ptr();

@@ -9,10 +9,17 @@
 #include <ATen/ops/_foreach_zero.h>
 #include <ATen/ops/_fused_adamw.h>
 #include <ATen/ops/stack.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/util/Exception.h>
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
 #include <exception>
+#include <utility>
 #include <vector>
 
 #include "common.h"
+#include "kernels.h"
 
 namespace {
 std::vector<at::Tensor> gather(at::Tensor** ts, size_t n) {
@@ -89,14 +96,66 @@ extern "C" int distill_copy_all(at::Tensor** dst, at::Tensor** src, size_t n, ch
   }
 }
 
+namespace {
+// Whether the add_widened kernel has failed in this process (then aten's add serves for the
+// rest of it), and how many times it failed.
+std::atomic<bool> widen_failed{false};
+std::atomic<int64_t> widen_fallbacks{0};
+
+// What one launch of the kernel takes, laid out as its `Spans` (kernels.cpp).
+struct Spans {
+  const void* src[distill::kernels::kMaxSpans];
+  void* dst[distill::kernels::kMaxSpans];
+  long long n[distill::kernels::kMaxSpans];
+};
+
+// Whether the kernel covers adding `part` into `mg`: both on CUDA and contiguous, the
+// master's gradient fp32, the part bf16 or fp16, of the same size.
+bool widen_covers(const at::Tensor& mg, const at::Tensor& part) {
+  auto dtype = part.scalar_type();
+  return mg.is_cuda() && part.device() == mg.device() && mg.scalar_type() == at::kFloat &&
+         (dtype == at::kBFloat16 || dtype == at::kHalf) && mg.is_contiguous() &&
+         part.is_contiguous() && mg.numel() == part.numel() && mg.numel() > 0;
+}
+
+// mg += part for each (mg, part) of adds[from, from + kMaxSpans) (all covered, of one dtype
+// and device) in one launch; returns the end of those it took.
+size_t add_widened(const std::vector<std::pair<at::Tensor, at::Tensor>>& adds, size_t from) {
+  const auto& first = adds[from].second;
+  bool bf16 = first.scalar_type() == at::kBFloat16;
+  c10::DeviceGuard guard(first.device());
+  auto k = distill::kernels::get(first.device().index(), distill::kernels::kAnyModuleH, bf16);
+  Spans spans{};
+  int count = 0;
+  long long longest = 0;
+  size_t end = std::min(adds.size(), from + distill::kernels::kMaxSpans);
+  for (size_t i = from; i < end; ++i, ++count) {
+    spans.src[count] = adds[i].second.const_data_ptr();
+    spans.dst[count] = adds[i].first.mutable_data_ptr();
+    spans.n[count] = adds[i].first.numel();
+    longest = std::max(longest, spans.n[count]);
+  }
+  auto blocks = static_cast<unsigned>(std::min<long long>(256, (longest + 255) / 256));
+  void* args[] = {&spans, &count};
+  distill::check(distill::driver().launch(k.add_widened, blocks, static_cast<unsigned>(count), 1,
+                                          256, 1, 1, 0, distill::kernels::stream_of(first), args,
+                                          nullptr),
+                 "cuLaunchKernel(add_widened)");
+  return end;
+}
+}  // namespace
+
 // For each i, rows [offsets[i], offsets[i] + rows[i]) of leaves[i]'s gradient, when it
 // has one, added into masters[i]'s gradient in the master's dtype, or copied to be it
 // where the master has none; then every leaf's gradient cleared (the next backward pass
-// makes a new one without adding). The compute copies' transfer after a backward pass.
+// makes a new one without adding). The compute copies' transfer after a backward pass: on
+// CUDA the adds of 16-bit gradients into fp32 ones run as one kernel for all the parts
+// (`add_widened`, the same sums as aten's add), where aten launched one per part.
 extern "C" int distill_add_grads(at::Tensor** masters, at::Tensor** leaves, int64_t* offsets,
                                  int64_t* rows, size_t n, char* err, size_t err_len) {
   try {
     at::NoGradGuard no_grad;
+    std::vector<std::pair<at::Tensor, at::Tensor>> widened;
     for (size_t i = 0; i < n; ++i) {
       const auto& g = leaves[i]->grad();
       if (!g.defined()) continue;
@@ -105,10 +164,28 @@ extern "C" int distill_add_grads(at::Tensor** masters, at::Tensor** leaves, int6
                       ? g
                       : g.narrow(0, offsets[i], rows[i]).view(masters[i]->sizes());
       auto& mg = masters[i]->mutable_grad();
-      if (mg.defined()) {
-        mg.add_(part);
-      } else {
+      if (!mg.defined()) {
         mg = part.to(masters[i]->scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+      } else if (!widen_failed.load() && widen_covers(mg, part) &&
+                 (widened.empty() ||
+                  (part.scalar_type() == widened.front().second.scalar_type() &&
+                   part.device() == widened.front().second.device()))) {
+        widened.emplace_back(mg, part);
+      } else {
+        mg.add_(part);
+      }
+    }
+    for (size_t at = 0; at < widened.size();) {
+      try {
+        at = add_widened(widened, at);
+      } catch (const c10::OutOfMemoryError&) {
+        throw;
+      } catch (const std::exception&) {
+        // A launch that failed added nothing (it fails before it starts): aten's adds
+        // for what is left, and for the rest of the process.
+        widen_failed.store(true);
+        widen_fallbacks.fetch_add(1);
+        for (; at < widened.size(); ++at) widened[at].first.add_(widened[at].second);
       }
     }
     for (size_t i = 0; i < n; ++i) leaves[i]->mutable_grad().reset();
@@ -118,3 +195,7 @@ extern "C" int distill_add_grads(at::Tensor** masters, at::Tensor** leaves, int6
     return -1;
   }
 }
+
+// How many times the kernel of `distill_add_grads` failed (its first failure turns it off
+// for the process).
+extern "C" int64_t distill_add_grads_fallbacks() { return widen_fallbacks.load(); }

@@ -53,6 +53,7 @@ mod sys {
             err: *mut c_char,
             err_len: usize,
         ) -> i32;
+        pub fn distill_add_grads_fallbacks() -> i64;
     }
 }
 
@@ -182,7 +183,9 @@ pub fn copy_all(dst: &[&Tensor], src: &[&Tensor]) -> Result<()> {
 
 /// For each i, rows `spans[i]` (offset, count) of `leaves[i]`'s gradient, when it has
 /// one, added into `masters[i]`'s gradient (in the master's dtype), or copied to be it
-/// where the master has none; then the leaves' gradients cleared.
+/// where the master has none; then the leaves' gradients cleared. On CUDA the adds of
+/// bf16 or fp16 gradients into fp32 ones run as one kernel (up to 64 parts a launch), with
+/// aten's sums; elsewhere, or should the kernel fail, aten adds each part.
 pub fn add_grads(masters: &[&Tensor], leaves: &[&Tensor], spans: &[(i64, i64)]) -> Result<()> {
     same_lengths(
         "adding gradients",
@@ -214,10 +217,24 @@ pub fn add_grads(masters: &[&Tensor], leaves: &[&Tensor], spans: &[(i64, i64)]) 
     }
 }
 
+/// How many times the kernel of [`add_grads`] failed in this process (its first failure
+/// turns it off, and aten's adds serve from then on); 0 without the C++ side.
+pub fn add_grads_fallbacks() -> i64 {
+    #[cfg(distill_ffi)]
+    {
+        // SAFETY: reads an atomic counter.
+        unsafe { sys::distill_add_grads_fallbacks() }
+    }
+    #[cfg(not(distill_ffi))]
+    {
+        0
+    }
+}
+
 #[cfg(all(test, distill_ffi))]
 mod tests {
     use super::*;
-    use tch::Kind;
+    use tch::{Device, Kind};
 
     #[test]
     fn foreach_clip_matches_the_per_tensor_norm() {
@@ -268,6 +285,75 @@ mod tests {
         );
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() < 1e-6, "{a:?} vs {b:?}");
+        }
+    }
+
+    /// `add_grads` against aten's adds, on `device`: 100 parts (two launches of the
+    /// kernel on CUDA) of three shapes, some the rows of a leaf shared by three parts (as Q,
+    /// K and V), one leaf without a gradient and one master without one. The masters'
+    /// gradients equal `master + widened part` to the bit, and the leaves' are cleared.
+    fn add_grads_against_aten(device: Device) {
+        let opts = (Kind::Float, device);
+        let wave = |n: i64, f: f64| (Tensor::arange(n, opts) * f).sin();
+        let shapes: [&[i64]; 3] = [&[384], &[12, 384], &[1536, 384]];
+        let (mut masters, mut leaves, mut spans, mut expected) = (vec![], vec![], vec![], vec![]);
+        for i in 0..100i64 {
+            let shape = shapes[(i % 3) as usize];
+            let numel: i64 = shape.iter().product();
+            let master = Tensor::zeros(shape, opts).set_requires_grad(true);
+            let shared = i % 3 == 1;
+            let rows = shape[0] * if shared { 3 } else { 1 };
+            let mut leaf_shape = shape.to_vec();
+            leaf_shape[0] = rows;
+            let leaf = Tensor::zeros(leaf_shape.as_slice(), (Kind::BFloat16, device))
+                .set_requires_grad(true);
+            let offset = if shared { shape[0] } else { 0 };
+            let g = wave(numel * rows / shape[0], 0.01 * (i + 1) as f64).to_kind(Kind::BFloat16);
+            let has_leaf_grad = i != 7;
+            if has_leaf_grad {
+                crate::ffi::autograd::set_grad(&leaf, &g.view(leaf_shape.as_slice())).unwrap();
+            }
+            let part = g.narrow(0, offset * numel / shape[0], numel).view(shape);
+            let start = wave(numel, 0.003 * (i + 2) as f64).view(shape) * 100.0;
+            let want = match (i, has_leaf_grad) {
+                (_, false) => start.shallow_clone(),
+                (11, true) => part.to_kind(Kind::Float),
+                _ => &start + part.to_kind(Kind::Float),
+            };
+            if i != 11 {
+                crate::ffi::autograd::set_grad(&master, &start).unwrap();
+            }
+            expected.push(want);
+            masters.push(master);
+            leaves.push(leaf);
+            spans.push((offset, shape[0]));
+        }
+        let before = add_grads_fallbacks();
+        let (m, l): (Vec<&Tensor>, Vec<&Tensor>) =
+            (masters.iter().collect(), leaves.iter().collect());
+        add_grads(&m, &l, &spans).unwrap();
+        for (i, (m, want)) in masters.iter().zip(&expected).enumerate() {
+            let d = (m.grad() - want).abs().max().double_value(&[]);
+            assert_eq!(d, 0.0, "part {i}");
+        }
+        assert!(leaves.iter().all(|l| !l.grad().defined()));
+        assert_eq!(
+            add_grads_fallbacks(),
+            before,
+            "the kernel ran without failing"
+        );
+    }
+
+    #[test]
+    fn adding_gradients_matches_aten_on_the_cpu() {
+        add_grads_against_aten(Device::Cpu);
+    }
+
+    /// Runs where a GPU is, passes trivially elsewhere.
+    #[test]
+    fn adding_gradients_matches_aten_on_cuda() {
+        if tch::Cuda::is_available() {
+            add_grads_against_aten(Device::Cuda(0));
         }
     }
 }
