@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The C++ side of `src/ffi/` (see `src/ffi/mod.rs`), and the headers they share.
-const FFI_SOURCES: [&str; 11] = [
+const FFI_SOURCES: [&str; 10] = [
     "src/ffi/memory.cpp",
     "src/ffi/optim.cpp",
     "src/ffi/attention.cpp",
@@ -14,15 +14,9 @@ const FFI_SOURCES: [&str; 11] = [
     "src/ffi/kernels.cpp",
     "src/ffi/layer_norm.cpp",
     "src/ffi/linear.cpp",
-    "src/ffi/gemm.cpp",
     "src/ffi/distributed.cpp",
 ];
-const FFI_HEADERS: [&str; 4] = [
-    "src/ffi/common.h",
-    "src/ffi/gemm.h",
-    "src/ffi/kernels.h",
-    "src/ffi/nvrtc.h",
-];
+const FFI_HEADERS: [&str; 3] = ["src/ffi/common.h", "src/ffi/kernels.h", "src/ffi/nvrtc.h"];
 
 fn libtorch_lib_dir() -> Option<PathBuf> {
     println!("cargo:rerun-if-env-changed=LIBTORCH");

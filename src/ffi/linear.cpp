@@ -1,8 +1,6 @@
-// The linear layers for training (`distill_train_linear`): on CUDA the products by
-// cuBLASLt with each shape's algorithm chosen once (gemm.h; aten chooses on every product,
-// host time that bounded the teacher's step), the bias's gradient (a sum over the rows) by
-// a column-sum kernel of ours (kernels.h), where aten's reduction runs well below the
-// memory's bandwidth at these shapes; elsewhere aten's.
+// The linear layers for training (`distill_train_linear`): aten's forward and products,
+// the bias's gradient (a sum over the rows) by a column-sum kernel of ours (kernels.h),
+// where aten's reduction runs well below the memory's bandwidth at these shapes.
 // Conventions of the entry points: common.h.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -17,7 +15,6 @@
 #include <exception>
 
 #include "common.h"
-#include "gemm.h"
 #include "kernels.h"
 
 namespace {
@@ -63,60 +60,20 @@ at::Tensor column_sums(const at::Tensor& dy) {
   return out;
 }
 
-// x.linear(weight, bias) by `distill::gemm` (x's rows against the weight's, the bias
-// added by the product's epilogue, as aten's addmm does); undefined where it declines.
-at::Tensor lt_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  if (!x.is_cuda() || !x.is_contiguous() || !weight.is_contiguous() || !bias.is_contiguous())
-    return {};
-  int64_t out = weight.size(0), in = weight.size(1), rows = x.numel() / std::max<int64_t>(in, 1);
-  auto sizes = x.sizes().vec();
-  sizes.back() = out;
-  auto y = at::empty(sizes, x.options());
-  bool done = distill::gemm::matmul(x, true, false, out, rows, in, weight.const_data_ptr(), in,
-                                    x.const_data_ptr(), in, y.mutable_data_ptr(), out,
-                                    bias.const_data_ptr());
-  return done ? y : at::Tensor();
-}
-
-// dy ([rows, out]) times the weight ([out, in]): the input's gradient, [rows, in].
-at::Tensor input_grad(const at::Tensor& dy, const at::Tensor& weight) {
-  int64_t out = weight.size(0), in = weight.size(1), rows = dy.size(0);
-  if (dy.is_cuda() && weight.is_contiguous()) {
-    auto dx = at::empty({rows, in}, dy.options());
-    if (distill::gemm::matmul(dy, false, false, in, rows, out, weight.const_data_ptr(), in,
-                              dy.const_data_ptr(), out, dx.mutable_data_ptr(), in, nullptr))
-      return dx;
-  }
-  return dy.mm(weight);
-}
-
-// dy^T ([out, rows]) times x ([rows, in], contiguous): the weight's gradient, [out, in].
-at::Tensor weight_grad(const at::Tensor& dy, const at::Tensor& x) {
-  int64_t out = dy.size(1), in = x.size(1), rows = dy.size(0);
-  if (dy.is_cuda()) {
-    auto dw = at::empty({out, in}, dy.options());
-    if (distill::gemm::matmul(dy, false, true, in, out, rows, x.const_data_ptr(), in,
-                              dy.const_data_ptr(), out, dw.mutable_data_ptr(), in, nullptr))
-      return dw;
-  }
-  return dy.t().mm(x);
-}
-
 // Whether the column-sum kernel has failed in this process (then aten's sum serves for the
 // rest of it), and how many times it failed.
 std::atomic<bool> linear_failed{false};
 std::atomic<int64_t> linear_fallbacks{0};
 
-// A linear layer for training: the forward and the input's and weight's gradients (those
-// aten's addmm backward takes for a contiguous weight: grad.mm(weight), grad^T.mm(x)) by
-// `distill::gemm` on CUDA, else aten's; the bias's gradient by the column-sum kernel
-// where it covers the gradient (else, or should it fail, aten's sum over the rows).
+// A linear layer for training: aten's `linear` forward; in backward the input's and the
+// weight's gradients as aten's addmm backward takes them for a contiguous weight
+// (grad.mm(weight) and grad^T.mm(x)), the bias's by the column-sum kernel where it covers the gradient (else,
+// or should it fail, aten's sum over the rows).
 struct TrainLinear : public torch::autograd::Function<TrainLinear> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                             const at::Tensor& weight, const at::Tensor& bias) {
     ctx->save_for_backward({x, weight});
-    auto y = lt_linear(x, weight, bias);
-    return y.defined() ? y : at::linear(x, weight, bias);
+    return at::linear(x, weight, bias);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -126,8 +83,8 @@ struct TrainLinear : public torch::autograd::Function<TrainLinear> {
     int64_t out = weight.size(0), in = weight.size(1);
     auto dy = grads[0].contiguous().view({-1, out});
     at::Tensor dx, dw, db;
-    if (ctx->needs_input_grad(0)) dx = input_grad(dy, weight).view(x.sizes());
-    if (ctx->needs_input_grad(1)) dw = weight_grad(dy, x.reshape({-1, in}).contiguous());
+    if (ctx->needs_input_grad(0)) dx = dy.mm(weight).view(x.sizes());
+    if (ctx->needs_input_grad(1)) dw = dy.t().mm(x.reshape({-1, in}));
     if (ctx->needs_input_grad(2)) {
       if (!linear_failed.load() && column_sums_cover(dy)) {
         try {
@@ -165,10 +122,6 @@ extern "C" at::Tensor* distill_train_linear(at::Tensor* x, at::Tensor* weight, a
     return nullptr;
   }
 }
-
-// How many products `distill::gemm` has run, and left to aten, in this process.
-extern "C" int64_t distill_gemm_ran() { return distill::gemm::ran(); }
-extern "C" int64_t distill_gemm_declined() { return distill::gemm::declined(); }
 
 // How many times the column-sum kernel of `distill_train_linear` failed (its first failure
 // turns it off for the process).
