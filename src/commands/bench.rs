@@ -216,7 +216,7 @@ fn timed(
     let seconds = start.elapsed().as_secs_f64();
     let peak_mem_bytes = peak_memory(s.device).unwrap_or(0);
     if let Some(dir) = &s.profile {
-        crate::ffi::profiler::profiler_start(s.device.is_cuda())?;
+        crate::ffi::profiler::profiler_start(s.device.is_cuda(), true)?;
         for _ in 0..3 {
             unit()?;
         }

@@ -98,7 +98,7 @@ pub fn run(settings: &EncodeSettings) -> Result<EncodeSummary> {
     let writer = EmbeddingsWriter::create(&settings.output, dim, &metadata)?;
     let mut progress = Progress::new("encode", total as u64, settings.verbosity);
     if settings.profile.is_some() {
-        crate::ffi::profiler::profiler_start(device.is_cuda())?;
+        crate::ffi::profiler::profiler_start(device.is_cuda(), true)?;
     }
     let (tokens, _) = write_behind(writer, |queue| {
         model.encode_stream(

@@ -7,24 +7,31 @@ use crate::error::Result;
 mod sys {
     use std::os::raw::c_char;
     extern "C" {
-        pub fn distill_profiler_start(cuda: i32, err: *mut c_char, err_len: usize) -> i32;
+        pub fn distill_profiler_start(
+            cuda: i32,
+            host: i32,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> i32;
         pub fn distill_profiler_stop(path: *const c_char, err: *mut c_char, err_len: usize) -> i32;
     }
 }
 
-/// Start libtorch's Kineto profiler (`torch.profiler`): CPU operators, and CUDA kernels
-/// when `cuda`. [`profiler_stop`] writes the trace.
-pub fn profiler_start(cuda: bool) -> Result<()> {
+/// Start libtorch's Kineto profiler (`torch.profiler`): CPU operators (unless `host` is
+/// false on CUDA, for the kernels' timeline as it runs unprofiled: recording every
+/// operator slows a step bound by its host), and CUDA kernels when `cuda`.
+/// [`profiler_stop`] writes the trace.
+pub fn profiler_start(cuda: bool, host: bool) -> Result<()> {
     #[cfg(distill_ffi)]
     {
         super::status("starting the profiler", |err, len| {
             // SAFETY: a C function that catches every C++ exception.
-            unsafe { sys::distill_profiler_start(i32::from(cuda), err, len) }
+            unsafe { sys::distill_profiler_start(i32::from(cuda), i32::from(host), err, len) }
         })
     }
     #[cfg(not(distill_ffi))]
     {
-        let _ = cuda;
+        let _ = (cuda, host);
         Err(super::unavailable("the profiler"))
     }
 }

@@ -47,6 +47,8 @@ pub struct AdamW {
     /// On CUDA, the step as a device scalar for the fused kernel (not saved: it is
     /// `step`, rewritten before every update).
     device_step: Option<Tensor>,
+    /// The buffer the gradients are views of, once [`AdamW::flatten_grads`] has made them.
+    flat: Option<Tensor>,
 }
 
 impl AdamW {
@@ -70,13 +72,14 @@ impl AdamW {
             params,
             step: 0,
             device_step: None,
+            flat: None,
         }
     }
 
     /// On CUDA (when the libtorch shim is built in), updates, clipping and zeroing run as
     /// multi-tensor kernels, as `torch.optim.AdamW(fused=True)` does; on the CPU they run
     /// per tensor (the path the parity tests hold to torch.optim.AdamW within 1e-6).
-    fn fused(&self) -> bool {
+    pub fn fused(&self) -> bool {
         crate::ffi::available()
             && self
                 .params
@@ -96,9 +99,9 @@ impl AdamW {
     /// Make the gradients that exist views of one buffer, in parameter order, with their
     /// values, so that a data-parallel sum of them is one collective on that memory, in
     /// place, with nothing copied in or out ([`crate::distributed::World::sum`]); backward
-    /// passes add into the views in place. A parameter without a gradient keeps none (the
-    /// update skips it, as before). Nothing changes when the gradients differ in dtype or
-    /// device.
+    /// passes add into the views in place; zeroing, and on CUDA clipping, then take the
+    /// one buffer too. A parameter without a gradient keeps none (the update skips it, as
+    /// before). Nothing changes when the gradients differ in dtype or device.
     pub fn flatten_grads(&mut self) -> Result<()> {
         let grads: Vec<(&Tensor, Tensor)> = self
             .params
@@ -127,10 +130,15 @@ impl AdamW {
             crate::ffi::autograd::set_grad(param, &view)?;
             at += n;
         }
+        self.flat = Some(flat);
         Ok(())
     }
 
     pub fn zero_grad(&mut self) {
+        if let Some(flat) = &mut self.flat {
+            let _ = flat.zero_();
+            return;
+        }
         if self.fused() {
             let grads = self.grads();
             let refs: Vec<&Tensor> = grads.iter().collect();
@@ -154,6 +162,9 @@ impl AdamW {
         let grads = self.grads();
         if grads.is_empty() {
             return Tensor::from(0f32);
+        }
+        if let (true, Some(flat)) = (self.fused(), &self.flat) {
+            return clip_flat(flat, max_norm);
         }
         if self.fused() {
             let refs: Vec<&Tensor> = grads.iter().collect();
@@ -250,6 +261,22 @@ impl AdamW {
     }
 }
 
+/// [`AdamW::clip_grad_norm`] of gradients that are views of `flat` (fp32): the L2 norm of
+/// the one buffer and, when `max_norm` > 0, the buffer scaled by
+/// min(1, max_norm / (norm + 1e-6)) as clip_grad_norm_ computes it, on the device: two
+/// reductions and a multiplication, where the per-tensor norms took a launch per
+/// parameter and the host's time to list them. The norm's sum runs in another order than
+/// the per-tensor norms' (the same value to fp32's rounding).
+fn clip_flat(flat: &Tensor, max_norm: f64) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    let norm = flat.norm();
+    if max_norm > 0.0 {
+        let coef = ((&norm + 1e-6).reciprocal() * max_norm).clamp_max(1.0);
+        let _ = flat.shallow_clone().g_mul_(&coef);
+    }
+    norm
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +325,78 @@ mod tests {
         );
         opt.zero_grad();
         assert_eq!(flat.abs().sum(Kind::Float).double_value(&[]), 0.0);
+    }
+
+    /// Clipping one buffer gives the per-tensor path's norm and scaled gradients (the
+    /// multi-tensor kernels' on these CPU tensors) within fp32's rounding, clipped or not.
+    #[test]
+    fn clipping_the_flat_buffer_matches_the_per_tensor_norms() {
+        let values: Vec<f32> = (0..1000).map(|i| ((i as f32) * 0.37).sin()).collect();
+        for max_norm in [0.0, 5.0, 100.0] {
+            let flat = Tensor::from_slice(&values);
+            let parts = [flat.narrow(0, 0, 384), flat.narrow(0, 384, 616)].map(|t| t.copy());
+            let expected = crate::ffi::optim::clip_grad_norm(&[&parts[0], &parts[1]], max_norm)
+                .unwrap()
+                .double_value(&[]);
+            let norm = clip_flat(&flat, max_norm).double_value(&[]);
+            assert!(
+                (norm - expected).abs() <= 1e-6 * expected,
+                "{norm} vs {expected}"
+            );
+            let d = (&flat - Tensor::cat(&parts, 0))
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(d <= 1e-7, "max_norm {max_norm}: {d}");
+        }
+    }
+
+    /// On CUDA (the fused path), training with the gradients flattened after the first
+    /// step (zeroed and clipped as one buffer from then on) ends where the per-tensor
+    /// zeroing and clipping end, within fp32's rounding of the norm, with the clip active.
+    /// Runs where a GPU is, passes trivially elsewhere.
+    #[test]
+    fn flattened_gradients_train_as_per_tensor_ones_on_cuda() {
+        if !tch::Cuda::is_available() || !crate::ffi::available() {
+            return;
+        }
+        let device = tch::Device::Cuda(0);
+        let run = |flatten: bool| {
+            let opts = (Kind::Float, device);
+            let a = (Tensor::arange(384, opts) * 0.37)
+                .sin()
+                .set_requires_grad(true);
+            let b = (Tensor::arange(1536, opts) * 0.11)
+                .cos()
+                .view([4, 384])
+                .set_requires_grad(true);
+            let mut opt = AdamW::new(
+                [
+                    ("a".into(), a.shallow_clone()),
+                    ("b".into(), b.shallow_clone()),
+                ]
+                .into(),
+                AdamWConfig::default(),
+            );
+            assert!(opt.fused());
+            for step in 0..4 {
+                opt.zero_grad();
+                let loss =
+                    (&a * 3.0).square().sum(Kind::Float) + (&b - 0.5).square().sum(Kind::Float);
+                loss.backward();
+                let norm = opt.clip_grad_norm(1.0).double_value(&[]);
+                assert!(norm > 1.0, "the clip is active ({norm})");
+                opt.step(1e-2).unwrap();
+                if flatten && step == 0 {
+                    opt.flatten_grads().unwrap();
+                    assert!(opt.flat.is_some());
+                }
+            }
+            Tensor::cat(&[a.detach(), b.detach().view([-1])], 0)
+        };
+        let (flat, apart) = (run(true), run(false));
+        let d = (&flat - &apart).abs().max().double_value(&[]);
+        assert!(d <= 1e-6, "{d}");
     }
 
     #[test]

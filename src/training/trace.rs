@@ -2,12 +2,15 @@
 //! goes (`scripts/profile_summary.py` reads it). Asked for through the environment, so
 //! that any training stage of any run can be traced without a setting that would enter
 //! its hash: `DISTILL_PROFILE_STEPS=FROM..TO` traces steps FROM to TO - 1 (counted from
-//! 0 in the whole run, resumed or not) and `DISTILL_PROFILE_DIR` names the folder.
+//! 0 in the whole run, resumed or not) and `DISTILL_PROFILE_DIR` names the folder;
+//! `DISTILL_PROFILE_HOST=0` leaves out the host's operators, for the kernels' timeline as
+//! an unprofiled step runs it.
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
 pub const STEPS_VAR: &str = "DISTILL_PROFILE_STEPS";
 pub const DIR_VAR: &str = "DISTILL_PROFILE_DIR";
+pub const HOST_VAR: &str = "DISTILL_PROFILE_HOST";
 
 /// The traced step range of one training, and where its trace goes.
 pub struct StepTrace {
@@ -15,6 +18,8 @@ pub struct StepTrace {
     to: u64,
     path: PathBuf,
     cuda: Option<i64>,
+    /// Whether the host's operators are recorded too.
+    host: bool,
     running: bool,
 }
 
@@ -51,6 +56,7 @@ impl StepTrace {
             to,
             path: Path::new(&dir).join(format!("{training}-rank{rank}.json")),
             cuda,
+            host: std::env::var(HOST_VAR).map_or(true, |v| v != "0"),
             running: false,
         }))
     }
@@ -59,7 +65,7 @@ impl StepTrace {
     pub fn before(&mut self, step: u64) -> Result<()> {
         if step == self.from && !self.running {
             self.sync();
-            crate::ffi::profiler::profiler_start(self.cuda.is_some())?;
+            crate::ffi::profiler::profiler_start(self.cuda.is_some(), self.host)?;
             self.running = true;
         }
         Ok(())

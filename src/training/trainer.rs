@@ -517,8 +517,9 @@ pub fn train(
             )?;
             record.epoch = epoch;
             // After a first step has shown which parameters get gradients, each step's
-            // sum over the ranks is one collective on one buffer, in place.
-            if world.is_some() && step == first_step {
+            // sum over the ranks is one collective on one buffer, in place; on CUDA the
+            // zeroing and the clipping take that buffer too.
+            if (world.is_some() || opt.fused()) && step == first_step {
                 opt.flatten_grads()?;
             }
             if let Some(t) = trace.as_mut() {
