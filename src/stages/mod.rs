@@ -205,7 +205,16 @@ impl crate::training::trainer::Host for StageEnv<'_> {
             T::CheckpointWritten { step, total } => {
                 self.committed((step - 1) as usize, total as usize)
             }
-            T::Finished => self.emit(Event::WorkFinished { stage }),
+            T::Finished {
+                checkpoints,
+                checkpoint_seconds,
+            } => {
+                self.emit(Event::WorkFinished { stage });
+                if checkpoints > 0 {
+                    let part = format!("of which writing {checkpoints} checkpoints");
+                    self.timing(&part, checkpoint_seconds);
+                }
+            }
         }
     }
 

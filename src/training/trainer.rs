@@ -85,15 +85,9 @@ pub type Evaluate<'a> = dyn FnMut() -> Result<Vec<(String, f64)>> + 'a;
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainEvent {
     /// Resumed from the checkpoint at `step` (of `total` optimizer steps).
-    Resumed {
-        step: u64,
-        total: u64,
-    },
+    Resumed { step: u64, total: u64 },
     /// The loop starts with `remaining` of `total` steps to run.
-    Started {
-        remaining: u64,
-        total: u64,
-    },
+    Started { remaining: u64, total: u64 },
     /// One optimizer step: its loss (the sum over micro-batches), named terms, learning
     /// rate and gradient norm (before clipping).
     Step {
@@ -110,11 +104,12 @@ pub enum TrainEvent {
         values: Vec<(String, f64)>,
     },
     /// A checkpoint of `step` (of `total`) is written.
-    CheckpointWritten {
-        step: u64,
-        total: u64,
+    CheckpointWritten { step: u64, total: u64 },
+    /// The loop is done; it wrote `checkpoints` in `checkpoint_seconds` in all.
+    Finished {
+        checkpoints: u64,
+        checkpoint_seconds: f64,
     },
-    Finished,
 }
 
 /// The training loop's caller: where its events go, and a hook after every optimizer
@@ -448,6 +443,8 @@ pub fn train(
     // The values of a step are read back after the next step has been queued, so the
     // host never waits for the GPU to drain (except before a checkpoint).
     let mut pending: Option<PendingStep> = None;
+    // Checkpoints written, and the seconds their writing took (a timing event of the stage).
+    let mut written: (u64, f64) = (0, 0.0);
     let cuda = match opt.params.first().map(|p| p.param.device()) {
         Some(tch::Device::Cuda(i)) => Some(i as i64),
         _ => None,
@@ -550,8 +547,10 @@ pub fn train(
                     .best_eval()
                     .filter(|_| monitor.as_ref().is_some_and(|m| m.keep_best))
                     .map(|e| e.step);
+                let clock = std::time::Instant::now();
                 checkpoint::save(checkpoints, &opt, &curve)?;
                 checkpoint::prune(checkpoints, s.keep_checkpoints, best)?;
+                written = (written.0 + 1, written.1 + clock.elapsed().as_secs_f64());
                 host.event(TrainEvent::CheckpointWritten {
                     step: opt.step,
                     total: total_steps,
@@ -570,7 +569,10 @@ pub fn train(
     {
         checkpoint::restore_weights(checkpoints, best.step, &mut opt)?;
     }
-    host.event(TrainEvent::Finished);
+    host.event(TrainEvent::Finished {
+        checkpoints: written.0,
+        checkpoint_seconds: written.1,
+    });
     Ok(curve)
 }
 
