@@ -211,7 +211,7 @@ impl crate::training::trainer::Host for StageEnv<'_> {
             } => {
                 self.emit(Event::WorkFinished { stage });
                 if checkpoints > 0 {
-                    let part = format!("of which writing {checkpoints} checkpoints");
+                    let part = format!("of which taking {checkpoints} checkpoints");
                     self.timing(&part, checkpoint_seconds);
                 }
             }
@@ -220,6 +220,10 @@ impl crate::training::trainer::Host for StageEnv<'_> {
 
     fn after_step(&mut self, step: u64) {
         self.faults.after_step(self.name, step);
+    }
+
+    fn settles_checkpoints(&self) -> bool {
+        self.faults.armed()
     }
 }
 
@@ -249,6 +253,13 @@ impl FaultInjector {
             hang: hang.is_some(),
             at_step,
         }
+    }
+
+    /// Whether a fault is set: a training stage then waits at each step for the
+    /// checkpoint being written, so that the fault finds the same files on disk however
+    /// fast they are written.
+    pub fn armed(&self) -> bool {
+        self.remaining.is_some() || self.at_step.is_some()
     }
 
     pub fn after_step(&mut self, stage: &str, step: u64) {

@@ -37,52 +37,116 @@ fn tensors(named: impl Iterator<Item = (String, Tensor)>) -> Vec<(String, Tensor
         .collect()
 }
 
-/// Write the checkpoint of `opt` (its parameters and moments) at its current step.
-pub fn save(dir: &Path, opt: &AdamW, curve: &LossCurve) -> Result<()> {
-    let target = folder(dir, opt.step);
-    let tmp = dir.join(format!(".tmp-step-{:08}", opt.step));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let write = |name: &str, t: Vec<(String, Tensor)>| {
-        let path = tmp.join(name);
-        Tensor::write_safetensors(&t, &path).ctx(|| format!("writing {}", path.display()))
+/// A checkpoint taken: the parameters and moments of an optimizer on the host, and its
+/// state, to be written ([`Snapshot::write`]) while training goes on.
+pub struct Snapshot {
+    step: u64,
+    files: Vec<(&'static str, Vec<(String, Tensor)>)>,
+    state: String,
+}
+
+/// Take the checkpoint of `opt` at its current step (the tensors copied to the host).
+pub fn snapshot(opt: &AdamW, curve: &LossCurve) -> Result<Snapshot> {
+    let of = |f: fn(&super::optimizer::ParamState) -> &Tensor| {
+        tensors(
+            opt.params
+                .iter()
+                .map(|p| (p.name.clone(), f(p).shallow_clone())),
+        )
     };
-    write(
-        "weights.safetensors",
-        tensors(
-            opt.params
-                .iter()
-                .map(|p| (p.name.clone(), p.param.shallow_clone())),
-        ),
-    )?;
-    write(
-        "exp_avg.safetensors",
-        tensors(
-            opt.params
-                .iter()
-                .map(|p| (p.name.clone(), p.exp_avg.shallow_clone())),
-        ),
-    )?;
-    write(
-        "exp_avg_sq.safetensors",
-        tensors(
-            opt.params
-                .iter()
-                .map(|p| (p.name.clone(), p.exp_avg_sq.shallow_clone())),
-        ),
-    )?;
     let state = State {
         step: opt.step,
         curve: curve.clone(),
     };
-    let path = tmp.join("state.json");
-    let text = serde_json::to_string(&state).map_err(|source| Error::Json {
-        path: path.clone(),
+    let state = serde_json::to_string(&state).map_err(|source| Error::Json {
+        path: PathBuf::from("state.json"),
         source,
     })?;
-    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
-    let _ = std::fs::remove_dir_all(&target);
-    std::fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))
+    Ok(Snapshot {
+        step: opt.step,
+        files: vec![
+            ("weights.safetensors", of(|p| &p.param)),
+            ("exp_avg.safetensors", of(|p| &p.exp_avg)),
+            ("exp_avg_sq.safetensors", of(|p| &p.exp_avg_sq)),
+        ],
+        state,
+    })
+}
+
+impl Snapshot {
+    /// Write the checkpoint into `dir`: a folder under a temporary name, renamed into
+    /// place once whole.
+    pub fn write(self, dir: &Path) -> Result<()> {
+        let target = folder(dir, self.step);
+        let tmp = dir.join(format!(".tmp-step-{:08}", self.step));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        for (name, t) in &self.files {
+            let path = tmp.join(name);
+            Tensor::write_safetensors(t, &path).ctx(|| format!("writing {}", path.display()))?;
+        }
+        let path = tmp.join("state.json");
+        std::fs::write(&path, &self.state).map_err(|e| Error::io(&path, e))?;
+        let _ = std::fs::remove_dir_all(&target);
+        std::fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))
+    }
+}
+
+/// Checkpoints written on a thread of their own while training goes on (one at a time):
+/// on an H200's host writing the teacher's 273 MB took about 0.14 s of the 0.34 s a
+/// checkpoint held the GPU idle. A checkpoint counts once its folder is renamed into
+/// place, so a run killed while one is written resumes from the one before.
+#[derive(Default)]
+pub struct Writer {
+    running: Option<(u64, std::thread::JoinHandle<Result<()>>)>,
+}
+
+impl Writer {
+    /// Write `snapshot` into `dir`, then keep `keep_last` checkpoints (and `best`), on
+    /// the writer's thread, once the checkpoint before it is written; returns that one's
+    /// step, if one was being written.
+    pub fn start(
+        &mut self,
+        dir: &Path,
+        snapshot: Snapshot,
+        keep_last: usize,
+        best: Option<u64>,
+    ) -> Result<Option<u64>> {
+        let before = self.finish()?;
+        let (dir, step) = (dir.to_path_buf(), snapshot.step);
+        let thread = std::thread::Builder::new().name(format!("checkpoint {step}"));
+        let handle = thread
+            .spawn(move || {
+                snapshot.write(&dir)?;
+                prune(&dir, keep_last, best)
+            })
+            .map_err(|e| Error::io(Path::new("checkpoint writer"), e))?;
+        self.running = Some((step, handle));
+        Ok(before)
+    }
+
+    /// The step of the checkpoint being written, if it is now written (an error if its
+    /// writing failed).
+    pub fn poll(&mut self) -> Result<Option<u64>> {
+        match &self.running {
+            Some((_, handle)) if handle.is_finished() => self.finish(),
+            _ => Ok(None),
+        }
+    }
+
+    /// Wait for the checkpoint being written, if any; returns its step.
+    pub fn finish(&mut self) -> Result<Option<u64>> {
+        let Some((step, handle)) = self.running.take() else {
+            return Ok(None);
+        };
+        match handle.join() {
+            Ok(written) => written.map(|()| Some(step)),
+            Err(_) => Err(Error::Output {
+                path: PathBuf::from(format!("step-{step:08}")),
+                message: "the thread writing this checkpoint panicked".into(),
+            }),
+        }
+    }
 }
 
 fn restore_into(file: &Path, targets: BTreeMap<&str, &mut Tensor>) -> Result<()> {

@@ -105,7 +105,8 @@ pub enum TrainEvent {
     },
     /// A checkpoint of `step` (of `total`) is written.
     CheckpointWritten { step: u64, total: u64 },
-    /// The loop is done; it wrote `checkpoints` in `checkpoint_seconds` in all.
+    /// The loop is done; taking its `checkpoints` held it `checkpoint_seconds` in all
+    /// (copying them to the host; they are written beside the training).
     Finished {
         checkpoints: u64,
         checkpoint_seconds: f64,
@@ -120,6 +121,18 @@ pub trait Host {
     /// What is being trained, for file names (a stage's name).
     fn label(&self) -> String {
         "training".into()
+    }
+    /// Whether every step waits for the checkpoint being written, so that what is on
+    /// disk after a step does not depend on the writer's pace (the tests' faults).
+    fn settles_checkpoints(&self) -> bool {
+        false
+    }
+}
+
+/// The event of a checkpoint the writer has finished, if any.
+fn written_event(host: &mut dyn Host, step: Option<u64>, total: u64) {
+    if let Some(step) = step {
+        host.event(TrainEvent::CheckpointWritten { step, total });
     }
 }
 
@@ -443,8 +456,10 @@ pub fn train(
     // The values of a step are read back after the next step has been queued, so the
     // host never waits for the GPU to drain (except before a checkpoint).
     let mut pending: Option<PendingStep> = None;
-    // Checkpoints written, and the seconds their writing took (a timing event of the stage).
+    // Checkpoints taken, and the seconds the loop spent taking them (a timing event of
+    // the stage); they are written beside the training (`checkpoint::Writer`).
     let mut written: (u64, f64) = (0, 0.0);
+    let mut writer = checkpoint::Writer::default();
     let cuda = match opt.params.first().map(|p| p.param.device()) {
         Some(tch::Device::Cuda(i)) => Some(i as i64),
         _ => None,
@@ -548,18 +563,27 @@ pub fn train(
                     .filter(|_| monitor.as_ref().is_some_and(|m| m.keep_best))
                     .map(|e| e.step);
                 let clock = std::time::Instant::now();
-                checkpoint::save(checkpoints, &opt, &curve)?;
-                checkpoint::prune(checkpoints, s.keep_checkpoints, best)?;
+                let snapshot = checkpoint::snapshot(&opt, &curve)?;
+                let before = writer.start(checkpoints, snapshot, s.keep_checkpoints, best)?;
                 written = (written.0 + 1, written.1 + clock.elapsed().as_secs_f64());
-                host.event(TrainEvent::CheckpointWritten {
-                    step: opt.step,
-                    total: total_steps,
-                });
+                written_event(host, before, total_steps);
             }
+            // A fault that fires after this step finds what was written by then on disk.
+            let settle = host.settles_checkpoints() || last;
+            written_event(
+                host,
+                if settle {
+                    writer.finish()?
+                } else {
+                    writer.poll()?
+                },
+                total_steps,
+            );
             host.after_step(opt.step);
         }
         Ok(())
     })?;
+    written_event(host, writer.finish()?, total_steps);
     if let Some(last) = pending.take() {
         last.resolve(&mut curve, host)?;
     }
