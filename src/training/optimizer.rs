@@ -288,6 +288,15 @@ mod tests {
         assert!(!decays("embeddings.LayerNorm.weight"));
     }
 
+    /// AdamW with its defaults over parameters `a` and `b`.
+    fn over_a_and_b(a: &Tensor, b: &Tensor) -> AdamW {
+        let vars = [
+            ("a".into(), a.shallow_clone()),
+            ("b".into(), b.shallow_clone()),
+        ];
+        AdamW::new(vars.into(), AdamWConfig::default())
+    }
+
     /// Flattened, the gradients are views of one buffer that backward passes add into in
     /// place (what lets a data-parallel sum run on that buffer): the first pass's values
     /// are kept, the second's added, in parameter order, and zeroing clears it.
@@ -298,14 +307,7 @@ mod tests {
         let b = Tensor::from_slice(&[3.0f32, 4.0, 5.0])
             .view([3, 1])
             .set_requires_grad(true);
-        let mut opt = AdamW::new(
-            [
-                ("a".into(), a.shallow_clone()),
-                ("b".into(), b.shallow_clone()),
-            ]
-            .into(),
-            AdamWConfig::default(),
-        );
+        let mut opt = over_a_and_b(&a, &b);
         let loss = || (&a * 2.0).sum(Kind::Float) + (&b * &b).sum(Kind::Float);
         // Before any backward pass there is no gradient to flatten.
         opt.flatten_grads().unwrap();
@@ -370,14 +372,7 @@ mod tests {
                 .cos()
                 .view([4, 384])
                 .set_requires_grad(true);
-            let mut opt = AdamW::new(
-                [
-                    ("a".into(), a.shallow_clone()),
-                    ("b".into(), b.shallow_clone()),
-                ]
-                .into(),
-                AdamWConfig::default(),
-            );
+            let mut opt = over_a_and_b(&a, &b);
             assert!(opt.fused());
             for step in 0..4 {
                 opt.zero_grad();

@@ -105,8 +105,7 @@ pub enum TrainEvent {
     },
     /// A checkpoint of `step` (of `total`) is written.
     CheckpointWritten { step: u64, total: u64 },
-    /// The loop is done; taking its `checkpoints` held it `checkpoint_seconds` in all
-    /// (copying them to the host; they are written beside the training).
+    /// The loop is done; taking its `checkpoints` held it `checkpoint_seconds` in all.
     Finished {
         checkpoints: u64,
         checkpoint_seconds: f64,
@@ -456,10 +455,9 @@ pub fn train(
     // The values of a step are read back after the next step has been queued, so the
     // host never waits for the GPU to drain (except before a checkpoint).
     let mut pending: Option<PendingStep> = None;
-    // Checkpoints taken, and the seconds the loop spent taking them (a timing event of
-    // the stage); they are written beside the training (`checkpoint::Writer`).
-    let mut written: (u64, f64) = (0, 0.0);
-    let mut writer = checkpoint::Writer::default();
+    // Checkpoints taken and the seconds that held the loop (a timing event of the stage);
+    // they are written beside the training.
+    let (mut written, mut writer) = ((0u64, 0f64), checkpoint::Writer::default());
     let cuda = match opt.params.first().map(|p| p.param.device()) {
         Some(tch::Device::Cuda(i)) => Some(i as i64),
         _ => None,
