@@ -206,8 +206,8 @@ extern "C" __global__ void __launch_bounds__(256) column_sums_finish(
 }
 // The compute copies' gradients moved to the masters' (copies.rs): for each of `count`
 // spans k (blockIdx.y), dst[k][i] += widen(src[k][i]) in fp32, each sum rounded once, as
-// aten's add of a 16-bit tensor into an fp32 one computes it; one launch for every layer.
-#define MAX_SPANS 64
+// aten's add of a 16-bit tensor into an fp32 one computes it; one launch for up to
+// MAX_SPANS parts (kMaxSpans, kernels.h, defines it).
 struct Spans {
   const u16* src[MAX_SPANS];
   float* dst[MAX_SPANS];
@@ -233,9 +233,11 @@ std::string compile(int64_t h, bool bf16, const std::string& arch) {
   if (api.create(&prog, kSource, "add_layer_norm.cu", 0, nullptr, nullptr) != 0)
     throw std::runtime_error("nvrtcCreateProgram failed");
   std::string def_h = "-DH=" + std::to_string(h), def_t = bf16 ? "-DBF16=1" : "-DBF16=0",
+              def_spans = "-DMAX_SPANS=" + std::to_string(kMaxSpans),
               opt_arch = "--gpu-architecture=" + arch;
-  const char* opts[] = {def_h.c_str(), def_t.c_str(), opt_arch.c_str(), "-default-device"};
-  nvrtcResult r = api.compile(prog, 4, opts);
+  const char* opts[] = {def_h.c_str(), def_t.c_str(), def_spans.c_str(), opt_arch.c_str(),
+                        "-default-device"};
+  nvrtcResult r = api.compile(prog, 5, opts);
   if (r != 0) {
     size_t n = 0;
     api.log_size(prog, &n);

@@ -24,7 +24,7 @@ struct Kernels {
   CUfunction add_widened;
 };
 
-// The spans one launch of `add_widened` takes (its `MAX_SPANS`).
+// The spans one launch of `add_widened` takes (its `MAX_SPANS`, defined from this).
 constexpr int kMaxSpans = 64;
 
 // The kernels that do not depend on the hidden size (the column sums, `add_widened`) come

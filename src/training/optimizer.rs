@@ -47,8 +47,9 @@ pub struct AdamW {
     /// On CUDA, the step as a device scalar for the fused kernel (not saved: it is
     /// `step`, rewritten before every update).
     device_step: Option<Tensor>,
-    /// The buffer the gradients are views of, once [`AdamW::flatten_grads`] has made them.
-    flat: Option<Tensor>,
+    /// The buffer the gradients are views of, once [`AdamW::flatten_grads`] has made them,
+    /// and how many gradients it holds.
+    flat: Option<(Tensor, usize)>,
 }
 
 impl AdamW {
@@ -130,27 +131,32 @@ impl AdamW {
             crate::ffi::autograd::set_grad(param, &view)?;
             at += n;
         }
-        self.flat = Some(flat);
+        self.flat = Some((flat, grads.len()));
         Ok(())
     }
 
+    /// The buffer of [`AdamW::flatten_grads`] when it holds every gradient there is (a
+    /// parameter whose first gradient came later has one of its own, and the gradients
+    /// are then zeroed and clipped one by one).
+    fn covering(&self, grads: &[Tensor]) -> Option<&Tensor> {
+        let (flat, n) = self.flat.as_ref()?;
+        (*n == grads.len()).then_some(flat)
+    }
+
     pub fn zero_grad(&mut self) {
-        if let Some(flat) = &mut self.flat {
-            let _ = flat.zero_();
+        let grads = self.grads();
+        if let Some(flat) = self.covering(&grads) {
+            let _ = flat.shallow_clone().zero_();
             return;
         }
         if self.fused() {
-            let grads = self.grads();
             let refs: Vec<&Tensor> = grads.iter().collect();
             if crate::ffi::optim::zero_grads(&refs).is_ok() {
                 return;
             }
         }
-        for p in &mut self.params {
-            let mut g = p.param.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
+        for mut g in grads {
+            let _ = g.zero_();
         }
     }
 
@@ -163,7 +169,7 @@ impl AdamW {
         if grads.is_empty() {
             return Tensor::from(0f32);
         }
-        if let (true, Some(flat)) = (self.fused(), &self.flat) {
+        if let Some(flat) = self.covering(&grads).filter(|_| self.fused()) {
             return clip_flat(flat, max_norm);
         }
         if self.fused() {
@@ -263,13 +269,13 @@ impl AdamW {
 
 /// [`AdamW::clip_grad_norm`] of gradients that are views of `flat` (fp32): the L2 norm of
 /// the one buffer and, when `max_norm` > 0, the buffer scaled by
-/// min(1, max_norm / (norm + 1e-6)) as clip_grad_norm_ computes it, on the device: two
-/// reductions and a multiplication, where the per-tensor norms took a launch per
-/// parameter and the host's time to list them. The norm's sum runs in another order than
+/// min(1, max_norm / (norm + 1e-6)) as clip_grad_norm_ computes it, on the device: one
+/// reduction, a few scalar operations and one product, where the multi-tensor kernels took
+/// every gradient from a list the host builds. The norm's sum runs in another order than
 /// the per-tensor norms' (the same value to fp32's rounding).
 fn clip_flat(flat: &Tensor, max_norm: f64) -> Tensor {
     let _guard = tch::no_grad_guard();
-    let norm = flat.norm();
+    let norm = flat.to_kind(Kind::Float).norm();
     if max_norm > 0.0 {
         let coef = ((&norm + 1e-6).reciprocal() * max_norm).clamp_max(1.0);
         let _ = flat.shallow_clone().g_mul_(&coef);
@@ -329,6 +335,24 @@ mod tests {
         assert_eq!(flat.abs().sum(Kind::Float).double_value(&[]), 0.0);
     }
 
+    /// A parameter whose first gradient comes after the flattening has a gradient of its
+    /// own: zeroing then zeroes it too (one by one), not the buffer alone.
+    #[test]
+    #[cfg(distill_ffi)]
+    fn a_gradient_outside_the_flattened_buffer_is_still_zeroed() {
+        let a = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[3.0f32]).set_requires_grad(true);
+        let mut opt = over_a_and_b(&a, &b);
+        (&a * 2.0).sum(Kind::Float).backward();
+        opt.flatten_grads().unwrap();
+        (&b * &b).sum(Kind::Float).backward();
+        assert_eq!(opt.grads().len(), 2);
+        opt.zero_grad();
+        for g in opt.grads() {
+            assert_eq!(g.abs().sum(Kind::Float).double_value(&[]), 0.0);
+        }
+    }
+
     /// Clipping one buffer gives the per-tensor path's norm and scaled gradients (the
     /// multi-tensor kernels' on these CPU tensors) within fp32's rounding, clipped or not.
     #[test]
@@ -384,7 +408,7 @@ mod tests {
                 opt.step(1e-2).unwrap();
                 if flatten && step == 0 {
                     opt.flatten_grads().unwrap();
-                    assert!(opt.flat.is_some());
+                    assert!(opt.flat.as_ref().is_some_and(|(_, n)| *n == 2));
                 }
             }
             Tensor::cat(&[a.detach(), b.detach().view([-1])], 0)

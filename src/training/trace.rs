@@ -3,8 +3,8 @@
 //! that any training stage of any run can be traced without a setting that would enter
 //! its hash: `DISTILL_PROFILE_STEPS=FROM..TO` traces steps FROM to TO - 1 (counted from
 //! 0 in the whole run, resumed or not) and `DISTILL_PROFILE_DIR` names the folder;
-//! `DISTILL_PROFILE_HOST=0` leaves out the host's operators, for the kernels' timeline as
-//! an unprofiled step runs it.
+//! on CUDA, `DISTILL_PROFILE_HOST=0` leaves out the host's operators (the kernels and the
+//! CUDA runtime's calls stay), for the kernels' timeline as an unprofiled step runs it.
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 

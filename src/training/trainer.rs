@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Instant;
 use tch::{Kind, Tensor};
 
 /// Optimisation settings common to both training stages.
@@ -455,9 +456,9 @@ pub fn train(
     // The values of a step are read back after the next step has been queued, so the
     // host never waits for the GPU to drain (except before a checkpoint).
     let mut pending: Option<PendingStep> = None;
-    // Checkpoints taken and the seconds that held the loop (a timing event of the stage);
-    // they are written beside the training.
-    let (mut written, mut writer) = ((0u64, 0f64), checkpoint::Writer::default());
+    // Checkpoints taken and the seconds they held the loop, waits for their writing
+    // included (a timing event of the stage); they are written beside the training.
+    let (mut taken, mut writer) = ((0u64, 0f64), checkpoint::Writer::default());
     let cuda = match opt.params.first().map(|p| p.param.device()) {
         Some(tch::Device::Cuda(i)) => Some(i as i64),
         _ => None,
@@ -560,28 +561,23 @@ pub fn train(
                     .best_eval()
                     .filter(|_| monitor.as_ref().is_some_and(|m| m.keep_best))
                     .map(|e| e.step);
-                let clock = std::time::Instant::now();
+                let clock = Instant::now();
                 let snapshot = checkpoint::snapshot(&opt, &curve)?;
                 let before = writer.start(checkpoints, snapshot, s.keep_checkpoints, best)?;
-                written = (written.0 + 1, written.1 + clock.elapsed().as_secs_f64());
+                taken = (taken.0 + 1, taken.1 + clock.elapsed().as_secs_f64());
                 written_event(host, before, total_steps);
             }
             // A fault that fires after this step finds what was written by then on disk.
-            let settle = host.settles_checkpoints() || last;
-            written_event(
-                host,
-                if settle {
-                    writer.finish()?
-                } else {
-                    writer.poll()?
-                },
-                total_steps,
-            );
+            let (wait, clock) = (host.settles_checkpoints() || last, Instant::now());
+            written_event(host, writer.settle(wait)?, total_steps);
+            taken.1 += clock.elapsed().as_secs_f64();
             host.after_step(opt.step);
         }
         Ok(())
     })?;
-    written_event(host, writer.finish()?, total_steps);
+    let clock = Instant::now();
+    written_event(host, writer.settle(true)?, total_steps);
+    taken.1 += clock.elapsed().as_secs_f64();
     if let Some(last) = pending.take() {
         last.resolve(&mut curve, host)?;
     }
@@ -592,8 +588,8 @@ pub fn train(
         checkpoint::restore_weights(checkpoints, best.step, &mut opt)?;
     }
     host.event(TrainEvent::Finished {
-        checkpoints: written.0,
-        checkpoint_seconds: written.1,
+        checkpoints: taken.0,
+        checkpoint_seconds: taken.1,
     });
     Ok(curve)
 }
