@@ -122,14 +122,16 @@ impl Writer {
         best: Option<u64>,
     ) -> Result<Option<u64>> {
         let before = self.finish()?;
-        let (dir, step) = (dir.to_path_buf(), snapshot.step);
+        let step = snapshot.step;
+        let target = folder(dir, step);
+        let dir = dir.to_path_buf();
         let thread = std::thread::Builder::new().name(format!("checkpoint {step}"));
         let handle = thread
             .spawn(move || {
                 snapshot.write(&dir)?;
                 prune(&dir, keep_last, best)
             })
-            .map_err(|e| Error::io(Path::new("checkpoint writer"), e))?;
+            .map_err(|e| Error::io(&target, e))?;
         self.running = Some((step, handle));
         Ok(before)
     }
