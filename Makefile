@@ -39,6 +39,7 @@ fixtures: venv student
 	$(PY) scripts/make_beir_fixture.py tests/fixtures/generated/beir_tiny
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) scripts/make_train_reference.py tests/fixtures/generated/train_reference.json
 	$(PY) scripts/make_eval_reference.py tests/fixtures/generated/eval_reference.json
+	$(PY) scripts/make_flops_reference.py tests/fixtures/generated/flops_reference.json
 
 lint: venv
 	cargo fmt --check

@@ -5,7 +5,9 @@
 # reranking and the nDCG@10 of both side by side; both runs' log.jsonl come back gzipped.
 # PROFILE=FROM..TO: a Kineto trace of those optimizer steps of the new binary's training
 # stages (DISTILL_PROFILE_STEPS), summarised in profiles.txt; the teacher's and train's
-# traces come back in traces.tgz.
+# traces come back in traces.tgz. Each binary's stage parts (`timing` events) come back
+# in timings-BIN.txt; the summary gives each training loop's model arithmetic per second
+# against PEAK_TFLOPS (default 989, the H200's dense bf16).
 # Usage: bash scripts/gpu_ab_night.sh PIPELINE
 set -euo pipefail
 source "$(dirname "$0")/device_setup.sh"
@@ -25,6 +27,14 @@ for bin in ${BINS:-old new}; do
   echo "$bin: wall $(python3 -c "import time;print(round(time.time()-$start,1))") s"
   unset DISTILL_PROFILE_STEPS DISTILL_PROFILE_DIR
   gzip -c "/tmp/ab-$bin/$NAME/log.jsonl" > "$OUT/log-$bin.jsonl.gz" || true
+  # Each stage's parts (`timing` events) in order, for where a stage's seconds go.
+  python3 -c "
+import json, sys
+for l in open(sys.argv[1]):
+    e = json.loads(l)
+    if e.get('event') == 'timing':
+        print(f\"{e['stage']:9s} {e['seconds']:7.2f}  {e['part']}\")
+" "/tmp/ab-$bin/$NAME/log.jsonl" > "$OUT/timings-$bin.txt" 2>&1 || true
 done
 if [ -n "${PROFILE:-}" ]; then
   for f in /tmp/ab-profile/*.json; do
@@ -59,6 +69,14 @@ for b in bins:
     rerank = [e for e in parts if e.get("event") == "timing" and e.get("stage") == "eval" and "reranking" in e["part"]]
     secs = sum(e["seconds"] for e in rerank)
     print(f"{b}: eval reranking {secs:.1f} s in {len(rerank)} parts; first: {rerank[0]['part'] if rerank else '-'}")
+    # Model arithmetic of each training loop (`throughput` events), against the bf16
+    # dense peak PEAK_TFLOPS (default 989: NVIDIA's H200 SXM figure, 1,979 with sparsity).
+    peak = float(os.environ.get("PEAK_TFLOPS", "989"))
+    for e in (e for e in parts if e.get("event") == "throughput"):
+        rate = e["flops"] / e["seconds"] / 1e12
+        print(f"{b}: {e['stage']} {e['steps']} steps, {e['rows']:,} rows, {e['tokens']:,} real tokens "
+              f"in {e['seconds']:.1f} s: {e['flops'] / 1e15:.2f} PFLOP, {rate:.0f} TFLOP/s, "
+              f"{100 * rate / peak:.1f}% of {peak:.0f}")
 print("\n| dataset | system | " + " | ".join(bins) + " |")
 print("|---|---|" + "---|" * len(bins))
 metrics = {b: (json.load(open(p)) if os.path.exists(p := os.path.join(runs[b], "eval", "metrics.json")) else {}) for b in bins}

@@ -324,6 +324,24 @@ fn killed_training_resumes_to_the_same_weights() {
     assert!(steps
         .iter()
         .all(|v| v["loss"].is_f64() && v["terms"]["kl"].is_f64()));
+    // Each training stage logs its real work and its model arithmetic: for the tiny
+    // model's 2 layers (hidden 32, intermediate 64), 6 x 16,384 FLOPs a token and 768 a
+    // squared length (between tokens and tokens x 64 for the teacher's 64-token pairs).
+    for (stage, most) in [("teacher", 64.0), ("train", 512.0)] {
+        let t = log
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["event"] == "throughput" && v["stage"] == stage)
+            .unwrap_or_else(|| panic!("no throughput event for {stage}"));
+        let manifest: serde_json::Value = read_json(&r.join(stage).join("manifest.json"));
+        assert_eq!(t["steps"], manifest["summary"]["steps"], "{stage}: {t}");
+        let (tokens, flops) = (t["tokens"].as_f64().unwrap(), t["flops"].as_f64().unwrap());
+        assert!(tokens > t["rows"].as_f64().unwrap(), "{stage}: {t}");
+        let linear = 6.0 * 16384.0 * tokens;
+        assert!(flops >= linear + 768.0 * tokens, "{stage}: {t}");
+        assert!(flops <= linear + 768.0 * tokens * most, "{stage}: {t}");
+        assert!(t["seconds"].as_f64().unwrap() > 0.0, "{stage}: {t}");
+    }
     // Retention: the last 2 checkpoints are kept while training; after success the
     // teacher's are removed (the default) and the student's kept whole ("all").
     let kept: Vec<_> = std::fs::read_dir(k.join("train/checkpoints"))

@@ -13,11 +13,13 @@
 //!
 //! The model is the student directory (MiniLM-L6 shapes; its weights do not matter for
 //! speed); W2's classifier head is fresh. "Useful" FLOPs count the matmuls of the real,
-//! unpadded tokens only, with the formula of `bench_torch.py`.
+//! unpadded tokens only ([`crate::model::work`], held to torch's FlopCounterMode; the
+//! formula of `bench_torch.py`).
 use crate::error::{Error, Result};
 use crate::ffi::memory::{peak_memory, reset_peak_memory};
 use crate::model::bert::Kernels;
 use crate::model::tokenizer::Encoded;
+use crate::model::work::{forward_flops, Work};
 use crate::model::{BiEncoder, CrossEncoder};
 use crate::rng::SplitMix64;
 use serde::Serialize;
@@ -104,14 +106,6 @@ pub struct Measurement {
     pub useful_flops: f64,
     #[serde(default)]
     pub note: String,
-}
-
-/// Matmul FLOPs of one unpadded sequence of `len` tokens through `layers` BERT layers
-/// (hidden `h`, intermediate `i`): projections and FFN `2(4h^2 + 2hi)` per token, plus
-/// `QK^T` and `AV` against its own `len` keys, `4 len h` per token.
-pub fn sequence_flops(len: u64, layers: u64, h: u64, i: u64) -> f64 {
-    let per_token = 2 * (4 * h * h + 2 * h * i) + 4 * len * h;
-    (layers * len * per_token) as f64
 }
 
 /// Shapes of the workloads, full size or small.
@@ -236,13 +230,27 @@ fn timed(
     })
 }
 
+/// The real tokens of `inputs` and `mult` times their forward pass's model FLOPs
+/// ([`crate::model::work::forward_flops`]) at MiniLM-L6's shape.
 fn flops_of(inputs: &[Encoded], mult: f64) -> (u64, f64) {
-    let tokens = inputs.iter().map(|e| e.len() as u64).sum();
-    let flops = inputs
+    let work: Work = inputs
         .iter()
-        .map(|e| sequence_flops(e.len() as u64, 6, 384, 1536))
-        .sum::<f64>();
-    (tokens, flops * mult)
+        .map(|e| {
+            let n = e.len() as u64;
+            Work {
+                rows: 1,
+                tokens: n,
+                squares: n * n,
+            }
+        })
+        .sum();
+    let minilm = crate::model::hf_config::BertConfig {
+        hidden_size: 384,
+        num_hidden_layers: 6,
+        intermediate_size: 1536,
+        ..Default::default()
+    };
+    (work.tokens, mult * forward_flops(&minilm, &work))
 }
 
 fn run_distill(s: &BenchSettings, w: Workload) -> Result<Measurement> {
@@ -465,18 +473,6 @@ pub fn table(s: &BenchSettings, all: &[Measurement]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn flops_formula_per_token() {
-        // One layer, one token of a sequence of length 1: projections + FFN + attention.
-        assert_eq!(sequence_flops(1, 1, 384, 1536), (3_538_944 + 1_536) as f64);
-        // Attention grows with the sequence: L tokens each attend to L keys.
-        let l = 128;
-        assert_eq!(
-            sequence_flops(l, 6, 384, 1536),
-            (6 * l * (3_538_944 + 1_536 * l)) as f64
-        );
-    }
 
     #[test]
     fn random_pairs_have_two_segments() {

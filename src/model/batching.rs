@@ -186,6 +186,8 @@ pub struct HostBatch {
     width: usize,
     /// Real tokens.
     tokens: usize,
+    /// The sum of the rows' squared lengths (attention's work).
+    squares: u64,
     /// Packed rows ([`packed_rows`]) when packed.
     slots: usize,
     /// The rows' sequences and the filler sequences, when packed.
@@ -214,6 +216,7 @@ impl HostBatch {
         let width = items.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
         let plane = rows * width;
         let tokens: usize = items.iter().map(|e| e.len()).sum();
+        let squares = items.iter().map(|e| (e.len() as u64).pow(2)).sum();
         let (slots, fillers) = match packed {
             true => {
                 let slots = packed_rows(tokens);
@@ -265,6 +268,7 @@ impl HostBatch {
             rows,
             width,
             tokens,
+            squares,
             slots,
             sequences: rows + fillers,
             unpadded: items.iter().all(|e| e.len() == width),
@@ -366,6 +370,18 @@ impl PaddedBatches {
     /// The batches, in the order they run.
     pub fn batches(&self) -> &[HostBatch] {
         &self.batches
+    }
+
+    /// The real rows and tokens of the batches, padding and filler left out.
+    pub fn work(&self) -> super::work::Work {
+        self.batches
+            .iter()
+            .map(|b| super::work::Work {
+                rows: b.rows as u64,
+                tokens: b.tokens as u64,
+                squares: b.squares,
+            })
+            .sum()
     }
 
     /// Run `forward` over each batch on `device`, and the outputs' rows in the

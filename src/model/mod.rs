@@ -10,6 +10,7 @@ pub mod pooling;
 pub mod tokenizer;
 pub mod weights;
 pub mod wordpiece;
+pub mod work;
 
 pub use bi_encoder::{BiEncoder, Prompts, Side};
 pub use cross_encoder::{Activation, CrossEncoder};

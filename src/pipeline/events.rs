@@ -82,6 +82,17 @@ pub enum Event {
         part: String,
         seconds: f64,
     },
+    /// What a training loop computed (logged; printed with `--verbose`): its steps in
+    /// this process, their real rows and tokens (padding left out), the model arithmetic
+    /// of those tokens (`model::work::training_flops`) and the loop's seconds.
+    Throughput {
+        stage: String,
+        steps: u64,
+        rows: u64,
+        tokens: u64,
+        flops: f64,
+        seconds: f64,
+    },
     /// Something worth a line at normal verbosity (e.g. a result taken from the cache).
     Note {
         stage: String,
@@ -201,6 +212,19 @@ impl EventSink {
                 part,
                 seconds,
             } if verbose => Some(format!("{stage}: {part} took {seconds:.2} s")),
+            Event::Throughput {
+                stage,
+                steps,
+                rows,
+                tokens,
+                flops,
+                seconds,
+            } if verbose => Some(format!(
+                "{stage}: {steps} steps on {rows} rows, {tokens} real tokens, in {seconds:.2} s: \
+                 {:.1} TFLOP of model arithmetic, {:.1} TFLOP/s",
+                flops / 1e12,
+                flops / 1e12 / seconds.max(1e-9),
+            )),
             Event::StageFinished {
                 stage,
                 seconds,

@@ -632,6 +632,7 @@ fn run_stage(
     };
     // The outputs hashed side by side (eval's TREC runs are hundreds of MB); the first
     // failure in the outputs' order is the one reported.
+    let hashing = Instant::now();
     let files = {
         use rayon::prelude::*;
         let hashed: Vec<Result<(String, OutputFile)>> = outputs
@@ -647,6 +648,7 @@ fn run_stage(
             .collect();
         hashed.into_iter().collect::<Result<BTreeMap<_, _>>>()?
     };
+    env.timing("hashing its outputs", hashing.elapsed().as_secs_f64());
     let seconds = clock.elapsed().as_secs_f64();
     let manifest = Manifest {
         stage: name.into(),

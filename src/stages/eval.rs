@@ -189,6 +189,10 @@ impl Stage for Eval {
         super::write_plan(&env.partial, units.len())?;
         let mut teacher: Option<CrossEncoder> = None;
         let mut split: Option<(usize, LoadedSplit)> = None;
+        // The retrievals of the dataset whose parts are being reranked, read back.
+        let mut read_back: Option<(usize, Vec<(PathBuf, Runs)>)> = None;
+        // Seconds reading the parts' retrievals back and writing the units, in all.
+        let (mut reading, mut writing) = (0.0, 0.0);
         for (u, unit) in units.iter().enumerate() {
             let file = unit_path(&env.partial, u);
             if env.shard.is_some_and(|w| !w.owns(u)) || usable(env, unit, &file) {
@@ -196,10 +200,13 @@ impl Stage for Eval {
             }
             let di = unit.dataset();
             // A part's students: every retrieval of its dataset, read back (before anything
-            // is loaded for it).
-            let mut students = Vec::new();
-            if let Unit::Rerank { .. } = unit {
+            // is loaded for it) once for the dataset's parts.
+            if matches!(unit, Unit::Rerank { .. })
+                && read_back.as_ref().is_none_or(|(i, _)| *i != di)
+            {
+                let clock = std::time::Instant::now();
                 let retrievals = retrieval_units(&units, di);
+                let mut students = Vec::new();
                 for &r in &retrievals {
                     let path = unit_path(&env.partial, r);
                     match crate::error::read_json::<Retrieved>(&path) {
@@ -210,12 +217,17 @@ impl Stage for Eval {
                         Err(_) => break,
                     }
                 }
+                reading += clock.elapsed().as_secs_f64();
                 if students.len() < retrievals.len() {
                     continue;
                 }
+                read_back = Some((di, students));
             }
             if split.as_ref().is_none_or(|(i, _)| *i != di) {
+                let clock = std::time::Instant::now();
                 split = Some((di, LoadedSplit::load(p, &p.datasets[di])?));
+                let part = format!("loading {}", p.datasets[di].name);
+                env.timing(&part, clock.elapsed().as_secs_f64());
             }
             let Some((_, loaded)) = &split else {
                 continue; // just set
@@ -224,24 +236,38 @@ impl Stage for Eval {
             match unit {
                 Unit::Retrieve { label, path, .. } => {
                     let result = self.retrieve(env, (label, path), d, loaded)?;
+                    let clock = std::time::Instant::now();
                     crate::data::atomic::write_json_compact(&file, &result)?;
+                    writing += clock.elapsed().as_secs_f64();
                 }
                 &Unit::Rerank { part, .. } => {
                     if teacher.is_none() {
-                        let dir = super::paths::teacher_dir(p);
+                        let (dir, clock) =
+                            (super::paths::teacher_dir(p), std::time::Instant::now());
                         let t =
                             CrossEncoder::load(&dir, p.teacher.max_length, env.device, env.kind)?;
                         teacher = Some(t);
+                        env.timing("loading the teacher", clock.elapsed().as_secs_f64());
                     }
                     let Some(teacher) = &teacher else {
                         continue; // just set
                     };
-                    let scored = rerank_part(env, teacher, (d, loaded), part, &students)?;
+                    let Some((_, students)) = &read_back else {
+                        continue; // read back above
+                    };
+                    let scored = rerank_part(env, teacher, (d, loaded), part, students)?;
+                    let clock = std::time::Instant::now();
                     crate::data::atomic::write_json_compact(&file, &scored)?;
+                    writing += clock.elapsed().as_secs_f64();
                 }
             }
             env.committed(u, units.len());
         }
+        env.timing(
+            "reading the retrievals back for the teacher's parts",
+            reading,
+        );
+        env.timing("writing the units", writing);
         let done = count_units(&env.partial);
         // Workers never assemble: others may still be writing. A run without --shard does.
         if env.shard.is_some() {

@@ -208,8 +208,21 @@ impl crate::training::trainer::Host for StageEnv<'_> {
             T::Finished {
                 checkpoints,
                 checkpoint_seconds,
+                throughput,
             } => {
-                self.emit(Event::WorkFinished { stage });
+                self.emit(Event::WorkFinished {
+                    stage: stage.clone(),
+                });
+                if let Some(t) = throughput {
+                    self.emit(Event::Throughput {
+                        stage,
+                        steps: t.steps,
+                        rows: t.work.rows,
+                        tokens: t.work.tokens,
+                        flops: t.flops,
+                        seconds: t.seconds,
+                    });
+                }
                 if checkpoints > 0 {
                     let part = format!("of which taking {checkpoints} checkpoints");
                     self.timing(&part, checkpoint_seconds);

@@ -203,6 +203,13 @@ impl Task for StudentObjective<'_> {
         Some(&self.host)
     }
 
+    fn flops(&self, work: &crate::model::work::Work) -> Option<f64> {
+        Some(crate::model::work::training_flops(
+            &self.model.spec.config,
+            work,
+        ))
+    }
+
     fn represent_prepared(&self, examples: &[Example], prepared: Prepared) -> Result<Tensor> {
         let b = examples.len() as i64;
         let device = self.model.device();
@@ -380,6 +387,10 @@ impl Task for TeacherObjective<'_> {
 
     fn preparer(&self) -> Option<&dyn Prepare> {
         Some(&self.host)
+    }
+
+    fn flops(&self, work: &crate::model::work::Work) -> Option<f64> {
+        Some(crate::model::work::training_flops(&self.model.config, work))
     }
 
     fn represent_prepared(&self, _examples: &[Example], prepared: Prepared) -> Result<Tensor> {

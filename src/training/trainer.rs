@@ -14,6 +14,7 @@ use super::optimizer::{AdamW, AdamWConfig};
 use super::schedule::{Decay, Schedule};
 use crate::distributed::World;
 use crate::error::{Error, Result};
+use crate::model::work::{Throughput, Work};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -107,9 +108,11 @@ pub enum TrainEvent {
     /// A checkpoint of `step` (of `total`) is written.
     CheckpointWritten { step: u64, total: u64 },
     /// The loop is done; taking its `checkpoints` held it `checkpoint_seconds` in all.
+    /// `throughput`: what its steps in this process computed, when the task counts it.
     Finished {
         checkpoints: u64,
         checkpoint_seconds: f64,
+        throughput: Option<Throughput>,
     },
 }
 
@@ -168,6 +171,12 @@ pub trait Task {
     /// to the masters after each backward pass; none by default.
     fn compute_copies(&self) -> Vec<&crate::model::bert::ComputeCopies> {
         Vec::new()
+    }
+    /// The model arithmetic of training on `work` ([`crate::model::work`]); None when the
+    /// task does not count it.
+    fn flops(&self, work: &Work) -> Option<f64> {
+        let _ = work;
+        None
     }
 }
 
@@ -491,6 +500,7 @@ pub fn train(
         }
     };
     let first_step = opt.step;
+    let (mut work, mut counted, loop_clock) = (Work::default(), true, Instant::now());
     super::feed::ahead(task.preparer(), rank_of, |ahead| {
         // Step s + 1's micro-batches are sent to the preparing thread before step s runs.
         let mut next = (opt.step < total_steps).then(|| batches_of(opt.step));
@@ -500,6 +510,10 @@ pub fn train(
         while let Some((epoch, batches)) = next.take() {
             let step = opt.step;
             let prepared = ahead.receive()?;
+            match &prepared {
+                Some(p) => work = work + p.iter().map(Prepared::work).sum(),
+                None => counted = false,
+            }
             if step + 1 < total_steps {
                 let following = batches_of(step + 1);
                 ahead.send(following.1.clone());
@@ -578,6 +592,7 @@ pub fn train(
     let clock = Instant::now();
     written_event(host, writer.settle(true)?, total_steps);
     taken.1 += clock.elapsed().as_secs_f64();
+    let loop_seconds = loop_clock.elapsed().as_secs_f64();
     if let Some(last) = pending.take() {
         last.resolve(&mut curve, host)?;
     }
@@ -587,9 +602,16 @@ pub fn train(
     {
         checkpoint::restore_weights(checkpoints, best.step, &mut opt)?;
     }
+    let steps = opt.step - first_step;
     host.event(TrainEvent::Finished {
         checkpoints: taken.0,
         checkpoint_seconds: taken.1,
+        throughput: (counted && steps > 0)
+            .then(|| {
+                task.flops(&work)
+                    .map(|flops| Throughput::new(steps, work, flops, loop_seconds))
+            })
+            .flatten(),
     });
     Ok(curve)
 }
