@@ -341,6 +341,24 @@ fn killed_training_resumes_to_the_same_weights() {
         assert!(flops >= linear + 768.0 * tokens, "{stage}: {t}");
         assert!(flops <= linear + 768.0 * tokens * most, "{stage}: {t}");
         assert!(t["seconds"].as_f64().unwrap() > 0.0, "{stage}: {t}");
+        assert_eq!(
+            (t["from_step"].as_u64(), t["ranks"].as_u64()),
+            (Some(0), Some(1))
+        );
+        // The killed run's resumed process counts its own steps, from the checkpoint.
+        let resumed = std::fs::read_to_string(k.join("log.jsonl")).unwrap();
+        let last = resumed
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .rfind(|v| v["event"] == "throughput" && v["stage"] == stage)
+            .unwrap_or_else(|| panic!("no throughput event for the resumed {stage}"));
+        let from = last["from_step"].as_u64().unwrap();
+        assert!(from > 0, "{stage}: {last}");
+        assert_eq!(
+            from + last["steps"].as_u64().unwrap(),
+            manifest["summary"]["steps"].as_u64().unwrap(),
+            "{stage}: {last}"
+        );
     }
     // Retention: the last 2 checkpoints are kept while training; after success the
     // teacher's are removed (the default) and the student's kept whole ("all").

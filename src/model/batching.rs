@@ -372,7 +372,8 @@ impl PaddedBatches {
         &self.batches
     }
 
-    /// The real rows and tokens of the batches, padding and filler left out.
+    /// The real rows, tokens and squared lengths of the batches, padding and filler
+    /// rows left out.
     pub fn work(&self) -> super::work::Work {
         self.batches
             .iter()

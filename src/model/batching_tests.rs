@@ -216,3 +216,33 @@ fn a_packed_batch_lays_out_its_tokens_then_filler_sequences() {
         (50, 50, vec![0, 50])
     );
 }
+
+/// A micro-batch's work counts its real rows and tokens however it is batched: the
+/// padding of cut batches and a packed batch's filler rows are left out.
+#[test]
+fn work_counts_real_rows_and_tokens_only() {
+    let lens = [3usize, 90, 4, 85, 5, 2];
+    let items: Vec<Encoded> = lens
+        .iter()
+        .map(|&len| Encoded {
+            ids: vec![5; len],
+            type_ids: vec![0; len],
+        })
+        .collect();
+    let refs: Vec<&Encoded> = items.iter().collect();
+    let want = crate::model::work::Work {
+        rows: 6,
+        tokens: lens.iter().sum::<usize>() as u64,
+        squares: lens.iter().map(|&n| (n * n) as u64).sum(),
+    };
+    let packed = HostBatch::build(&refs, 0, true);
+    assert!(
+        packed.sequences > packed.rows,
+        "the packed batch has filler rows"
+    );
+    let cut = PaddedBatches::by_length(&refs, 0, Device::Cpu);
+    assert!(cut.batches().len() > 1);
+    for batches in [PaddedBatches::in_order(vec![packed]), cut] {
+        assert_eq!(batches.work(), want);
+    }
+}

@@ -29,25 +29,68 @@ impl std::iter::Sum for Work {
     }
 }
 
-/// The real work of a training loop's steps in one process (on a data-parallel rank, its
-/// slices), its model arithmetic, and the loop's seconds from its first step to its last
-/// checkpoint written.
+/// What a training loop's steps in one process computed: from step `from_step` (after a
+/// resume, the checkpoint's) to the end, the real work of its batches (with `ranks`
+/// data-parallel ranks, this rank's slices: about 1/`ranks` of it), that work's model
+/// arithmetic, and the loop's seconds from its first step to its last checkpoint written
+/// (in-training evaluations included).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Throughput {
+    pub from_step: u64,
     pub steps: u64,
+    pub ranks: u64,
     pub work: Work,
     pub flops: f64,
     pub seconds: f64,
 }
 
-impl Throughput {
-    pub fn new(steps: u64, work: Work, flops: f64, seconds: f64) -> Self {
-        Throughput {
+/// A training loop's tally of its steps' work, from its start.
+pub struct Tally {
+    work: Work,
+    /// False once a step's batches were not prepared ahead (their work unknown).
+    counted: bool,
+    started: std::time::Instant,
+}
+
+impl Tally {
+    pub fn start() -> Self {
+        Tally {
+            work: Work::default(),
+            counted: true,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Add a step's work; None (a step whose work is unknown) leaves the loop uncounted.
+    pub fn add(&mut self, step: Option<Work>) {
+        match step {
+            Some(w) => self.work = self.work + w,
+            None => self.counted = false,
+        }
+    }
+
+    /// Seconds since the start.
+    pub fn seconds(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// The loop's throughput from `(from_step, steps, ranks, seconds)` and the model's
+    /// count of the work's arithmetic; None when a step went uncounted, no step ran or the
+    /// model does not count.
+    pub fn throughput(
+        &self,
+        flops: impl FnOnce(&Work) -> Option<f64>,
+        (from_step, steps, ranks, seconds): (u64, u64, u64, f64),
+    ) -> Option<Throughput> {
+        let flops = flops(&self.work).filter(|_| self.counted && steps > 0)?;
+        Some(Throughput {
+            from_step,
             steps,
-            work,
+            ranks,
+            work: self.work,
             flops,
             seconds,
-        }
+        })
     }
 }
 

@@ -83,11 +83,14 @@ pub enum Event {
         seconds: f64,
     },
     /// What a training loop computed (logged; printed with `--verbose`): its steps in
-    /// this process, their real rows and tokens (padding left out), the model arithmetic
-    /// of those tokens (`model::work::training_flops`) and the loop's seconds.
+    /// this process from `from_step`, their real rows and tokens (padding left out; with
+    /// `ranks` data-parallel ranks, rank 0's slices), the model arithmetic of those tokens
+    /// (`model::work::training_flops`) and the loop's seconds.
     Throughput {
         stage: String,
+        from_step: u64,
         steps: u64,
+        ranks: u64,
         rows: u64,
         tokens: u64,
         flops: f64,
@@ -215,15 +218,21 @@ impl EventSink {
             Event::Throughput {
                 stage,
                 steps,
+                ranks,
                 rows,
                 tokens,
                 flops,
                 seconds,
+                ..
             } if verbose => Some(format!(
                 "{stage}: {steps} steps on {rows} rows, {tokens} real tokens, in {seconds:.2} s: \
-                 {:.1} TFLOP of model arithmetic, {:.1} TFLOP/s",
+                 {:.1} TFLOP of model arithmetic, {:.1} TFLOP/s{}",
                 flops / 1e12,
                 flops / 1e12 / seconds.max(1e-9),
+                match *ranks {
+                    1 => String::new(),
+                    n => format!(" (rank 0's slices of {n})"),
+                },
             )),
             Event::StageFinished {
                 stage,

@@ -30,7 +30,9 @@ use tch::{Kind, Tensor};
 
 #[path = "eval_parts.rs"]
 mod parts;
-use parts::{rerank_part, Bits, RerankedPart, RERANK_PARTS};
+use parts::{
+    count_units, rerank_part, retrieval_units, unit_path, units, Bits, RerankedPart, Unit,
+};
 
 pub struct Eval;
 
@@ -200,28 +202,21 @@ impl Stage for Eval {
             }
             let di = unit.dataset();
             // A part's students: every retrieval of its dataset, read back (before anything
-            // is loaded for it) once for the dataset's parts.
-            if matches!(unit, Unit::Rerank { .. })
-                && read_back.as_ref().is_none_or(|(i, _)| *i != di)
-            {
-                let clock = std::time::Instant::now();
-                let retrievals = retrieval_units(&units, di);
-                let mut students = Vec::new();
-                for &r in &retrievals {
-                    let path = unit_path(&env.partial, r);
-                    match crate::error::read_json::<Retrieved>(&path) {
-                        Ok(got) => students.push((path, got.run.candidates.into_runs())),
-                        Err(e) if env.shard.is_none() => return Err(e),
-                        // A retrieval another worker still owes, or is redoing: the part
-                        // waits for a later round, or for the run that assembles.
-                        Err(_) => break,
-                    }
+            // is loaded for it) once for the dataset's parts, dropped at another dataset's.
+            match unit {
+                Unit::Rerank { .. } if read_back.as_ref().is_none_or(|(i, _)| *i != di) => {
+                    let clock = std::time::Instant::now();
+                    let students = parts::read_retrievals(env, &units, di)?;
+                    reading += clock.elapsed().as_secs_f64();
+                    let Some(students) = students else {
+                        continue; // a later round's, or the assembling run's
+                    };
+                    read_back = Some((di, students));
                 }
-                reading += clock.elapsed().as_secs_f64();
-                if students.len() < retrievals.len() {
-                    continue;
+                Unit::Retrieve { .. } if read_back.as_ref().is_some_and(|(i, _)| *i != di) => {
+                    read_back = None;
                 }
-                read_back = Some((di, students));
+                _ => {}
             }
             if split.as_ref().is_none_or(|(i, _)| *i != di) {
                 let clock = std::time::Instant::now();
@@ -252,8 +247,14 @@ impl Stage for Eval {
                     let Some(teacher) = &teacher else {
                         continue; // just set
                     };
-                    let Some((_, students)) = &read_back else {
-                        continue; // read back above
+                    let students = match &read_back {
+                        Some((i, students)) if *i == di => students,
+                        _ => {
+                            return Err(Error::Output {
+                                path: env.partial.clone(),
+                                message: format!("no retrievals read back for {}", d.name),
+                            })
+                        }
                     };
                     let scored = rerank_part(env, teacher, (d, loaded), part, students)?;
                     let clock = std::time::Instant::now();
@@ -263,11 +264,17 @@ impl Stage for Eval {
             }
             env.committed(u, units.len());
         }
-        env.timing(
-            "reading the retrievals back for the teacher's parts",
-            reading,
-        );
-        env.timing("writing the units", writing);
+        for (part, seconds) in [
+            (
+                "reading the retrievals back for the teacher's parts",
+                reading,
+            ),
+            ("writing the units", writing),
+        ] {
+            if seconds > 0.0 {
+                env.timing(part, seconds);
+            }
+        }
         let done = count_units(&env.partial);
         // Workers never assemble: others may still be writing. A run without --shard does.
         if env.shard.is_some() {
@@ -370,74 +377,12 @@ fn assemble(env: &mut StageEnv, units: &[Unit]) -> Result<Outcome> {
     })
 }
 
-/// Eval's units of work, in order.
-enum Unit {
-    /// A student's run on a dataset's evaluation split (and its dev slice).
-    Retrieve {
-        dataset: usize,
-        label: &'static str,
-        path: PathBuf,
-    },
-    /// The teacher's scores of a part of a dataset's queries: each query with the union of
-    /// the students' top `rerank_k`.
-    Rerank { dataset: usize, part: usize },
-}
-
-impl Unit {
-    fn dataset(&self) -> usize {
-        match *self {
-            Unit::Retrieve { dataset, .. } | Unit::Rerank { dataset, .. } => dataset,
-        }
-    }
-}
-
-/// Dataset by dataset (so that a process loads each split once): its retrievals, one per
-/// student of [`students`], then its reranking parts.
-fn units(p: &Pipeline) -> Vec<Unit> {
-    let mut out = Vec::new();
-    for dataset in 0..p.datasets.len() {
-        out.extend(students(p).into_iter().map(|(label, path)| Unit::Retrieve {
-            dataset,
-            label,
-            path,
-        }));
-        out.extend((0..RERANK_PARTS).map(|part| Unit::Rerank { dataset, part }));
-    }
-    out
-}
-
-/// The indices of dataset `di`'s retrieval units.
-fn retrieval_units(units: &[Unit], di: usize) -> Vec<usize> {
-    units
-        .iter()
-        .enumerate()
-        .filter(|(_, u)| matches!(u, Unit::Retrieve { dataset, .. } if *dataset == di))
-        .map(|(i, _)| i)
-        .collect()
-}
-
 /// Whether unit `unit`'s committed file reads back (one that does not is removed).
 fn usable(env: &mut StageEnv, unit: &Unit, file: &Path) -> bool {
     match unit {
         Unit::Retrieve { .. } => env.usable_shard(file, crate::error::read_json::<Retrieved>),
         Unit::Rerank { .. } => env.usable_shard(file, crate::error::read_json::<RerankedPart>),
     }
-}
-
-fn unit_path(partial: &Path, u: usize) -> PathBuf {
-    partial.join(format!("unit-{u:05}.json"))
-}
-
-fn count_units(partial: &Path) -> usize {
-    std::fs::read_dir(partial).map_or(0, |entries| {
-        entries
-            .filter_map(|e| e.ok())
-            .filter(|e| {
-                let n = e.file_name().to_string_lossy().into_owned();
-                n.starts_with("unit-") && n.ends_with(".json")
-            })
-            .count()
-    })
 }
 
 /// A retrieval unit's results: the student on the split (its TREC run is in the stage

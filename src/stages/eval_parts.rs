@@ -1,15 +1,18 @@
-//! Eval's reranking parts: the teacher scores each (query, document) of a part of a
-//! dataset's judged queries once, for every student whose top `rerank_k` holds it, and
-//! each student's rerank of its own candidates comes out of those scores.
+//! Eval's units of work (its students' retrievals and its reranking parts, each committed
+//! as a file of the partial folder) and its reranking parts: the teacher scores each
+//! (query, document) of a part of a dataset's judged queries once, for every student whose
+//! top `rerank_k` holds it, and each student's rerank of its own candidates comes out of
+//! those scores.
 use super::LoadedSplit;
 use crate::error::{Error, Result};
 use crate::model::CrossEncoder;
 use crate::pipeline::config::DatasetRef;
+use crate::pipeline::Pipeline;
 use crate::ranking::evaluation::{self, SystemRun};
 use crate::ranking::rerank::{self, Reranker, Runs};
 use crate::stages::StageEnv;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Reranking parts per dataset: its judged queries (in id order) in this many contiguous
 /// parts, whatever the number of workers (a part's pairs, and so its scores, are the
@@ -84,6 +87,27 @@ pub fn rerank_part(
     Ok(RerankedPart { students })
 }
 
+/// The students' retrievals of dataset `di`, read back from their units, in the order of
+/// its retrieval units. None when a `--shard` worker finds one missing or not reading back
+/// (another worker still owes it, or is redoing it: the parts wait for a later round, or
+/// for the run that assembles); without `--shard` that is an error.
+pub fn read_retrievals(
+    env: &StageEnv,
+    units: &[super::Unit],
+    di: usize,
+) -> Result<Option<Vec<(PathBuf, Runs)>>> {
+    let mut students = Vec::new();
+    for r in super::retrieval_units(units, di) {
+        let path = super::unit_path(&env.partial, r);
+        match crate::error::read_json::<super::Retrieved>(&path) {
+            Ok(got) => students.push((path, got.run.candidates.into_runs())),
+            Err(e) if env.shard.is_none() => return Err(e),
+            Err(_) => return Ok(None),
+        }
+    }
+    Ok(Some(students))
+}
+
 /// The `part`-th of [`RERANK_PARTS`] contiguous ranges of `n` queries.
 fn part_range(n: usize, part: usize) -> std::ops::Range<usize> {
     (part * n / RERANK_PARTS)..((part + 1) * n / RERANK_PARTS)
@@ -146,4 +170,70 @@ impl Bits {
             })
             .collect()
     }
+}
+
+/// Eval's units of work, in order.
+pub(super) enum Unit {
+    /// A student's run on a dataset's evaluation split (and its dev slice).
+    Retrieve {
+        dataset: usize,
+        label: &'static str,
+        path: PathBuf,
+    },
+    /// The teacher's scores of a part of a dataset's queries: each query with the union of
+    /// the students' top `rerank_k`.
+    Rerank { dataset: usize, part: usize },
+}
+
+impl Unit {
+    pub(super) fn dataset(&self) -> usize {
+        match *self {
+            Unit::Retrieve { dataset, .. } | Unit::Rerank { dataset, .. } => dataset,
+        }
+    }
+}
+
+/// Dataset by dataset (so that a process loads each split once): its retrievals, one per
+/// student of [`super::students`], then its reranking parts.
+pub(super) fn units(p: &Pipeline) -> Vec<Unit> {
+    let mut out = Vec::new();
+    for dataset in 0..p.datasets.len() {
+        out.extend(
+            super::students(p)
+                .into_iter()
+                .map(|(label, path)| Unit::Retrieve {
+                    dataset,
+                    label,
+                    path,
+                }),
+        );
+        out.extend((0..RERANK_PARTS).map(|part| Unit::Rerank { dataset, part }));
+    }
+    out
+}
+
+/// The indices of dataset `di`'s retrieval units.
+pub(super) fn retrieval_units(units: &[Unit], di: usize) -> Vec<usize> {
+    units
+        .iter()
+        .enumerate()
+        .filter(|(_, u)| matches!(u, Unit::Retrieve { dataset, .. } if *dataset == di))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+pub(super) fn unit_path(partial: &Path, u: usize) -> PathBuf {
+    partial.join(format!("unit-{u:05}.json"))
+}
+
+pub(super) fn count_units(partial: &Path) -> usize {
+    std::fs::read_dir(partial).map_or(0, |entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with("unit-") && n.ends_with(".json")
+            })
+            .count()
+    })
 }

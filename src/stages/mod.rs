@@ -216,7 +216,9 @@ impl crate::training::trainer::Host for StageEnv<'_> {
                 if let Some(t) = throughput {
                     self.emit(Event::Throughput {
                         stage,
+                        from_step: t.from_step,
                         steps: t.steps,
+                        ranks: t.ranks,
                         rows: t.work.rows,
                         tokens: t.work.tokens,
                         flops: t.flops,

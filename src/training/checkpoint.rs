@@ -33,10 +33,8 @@ pub fn list(dir: &Path) -> Vec<u64> {
 
 /// Copies of `named` on the host, contiguous, that share no memory with the originals
 /// (which the next optimizer step changes in place while a snapshot is written). They are
-/// ordinary (pageable) memory: pinned copies took the teacher's eight checkpoints 1.31 ->
-/// 0.53 s on an H200, but libtorch's pinned-memory cache rounds each block up to a power
-/// of two and keeps it, which raised every later stage's peak RSS by about 0.3 GB
-/// (BENCHMARKS.md).
+/// in ordinary memory: pinned copies were faster but libtorch's pinned-memory cache keeps
+/// power-of-two blocks, which raised every later stage's peak RSS (BENCHMARKS.md).
 fn tensors(named: impl Iterator<Item = (String, Tensor)>) -> Vec<(String, Tensor)> {
     named
         .map(|(n, t)| {
@@ -367,7 +365,8 @@ mod tests {
     fn a_snapshot_is_not_changed_by_the_next_step(device: tch::Device) {
         use super::super::optimizer::AdamWConfig;
         let opts = (tch::Kind::Float, device);
-        // Large enough on CUDA that the copy is still running when the update is queued.
+        // Large enough on CUDA that a copy made without waiting (as pinned copies are)
+        // would still be running when the update is queued.
         let start = (Tensor::arange(1 << 22, opts) * 0.001).sin();
         let mut opt = AdamW::new(
             [("w".to_string(), start.copy())].into(),

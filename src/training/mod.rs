@@ -7,6 +7,7 @@ pub mod groups;
 pub mod losses;
 pub mod objectives;
 pub mod optimizer;
+mod pending;
 pub mod retention;
 pub mod schedule;
 pub mod trace;

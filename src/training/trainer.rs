@@ -11,15 +11,16 @@ use super::curve::LossCurve;
 use super::feed::{represented, Prepare, Prepared, Steps};
 use super::groups::{Batching, Example, TrainingSet};
 use super::optimizer::{AdamW, AdamWConfig};
+pub use super::pending::PendingStep;
 use super::schedule::{Decay, Schedule};
 use crate::distributed::World;
 use crate::error::{Error, Result};
-use crate::model::work::{Throughput, Work};
+use crate::model::work::{Tally, Throughput, Work};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Optimisation settings common to both training stages.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -312,95 +313,6 @@ fn backward_shared(
     Ok((scaled.detach(), terms))
 }
 
-/// One optimizer step whose loss values are still on their way to the host.
-pub struct PendingStep {
-    step: u64,
-    epoch: usize,
-    lr: f64,
-    /// Number of micro-batches.
-    micro: usize,
-    /// Per micro-batch: the names of its loss terms.
-    terms: Vec<Vec<String>>,
-    grad_norm: bool,
-    /// The step's scalars, in one tensor: per micro-batch its loss divided by the number
-    /// of micro-batches, then every micro-batch's terms, then the gradient norm.
-    values: crate::ffi::memory::Download,
-}
-
-impl PendingStep {
-    /// Queue the copy of a step's scalars to the host, in one copy that the host will
-    /// wait for alone: reading the values later does not wait for whatever the device has
-    /// been given after this step.
-    fn new(
-        losses: &[Tensor],
-        terms: Vec<Vec<(String, Tensor)>>,
-        grad_norm: Option<Tensor>,
-    ) -> Result<Self> {
-        let mut scalars: Vec<Tensor> = losses.iter().map(|t| t.to_kind(Kind::Float)).collect();
-        scalars.extend(terms.iter().flatten().map(|(_, t)| t.to_kind(Kind::Float)));
-        if let Some(g) = &grad_norm {
-            scalars.push(
-                g.to_kind(Kind::Float)
-                    .to_device(scalars.first().map_or(g.device(), Tensor::device)),
-            );
-        }
-        let values = match scalars.is_empty() {
-            true => Tensor::zeros([0], (Kind::Float, tch::Device::Cpu)),
-            false => Tensor::stack(&scalars, 0),
-        };
-        Ok(PendingStep {
-            step: 0,
-            epoch: 0,
-            lr: 0.0,
-            micro: losses.len(),
-            terms: terms
-                .into_iter()
-                .map(|m| m.into_iter().map(|(name, _)| name).collect())
-                .collect(),
-            grad_norm: grad_norm.is_some(),
-            values: crate::ffi::memory::download(&values)?,
-        })
-    }
-
-    /// Read the step's values, add them to the curve, report progress.
-    fn resolve(self, curve: &mut LossCurve, host: &mut dyn Host) -> Result<()> {
-        let n = self.micro;
-        let values = Vec::<f32>::try_from(self.values.wait()?)
-            .map_err(|e| Error::torch("reading the loss", e))?;
-        let loss_sum: f64 = values[..n].iter().map(|&v| f64::from(v)).sum();
-        let mut terms: Vec<(String, f32)> = Vec::new();
-        let mut at = n;
-        for micro in &self.terms {
-            for name in micro {
-                let v = values[at] / n as f32;
-                at += 1;
-                match terms.iter_mut().find(|(t, _)| t == name) {
-                    Some((_, acc)) => *acc += v,
-                    None => terms.push((name.clone(), v)),
-                }
-            }
-        }
-        let grad_norm = if self.grad_norm { values[at] } else { 0.0 };
-        curve.push(
-            self.step,
-            self.epoch as u64,
-            self.lr,
-            loss_sum as f32,
-            grad_norm,
-            &terms,
-        );
-        host.event(TrainEvent::Step {
-            step: self.step,
-            epoch: self.epoch as u64,
-            lr: self.lr,
-            loss: loss_sum as f32,
-            grad_norm,
-            terms,
-        });
-        Ok(())
-    }
-}
-
 /// Train `vars` (named trainable tensors of the task's model) on `set`. Checkpoints go to
 /// `checkpoints`; an existing checkpoint there is resumed from. With `world`, this
 /// process is one rank of a data-parallel run: the ranks resume from rank 0's latest
@@ -500,7 +412,7 @@ pub fn train(
         }
     };
     let first_step = opt.step;
-    let (mut work, mut counted, loop_clock) = (Work::default(), true, Instant::now());
+    let mut tally = Tally::start();
     super::feed::ahead(task.preparer(), rank_of, |ahead| {
         // Step s + 1's micro-batches are sent to the preparing thread before step s runs.
         let mut next = (opt.step < total_steps).then(|| batches_of(opt.step));
@@ -510,10 +422,11 @@ pub fn train(
         while let Some((epoch, batches)) = next.take() {
             let step = opt.step;
             let prepared = ahead.receive()?;
-            match &prepared {
-                Some(p) => work = work + p.iter().map(Prepared::work).sum(),
-                None => counted = false,
-            }
+            tally.add(
+                prepared
+                    .as_ref()
+                    .map(|p| p.iter().map(Prepared::work).sum()),
+            );
             if step + 1 < total_steps {
                 let following = batches_of(step + 1);
                 ahead.send(following.1.clone());
@@ -592,7 +505,7 @@ pub fn train(
     let clock = Instant::now();
     written_event(host, writer.settle(true)?, total_steps);
     taken.1 += clock.elapsed().as_secs_f64();
-    let loop_seconds = loop_clock.elapsed().as_secs_f64();
+    let loop_seconds = tally.seconds();
     if let Some(last) = pending.take() {
         last.resolve(&mut curve, host)?;
     }
@@ -602,16 +515,14 @@ pub fn train(
     {
         checkpoint::restore_weights(checkpoints, best.step, &mut opt)?;
     }
-    let steps = opt.step - first_step;
+    let ranks = world.map_or(1, World::size) as u64;
+    let done = (first_step, opt.step - first_step, ranks, loop_seconds);
     host.event(TrainEvent::Finished {
         checkpoints: taken.0,
         checkpoint_seconds: taken.1,
-        throughput: (counted && steps > 0)
-            .then(|| {
-                task.flops(&work)
-                    .map(|flops| Throughput::new(steps, work, flops, loop_seconds))
-            })
-            .flatten(),
+        throughput: tally
+            .throughput(|w| task.flops(w), done)
+            .filter(|_| primary),
     });
     Ok(curve)
 }
