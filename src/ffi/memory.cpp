@@ -1,11 +1,13 @@
 // GPU memory: the peak of the CUDA caching allocator (`torch.cuda.max_memory_allocated`),
 // for `distill bench`; pinned, non-blocking host-to-device copies (`pin_memory()` without
 // the device argument that tch passes and libtorch now warns about), and device-to-host
-// copies that the host waits for through an event instead of a whole-stream sync.
+// copies that the host waits for through an event instead of a whole-stream sync, and
+// copies to the host made later, from another thread, on a stream of the device's pool.
 // Conventions: common.h.
 #include <ATen/core/Tensor.h>
 #include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/Event.h>
+#include <c10/core/StreamGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <cstdint>
 #include <exception>
@@ -90,3 +92,35 @@ extern "C" int distill_event_wait(void* event, char* err, size_t err_len) {
 }
 
 extern "C" void distill_event_free(void* event) { delete static_cast<c10::Event*>(event); }
+
+// An event recorded on the current stream of `t`'s device, after the work queued so far
+// (for `distill_download_after`, and `distill_event_free`); nullptr on an error.
+extern "C" void* distill_event_mark(at::Tensor* t, char* err, size_t err_len) {
+  try {
+    auto type = t->device().type();
+    auto mark = std::make_unique<c10::Event>(type);
+    mark->record(c10::impl::getDeviceGuardImpl(type)->getStream(t->device()));
+    return mark.release();
+  } catch (const std::exception& e) {
+    distill::report(e, err, err_len);
+    return nullptr;
+  }
+}
+
+// Copy device tensor `t` to ordinary host memory on a stream of the device's pool (which
+// does not wait for the current stream), once the work before `mark` has completed; the
+// calling thread waits for that copy alone, while work queued after `mark` goes on. Returns
+// a new tensor, or nullptr on an error.
+extern "C" at::Tensor* distill_download_after(at::Tensor* t, void* mark, char* err,
+                                              size_t err_len) {
+  try {
+    auto side = c10::impl::getDeviceGuardImpl(t->device().type())
+                    ->getStreamFromGlobalPool(t->device(), /*isHighPriority=*/false);
+    c10::StreamGuard guard(side);
+    static_cast<c10::Event*>(mark)->block(side);
+    return new at::Tensor(t->to(at::TensorOptions().device(at::kCPU)));
+  } catch (const std::exception& e) {
+    distill::report(e, err, err_len);
+    return nullptr;
+  }
+}

@@ -1,6 +1,7 @@
 //! GPU memory (`memory.cpp`): the peak of libtorch's CUDA caching allocator, for
 //! `distill bench`; pinned, non-blocking host-to-device copies; device-to-host copies
-//! that the host waits for through an event ([`Download`]).
+//! that the host waits for through an event ([`Download`]); copies to the host made later,
+//! from another thread, of device work up to a point ([`Mark`], [`download_after`]).
 use crate::error::Result;
 use tch::{Device, Tensor};
 
@@ -34,6 +35,17 @@ mod sys {
             err_len: usize,
         ) -> i32;
         pub fn distill_event_free(event: *mut std::ffi::c_void);
+        pub fn distill_event_mark(
+            t: *const TensorHandle,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> *mut std::ffi::c_void;
+        pub fn distill_download_after(
+            t: *const TensorHandle,
+            mark: *mut std::ffi::c_void,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> *mut TensorHandle;
     }
 }
 
@@ -149,14 +161,70 @@ impl Download {
     }
 }
 
-/// A `c10::Event` allocated by `distill_download_async`, freed on drop.
+/// A point in a CUDA device's work: the work queued on its current stream when it was
+/// made ([`mark`]), which [`download_after`] waits for, and nothing queued later.
+pub struct Mark {
+    #[cfg(distill_ffi)]
+    event: Event,
+}
+
+/// A mark after the work queued so far on the device of `t`; None off CUDA, or without
+/// the C++ side (copies to the host there are ordinary ones).
+pub fn mark(t: &Tensor) -> Result<Option<Mark>> {
+    #[cfg(distill_ffi)]
+    if t.device().is_cuda() {
+        let mut err = vec![0u8; 1024];
+        // SAFETY: `t` is live for the call and `err` is writable for its length; the
+        // function catches C++ exceptions.
+        let event = unsafe {
+            sys::distill_event_mark(t.as_ptr().cast(), err.as_mut_ptr().cast(), err.len())
+        };
+        if event.is_null() {
+            return Err(super::failed("marking the device's work", &err));
+        }
+        return Ok(Some(Mark {
+            event: Event(event),
+        }));
+    }
+    let _ = t;
+    Ok(None)
+}
+
+/// Copy device tensor `t` to ordinary host memory once the work before `mark` has
+/// completed, on a stream of the device's pool: the calling thread (for example one that
+/// writes a checkpoint) waits for this copy alone, while the work queued after the mark
+/// (the training's next steps) goes on.
+pub fn download_after(t: &Tensor, mark: &Mark) -> Result<Tensor> {
+    #[cfg(distill_ffi)]
+    {
+        super::owned_tensor("copying to the host", |err, len| {
+            // SAFETY: `t` and the mark's event are live for the call; the function catches
+            // C++ exceptions.
+            unsafe { sys::distill_download_after(t.as_ptr().cast(), mark.event.0, err, len) }
+        })
+    }
+    #[cfg(not(distill_ffi))]
+    {
+        let _ = (t, mark);
+        Err(super::unavailable("copies after a mark"))
+    }
+}
+
+/// A `c10::Event` allocated by `distill_download_async` or `distill_event_mark`, freed on
+/// drop.
 #[cfg(distill_ffi)]
 struct Event(*mut std::ffi::c_void);
+
+// SAFETY: a recorded CUDA event may be waited for, blocked on and destroyed from any
+// thread; the pointer is owned by this value alone.
+#[cfg(distill_ffi)]
+unsafe impl Send for Event {}
 
 #[cfg(distill_ffi)]
 impl Drop for Event {
     fn drop(&mut self) {
-        // SAFETY: the pointer came from `distill_download_async`, which transferred
+        // SAFETY: the pointer came from `distill_download_async` or `distill_event_mark`,
+        // which transferred
         // ownership; it is freed once, here.
         unsafe { sys::distill_event_free(self.0) }
     }

@@ -31,31 +31,31 @@ pub fn list(dir: &Path) -> Vec<u64> {
     steps
 }
 
-/// Copies of `named` on the host, contiguous, that share no memory with the originals
-/// (which the next optimizer step changes in place while a snapshot is written). They are
-/// in ordinary memory: pinned copies were faster but libtorch's pinned-memory cache keeps
-/// power-of-two blocks, which raised every later stage's peak RSS (BENCHMARKS.md).
+/// Copies of `named` that share no memory with the originals (which the next optimizer
+/// step changes in place while a snapshot is written), contiguous: on a GPU, copies on
+/// the device, queued in order with the training (the writer's thread takes them to the
+/// host, [`Snapshot::write`]); on the CPU, copies in ordinary memory.
 fn tensors(named: impl Iterator<Item = (String, Tensor)>) -> Vec<(String, Tensor)> {
     named
-        .map(|(n, t)| {
-            let host = match t.device() {
-                tch::Device::Cpu => t.detach().copy(),
-                _ => t.detach().to_device(tch::Device::Cpu),
-            };
-            (n, host.contiguous())
-        })
+        .map(|(n, t)| (n, t.detach().copy().contiguous()))
         .collect()
 }
 
-/// A checkpoint taken: the parameters and moments of an optimizer on the host, and its
+/// A checkpoint taken: copies of the parameters and moments of an optimizer and its
 /// state, to be written ([`Snapshot::write`]) while training goes on.
 pub struct Snapshot {
     step: u64,
     files: Vec<(&'static str, Vec<(String, Tensor)>)>,
+    /// On a GPU, the point in the device's work after the copies, which the writer's
+    /// copies to the host wait for (and nothing queued later).
+    copied: Option<crate::ffi::memory::Mark>,
     state: String,
 }
 
-/// Take the checkpoint of `opt` at its current step (the tensors copied to the host).
+/// Take the checkpoint of `opt` at its current step. On a GPU the copies are queued on
+/// the device and the host does not wait for them: taking a checkpoint holds the training
+/// for a few launches, where copying the teacher's 273 MB to the host held it 0.16 s
+/// (BENCHMARKS.md).
 pub fn snapshot(opt: &AdamW, curve: &LossCurve) -> Result<Snapshot> {
     let of = |f: fn(&super::optimizer::ParamState) -> &Tensor| {
         tensors(
@@ -72,13 +72,19 @@ pub fn snapshot(opt: &AdamW, curve: &LossCurve) -> Result<Snapshot> {
         path: PathBuf::from("state.json"),
         source,
     })?;
+    let files = vec![
+        ("weights.safetensors", of(|p| &p.param)),
+        ("exp_avg.safetensors", of(|p| &p.exp_avg)),
+        ("exp_avg_sq.safetensors", of(|p| &p.exp_avg_sq)),
+    ];
+    let copied = match files.iter().flat_map(|(_, ts)| ts).next() {
+        Some((_, t)) => crate::ffi::memory::mark(t)?,
+        None => None,
+    };
     Ok(Snapshot {
         step: opt.step,
-        files: vec![
-            ("weights.safetensors", of(|p| &p.param)),
-            ("exp_avg.safetensors", of(|p| &p.exp_avg)),
-            ("exp_avg_sq.safetensors", of(|p| &p.exp_avg_sq)),
-        ],
+        files,
+        copied,
         state,
     })
 }
@@ -91,9 +97,21 @@ impl Snapshot {
         let tmp = dir.join(format!(".tmp-step-{:08}", self.step));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        for (name, t) in &self.files {
+        for (name, ts) in &self.files {
             let path = tmp.join(name);
-            Tensor::write_safetensors(t, &path).ctx(|| format!("writing {}", path.display()))?;
+            // A file's tensors on the host at a time (on a GPU, copied here).
+            let host = match &self.copied {
+                Some(mark) => ts
+                    .iter()
+                    .map(|(n, t)| Ok((n.clone(), crate::ffi::memory::download_after(t, mark)?)))
+                    .collect::<Result<Vec<_>>>()?,
+                None => ts
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                    .collect(),
+            };
+            Tensor::write_safetensors(&host, &path)
+                .ctx(|| format!("writing {}", path.display()))?;
         }
         let path = tmp.join("state.json");
         std::fs::write(&path, &self.state).map_err(|e| Error::io(&path, e))?;
@@ -104,9 +122,9 @@ impl Snapshot {
 
 /// Checkpoints written on a thread of their own while training goes on (one at a time;
 /// dropped, it waits for the one being written, so that no write outlives the training):
-/// on an H200's host writing the teacher's 273 MB took about 0.14 s of the 0.34 s a
-/// checkpoint held the GPU idle. A checkpoint counts once its folder is renamed into
-/// place, so a run killed while one is written resumes from the one before.
+/// on a GPU the thread also takes the snapshot's copies to the host. A checkpoint counts
+/// once its folder is renamed into place, so a run killed while one is written resumes
+/// from the one before.
 #[derive(Default)]
 pub struct Writer {
     running: Option<(u64, std::thread::JoinHandle<Result<()>>)>,
@@ -352,9 +370,9 @@ mod tests {
         a_snapshot_is_not_changed_by_the_next_step(tch::Device::Cpu);
     }
 
-    /// On CUDA the snapshot holds the values it was taken with, not the next step's
-    /// in-place update queued behind its copies. Runs where a GPU is, passes trivially
-    /// elsewhere.
+    /// On CUDA the snapshot holds the values it was taken with: not the next step's
+    /// in-place update queued behind its copies, and not memory read before the copies
+    /// ran. Runs where a GPU is, passes trivially elsewhere.
     #[test]
     fn a_snapshot_on_cuda_is_not_changed_by_the_next_step() {
         if tch::Cuda::is_available() && crate::ffi::available() {
@@ -365,14 +383,25 @@ mod tests {
     fn a_snapshot_is_not_changed_by_the_next_step(device: tch::Device) {
         use super::super::optimizer::AdamWConfig;
         let opts = (tch::Kind::Float, device);
-        // Large enough on CUDA that a copy made without waiting (as pinned copies are)
-        // would still be running when the update is queued.
+        // Large enough on CUDA that copying it takes a while.
         let start = (Tensor::arange(1 << 22, opts) * 0.001).sin();
         let mut opt = AdamW::new(
             [("w".to_string(), start.copy())].into(),
             AdamWConfig::default(),
         );
         opt.step = 3;
+        if device.is_cuda() {
+            // Tens of milliseconds of device work that the parameter waits for (adding
+            // zero), so that its copy is still queued when the snapshot is written: a copy
+            // to the host that did not wait for the snapshot's mark would read it early.
+            let mut heavy = Tensor::randn([4096, 4096], opts);
+            for _ in 0..20 {
+                heavy = heavy.matmul(&heavy).tanh();
+            }
+            let _ = opt.params[0]
+                .param
+                .g_add_(&(heavy.sum(tch::Kind::Float) * 0.0));
+        }
         let snap = snapshot(&opt, &LossCurve::default()).unwrap();
         let _ = opt.params[0].param.g_add_scalar_(10.0);
         let _ = opt.params[0].exp_avg.g_add_scalar_(10.0);
