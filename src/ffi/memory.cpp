@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <exception>
 #include <memory>
+#include <vector>
 
 #include "common.h"
 
@@ -107,20 +108,27 @@ extern "C" void* distill_event_mark(at::Tensor* t, char* err, size_t err_len) {
   }
 }
 
-// Copy device tensor `t` to ordinary host memory on a stream of the device's pool (which
-// does not wait for the current stream), once the work before `mark` has completed; the
-// calling thread waits for that copy alone, while work queued after `mark` goes on. Returns
-// a new tensor, or nullptr on an error.
-extern "C" at::Tensor* distill_download_after(at::Tensor* t, void* mark, char* err,
-                                              size_t err_len) {
+// Copy the `n` tensors `ts` of one device to ordinary host memory, into `out` (new
+// tensors), on a high-priority stream of the device's pool (which does not wait for the
+// current stream; the low-priority pool is where ProcessGroupNCCL takes its stream), once
+// the work before `mark` has completed. The calling thread waits for these copies alone,
+// while work queued after `mark` goes on. 0, or -1 on an error (no tensor in `out` then).
+extern "C" int distill_download_after(at::Tensor** ts, size_t n, void* mark, at::Tensor** out,
+                                      char* err, size_t err_len) {
   try {
-    auto side = c10::impl::getDeviceGuardImpl(t->device().type())
-                    ->getStreamFromGlobalPool(t->device(), /*isHighPriority=*/false);
+    if (n == 0) return 0;
+    auto device = ts[0]->device();
+    auto side = c10::impl::getDeviceGuardImpl(device.type())
+                    ->getStreamFromGlobalPool(device, /*isHighPriority=*/true);
     c10::StreamGuard guard(side);
     static_cast<c10::Event*>(mark)->block(side);
-    return new at::Tensor(t->to(at::TensorOptions().device(at::kCPU)));
+    std::vector<at::Tensor> host;
+    host.reserve(n);
+    for (size_t i = 0; i < n; ++i) host.push_back(ts[i]->to(at::TensorOptions().device(at::kCPU)));
+    for (size_t i = 0; i < n; ++i) out[i] = new at::Tensor(std::move(host[i]));
+    return 0;
   } catch (const std::exception& e) {
     distill::report(e, err, err_len);
-    return nullptr;
+    return -1;
   }
 }

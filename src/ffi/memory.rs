@@ -41,11 +41,13 @@ mod sys {
             err_len: usize,
         ) -> *mut std::ffi::c_void;
         pub fn distill_download_after(
-            t: *const TensorHandle,
+            ts: *const *const TensorHandle,
+            n: usize,
             mark: *mut std::ffi::c_void,
+            out: *mut *mut TensorHandle,
             err: *mut c_char,
             err_len: usize,
-        ) -> *mut TensorHandle;
+        ) -> i32;
     }
 }
 
@@ -190,22 +192,39 @@ pub fn mark(t: &Tensor) -> Result<Option<Mark>> {
     Ok(None)
 }
 
-/// Copy device tensor `t` to ordinary host memory once the work before `mark` has
-/// completed, on a stream of the device's pool: the calling thread (for example one that
-/// writes a checkpoint) waits for this copy alone, while the work queued after the mark
-/// (the training's next steps) goes on.
-pub fn download_after(t: &Tensor, mark: &Mark) -> Result<Tensor> {
+/// Copy the tensors `ts` of one device to ordinary host memory once the work before
+/// `mark` has completed, on a stream of the device's pool: the calling thread (for example
+/// one that writes a checkpoint) waits for these copies alone, while the work queued after
+/// the mark (the training's next steps) goes on.
+pub fn download_after(ts: &[&Tensor], mark: &Mark) -> Result<Vec<Tensor>> {
     #[cfg(distill_ffi)]
     {
-        super::owned_tensor("copying to the host", |err, len| {
-            // SAFETY: `t` and the mark's event are live for the call; the function catches
-            // C++ exceptions.
-            unsafe { sys::distill_download_after(t.as_ptr().cast(), mark.event.0, err, len) }
-        })
+        let handles = super::handles(ts);
+        let mut out: Vec<*mut super::TensorHandle> = vec![std::ptr::null_mut(); ts.len()];
+        super::status("copying to the host", |err, len| {
+            // SAFETY: the tensors and the mark's event are live for the call, `out` has
+            // room for one pointer per tensor; the function catches C++ exceptions and
+            // fills `out` only on success.
+            unsafe {
+                sys::distill_download_after(
+                    handles.as_ptr(),
+                    ts.len(),
+                    mark.event.0,
+                    out.as_mut_ptr(),
+                    err,
+                    len,
+                )
+            }
+        })?;
+        // SAFETY: on success each pointer is a fresh `at::Tensor*` for the caller.
+        Ok(out
+            .into_iter()
+            .map(|p| unsafe { Tensor::from_ptr(p.cast()) })
+            .collect())
     }
     #[cfg(not(distill_ffi))]
     {
-        let _ = (t, mark);
+        let _ = (ts, mark);
         Err(super::unavailable("copies after a mark"))
     }
 }

@@ -196,27 +196,25 @@ impl Stage for Eval {
         // Seconds reading the parts' retrievals back and writing the units, in all.
         let (mut reading, mut writing) = (0.0, 0.0);
         for (u, unit) in units.iter().enumerate() {
+            let di = unit.dataset();
+            // A part's students: every retrieval of its dataset, read back (before anything
+            // is loaded for it) once for the dataset's parts, dropped at another dataset's
+            // first unit.
+            if read_back.as_ref().is_some_and(|(i, _)| *i != di) {
+                read_back = None;
+            }
             let file = unit_path(&env.partial, u);
             if env.shard.is_some_and(|w| !w.owns(u)) || usable(env, unit, &file) {
                 continue;
             }
-            let di = unit.dataset();
-            // A part's students: every retrieval of its dataset, read back (before anything
-            // is loaded for it) once for the dataset's parts, dropped at another dataset's.
-            match unit {
-                Unit::Rerank { .. } if read_back.as_ref().is_none_or(|(i, _)| *i != di) => {
-                    let clock = std::time::Instant::now();
-                    let students = parts::read_retrievals(env, &units, di)?;
-                    reading += clock.elapsed().as_secs_f64();
-                    let Some(students) = students else {
-                        continue; // a later round's, or the assembling run's
-                    };
-                    read_back = Some((di, students));
-                }
-                Unit::Retrieve { .. } if read_back.as_ref().is_some_and(|(i, _)| *i != di) => {
-                    read_back = None;
-                }
-                _ => {}
+            if matches!(unit, Unit::Rerank { .. }) && read_back.is_none() {
+                let clock = std::time::Instant::now();
+                let students = parts::read_retrievals(env, &units, di)?;
+                reading += clock.elapsed().as_secs_f64();
+                let Some(students) = students else {
+                    continue; // a later round's, or the assembling run's
+                };
+                read_back = Some((di, students));
             }
             if split.as_ref().is_none_or(|(i, _)| *i != di) {
                 let clock = std::time::Instant::now();

@@ -37,7 +37,12 @@ pub fn list(dir: &Path) -> Vec<u64> {
 /// host, [`Snapshot::write`]); on the CPU, copies in ordinary memory.
 fn tensors(named: impl Iterator<Item = (String, Tensor)>) -> Vec<(String, Tensor)> {
     named
-        .map(|(n, t)| (n, t.detach().copy().contiguous()))
+        .map(|(n, t)| {
+            // Not `copy()`, which zeroes its new tensor first.
+            let mut c = t.empty_like();
+            c.copy_(&t.detach());
+            (n, c.contiguous())
+        })
         .collect()
 }
 
@@ -100,11 +105,12 @@ impl Snapshot {
         for (name, ts) in &self.files {
             let path = tmp.join(name);
             // A file's tensors on the host at a time (on a GPU, copied here).
-            let host = match &self.copied {
-                Some(mark) => ts
-                    .iter()
-                    .map(|(n, t)| Ok((n.clone(), crate::ffi::memory::download_after(t, mark)?)))
-                    .collect::<Result<Vec<_>>>()?,
+            let host: Vec<(String, Tensor)> = match &self.copied {
+                Some(mark) => {
+                    let on_device: Vec<&Tensor> = ts.iter().map(|(_, t)| t).collect();
+                    let copies = crate::ffi::memory::download_after(&on_device, mark)?;
+                    ts.iter().map(|(n, _)| n.clone()).zip(copies).collect()
+                }
                 None => ts
                     .iter()
                     .map(|(n, t)| (n.clone(), t.shallow_clone()))
