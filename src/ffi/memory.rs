@@ -243,8 +243,7 @@ unsafe impl Send for Event {}
 impl Drop for Event {
     fn drop(&mut self) {
         // SAFETY: the pointer came from `distill_download_async` or `distill_event_mark`,
-        // which transferred
-        // ownership; it is freed once, here.
+        // which transferred ownership; it is freed once, here.
         unsafe { sys::distill_event_free(self.0) }
     }
 }

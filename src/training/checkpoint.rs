@@ -59,7 +59,7 @@ pub struct Snapshot {
 
 /// Take the checkpoint of `opt` at its current step. On a GPU the copies are queued on
 /// the device and the host does not wait for them: taking a checkpoint holds the training
-/// for a few launches, where copying the teacher's 273 MB to the host held it 0.16 s
+/// for a few launches, where copying the teacher's 273 MB to the host held it 0.13 s
 /// (BENCHMARKS.md).
 pub fn snapshot(opt: &AdamW, curve: &LossCurve) -> Result<Snapshot> {
     let of = |f: fn(&super::optimizer::ParamState) -> &Tensor| {
